@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need on a fresh Debian machine with a Rust
+# toolchain: etcd (Debian's etcd-server), a `protoc` for etcd-client's build script (the
+# pure-Rust protox, into the git-ignored .tools/), and pymilvus in a virtualenv (.venv/).
+# Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v etcd >/dev/null 2>&1; then
+  echo "setup: installing etcd-server"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+
+if [ ! -x .tools/bin/protox ]; then
+  echo "setup: installing protox into .tools/"
+  cargo install --locked --quiet --root .tools protox@0.10.0 --features bin
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymilvus, pytest, bcrypt' 2>/dev/null; then
+  echo "setup: creating .venv with pymilvus"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
+fi
+echo "setup: ready (etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'))"

@@ -1,0 +1,11 @@
+//! credstore: a Milvus-compatible credential store. Many stateless replicas serve the
+//! user/role part of Milvus's gRPC API; etcd (or an embedded store) holds the only truth.
+//! See `ARCHITECTURE.md` for the map; modules are listed here in reading order.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod meta;
+pub mod password;
+pub mod catalog;
+pub mod proto;

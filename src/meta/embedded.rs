@@ -1,0 +1,278 @@
+//! `MetaKv` in one process: a redb file with etcd's revision numbering and an in-process
+//! watch. The default store when no etcd endpoint is configured, so `credstore serve` runs
+//! with nothing else installed. It must not be shared by two processes (redb locks the file).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use crate::meta::{
+    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome, Watch,
+    WatchMessage,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+/// How many recent changes a watch can resume from; older start revisions read as compacted.
+const HISTORY: usize = 16_384;
+
+/// A handle on the embedded store; clones share it.
+#[derive(Clone)]
+pub struct EmbeddedKv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    state: Mutex<History>,
+    revision_tx: watch::Sender<Revision>,
+}
+
+/// Changes since start-up, for watches; revisions before `first_kept` are "compacted".
+struct History {
+    events: VecDeque<Event>,
+    first_kept: Revision,
+}
+
+impl EmbeddedKv {
+    /// Opens (or creates) the store file at `path`; parent directories are created.
+    pub fn open(path: &Path) -> Result<EmbeddedKv, MetaError> {
+        let err = |reason: String| MetaError::Embedded { path: path.display().to_string(), reason };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let write = db.begin_write().map_err(|e| err(e.to_string()))?;
+        write.open_table(KV).map_err(|e| err(e.to_string()))?;
+        let revision = {
+            let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
+            let current = meta.get(REVISION_KEY).map_err(|e| err(e.to_string()))?.map(|g| g.value());
+            match current {
+                Some(rev) => rev,
+                None => {
+                    meta.insert(REVISION_KEY, 1).map_err(|e| err(e.to_string()))?;
+                    1
+                }
+            }
+        };
+        write.commit().map_err(|e| err(e.to_string()))?;
+        let (revision_tx, _) = watch::channel(revision);
+        let history = History { events: VecDeque::new(), first_kept: revision + 1 };
+        let inner = Inner { db, path: path.to_path_buf(), state: Mutex::new(history), revision_tx };
+        Ok(EmbeddedKv { inner: Arc::new(inner) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let inner = self.inner.clone();
+        let path = inner.path.display().to_string();
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| MetaError::Embedded { path: path.clone(), reason: e.to_string() })?
+            .map_err(|e| MetaError::Embedded { path, reason: e.to_string() })
+    }
+}
+
+impl Inner {
+    fn history(&self) -> MutexGuard<'_, History> {
+        // A poisoned lock means a panic while appending history: a bug, so propagate it.
+        self.state.lock().expect("embedded store history lock poisoned")
+    }
+
+    fn current_revision(&self) -> Revision {
+        *self.revision_tx.borrow()
+    }
+
+    fn apply(&self, txn: &Txn) -> Result<TxnOutcome, redb::Error> {
+        // Holding the history lock across the write keeps events in revision order.
+        let mut history = self.history();
+        let write = self.db.begin_write()?;
+        let current = self.current_revision();
+        let next = current + 1;
+        let mut events = Vec::new();
+        {
+            let mut kv = write.open_table(KV)?;
+            let holds = txn.compares.iter().try_fold(true, |ok, c| Ok::<_, redb::Error>(ok && compare(&kv, c)?))?;
+            if !holds {
+                return Ok(TxnOutcome { succeeded: false, revision: current });
+            }
+            for op in &txn.ops {
+                apply_op(&mut kv, op, next, &mut events)?;
+            }
+        }
+        if events.is_empty() {
+            return Ok(TxnOutcome { succeeded: true, revision: current });
+        }
+        write.open_table(META)?.insert(REVISION_KEY, next)?;
+        write.commit()?;
+        history.events.extend(events);
+        while history.events.len() > HISTORY {
+            if let Some(dropped) = history.events.pop_front() {
+                history.first_kept = dropped.revision + 1;
+            }
+        }
+        self.revision_tx.send_replace(next);
+        Ok(TxnOutcome { succeeded: true, revision: next })
+    }
+}
+
+fn encode(create_revision: Revision, mod_revision: Revision, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&create_revision.to_le_bytes());
+    out.extend_from_slice(&mod_revision.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode(key: &str, raw: &[u8]) -> KeyValue {
+    let word = |at: usize| raw.get(at..at + 8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes).unwrap_or(0);
+    KeyValue {
+        key: key.to_string(),
+        value: raw.get(16..).unwrap_or_default().to_vec(),
+        create_revision: word(0),
+        mod_revision: word(8),
+    }
+}
+
+fn read_key(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<KeyValue>, redb::Error> {
+    Ok(table.get(key)?.map(|guard| decode(key, guard.value())))
+}
+
+fn compare(table: &impl ReadableTable<&'static str, &'static [u8]>, compare: &Compare) -> Result<bool, redb::Error> {
+    Ok(match compare {
+        Compare::Absent(key) => read_key(table, key)?.is_none(),
+        Compare::ModRevision(key, rev) => read_key(table, key)?.is_some_and(|kv| kv.mod_revision == *rev),
+    })
+}
+
+fn keys_with_prefix(table: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> Result<Vec<KeyValue>, redb::Error> {
+    let mut out = Vec::new();
+    for entry in table.range(prefix..)? {
+        let (key, value) = entry?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode(key.value(), value.value()));
+    }
+    Ok(out)
+}
+
+fn apply_op(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    op: &Op,
+    revision: Revision,
+    events: &mut Vec<Event>,
+) -> Result<(), redb::Error> {
+    let event = |kind, key: &str| Event { kind, key: key.to_string(), revision };
+    match op {
+        Op::Put(key, value) => {
+            let created = read_key(table, key)?.map(|kv| kv.create_revision).unwrap_or(revision);
+            table.insert(key.as_str(), encode(created, revision, value).as_slice())?;
+            events.push(event(EventKind::Put, key));
+        }
+        Op::Delete(key) => {
+            if table.remove(key.as_str())?.is_some() {
+                events.push(event(EventKind::Delete, key));
+            }
+        }
+        Op::DeletePrefix(prefix) => {
+            for kv in keys_with_prefix(table, prefix)? {
+                table.remove(kv.key.as_str())?;
+                events.push(event(EventKind::Delete, &kv.key));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl MetaKv for EmbeddedKv {
+    async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
+        let key = key.to_string();
+        self.blocking(move |inner| {
+            let read = inner.db.begin_read()?;
+            let revision = inner.current_revision();
+            let value = read_key(&read.open_table(KV)?, &key)?;
+            Ok(Read { value, revision })
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| {
+            let read = inner.db.begin_read()?;
+            let revision = inner.current_revision();
+            let value = keys_with_prefix(&read.open_table(KV)?, &prefix)?;
+            Ok(Read { value, revision })
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
+        self.blocking(move |inner| inner.apply(&txn)).await
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, MetaError> {
+        Ok(Watch::Embedded(EmbeddedWatch {
+            inner: self.inner.clone(),
+            prefix: prefix.to_string(),
+            next: from,
+            changed: self.inner.revision_tx.subscribe(),
+            progress_requested: false,
+        }))
+    }
+}
+
+/// An in-process watch: wakes on every commit and reads the shared history.
+pub struct EmbeddedWatch {
+    inner: Arc<Inner>,
+    prefix: String,
+    next: Revision,
+    changed: watch::Receiver<Revision>,
+    progress_requested: bool,
+}
+
+impl EmbeddedWatch {
+    pub(crate) async fn next(&mut self) -> Result<WatchMessage, MetaError> {
+        loop {
+            if let Some(message) = self.poll() {
+                return Ok(message);
+            }
+            self.changed.changed().await.map_err(|_| MetaError::WatchClosed)?;
+        }
+    }
+
+    fn poll(&mut self) -> Option<WatchMessage> {
+        let history = self.inner.history();
+        let revision = self.inner.current_revision();
+        if self.next < history.first_kept && self.next <= revision {
+            return Some(WatchMessage::Compacted { compact_revision: history.first_kept - 1 });
+        }
+        let events: Vec<Event> = history
+            .events
+            .iter()
+            .filter(|e| e.revision >= self.next && e.key.starts_with(&self.prefix))
+            .cloned()
+            .collect();
+        self.next = self.next.max(revision + 1);
+        if !events.is_empty() {
+            return Some(WatchMessage::Events { events, revision });
+        }
+        if std::mem::take(&mut self.progress_requested) {
+            return Some(WatchMessage::Progress { revision });
+        }
+        None
+    }
+
+    pub(crate) fn request_progress(&mut self) -> Result<(), MetaError> {
+        self.progress_requested = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! `MetaKv` on a real etcd cluster through `etcd-client`. Owns connection options (endpoints,
+//! etcd auth, TLS) and the translation between etcd's types and ours; knows nothing of users.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, TlsOptions,
+    Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
+};
+
+use crate::meta::{
+    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome, Watch,
+    WatchMessage,
+};
+
+/// How to reach etcd.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    /// etcd's own authentication (user, password).
+    pub auth: Option<(String, String)>,
+    /// PEM contents: CA certificate, and an optional client certificate + key for mTLS.
+    pub tls: Option<EtcdTls>,
+    /// Deadline of each unary request.
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub client_cert_key_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A cheap-to-clone handle on an etcd cluster.
+#[derive(Clone)]
+pub struct EtcdKv {
+    client: Client,
+}
+
+impl EtcdKv {
+    /// Connects and checks that etcd answers.
+    pub async fn connect(options: &EtcdOptions) -> Result<EtcdKv, MetaError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        if let Some((user, password)) = &options.auth {
+            connect = connect.with_user(user.clone(), password.clone()).with_auto_token_refresh(true);
+        }
+        let mut endpoints = options.endpoints.clone();
+        if let Some(tls) = &options.tls {
+            let mut tls_options = TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client_cert_key_pem {
+                tls_options = tls_options.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(tls_options);
+            endpoints = endpoints.iter().map(|e| with_scheme(e, "https")).collect();
+        } else {
+            endpoints = endpoints.iter().map(|e| with_scheme(e, "http")).collect();
+        }
+        let client = Client::connect(endpoints, Some(connect)).await.map_err(map_err)?;
+        let kv = EtcdKv { client };
+        // The client connects lazily; one request proves etcd is there.
+        kv.client.clone().status().await.map_err(map_err)?;
+        Ok(kv)
+    }
+
+    /// The underlying client, for leases and sessions (see `coherence`).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+fn with_scheme(endpoint: &str, scheme: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("{scheme}://{endpoint}")
+    }
+}
+
+/// Sorts etcd's errors into "etcd is not reachable" (retryable) and everything else.
+pub(crate) fn map_err(err: etcd_client::Error) -> MetaError {
+    use tonic::Code;
+    match err {
+        etcd_client::Error::GRpcStatus(status)
+            if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) =>
+        {
+            MetaError::Unavailable(status.message().to_string())
+        }
+        etcd_client::Error::TransportError(e) => MetaError::Unavailable(e.to_string()),
+        etcd_client::Error::IoError(e) => MetaError::Unavailable(e.to_string()),
+        other => MetaError::Etcd(other.to_string()),
+    }
+}
+
+fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map(|h| h.revision()).unwrap_or_default()
+}
+
+impl MetaKv for EtcdKv {
+    async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
+        let response = self.client.clone().get(key, None).await.map_err(map_err)?;
+        Ok(Read { value: response.kvs().first().map(to_kv), revision: header_revision(response.header()) })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.client.clone().get(prefix, Some(options)).await.map_err(map_err)?;
+        Ok(Read { value: response.kvs().iter().map(to_kv).collect(), revision: header_revision(response.header()) })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(key) => EtcdCompare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::ModRevision(key, rev) => EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *rev),
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
+                Op::Delete(key) => TxnOp::delete(key.as_str(), None),
+                Op::DeletePrefix(prefix) => TxnOp::delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix())),
+            })
+            .collect();
+        let request = EtcdTxn::new().when(compares).and_then(ops);
+        let response = self.client.clone().txn(request).await.map_err(map_err)?;
+        Ok(TxnOutcome { succeeded: response.succeeded(), revision: header_revision(response.header()) })
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, MetaError> {
+        let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
+        let stream = self.client.clone().watch(prefix, Some(options)).await.map_err(map_err)?;
+        Ok(Watch::Etcd(EtcdWatch { stream }))
+    }
+}
+
+/// An etcd watch stream, translated into [`WatchMessage`]s.
+pub struct EtcdWatch {
+    stream: WatchStream,
+}
+
+impl EtcdWatch {
+    pub(crate) async fn next(&mut self) -> Result<WatchMessage, MetaError> {
+        loop {
+            let Some(response) = self.stream.message().await.map_err(map_err)? else {
+                return Err(MetaError::WatchClosed);
+            };
+            // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
+            if response.compact_revision() > 0 {
+                return Ok(WatchMessage::Compacted { compact_revision: response.compact_revision() });
+            }
+            if response.canceled() {
+                return Err(MetaError::Etcd(format!("watch canceled: {}", response.cancel_reason())));
+            }
+            let revision = header_revision(response.header());
+            if response.created() && response.events().is_empty() {
+                continue;
+            }
+            if response.events().is_empty() {
+                return Ok(WatchMessage::Progress { revision });
+            }
+            let events = response
+                .events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    let kind = match e.event_type() {
+                        etcd_client::EventType::Put => EventKind::Put,
+                        etcd_client::EventType::Delete => EventKind::Delete,
+                    };
+                    Some(Event { kind, key: String::from_utf8_lossy(kv.key()).into_owned(), revision: kv.mod_revision() })
+                })
+                .collect();
+            return Ok(WatchMessage::Events { events, revision });
+        }
+    }
+
+    pub(crate) async fn request_progress(&mut self) -> Result<(), MetaError> {
+        self.stream.request_progress().await.map_err(map_err)
+    }
+}

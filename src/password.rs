@@ -1,0 +1,359 @@
+//! Usernames, passwords and password hashes, as types that can only be built valid, and the
+//! one place that touches argon2 and bcrypt. Milvus's rules and messages
+//! (`proxy.maxUsernameLength`, `proxy.minPasswordLength`, `proxy.maxPasswordLength`) live here.
+//!
+//! Hashing is CPU-heavy and blocking: callers run [`Hasher`] on the blocking pool.
+
+use std::fmt;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+
+/// Milvus's limits on names and passwords.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_username_len: usize,
+    pub min_password_len: usize,
+    pub max_password_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_username_len: 32, min_password_len: 6, max_password_len: 256 }
+    }
+}
+
+/// Why a name or password was refused; the texts are Milvus's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("username must be not empty")]
+    EmptyName,
+    #[error("invalid username {name} with length {len}, the length of username must be less than {max}")]
+    NameTooLong { name: String, len: usize, max: usize },
+    #[error("invalid user name {name}, the first character must be a letter, but got {first}")]
+    BadFirstChar { name: String, first: String },
+    #[error("invalid user name {name}, username must contain only numbers, letters and underscores, but got {bad}")]
+    BadChar { name: String, bad: String },
+    #[error("invalid password length: invalid parameter[{len} out of range {min} <= value <= {max}]")]
+    PasswordLength { len: usize, min: usize, max: usize },
+}
+
+/// A valid username: 1..=max bytes, an ASCII letter first, then letters, digits or `_`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Username(String);
+
+impl Username {
+    /// Validates `raw` after trimming surrounding white space, as Milvus does.
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Username, RuleError> {
+        let name = raw.trim();
+        let Some(first) = name.chars().next() else {
+            return Err(RuleError::EmptyName);
+        };
+        if name.len() > limits.max_username_len {
+            let max = limits.max_username_len;
+            return Err(RuleError::NameTooLong { name: name.to_string(), len: name.len(), max });
+        }
+        if !first.is_ascii_alphabetic() {
+            return Err(RuleError::BadFirstChar { name: name.to_string(), first: first.to_string() });
+        }
+        if let Some(bad) = name.chars().find(|c| !c.is_ascii_alphanumeric() && *c != '_') {
+            return Err(RuleError::BadChar { name: name.to_string(), bad: bad.to_string() });
+        }
+        Ok(Username(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A password that meets the length rules. It has no `Display`, and its `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Vec<u8>);
+
+impl Password {
+    /// Checks the length in bytes against the configured bounds.
+    pub fn new(raw: Vec<u8>, limits: &Limits) -> Result<Password, RuleError> {
+        let len = raw.len();
+        if len < limits.min_password_len || len > limits.max_password_len {
+            return Err(RuleError::PasswordLength { len, min: limits.min_password_len, max: limits.max_password_len });
+        }
+        Ok(Password(raw))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// A stored hash in PHC (`$argon2id$…`) or bcrypt (`$2a$…`) form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    /// Accepts the hash forms credstore can verify.
+    pub fn parse(raw: &str) -> Result<PasswordHash, HashError> {
+        if raw.starts_with("$argon2id$") {
+            argon2::PasswordHash::new(raw).map_err(|_| HashError::Malformed)?;
+        } else if !is_bcrypt(raw) {
+            return Err(HashError::Malformed);
+        }
+        Ok(PasswordHash(raw.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
+
+fn is_bcrypt(raw: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| raw.starts_with(p)) && raw.len() == 60
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("stored credential hash is invalid")]
+    Malformed,
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    #[error("hash parameters {0} are weaker than the minimum (argon2id m=19456 KiB, t=2, p=1; bcrypt cost 10)")]
+    TooWeak(String),
+}
+
+/// The algorithm new hashes are written with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashScheme {
+    Argon2id { memory_kib: u32, iterations: u32, parallelism: u32 },
+    /// For clusters that share etcd with Milvus itself, which can only read bcrypt.
+    Bcrypt { cost: u32 },
+}
+
+impl Default for HashScheme {
+    fn default() -> Self {
+        HashScheme::Argon2id { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+    }
+}
+
+impl HashScheme {
+    /// Refuses parameters below OWASP's first recommendation unless `allow_weak` (tests only).
+    pub fn check_strength(&self, allow_weak: bool) -> Result<(), HashError> {
+        let strong = match self {
+            HashScheme::Argon2id { memory_kib, iterations, parallelism } => {
+                *memory_kib >= 19_456 && *iterations >= 2 && *parallelism >= 1
+            }
+            HashScheme::Bcrypt { cost } => *cost >= 10,
+        };
+        match strong || allow_weak {
+            true => Ok(()),
+            false => Err(HashError::TooWeak(format!("{self:?}"))),
+        }
+    }
+}
+
+/// Hashes and verifies passwords. Every method is CPU-bound: call from the blocking pool.
+#[derive(Clone, Debug)]
+pub struct Hasher {
+    scheme: HashScheme,
+}
+
+impl Hasher {
+    pub fn new(scheme: HashScheme) -> Hasher {
+        Hasher { scheme }
+    }
+
+    pub fn scheme(&self) -> &HashScheme {
+        &self.scheme
+    }
+
+    /// A new salted hash of `password` in the configured scheme.
+    pub fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
+        match &self.scheme {
+            HashScheme::Argon2id { memory_kib, iterations, parallelism } => {
+                let params = Params::new(*memory_kib, *iterations, *parallelism, None)
+                    .map_err(|e| HashError::Hashing(e.to_string()))?;
+                let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                let hash = argon.hash_password(password.as_bytes()).map_err(|e| HashError::Hashing(e.to_string()))?;
+                Ok(PasswordHash(hash.to_string()))
+            }
+            HashScheme::Bcrypt { cost } => {
+                let parts = bcrypt::hash_with_result(password.as_bytes(), *cost)
+                    .map_err(|e| HashError::Hashing(e.to_string()))?;
+                Ok(PasswordHash(parts.format_for_version(bcrypt::Version::TwoA)))
+            }
+        }
+    }
+
+    /// Whether `password` matches `hash`; the comparison inside both crates is constant-time.
+    /// Takes raw bytes because a login's password has not passed the length rules.
+    pub fn verify(&self, hash: &PasswordHash, password: &[u8]) -> Result<bool, HashError> {
+        if is_bcrypt(&hash.0) {
+            // Go's bcrypt refuses passwords over 72 bytes instead of truncating them.
+            if password.len() > 72 {
+                return Ok(false);
+            }
+            return bcrypt::verify(password, &hash.0).map_err(|_| HashError::Malformed);
+        }
+        let parsed = argon2::PasswordHash::new(&hash.0).map_err(|_| HashError::Malformed)?;
+        match Argon2::default().verify_password(password, &parsed) {
+            Ok(()) => Ok(true),
+            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+            Err(_) => Err(HashError::Malformed),
+        }
+    }
+
+    /// Whether `hash` should be replaced by one in the configured scheme after a successful login.
+    pub fn needs_rehash(&self, hash: &PasswordHash) -> bool {
+        match &self.scheme {
+            HashScheme::Bcrypt { cost } => !is_bcrypt(&hash.0) || bcrypt_cost(&hash.0) < Some(*cost),
+            HashScheme::Argon2id { memory_kib, iterations, parallelism } => {
+                let Ok(parsed) = argon2::PasswordHash::new(&hash.0) else {
+                    return true;
+                };
+                let Ok(params) = Params::try_from(&parsed) else {
+                    return true;
+                };
+                params.m_cost() < *memory_kib || params.t_cost() < *iterations || params.p_cost() < *parallelism
+            }
+        }
+    }
+
+    /// A fixed hash to verify against when the user does not exist, so that an unknown user
+    /// costs the same time as a wrong password.
+    pub fn dummy_hash(&self) -> PasswordHash {
+        let password = Password(b"credstore-dummy-password".to_vec());
+        // Hashing fixed input with validated parameters cannot fail; if it did, every
+        // verification would fail too, so fall back to a valid-looking bcrypt form.
+        self.hash(&password)
+            .unwrap_or_else(|_| PasswordHash("$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy".into()))
+    }
+}
+
+fn bcrypt_cost(raw: &str) -> Option<u32> {
+    raw.get(4..6)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weak() -> Hasher {
+        Hasher::new(HashScheme::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 })
+    }
+
+    fn check_name(raw: &str, expected: Result<&str, &str>) {
+        let got = Username::parse(raw, &Limits::default());
+        match (got, expected) {
+            (Ok(name), Ok(want)) => assert_eq!(name.as_str(), want, "{raw:?}"),
+            (Err(err), Err(want)) => assert_eq!(err.to_string(), want, "{raw:?}"),
+            (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn username_rules() {
+        let long = "a".repeat(33);
+        check_name("alice", Ok("alice"));
+        check_name("  bob_2 ", Ok("bob_2"));
+        check_name(&"a".repeat(32), Ok(&"a".repeat(32)));
+        check_name("", Err("username must be not empty"));
+        check_name("   ", Err("username must be not empty"));
+        check_name(
+            &long,
+            Err(&format!("invalid username {long} with length 33, the length of username must be less than 32")),
+        );
+        check_name("1abc", Err("invalid user name 1abc, the first character must be a letter, but got 1"));
+        check_name("_abc", Err("invalid user name _abc, the first character must be a letter, but got _"));
+        check_name(
+            "a-b",
+            Err("invalid user name a-b, username must contain only numbers, letters and underscores, but got -"),
+        );
+        check_name(
+            "a/b",
+            Err("invalid user name a/b, username must contain only numbers, letters and underscores, but got /"),
+        );
+        check_name("é", Err("invalid user name é, the first character must be a letter, but got é"));
+    }
+
+    #[test]
+    fn password_rules_count_bytes() {
+        let limits = Limits::default();
+        assert!(Password::new(vec![b'x'; 6], &limits).is_ok());
+        assert!(Password::new(vec![b'x'; 256], &limits).is_ok());
+        let short = Password::new(vec![b'x'; 5], &limits).unwrap_err();
+        assert_eq!(short.to_string(), "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]");
+        assert!(Password::new(vec![b'x'; 257], &limits).is_err());
+        // Three two-byte characters are six bytes.
+        assert!(Password::new("ééé".as_bytes().to_vec(), &limits).is_ok());
+        assert_eq!(format!("{:?}", Password::new(b"secret1".to_vec(), &limits).unwrap()), "Password(<redacted>)");
+    }
+
+    #[test]
+    fn argon2_hash_verifies_and_rejects() {
+        let hasher = weak();
+        let password = Password::new(b"correct horse".to_vec(), &Limits::default()).unwrap();
+        let hash = hasher.hash(&password).unwrap();
+        assert!(hash.as_str().starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        assert!(hasher.verify(&hash, b"correct horse").unwrap());
+        assert!(!hasher.verify(&hash, b"correct horsE").unwrap());
+        assert!(PasswordHash::parse(hash.as_str()).is_ok());
+    }
+
+    #[test]
+    fn default_scheme_is_owasp_and_weak_is_refused() {
+        assert_eq!(HashScheme::default(), HashScheme::Argon2id { memory_kib: 19_456, iterations: 2, parallelism: 1 });
+        assert!(HashScheme::default().check_strength(false).is_ok());
+        let weak = HashScheme::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+        assert!(weak.check_strength(false).is_err());
+        assert!(weak.check_strength(true).is_ok());
+        assert!(HashScheme::Bcrypt { cost: 9 }.check_strength(false).is_err());
+    }
+
+    #[test]
+    fn bcrypt_written_as_milvus_does_verifies_and_needs_rehash() {
+        let bcrypt_hasher = Hasher::new(HashScheme::Bcrypt { cost: 10 });
+        let password = Password::new(b"Milvus".to_vec(), &Limits::default()).unwrap();
+        let hash = bcrypt_hasher.hash(&password).unwrap();
+        assert!(hash.as_str().starts_with("$2a$10$"), "{}", hash.as_str());
+        let parsed = PasswordHash::parse(hash.as_str()).unwrap();
+        let argon = weak();
+        assert!(argon.verify(&parsed, b"Milvus").unwrap());
+        assert!(!argon.verify(&parsed, b"milvus").unwrap());
+        assert!(argon.needs_rehash(&parsed));
+        assert!(!bcrypt_hasher.needs_rehash(&parsed));
+        // A 73-byte password never matches a bcrypt hash, as with Go's bcrypt.
+        assert!(!argon.verify(&parsed, &[b'M'; 73]).unwrap());
+    }
+
+    #[test]
+    fn rehash_policy_follows_parameters() {
+        let password = Password::new(b"secret1".to_vec(), &Limits::default()).unwrap();
+        let old = weak().hash(&password).unwrap();
+        let stronger = Hasher::new(HashScheme::Argon2id { memory_kib: 128, iterations: 1, parallelism: 1 });
+        assert!(stronger.needs_rehash(&old));
+        assert!(!weak().needs_rehash(&old));
+    }
+
+    #[test]
+    fn malformed_hashes_are_refused() {
+        for raw in ["", "plain", "$argon2id$v=19$garbage", "$2a$10$short"] {
+            assert!(PasswordHash::parse(raw).is_err(), "{raw:?}");
+        }
+    }
+}

@@ -1,0 +1,699 @@
+"""Harness for the pymilvus compatibility suite.
+
+Starts a real etcd (one per session) and real `credstore serve` processes on free
+loopback ports, each with its own etcd root path, and hands the tests small helpers
+for pymilvus ORM connections, MilvusClient instances, etcdctl and the admin CLI.
+
+Nothing here is mocked: every test talks to the real binary over gRPC with the real
+pymilvus client, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import grpc
+import pytest
+from pymilvus import MilvusClient, connections
+from pymilvus.exceptions import MilvusException
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Per-RPC timeout handed to every pymilvus call. pymilvus retries UNAVAILABLE/INTERNAL/
+# UNKNOWN answers for ~210 s when no timeout is given; with one, a server that wrongly
+# answers with a retryable code makes the test fail in seconds instead of minutes.
+T = 10
+
+# Hard per-test ceiling, so one hung call cannot eat the whole suite's time budget.
+TEST_TIMEOUT_S = int(os.environ.get("COMPAT_TEST_TIMEOUT", "90"))
+
+READY_TIMEOUT_S = 60
+ROOT_USER = "root"
+ROOT_PASSWORD = "Milvus"
+SUPER_USERS = "root, foo"  # with a blank after the comma on purpose (milvus#40599)
+FOO_PASSWORD = "FooSecret_1"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_READY = re.compile(r"ready on (\S+)")
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------
+
+
+def uname(prefix: str = "u") -> str:
+    """A fresh, valid Milvus username (letter first, [A-Za-z0-9_] after, <= 32 bytes)."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def pw(tag: str = "Pw") -> str:
+    """A fresh password that is unique enough to be searched for in etcd and in logs."""
+    return f"{tag}_{uuid.uuid4().hex[:12]}"
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode("utf-8")).decode("ascii")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _yaml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid YAML double-quoted scalar
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    raise TypeError(f"cannot render {v!r} as YAML")
+
+
+def to_yaml(d: Dict[str, Any], indent: int = 0) -> str:
+    """Block-style YAML for nested dicts, the way milvus.yaml is written."""
+    lines: List[str] = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(" " * indent + f"{k}:")
+            lines.append(to_yaml(v, indent + 2))
+        else:
+            lines.append(" " * indent + f"{k}: {_yaml_scalar(v)}")
+    return "\n".join(lines)
+
+
+def base_config(
+    root_path: str,
+    endpoints: List[str],
+    auth: bool = True,
+    super_users: Optional[str] = SUPER_USERS,
+) -> Dict[str, Any]:
+    security: Dict[str, Any] = {
+        "authorizationEnabled": auth,
+        "defaultRootPassword": ROOT_PASSWORD,
+    }
+    if super_users is not None:
+        security["superUsers"] = super_users
+    return {
+        "etcd": {
+            "endpoints": endpoints,
+            "rootPath": root_path,
+            "metaSubPath": "meta",
+            "use": {"embed": False},
+        },
+        "proxy": {
+            "port": 19530,
+            "maxUsernameLength": 32,
+            "minPasswordLength": 6,
+            "maxPasswordLength": 256,
+        },
+        "common": {"security": security},
+        "credstore": {
+            "password": {
+                "algorithm": "argon2id",
+                # Weak on purpose: keeps hashing in the test run cheap.
+                "argon2": {"memoryKiB": 64, "iterations": 1, "parallelism": 1},
+                "allowWeakParameters": True,
+            }
+        },
+    }
+
+
+def credstore_bin() -> Path:
+    p = Path(os.environ.get("CREDSTORE_BIN") or REPO / "target" / "debug" / "credstore")
+    if not p.is_file() or not os.access(p, os.X_OK):
+        pytest.fail(
+            f"credstore binary not found at {p}: build it with `cargo build` "
+            f"or point CREDSTORE_BIN at it",
+            pytrace=False,
+        )
+    return p
+
+
+# --------------------------------------------------------------------------------------
+# etcd
+# --------------------------------------------------------------------------------------
+
+
+class Etcd:
+    """One real etcd on free loopback ports with a throw-away data directory."""
+
+    def __init__(self) -> None:
+        for tool in ("etcd", "etcdctl"):
+            if shutil.which(tool) is None:
+                pytest.fail(
+                    f"`{tool}` is not on PATH: install Debian's etcd-server/etcd-client "
+                    f"(scripts/setup.sh does)",
+                    pytrace=False,
+                )
+        self.dir = tempfile.mkdtemp(prefix="credstore-compat-etcd-")
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        while self.peer_port == self.client_port:
+            self.peer_port = free_port()
+        self.endpoint = f"127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"http://127.0.0.1:{self.client_port}"
+        self.log = open(os.path.join(self.dir, "etcd.log"), "wb")
+        self.proc = subprocess.Popen(
+            [
+                "etcd",
+                "--name", "t",
+                "--data-dir", os.path.join(self.dir, "data"),
+                "--listen-client-urls", client,
+                "--advertise-client-urls", client,
+                "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"t={peer}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                self._fail(f"etcd exited with {self.proc.returncode}")
+            r = self.ctl("endpoint", "health", check=False, timeout=5)
+            if r.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                self._fail("etcd did not become healthy within 30 s")
+            time.sleep(0.1)
+
+    def _fail(self, why: str) -> None:
+        self.stop()
+        with open(os.path.join(self.dir, "etcd.log"), "rb") as f:
+            log = f.read().decode("utf-8", "replace")[-4000:]
+        pytest.fail(f"{why}\n--- etcd log ---\n{log}", pytrace=False)
+
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 15
+    ) -> subprocess.CompletedProcess:
+        env = dict(os.environ, ETCDCTL_API="3")
+        r = subprocess.run(
+            ["etcdctl", "--endpoints", self.endpoint, *args],
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"etcdctl {' '.join(args)} failed ({r.returncode}): "
+                f"{r.stderr.decode('utf-8', 'replace')}"
+            )
+        return r
+
+    def get_prefix(self, prefix: str) -> Dict[str, bytes]:
+        """All keys under prefix (\"\" = the whole keyspace), decoded from etcdctl's JSON."""
+        r = self.ctl("get", "--prefix", prefix, "-w", "json")
+        doc = json.loads(r.stdout)
+        return {
+            base64.b64decode(kv["key"]).decode("utf-8", "replace"): base64.b64decode(
+                kv.get("value", "")
+            )
+            for kv in doc.get("kvs", [])
+        }
+
+    def get(self, key: str) -> Optional[bytes]:
+        return self.get_prefix(key).get(key)
+
+    def put(self, key: str, value: str) -> None:
+        # `--` so a value can never be mistaken for a flag.
+        self.ctl("put", "--", key, value)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# credstore server process
+# --------------------------------------------------------------------------------------
+
+
+class Server:
+    """A `credstore serve` child process listening on 127.0.0.1:<free port>."""
+
+    def __init__(
+        self,
+        config: Dict[str, Any],
+        workdir: str,
+        env: Optional[Dict[str, str]] = None,
+        extra_args: Tuple[str, ...] = (),
+        name: str = "credstore",
+    ) -> None:
+        self.bin = credstore_bin()
+        self.config = config
+        self.root_path: str = config.get("etcd", {}).get("rootPath", "by-dev")
+        self.name = name
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.config_path = os.path.join(workdir, f"{name}.yaml")
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write(to_yaml(config) + "\n")
+        self._lines: List[str] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._eof = threading.Event()
+        self.addr: Optional[str] = None
+        full_env = dict(os.environ)
+        full_env.update({"NO_COLOR": "1", "RUST_BACKTRACE": "1"})
+        # Never let the developer's shell leak Milvus-style overrides into a test server.
+        for k in list(full_env):
+            if k.startswith(("COMMON_", "ETCD_", "PROXY_", "CREDSTORE_")) and k != "CREDSTORE_BIN":
+                del full_env[k]
+        full_env.update(env or {})
+        self.cmd = [
+            str(self.bin),
+            "serve",
+            "--config",
+            self.config_path,
+            "--listen",
+            "127.0.0.1:0",
+            *extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=workdir,
+        )
+        self._reader = threading.Thread(target=self._drain, name=f"{name}-stderr", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._ready.is_set():
+            if self._eof.is_set() or self.proc.poll() is not None:
+                self._reader.join(2)
+                self.stop()
+                pytest.fail(
+                    f"credstore exited ({self.proc.returncode}) before it was ready\n"
+                    f"command: {' '.join(self.cmd)}\nconfig:\n{to_yaml(config)}\n"
+                    f"--- stderr ---\n{self.log_text()}",
+                    pytrace=False,
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(
+                    f"credstore did not log 'ready on' within {READY_TIMEOUT_S} s\n"
+                    f"command: {' '.join(self.cmd)}\n--- stderr ---\n{self.log_text()}",
+                    pytrace=False,
+                )
+            self._ready.wait(0.05)
+        m = re.search(r"(\d+\.\d+\.\d+\.\d+):(\d+)", self.addr or "")
+        assert m, f"cannot parse the address from the ready line: {self.addr!r}"
+        self.host = m.group(1)
+        self.port = int(m.group(2))
+        self.uri = f"http://{self.host}:{self.port}"
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\n")
+            with self._lock:
+                self._lines.append(line)
+            if not self._ready.is_set() and "credstore ready on" in line:
+                m = _READY.search(line)
+                if m:
+                    self.addr = m.group(1)
+                    self._ready.set()
+        self._eof.set()
+
+    def log_text(self) -> str:
+        with self._lock:
+            return "\n".join(self._lines)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> Optional[int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        return self.proc.returncode
+
+    # ---- the admin CLI of the same binary -------------------------------------------
+
+    def cli(
+        self,
+        *args: str,
+        user: Optional[str] = ROOT_USER,
+        password: Optional[str] = ROOT_PASSWORD,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess:
+        cmd = [str(self.bin), *args, "--uri", self.uri]
+        if user is not None:
+            cmd += ["--user", user]
+        if password is not None:
+            cmd += ["--password", password]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+
+
+# --------------------------------------------------------------------------------------
+# error expectations
+# --------------------------------------------------------------------------------------
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+        return f"grpc.RpcError(code={e.code()}, details={e.details()!r})"
+    if isinstance(e, MilvusException):
+        return (
+            f"MilvusException(code={e.code}, compatible_code={e.compatible_code}, "
+            f"message={e.message!r})"
+        )
+    return repr(e)
+
+
+@contextlib.contextmanager
+def raises_milvus(code: int, match: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+    """The call must fail with a pymilvus MilvusException carrying `code`."""
+    box: Dict[str, Any] = {}
+    try:
+        yield box
+    except (MilvusException, grpc.RpcError) as e:  # noqa: PERF203
+        box["exc"] = e
+        assert isinstance(e, MilvusException), (
+            f"expected MilvusException(code={code}), got {_describe(e)}"
+        )
+        assert e.code == code, f"expected MilvusException(code={code}), got {_describe(e)}"
+        if match is not None:
+            assert re.search(match, e.message or ""), (
+                f"message does not match /{match}/: {_describe(e)}"
+            )
+    else:
+        pytest.fail(f"expected MilvusException(code={code}), but the call succeeded")
+
+
+@contextlib.contextmanager
+def raises_rpc(code: grpc.StatusCode, match: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+    """The call must fail with a raw grpc.RpcError whose status is `code`."""
+    box: Dict[str, Any] = {}
+    try:
+        yield box
+    except (MilvusException, grpc.RpcError) as e:  # noqa: PERF203
+        box["exc"] = e
+        assert isinstance(e, grpc.RpcError) and hasattr(e, "code"), (
+            f"expected a raw grpc.RpcError({code}), got {_describe(e)}"
+        )
+        assert e.code() == code, f"expected grpc.RpcError({code}), got {_describe(e)}"
+        if match is not None:
+            assert re.search(match, e.details() or ""), (
+                f"details do not match /{match}/: {_describe(e)}"
+            )
+    else:
+        pytest.fail(f"expected grpc.RpcError({code}), but the call succeeded")
+
+
+# --------------------------------------------------------------------------------------
+# pymilvus connection helpers
+# --------------------------------------------------------------------------------------
+
+
+class Orm:
+    """Creates ORM (`connections`) aliases with unique names and removes them afterwards."""
+
+    def __init__(self) -> None:
+        self.aliases: List[str] = []
+
+    def connect(
+        self,
+        server: Server,
+        user: Optional[str] = ROOT_USER,
+        password: Optional[str] = ROOT_PASSWORD,
+        alias: Optional[str] = None,
+        **kwargs: Any,
+    ) -> str:
+        alias = alias or f"a_{uuid.uuid4().hex[:10]}"
+        self.aliases.append(alias)
+        if "uri" not in kwargs:
+            kwargs.setdefault("host", server.host)
+            kwargs.setdefault("port", str(server.port))
+        if user is not None:
+            kwargs["user"] = user
+        if password is not None:
+            kwargs["password"] = password
+        connections.connect(alias=alias, timeout=T, **kwargs)
+        return alias
+
+    def can_connect(self, server: Server, user: Optional[str], password: Optional[str]) -> bool:
+        """True if connect works; False if it fails the way pymilvus reports auth failures."""
+        try:
+            alias = self.connect(server, user, password)
+        except MilvusException as e:
+            assert e.code == 2, f"connect failed, but not with code 2: {_describe(e)}"
+            return False
+        self.disconnect(alias)
+        return True
+
+    def disconnect(self, alias: str) -> None:
+        with contextlib.suppress(Exception):
+            connections.remove_connection(alias)
+
+    def close_all(self) -> None:
+        for a in self.aliases:
+            self.disconnect(a)
+
+
+class Clients:
+    """Creates dedicated MilvusClient instances (always a fresh channel and Connect)."""
+
+    def __init__(self) -> None:
+        self.clients: List[MilvusClient] = []
+
+    def make(
+        self,
+        server: Server,
+        token: Optional[str] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        **kwargs: Any,
+    ) -> MilvusClient:
+        if token is None and user is None and password is None:
+            token = f"{ROOT_USER}:{ROOT_PASSWORD}"
+        args: Dict[str, Any] = {"uri": server.uri, "timeout": T, "dedicated": True}
+        if token is not None:
+            args["token"] = token
+        if user is not None:
+            args["user"] = user
+        if password is not None:
+            args["password"] = password
+        args.update(kwargs)
+        c = MilvusClient(**args)
+        self.clients.append(c)
+        return c
+
+    def can_connect(self, server: Server, token: Optional[str]) -> bool:
+        try:
+            self.make(server, token=token if token is not None else "")
+        except MilvusException as e:
+            assert e.code == 2, f"MilvusClient failed, but not with code 2: {_describe(e)}"
+            return False
+        return True
+
+    def close_all(self) -> None:
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                c.close()
+
+
+# --------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _per_test_deadline() -> Iterator[None]:
+    """Fail (instead of hang) a test that runs longer than TEST_TIMEOUT_S."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"test exceeded {TEST_TIMEOUT_S} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    return credstore_bin()
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[Etcd]:
+    e = Etcd()
+    try:
+        yield e
+    finally:
+        e.cleanup()
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="credstore-compat-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _session_server(name: str, etcd: Etcd, session_dir: str, **cfg: Any) -> Server:
+    root = f"compat-{name}-{uuid.uuid4().hex[:8]}"
+    config = base_config(root, [etcd.endpoint], **cfg)
+    return Server(config, os.path.join(session_dir, name), name=name)
+
+
+@pytest.fixture(scope="session")
+def server(binary: Path, etcd: Etcd, session_dir: str) -> Iterator[Server]:
+    """Auth on, superUsers "root, foo", its own etcd root path."""
+    s = _session_server("auth", etcd, session_dir, auth=True, super_users=SUPER_USERS)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def noauth_server(binary: Path, etcd: Etcd, session_dir: str) -> Iterator[Server]:
+    """authorizationEnabled: false."""
+    s = _session_server("noauth", etcd, session_dir, auth=False, super_users=SUPER_USERS)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def start_server(binary: Path, etcd: Etcd, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Factory for extra servers a single test needs; all are stopped at teardown.
+
+    start_server(root_path=None, auth=True, super_users=SUPER_USERS, overrides={}, env={})
+    """
+    started: List[Server] = []
+
+    def start(
+        root_path: Optional[str] = None,
+        auth: bool = True,
+        super_users: Optional[str] = SUPER_USERS,
+        overrides: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, str]] = None,
+        config: Optional[Dict[str, Any]] = None,
+        extra_args: Tuple[str, ...] = (),
+    ) -> Server:
+        if config is None:
+            root = root_path or f"compat-x-{uuid.uuid4().hex[:8]}"
+            config = base_config(root, [etcd.endpoint], auth=auth, super_users=super_users)
+            config = deep_merge(config, overrides or {})
+        name = f"srv{len(started)}"
+        s = Server(config, str(tmp_path / name), env=env, extra_args=extra_args, name=name)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def orm() -> Iterator[Orm]:
+    o = Orm()
+    yield o
+    o.close_all()
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    c = Clients()
+    yield c
+    c.close_all()
+
+
+@pytest.fixture
+def root(server: Server, clients: Clients) -> MilvusClient:
+    """MilvusClient(uri, token="root:Milvus") on the auth server."""
+    return clients.make(server, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
+
+
+@pytest.fixture
+def new_user(server: Server, root: MilvusClient) -> Iterator[Callable[..., Tuple[str, str]]]:
+    """Factory: creates a user (as root) with a fresh password; drops it at teardown."""
+    made: List[str] = []
+
+    def make(name: Optional[str] = None, password: Optional[str] = None) -> Tuple[str, str]:
+        name = name or uname()
+        password = password or pw()
+        root.create_user(name, password, timeout=T)
+        made.append(name)
+        return name, password
+
+    yield make
+    for n in made:
+        with contextlib.suppress(Exception):
+            root.drop_user(n, timeout=T)
+
+
+@pytest.fixture(scope="session")
+def foo(server: Server) -> str:
+    """Makes sure the super user `foo` (listed in superUsers, no roles) exists; its password."""
+    c = MilvusClient(uri=server.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T, dedicated=True)
+    try:
+        if "foo" not in c.list_users(timeout=T):
+            c.create_user("foo", FOO_PASSWORD, timeout=T)
+    finally:
+        c.close()
+    return FOO_PASSWORD
+
+
+def users_prefix(s: Server) -> str:
+    return f"{s.root_path}/meta/root-coord/credential/users/"
