@@ -9,3 +9,8 @@ pub mod meta;
 pub mod password;
 pub mod catalog;
 pub mod proto;
+pub mod auth;
+pub mod coherence;
+pub mod service;
+pub mod server;
+pub mod admin;

@@ -170,22 +170,22 @@ fn apply_op(
     revision: Revision,
     events: &mut Vec<Event>,
 ) -> Result<(), redb::Error> {
-    let event = |kind, key: &str| Event { kind, key: key.to_string(), revision };
+    let event = |kind, key: &str, value: &[u8]| Event { kind, key: key.to_string(), value: value.to_vec(), revision };
     match op {
         Op::Put(key, value) => {
             let created = read_key(table, key)?.map(|kv| kv.create_revision).unwrap_or(revision);
             table.insert(key.as_str(), encode(created, revision, value).as_slice())?;
-            events.push(event(EventKind::Put, key));
+            events.push(event(EventKind::Put, key, value));
         }
         Op::Delete(key) => {
             if table.remove(key.as_str())?.is_some() {
-                events.push(event(EventKind::Delete, key));
+                events.push(event(EventKind::Delete, key, &[]));
             }
         }
         Op::DeletePrefix(prefix) => {
             for kv in keys_with_prefix(table, prefix)? {
                 table.remove(kv.key.as_str())?;
-                events.push(event(EventKind::Delete, &kv.key));
+                events.push(event(EventKind::Delete, &kv.key, &[]));
             }
         }
     }

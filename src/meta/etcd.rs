@@ -174,6 +174,8 @@ impl EtcdWatch {
             if response.events().is_empty() {
                 return Ok(WatchMessage::Progress { revision });
             }
+            // Every event of this watch up to the newest one in the batch has been delivered.
+            let revision = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max().unwrap_or(revision);
             let events = response
                 .events()
                 .iter()
@@ -183,7 +185,8 @@ impl EtcdWatch {
                         etcd_client::EventType::Put => EventKind::Put,
                         etcd_client::EventType::Delete => EventKind::Delete,
                     };
-                    Some(Event { kind, key: String::from_utf8_lossy(kv.key()).into_owned(), revision: kv.mod_revision() })
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    Some(Event { kind, key, value: kv.value().to_vec(), revision: kv.mod_revision() })
                 })
                 .collect();
             return Ok(WatchMessage::Events { events, revision });

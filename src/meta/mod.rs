@@ -6,7 +6,7 @@
 //! process. [`Store`] picks one at start-up. Nothing here knows users or gRPC.
 
 mod embedded;
-mod etcd;
+pub(crate) mod etcd;
 
 use std::future::Future;
 
@@ -88,6 +88,8 @@ pub enum EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub key: String,
+    /// The new value of a put; empty for a delete.
+    pub value: Vec<u8>,
     /// The revision of this change.
     pub revision: Revision,
 }

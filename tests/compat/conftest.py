@@ -665,22 +665,31 @@ def root(server: Server, clients: Clients) -> MilvusClient:
     return clients.make(server, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
 
 
-@pytest.fixture
-def new_user(server: Server, root: MilvusClient) -> Iterator[Callable[..., Tuple[str, str]]]:
-    """Factory: creates a user (as root) with a fresh password; drops it at teardown."""
-    made: List[str] = []
-
-    def make(name: Optional[str] = None, password: Optional[str] = None) -> Tuple[str, str]:
-        name = name or uname()
-        password = password or pw()
-        root.create_user(name, password, timeout=T)
-        made.append(name)
-        return name, password
-
-    yield make
-    for n in made:
-        with contextlib.suppress(Exception):
-            root.drop_user(n, timeout=T)
+@pytest.fixture(autouse=True)
+def _drop_test_users(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, drop the users it left on the shared session servers, so no test
+    sees another's users and a Milvus-style user limit (proxy.maxUserNum) is never hit.
+    Best effort: a failure here must not mask the test's own result."""
+    yield
+    for fixture_name in ("server", "noauth_server"):
+        if fixture_name not in request.fixturenames:
+            continue
+        s: Server = request.getfixturevalue(fixture_name)
+        if not s.alive():
+            continue
+        c = None
+        try:
+            c = MilvusClient(uri=s.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T,
+                             dedicated=True)
+            for u in c.list_users(timeout=T):
+                if u not in (ROOT_USER, "foo"):
+                    c.drop_user(u, timeout=T)
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    c.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,126 @@
+//! Authentication: who is calling. [`AuthLayer`] wraps the whole gRPC router (installed once,
+//! in `server`), parses the `authorization` header and asks the [`Authenticator`], which
+//! verifies passwords through a coherent cache. Success puts an [`Authenticated`] into the
+//! request's extensions; failure is answered by the layer and the handler never runs.
+//!
+//! Authorization (what the caller may do) is decided by `service`, from `Authenticated`.
+
+mod authenticator;
+mod layer;
+
+use base64::Engine;
+
+pub use authenticator::{AuthStats, Authenticator, AuthenticatorConfig};
+pub use layer::{AuthLayer, AuthService};
+
+/// The identity a request was authenticated as. Only this module can create one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    /// `None` when authorization is disabled: every operation is allowed, as in Milvus.
+    user: Option<String>,
+    super_user: bool,
+}
+
+impl Authenticated {
+    pub(crate) fn user(name: &str, super_user: bool) -> Authenticated {
+        Authenticated { user: Some(name.to_string()), super_user }
+    }
+
+    pub(crate) fn unchecked() -> Authenticated {
+        Authenticated { user: None, super_user: false }
+    }
+
+    /// The verified username, or `None` when authorization is disabled.
+    pub fn name(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Listed in `common.security.superUsers`: may reset passwords without the old one.
+    pub fn is_super_user(&self) -> bool {
+        self.super_user
+    }
+}
+
+/// Why a request was not authenticated. Messages are Milvus's; none carries a secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing authorization in header")]
+    MissingHeader,
+    #[error("invalid token format")]
+    BadToken,
+    #[error("auth check failure, please check api key is correct")]
+    ApiKey,
+    #[error("auth check failure, please check username and password are correct")]
+    Denied,
+    #[error("too many password verifications in progress; retry later")]
+    Busy,
+    #[error("credential store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// The gRPC status pymilvus sees: UNAUTHENTICATED is never retried; RESOURCE_EXHAUSTED is
+    /// raised to the user at once; UNAVAILABLE is retried with back-off, which is right when
+    /// etcd is away or the replica is re-syncing.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            AuthError::MissingHeader | AuthError::BadToken | AuthError::ApiKey | AuthError::Denied => {
+                tonic::Status::unauthenticated(self.to_string())
+            }
+            AuthError::Busy => tonic::Status::resource_exhausted(self.to_string()),
+            AuthError::Unavailable(_) => tonic::Status::unavailable(self.to_string()),
+        }
+    }
+}
+
+/// Most bytes of an `authorization` header we decode: base64 of a 32-byte name, a colon and a
+/// 256-byte password is far below this; anything longer is refused before any work.
+const MAX_HEADER_LEN: usize = 1024;
+
+/// Splits the `authorization` header value into user and password: standard base64 of
+/// `user:password`, split at the first colon (the password may contain colons).
+pub fn parse_header(value: Option<&[u8]>) -> Result<(String, Vec<u8>), AuthError> {
+    let raw = value.ok_or(AuthError::MissingHeader)?;
+    if raw.len() > MAX_HEADER_LEN {
+        return Err(AuthError::BadToken);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(raw).map_err(|_| AuthError::BadToken)?;
+    let colon = decoded.iter().position(|b| *b == b':').ok_or(AuthError::ApiKey)?;
+    let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthError::Denied)?.to_string();
+    Ok((user, decoded[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(header: Option<&str>, expected: Result<(&str, &str), AuthError>) {
+        let got = parse_header(header.map(str::as_bytes));
+        let got = got.as_ref().map(|(u, p)| (u.as_str(), std::str::from_utf8(p).unwrap()));
+        assert_eq!(got, expected.as_ref().map(|(u, p)| (*u, *p)), "{header:?}");
+    }
+
+    #[test]
+    fn header_parsing() {
+        check(Some("cm9vdDpNaWx2dXM="), Ok(("root", "Milvus")));
+        // "bob:s3:cret": split at the first colon.
+        check(Some("Ym9iOnMzOmNyZXQ="), Ok(("bob", "s3:cret")));
+        check(None, Err(AuthError::MissingHeader));
+        check(Some("not base64!"), Err(AuthError::BadToken));
+        check(Some("Bearer cm9vdDpNaWx2dXM="), Err(AuthError::BadToken));
+        // "abcdef": no colon, an API key.
+        check(Some("YWJjZGVm"), Err(AuthError::ApiKey));
+        check(Some(&"A".repeat(2000)), Err(AuthError::BadToken));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(AuthError::Denied.to_status().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            AuthError::Denied.to_status().message(),
+            "auth check failure, please check username and password are correct"
+        );
+        assert_eq!(AuthError::Busy.to_status().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(AuthError::Unavailable("x".into()).to_status().code(), tonic::Code::Unavailable);
+    }
+}

@@ -1,0 +1,229 @@
+//! The one place where errors reach the wire: every [`ServiceError`] becomes either a gRPC
+//! error (authentication, permission, overload, etcd away) or gRPC OK with a Milvus
+//! `common.Status` carrying both the new `code` and the legacy `error_code`. The `match` is
+//! exhaustive, so a new variant does not compile until someone decides what pymilvus sees —
+//! and a deterministic error can never leak out as a retryable UNAVAILABLE.
+
+use crate::catalog::CatalogError;
+use crate::coherence::CoherenceError;
+use crate::meta::MetaError;
+use crate::password::{HashError, RuleError};
+use crate::proto::common::{ErrorCode, Status};
+
+/// Everything a handler can fail with. No variant carries a password or hash.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}: invalid parameter")]
+    InvalidName(RuleError),
+    #[error("{0}")]
+    InvalidPassword(RuleError),
+    #[error("{0}: invalid parameter")]
+    InvalidRole(String),
+    #[error("decode password fail: {0}")]
+    Base64(String),
+    #[error("user already exists: {0}: invalid parameter")]
+    UserExists(String),
+    #[error("old password not correct for {0}: not authenticated")]
+    WrongOldPassword(String),
+    #[error("root user cannot be deleted: privilege not permitted")]
+    DeleteRoot,
+    #[error("user not found: {0}")]
+    UserNotFound(String),
+    #[error("role [{0}] already exists")]
+    RoleExists(String),
+    #[error("role [{0}] not found")]
+    RoleNotFound(String),
+    #[error("the role[{0}] is a default role, which can't be dropped: privilege not permitted")]
+    DefaultRole(String),
+    #[error("{0} was changed concurrently; read it again and retry")]
+    Conflict(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("{privilege}: permission deny to {user} in the `{db}` database")]
+    PermissionDenied { privilege: &'static str, user: String, db: String },
+    #[error("request is not authenticated")]
+    Unauthenticated,
+    #[error("credential store unavailable, retry: {0}")]
+    Unavailable(String),
+    #[error("credential store failed: {0}")]
+    Store(String),
+    #[error("too many password hash computations in progress; retry later")]
+    Busy,
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("{0}")]
+    NotConfirmed(CoherenceError),
+}
+
+/// The legacy `error_code` Milvus reports for a failed operation of this kind.
+pub type Failure = ErrorCode;
+
+/// Maps `err` to what pymilvus sees: `Err` is a gRPC error, `Ok` a failed `common.Status`.
+/// Also logs it at the level it deserves.
+pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::Status> {
+    let reason = err.to_string();
+    let (code, legacy, input_error) = match err {
+        ServiceError::InvalidName(_) | ServiceError::InvalidPassword(_) | ServiceError::InvalidRole(_) => {
+            tracing::debug!(%reason, "invalid input");
+            (1100, ErrorCode::IllegalArgument, true)
+        }
+        ServiceError::UserExists(_) => {
+            tracing::debug!(%reason, "refused");
+            (1100, failure, true)
+        }
+        ServiceError::WrongOldPassword(_) => {
+            tracing::debug!(%reason, "refused");
+            (1400, failure, false)
+        }
+        ServiceError::DeleteRoot | ServiceError::DefaultRole(_) => {
+            tracing::debug!(%reason, "refused");
+            (1401, failure, false)
+        }
+        ServiceError::Base64(_)
+        | ServiceError::UserNotFound(_)
+        | ServiceError::RoleExists(_)
+        | ServiceError::RoleNotFound(_)
+        | ServiceError::Conflict(_) => {
+            tracing::debug!(%reason, "refused");
+            (65535, failure, false)
+        }
+        ServiceError::NotConfirmed(_) => {
+            tracing::warn!(%reason, "write not confirmed by every replica");
+            (65535, failure, false)
+        }
+        ServiceError::Corrupt(_) | ServiceError::Store(_) | ServiceError::Internal(_) => {
+            tracing::error!(%reason, "request failed");
+            (65535, failure, false)
+        }
+        ServiceError::PermissionDenied { .. } => {
+            tracing::debug!(%reason, "permission denied");
+            return Err(tonic::Status::permission_denied(reason));
+        }
+        ServiceError::Unauthenticated => return Err(tonic::Status::unauthenticated(reason)),
+        ServiceError::Unavailable(_) => {
+            tracing::warn!(%reason, "store unavailable");
+            return Err(tonic::Status::unavailable(reason));
+        }
+        ServiceError::Busy => {
+            tracing::warn!(%reason, "hashing queue full");
+            return Err(tonic::Status::resource_exhausted(reason));
+        }
+    };
+    let mut status = Status { error_code: legacy as i32, reason, code, ..Status::default() };
+    if input_error {
+        status.extra_info.insert("is_input_error".into(), "true".into());
+    }
+    Ok(status)
+}
+
+impl From<CatalogError> for ServiceError {
+    fn from(err: CatalogError) -> Self {
+        match err {
+            CatalogError::Meta(e) => e.into(),
+            CatalogError::UserExists(name) => ServiceError::UserExists(name),
+            CatalogError::UserNotFound(name) => ServiceError::UserNotFound(name),
+            CatalogError::Conflict(name) => ServiceError::Conflict(name),
+            CatalogError::RoleExists(role) => ServiceError::RoleExists(role),
+            CatalogError::RoleNotFound(role) => ServiceError::RoleNotFound(role),
+            CatalogError::DefaultRole(role) => ServiceError::DefaultRole(role),
+            corrupt @ CatalogError::Corrupt { .. } => ServiceError::Corrupt(corrupt.to_string()),
+        }
+    }
+}
+
+impl From<MetaError> for ServiceError {
+    fn from(err: MetaError) -> Self {
+        match err {
+            MetaError::Unavailable(_) | MetaError::WatchClosed => ServiceError::Unavailable(err.to_string()),
+            MetaError::Etcd(_) | MetaError::Embedded { .. } => ServiceError::Store(err.to_string()),
+        }
+    }
+}
+
+impl From<HashError> for ServiceError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Busy => ServiceError::Busy,
+            HashError::Malformed => ServiceError::Corrupt(err.to_string()),
+            HashError::Hashing(_) | HashError::TooWeak(_) => ServiceError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<CoherenceError> for ServiceError {
+    fn from(err: CoherenceError) -> Self {
+        match err {
+            CoherenceError::Meta(e) => e.into(),
+            not_confirmed @ CoherenceError::NotConfirmed { .. } => ServiceError::NotConfirmed(not_confirmed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (gRPC code if not OK, or Status code, legacy code, reason)
+    fn check(err: ServiceError, expected: Result<(i32, ErrorCode, &str), (tonic::Code, &str)>) {
+        let got = to_status(&err, ErrorCode::CreateCredentialFailure);
+        match (got, expected) {
+            (Ok(status), Ok((code, legacy, reason))) => {
+                assert_eq!((status.code, status.error_code, status.reason.as_str()), (code, legacy as i32, reason));
+            }
+            (Err(status), Err((code, message))) => assert_eq!((status.code(), status.message()), (code, message)),
+            (got, want) => panic!("{err:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn every_variant_maps_as_milvus_does() {
+        use ServiceError as E;
+        let ok = |code, legacy, reason| Ok((code, legacy, reason));
+        let long = RuleError::PasswordLength { len: 5, min: 6, max: 256 };
+        check(E::InvalidName(RuleError::EmptyName), ok(1100, ErrorCode::IllegalArgument, "username must be not empty: invalid parameter"));
+        check(
+            E::InvalidPassword(long),
+            ok(1100, ErrorCode::IllegalArgument, "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]"),
+        );
+        check(E::InvalidRole("bad".into()), ok(1100, ErrorCode::IllegalArgument, "bad: invalid parameter"));
+        check(
+            E::Base64("illegal base64 data".into()),
+            ok(65535, ErrorCode::CreateCredentialFailure, "decode password fail: illegal base64 data"),
+        );
+        check(E::UserExists("bob".into()), ok(1100, ErrorCode::CreateCredentialFailure, "user already exists: bob: invalid parameter"));
+        check(
+            E::WrongOldPassword("bob".into()),
+            ok(1400, ErrorCode::CreateCredentialFailure, "old password not correct for bob: not authenticated"),
+        );
+        check(E::DeleteRoot, ok(1401, ErrorCode::CreateCredentialFailure, "root user cannot be deleted: privilege not permitted"));
+        check(E::UserNotFound("x".into()), ok(65535, ErrorCode::CreateCredentialFailure, "user not found: x"));
+        check(E::RoleExists("r".into()), ok(65535, ErrorCode::CreateCredentialFailure, "role [r] already exists"));
+        check(E::RoleNotFound("r".into()), ok(65535, ErrorCode::CreateCredentialFailure, "role [r] not found"));
+        check(
+            E::DefaultRole("admin".into()),
+            ok(1401, ErrorCode::CreateCredentialFailure, "the role[admin] is a default role, which can't be dropped: privilege not permitted"),
+        );
+        check(E::Conflict("bob".into()), ok(65535, ErrorCode::CreateCredentialFailure, "bob was changed concurrently; read it again and retry"));
+        check(E::Corrupt("k".into()), ok(65535, ErrorCode::CreateCredentialFailure, "stored data is unreadable: k"));
+        check(E::Store("s".into()), ok(65535, ErrorCode::CreateCredentialFailure, "credential store failed: s"));
+        check(E::Internal("i".into()), ok(65535, ErrorCode::CreateCredentialFailure, "internal error: i"));
+        let not_confirmed = CoherenceError::NotConfirmed { revision: 7, replicas: vec!["b".into()] };
+        check(
+            E::NotConfirmed(not_confirmed),
+            ok(65535, ErrorCode::CreateCredentialFailure, "change stored at revision 7 but not yet confirmed by replicas [\"b\"]; retrying is safe"),
+        );
+        check(
+            E::PermissionDenied { privilege: "PrivilegeCreateOwnership", user: "bob".into(), db: "default".into() },
+            Err((tonic::Code::PermissionDenied, "PrivilegeCreateOwnership: permission deny to bob in the `default` database")),
+        );
+        check(E::Unauthenticated, Err((tonic::Code::Unauthenticated, "request is not authenticated")));
+        check(E::Unavailable("etcd".into()), Err((tonic::Code::Unavailable, "credential store unavailable, retry: etcd")));
+        check(E::Busy, Err((tonic::Code::ResourceExhausted, "too many password hash computations in progress; retry later")));
+    }
+
+    #[test]
+    fn input_errors_are_flagged() {
+        let status = to_status(&ServiceError::InvalidName(RuleError::EmptyName), ErrorCode::CreateCredentialFailure).unwrap();
+        assert_eq!(status.extra_info.get("is_input_error").map(String::as_str), Some("true"));
+    }
+}
