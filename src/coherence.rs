@@ -176,6 +176,8 @@ impl Coherence {
     pub async fn shutdown(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
+            // Wait until the task is really gone, so the store it holds is released.
+            let _ = task.await;
         }
         if let Some(session) = self.session.take() {
             let lease = session.lease.load(Ordering::Acquire);
