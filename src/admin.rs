@@ -10,7 +10,10 @@ use crate::proto::common::Status;
 use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
 
-type Client = MilvusServiceClient<InterceptedService<Channel, Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>>>;
+/// Adds the `authorization` header to every call.
+type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client = MilvusServiceClient<InterceptedService<Channel, Interceptor>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -32,8 +35,14 @@ fn b64(raw: &str) -> String {
 }
 
 impl Admin {
-    pub async fn connect(uri: &str, credentials: Option<(&str, &str)>) -> Result<Admin, AdminError> {
-        let connect_err = |reason: String| AdminError::Connect { uri: uri.to_string(), reason };
+    pub async fn connect(
+        uri: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<Admin, AdminError> {
+        let connect_err = |reason: String| AdminError::Connect {
+            uri: uri.to_string(),
+            reason,
+        };
         let channel = Endpoint::from_shared(uri.to_string())
             .map_err(|e| connect_err(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -41,41 +50,83 @@ impl Admin {
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let header: Option<MetadataValue<_>> = match credentials {
-            Some((user, password)) => Some(b64(&format!("{user}:{password}")).parse().map_err(|_| connect_err("bad credentials".into()))?),
+            Some((user, password)) => Some(
+                b64(&format!("{user}:{password}"))
+                    .parse()
+                    .map_err(|_| connect_err("bad credentials".into()))?,
+            ),
             None => None,
         };
-        let interceptor: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
-            Box::new(move |mut request: tonic::Request<()>| {
-                if let Some(value) = &header {
-                    request.metadata_mut().insert("authorization", value.clone());
-                }
-                Ok(request)
-            });
-        Ok(Admin { client: MilvusServiceClient::with_interceptor(channel, interceptor) })
+        let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {
+            if let Some(value) = &header {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+            }
+            Ok(request)
+        });
+        Ok(Admin {
+            client: MilvusServiceClient::with_interceptor(channel, interceptor),
+        })
     }
 
     pub async fn create_user(&mut self, name: &str, password: &str) -> Result<(), AdminError> {
-        let request = CreateCredentialRequest { username: name.into(), password: b64(password), ..Default::default() };
-        check(self.client.create_credential(request).await.map_err(rpc)?.into_inner())
+        let request = CreateCredentialRequest {
+            username: name.into(),
+            password: b64(password),
+            ..Default::default()
+        };
+        check(
+            self.client
+                .create_credential(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
     }
 
-    pub async fn change_password(&mut self, name: &str, old: Option<&str>, new: &str) -> Result<(), AdminError> {
+    pub async fn change_password(
+        &mut self,
+        name: &str,
+        old: Option<&str>,
+        new: &str,
+    ) -> Result<(), AdminError> {
         let request = UpdateCredentialRequest {
             username: name.into(),
             old_password: b64(old.unwrap_or_default()),
             new_password: b64(new),
             ..Default::default()
         };
-        check(self.client.update_credential(request).await.map_err(rpc)?.into_inner())
+        check(
+            self.client
+                .update_credential(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
     }
 
     pub async fn delete_user(&mut self, name: &str) -> Result<(), AdminError> {
-        let request = DeleteCredentialRequest { username: name.into(), ..Default::default() };
-        check(self.client.delete_credential(request).await.map_err(rpc)?.into_inner())
+        let request = DeleteCredentialRequest {
+            username: name.into(),
+            ..Default::default()
+        };
+        check(
+            self.client
+                .delete_credential(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
     }
 
     pub async fn list_users(&mut self) -> Result<Vec<String>, AdminError> {
-        let response = self.client.list_cred_users(ListCredUsersRequest::default()).await.map_err(rpc)?.into_inner();
+        let response = self
+            .client
+            .list_cred_users(ListCredUsersRequest::default())
+            .await
+            .map_err(rpc)?
+            .into_inner();
         check(response.status.unwrap_or_default())?;
         Ok(response.usernames)
     }
@@ -91,12 +142,18 @@ impl Admin {
 }
 
 fn rpc(status: tonic::Status) -> AdminError {
-    AdminError::Rpc { code: status.code(), message: status.message().to_string() }
+    AdminError::Rpc {
+        code: status.code(),
+        message: status.message().to_string(),
+    }
 }
 
 fn check(status: Status) -> Result<(), AdminError> {
     match (status.code, status.error_code) {
         (0, 0) => Ok(()),
-        (code, legacy) => Err(AdminError::Status { code: if code != 0 { code } else { legacy }, reason: status.reason }),
+        (code, legacy) => Err(AdminError::Status {
+            code: if code != 0 { code } else { legacy },
+            reason: status.reason,
+        }),
     }
 }

@@ -49,11 +49,17 @@ pub struct StoredUser {
 impl StoredUser {
     /// The same user with another hash (keeps description and foreign fields).
     pub fn with_hash(&self, hash: PasswordHash) -> StoredUser {
-        StoredUser { hash, ..self.clone() }
+        StoredUser {
+            hash,
+            ..self.clone()
+        }
     }
 
     pub fn with_description(&self, description: Option<String>) -> StoredUser {
-        StoredUser { description, ..self.clone() }
+        StoredUser {
+            description,
+            ..self.clone()
+        }
     }
 }
 
@@ -74,11 +80,18 @@ pub struct RoleName(String);
 impl RoleName {
     pub fn parse(raw: &str) -> Result<RoleName, String> {
         let name = raw.trim();
-        let first_ok = name.chars().next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic());
-        let rest_ok = name.chars().all(|c| c == '_' || c == '$' || c.is_ascii_alphanumeric());
+        let first_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c == '_' || c.is_ascii_alphabetic());
+        let rest_ok = name
+            .chars()
+            .all(|c| c == '_' || c == '$' || c.is_ascii_alphanumeric());
         match (name.is_empty(), name.len() > 255, first_ok && rest_ok) {
             (true, _, _) => Err("role name should not be empty".to_string()),
-            (_, true, _) => Err(format!("the length of role name {name} must be not greater than 255")),
+            (_, true, _) => Err(format!(
+                "the length of role name {name} must be not greater than 255"
+            )),
             (_, _, false) => Err(format!(
                 "role name {name} must start with '_' or a letter and contain only letters, numbers, '_' or '$'"
             )),
@@ -102,7 +115,10 @@ pub struct Catalog {
 impl Catalog {
     /// `meta_root` is `{etcd.rootPath}/{etcd.metaSubPath}`.
     pub fn new(kv: Store, meta_root: &str) -> Catalog {
-        Catalog { kv, prefix: format!("{}/root-coord/credential/", meta_root.trim_end_matches('/')) }
+        Catalog {
+            kv,
+            prefix: format!("{}/root-coord/credential/", meta_root.trim_end_matches('/')),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -140,10 +156,16 @@ impl Catalog {
     }
 
     /// The user's stored record, read at the returned revision.
-    pub async fn get_user(&self, name: &Username) -> Result<Read<Option<StoredUser>>, CatalogError> {
+    pub async fn get_user(
+        &self,
+        name: &Username,
+    ) -> Result<Read<Option<StoredUser>>, CatalogError> {
         let read = self.kv.get(&self.user_key(name.as_str())).await?;
         let user = read.value.map(|kv| decode_user(&kv)).transpose()?;
-        Ok(Read { value: user, revision: read.revision })
+        Ok(Read {
+            value: user,
+            revision: read.revision,
+        })
     }
 
     /// Creates the user; exactly one of several racing creators wins.
@@ -155,7 +177,9 @@ impl Catalog {
     ) -> Result<Revision, CatalogError> {
         let key = self.user_key(name.as_str());
         let value = encode_user(hash, description, serde_json::Map::new());
-        let txn = Txn::default().when(Compare::Absent(key.clone())).then(Op::Put(key, value));
+        let txn = Txn::default()
+            .when(Compare::Absent(key.clone()))
+            .then(Op::Put(key, value));
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(outcome.revision),
@@ -165,10 +189,16 @@ impl Catalog {
 
     /// Replaces the user's record if it is still at `user.mod_revision`; a concurrent change
     /// or delete is reported, never overwritten.
-    pub async fn replace_user(&self, name: &Username, user: &StoredUser) -> Result<Revision, CatalogError> {
+    pub async fn replace_user(
+        &self,
+        name: &Username,
+        user: &StoredUser,
+    ) -> Result<Revision, CatalogError> {
         let key = self.user_key(name.as_str());
         let value = encode_user(&user.hash, user.description.clone(), user.extra.clone());
-        let txn = Txn::default().when(Compare::ModRevision(key.clone(), user.mod_revision)).then(Op::Put(key, value));
+        let txn = Txn::default()
+            .when(Compare::ModRevision(key.clone(), user.mod_revision))
+            .then(Op::Put(key, value));
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(outcome.revision),
@@ -197,19 +227,28 @@ impl Catalog {
     pub async fn list_users(&self) -> Result<Vec<String>, CatalogError> {
         let prefix = self.users_prefix();
         let read = self.kv.list(&prefix).await?;
-        Ok(read.value.iter().filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string)).collect())
+        Ok(read
+            .value
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string))
+            .collect())
     }
 
     /// Creates `root` with `hash()` if it does not exist; an existing root is never touched.
     /// Returns whether this call created it.
-    pub async fn ensure_root(&self, hash: impl AsyncFnOnce() -> PasswordHash) -> Result<bool, CatalogError> {
+    pub async fn ensure_root(
+        &self,
+        hash: impl AsyncFnOnce() -> PasswordHash,
+    ) -> Result<bool, CatalogError> {
         let key = self.user_key(ROOT_USER);
         if self.kv.get(&key).await?.value.is_some() {
             return Ok(false);
         }
         let hash = hash().await;
         let value = encode_user(&hash, None, serde_json::Map::new());
-        let txn = Txn::default().when(Compare::Absent(key.clone())).then(Op::Put(key, value));
+        let txn = Txn::default()
+            .when(Compare::Absent(key.clone()))
+            .then(Op::Put(key, value));
         Ok(self.kv.txn(txn).await?.succeeded)
     }
 
@@ -217,7 +256,9 @@ impl Catalog {
     pub async fn ensure_default_roles(&self) -> Result<(), CatalogError> {
         for role in DEFAULT_ROLES {
             let key = self.role_key(role);
-            let txn = Txn::default().when(Compare::Absent(key.clone())).then(Op::Put(key, Vec::new()));
+            let txn = Txn::default()
+                .when(Compare::Absent(key.clone()))
+                .then(Op::Put(key, Vec::new()));
             self.kv.txn(txn).await?;
         }
         Ok(())
@@ -227,18 +268,31 @@ impl Catalog {
     pub async fn user_roles(&self, user: &str) -> Result<Vec<String>, CatalogError> {
         let prefix = self.mapping_prefix(user);
         let read = self.kv.list(&prefix).await?;
-        Ok(read.value.iter().filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string)).collect())
+        Ok(read
+            .value
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string))
+            .collect())
     }
 
     /// Every role name.
     pub async fn list_roles(&self) -> Result<Vec<String>, CatalogError> {
         let prefix = format!("{}roles/", self.prefix);
         let read = self.kv.list(&prefix).await?;
-        Ok(read.value.iter().filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string)).collect())
+        Ok(read
+            .value
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string))
+            .collect())
     }
 
     pub async fn role_exists(&self, role: &RoleName) -> Result<bool, CatalogError> {
-        Ok(self.kv.get(&self.role_key(role.as_str())).await?.value.is_some())
+        Ok(self
+            .kv
+            .get(&self.role_key(role.as_str()))
+            .await?
+            .value
+            .is_some())
     }
 
     /// The users holding `role`.
@@ -254,7 +308,9 @@ impl Catalog {
 
     pub async fn create_role(&self, role: &RoleName) -> Result<Revision, CatalogError> {
         let key = self.role_key(role.as_str());
-        let txn = Txn::default().when(Compare::Absent(key.clone())).then(Op::Put(key, Vec::new()));
+        let txn = Txn::default()
+            .when(Compare::Absent(key.clone()))
+            .then(Op::Put(key, Vec::new()));
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(outcome.revision),
@@ -271,9 +327,15 @@ impl Catalog {
         let Some(current) = self.kv.get(&key).await?.value else {
             return Err(CatalogError::RoleNotFound(role.as_str().to_string()));
         };
-        let mut txn = Txn::default().when(Compare::ModRevision(key.clone(), current.mod_revision)).then(Op::Delete(key));
+        let mut txn = Txn::default()
+            .when(Compare::ModRevision(key.clone(), current.mod_revision))
+            .then(Op::Delete(key));
         for user in self.role_users(role.as_str()).await? {
-            txn = txn.then(Op::Delete(format!("{}{}", self.mapping_prefix(&user), role.as_str())));
+            txn = txn.then(Op::Delete(format!(
+                "{}{}",
+                self.mapping_prefix(&user),
+                role.as_str()
+            )));
         }
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
@@ -283,7 +345,11 @@ impl Catalog {
     }
 
     /// Grants `role` to `user`; both must exist (checked in the same transaction).
-    pub async fn add_user_to_role(&self, user: &Username, role: &RoleName) -> Result<Revision, CatalogError> {
+    pub async fn add_user_to_role(
+        &self,
+        user: &Username,
+        role: &RoleName,
+    ) -> Result<Revision, CatalogError> {
         let user_key = self.user_key(user.as_str());
         let role_key = self.role_key(role.as_str());
         let Some(user_kv) = self.kv.get(&user_key).await?.value else {
@@ -304,9 +370,16 @@ impl Catalog {
         }
     }
 
-    pub async fn remove_user_from_role(&self, user: &Username, role: &RoleName) -> Result<Revision, CatalogError> {
+    pub async fn remove_user_from_role(
+        &self,
+        user: &Username,
+        role: &RoleName,
+    ) -> Result<Revision, CatalogError> {
         let mapping = format!("{}{}", self.mapping_prefix(user.as_str()), role.as_str());
-        let outcome = self.kv.txn(Txn::default().then(Op::Delete(mapping))).await?;
+        let outcome = self
+            .kv
+            .txn(Txn::default().then(Op::Delete(mapping)))
+            .await?;
         Ok(outcome.revision)
     }
 }
@@ -316,14 +389,27 @@ fn encode_user(
     description: Option<String>,
     extra: serde_json::Map<String, serde_json::Value>,
 ) -> Vec<u8> {
-    let value = UserValue { encrypted_password: hash.as_str().to_string(), description, extra };
+    let value = UserValue {
+        encrypted_password: hash.as_str().to_string(),
+        description,
+        extra,
+    };
     // Serializing strings and a JSON map into a Vec cannot fail.
     serde_json::to_vec(&value).expect("user JSON serializes")
 }
 
 fn decode_user(kv: &KeyValue) -> Result<StoredUser, CatalogError> {
-    let corrupt = |reason: String| CatalogError::Corrupt { key: kv.key.clone(), reason };
+    let corrupt = |reason: String| CatalogError::Corrupt {
+        key: kv.key.clone(),
+        reason,
+    };
     let value: UserValue = serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
-    let hash = PasswordHash::parse(&value.encrypted_password).map_err(|e| corrupt(e.to_string()))?;
-    Ok(StoredUser { hash, description: value.description, mod_revision: kv.mod_revision, extra: value.extra })
+    let hash =
+        PasswordHash::parse(&value.encrypted_password).map_err(|e| corrupt(e.to_string()))?;
+    Ok(StoredUser {
+        hash,
+        description: value.description,
+        mod_revision: kv.mod_revision,
+        extra: value.extra,
+    })
 }

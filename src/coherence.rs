@@ -28,7 +28,9 @@ use tokio::time::Instant;
 
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
-use crate::meta::{EventKind, MetaError, MetaKv, Revision, Store, Watch, WatchMessage, etcd::map_err};
+use crate::meta::{
+    EventKind, MetaError, MetaKv, Revision, Store, Watch, WatchMessage, etcd::map_err,
+};
 
 #[derive(Clone, Debug)]
 pub struct CoherenceConfig {
@@ -44,8 +46,13 @@ pub struct CoherenceConfig {
 pub enum CoherenceError {
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("change stored at revision {revision} but not yet confirmed by replicas {replicas:?}; retrying is safe")]
-    NotConfirmed { revision: Revision, replicas: Vec<String> },
+    #[error(
+        "change stored at revision {revision} but not yet confirmed by replicas {replicas:?}; retrying is safe"
+    )]
+    NotConfirmed {
+        revision: Revision,
+        replicas: Vec<String>,
+    },
 }
 
 /// What a replica publishes in its session key.
@@ -89,10 +96,17 @@ struct Session {
 
 impl Session {
     async fn record(&self, applied: Revision) -> Result<(), MetaError> {
-        let value = serde_json::to_vec(&SessionValue { applied, address: self.address.clone() })
-            .expect("session JSON serializes");
+        let value = serde_json::to_vec(&SessionValue {
+            applied,
+            address: self.address.clone(),
+        })
+        .expect("session JSON serializes");
         let options = PutOptions::new().with_lease(self.lease.load(Ordering::Acquire));
-        self.client.clone().put(self.key.as_str(), value, Some(options)).await.map_err(map_err)?;
+        self.client
+            .clone()
+            .put(self.key.as_str(), value, Some(options))
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 }
@@ -108,13 +122,22 @@ pub struct Coherence {
 
 impl Coherence {
     /// Registers the session (etcd) and starts watching from the current revision.
-    pub async fn start(catalog: Catalog, auth: Authenticator, config: CoherenceConfig) -> Result<Coherence, CoherenceError> {
+    pub async fn start(
+        catalog: Catalog,
+        auth: Authenticator,
+        config: CoherenceConfig,
+    ) -> Result<Coherence, CoherenceError> {
         let store = catalog.store().clone();
         let start = store.get(catalog.credential_prefix()).await?.revision;
         let (applied, _) = watch::channel(start);
         let (sessions, _) = watch::channel(BTreeMap::new());
         let shared = Arc::new(Shared { applied, sessions });
-        let mut coherence = Coherence { shared: shared.clone(), session: None, tasks: Vec::new(), ack_timeout: config.ack_timeout };
+        let mut coherence = Coherence {
+            shared: shared.clone(),
+            session: None,
+            tasks: Vec::new(),
+            ack_timeout: config.ack_timeout,
+        };
         if let Some(etcd) = store.etcd() {
             let client = etcd.client();
             let session = Arc::new(Session {
@@ -123,13 +146,32 @@ impl Coherence {
                 address: config.address.clone(),
                 lease: AtomicI64::new(0),
             });
-            register(&session, &auth, &shared, &store, &catalog, config.session_ttl).await?;
+            register(
+                &session,
+                &auth,
+                &shared,
+                &store,
+                &catalog,
+                config.session_ttl,
+            )
+            .await?;
             coherence.session = Some(session.clone());
             let listed = list_sessions(&store, &sessions_root(&catalog)).await?;
             shared.sessions.send_replace(listed.value);
-            let keeper = keep_alive_loop(session.clone(), auth.clone(), shared.clone(), catalog.clone(), config.session_ttl);
+            let keeper = keep_alive_loop(
+                session.clone(),
+                auth.clone(),
+                shared.clone(),
+                catalog.clone(),
+                config.session_ttl,
+            );
             coherence.tasks.push(tokio::spawn(keeper));
-            coherence.tasks.push(tokio::spawn(sessions_loop(store.clone(), sessions_root(&catalog), shared.clone(), listed.revision)));
+            coherence.tasks.push(tokio::spawn(sessions_loop(
+                store.clone(),
+                sessions_root(&catalog),
+                shared.clone(),
+                listed.revision,
+            )));
         }
         let watcher = watch_loop(catalog, auth, shared, coherence.session.clone());
         coherence.tasks.push(tokio::spawn(watcher));
@@ -152,22 +194,35 @@ impl Coherence {
         let deadline = Instant::now() + self.ack_timeout;
         if self.session.is_none() {
             let mut applied = self.shared.applied.subscribe();
-            let waited = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= revision)).await;
+            let waited =
+                tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= revision)).await;
             return match waited {
                 Ok(Ok(_)) => Ok(()),
-                _ => Err(CoherenceError::NotConfirmed { revision, replicas: vec!["local".into()] }),
+                _ => Err(CoherenceError::NotConfirmed {
+                    revision,
+                    replicas: vec!["local".into()],
+                }),
             };
         }
         let mut sessions = self.shared.sessions.subscribe();
         loop {
-            let pending: Vec<String> =
-                sessions.borrow_and_update().iter().filter(|(_, a)| **a < revision).map(|(id, _)| id.clone()).collect();
+            let pending: Vec<String> = sessions
+                .borrow_and_update()
+                .iter()
+                .filter(|(_, a)| **a < revision)
+                .map(|(id, _)| id.clone())
+                .collect();
             if pending.is_empty() {
                 return Ok(());
             }
             match tokio::time::timeout_at(deadline, sessions.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return Err(CoherenceError::NotConfirmed { revision, replicas: pending }),
+                _ => {
+                    return Err(CoherenceError::NotConfirmed {
+                        revision,
+                        replicas: pending,
+                    });
+                }
             }
         }
     }
@@ -198,7 +253,9 @@ impl Drop for Coherence {
 
 fn sessions_root(catalog: &Catalog) -> String {
     // The credential prefix is `{meta}/root-coord/credential/`; sessions live at `{meta}/credstore/`.
-    let meta = catalog.credential_prefix().trim_end_matches("root-coord/credential/");
+    let meta = catalog
+        .credential_prefix()
+        .trim_end_matches("root-coord/credential/");
     format!("{meta}credstore/")
 }
 
@@ -212,7 +269,12 @@ async fn register(
     ttl: Duration,
 ) -> Result<(), CoherenceError> {
     let granted_at = Instant::now();
-    let lease = session.client.clone().lease_grant(ttl.as_secs() as i64, None).await.map_err(map_err)?;
+    let lease = session
+        .client
+        .clone()
+        .lease_grant(ttl.as_secs() as i64, None)
+        .await
+        .map_err(map_err)?;
     session.lease.store(lease.id(), Ordering::Release);
     let now = store.get(catalog.credential_prefix()).await?.revision;
     auth.invalidate_all(now);
@@ -229,7 +291,13 @@ fn trust_deadline(sent_at: Instant, ttl: Duration) -> Instant {
 }
 
 /// Renews the lease every third of its TTL; a lost lease means re-registering from scratch.
-async fn keep_alive_loop(session: Arc<Session>, auth: Authenticator, shared: Arc<Shared>, catalog: Catalog, ttl: Duration) {
+async fn keep_alive_loop(
+    session: Arc<Session>,
+    auth: Authenticator,
+    shared: Arc<Shared>,
+    catalog: Catalog,
+    ttl: Duration,
+) {
     let store = catalog.store().clone();
     loop {
         tokio::time::sleep(ttl / 3).await;
@@ -243,7 +311,9 @@ async fn keep_alive_loop(session: Arc<Session>, auth: Authenticator, shared: Arc
                     tracing::warn!(error = %e, "re-registering the session failed; will retry");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "session keep-alive failed; the cache stays trusted until the lease could expire"),
+            Err(e) => {
+                tracing::warn!(error = %e, "session keep-alive failed; the cache stays trusted until the lease could expire")
+            }
         }
     }
 }
@@ -261,7 +331,12 @@ async fn keep_alive_once(session: &Session) -> Result<bool, MetaError> {
 }
 
 /// Applies credential changes to the cache, in revision order, forever.
-async fn watch_loop(catalog: Catalog, auth: Authenticator, shared: Arc<Shared>, session: Option<Arc<Session>>) {
+async fn watch_loop(
+    catalog: Catalog,
+    auth: Authenticator,
+    shared: Arc<Shared>,
+    session: Option<Arc<Session>>,
+) {
     let store = catalog.store().clone();
     let prefix = catalog.credential_prefix().to_string();
     let mut backoff = Duration::from_millis(50);
@@ -273,7 +348,9 @@ async fn watch_loop(catalog: Catalog, auth: Authenticator, shared: Arc<Shared>, 
                     backoff = Duration::from_millis(50);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, from, "cannot open the credential watch; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, from, "cannot open the credential watch; retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -281,7 +358,13 @@ async fn watch_loop(catalog: Catalog, auth: Authenticator, shared: Arc<Shared>, 
 }
 
 /// Follows one watch stream until it breaks; returns whether it delivered anything.
-async fn follow(mut watch: Watch, catalog: &Catalog, auth: &Authenticator, shared: &Shared, session: Option<&Session>) -> bool {
+async fn follow(
+    mut watch: Watch,
+    catalog: &Catalog,
+    auth: &Authenticator,
+    shared: &Shared,
+    session: Option<&Session>,
+) -> bool {
     let mut progress = tokio::time::interval(Duration::from_secs(5));
     let mut delivered = false;
     loop {
@@ -301,10 +384,10 @@ async fn follow(mut watch: Watch, catalog: &Catalog, auth: &Authenticator, share
                     }
                 }
                 shared.advance(revision);
-                if let Some(session) = session {
-                    if let Err(e) = session.record(shared.applied()).await {
-                        tracing::warn!(error = %e, "cannot record the applied revision");
-                    }
+                if let Some(session) = session
+                    && let Err(e) = session.record(shared.applied()).await
+                {
+                    tracing::warn!(error = %e, "cannot record the applied revision");
                 }
             }
             Ok(WatchMessage::Progress { revision }) => {
@@ -312,7 +395,10 @@ async fn follow(mut watch: Watch, catalog: &Catalog, auth: &Authenticator, share
                 shared.advance(revision);
             }
             Ok(WatchMessage::Compacted { compact_revision }) => {
-                tracing::warn!(compact_revision, "credential watch fell behind a compaction; dropping the whole cache");
+                tracing::warn!(
+                    compact_revision,
+                    "credential watch fell behind a compaction; dropping the whole cache"
+                );
                 match catalog.store().get(catalog.credential_prefix()).await {
                     Ok(read) => {
                         auth.invalidate_all(read.revision);
@@ -321,7 +407,9 @@ async fn follow(mut watch: Watch, catalog: &Catalog, auth: &Authenticator, share
                             let _ = session.record(read.revision).await;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot re-read after compaction; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-read after compaction; retrying")
+                    }
                 }
                 return delivered;
             }
@@ -333,19 +421,32 @@ async fn follow(mut watch: Watch, catalog: &Catalog, auth: &Authenticator, share
     }
 }
 
-async fn list_sessions(store: &Store, root: &str) -> Result<crate::meta::Read<BTreeMap<String, Revision>>, MetaError> {
+async fn list_sessions(
+    store: &Store,
+    root: &str,
+) -> Result<crate::meta::Read<BTreeMap<String, Revision>>, MetaError> {
     let prefix = format!("{root}sessions/");
     let read = store.list(&prefix).await?;
     let sessions = read
         .value
         .iter()
-        .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.to_string(), parse_applied(&kv.value)?)))
+        .filter_map(|kv| {
+            Some((
+                kv.key.strip_prefix(&prefix)?.to_string(),
+                parse_applied(&kv.value)?,
+            ))
+        })
         .collect();
-    Ok(crate::meta::Read { value: sessions, revision: read.revision })
+    Ok(crate::meta::Read {
+        value: sessions,
+        revision: read.revision,
+    })
 }
 
 fn parse_applied(value: &[u8]) -> Option<Revision> {
-    serde_json::from_slice::<SessionValue>(value).ok().map(|s| s.applied)
+    serde_json::from_slice::<SessionValue>(value)
+        .ok()
+        .map(|s| s.applied)
 }
 
 /// Keeps `shared.sessions` equal to the live session keys (writers wait on it).
@@ -355,12 +456,19 @@ async fn sessions_loop(store: Store, root: String, shared: Arc<Shared>, mut revi
         if let Ok(mut watch) = store.watch(&prefix, revision + 1).await {
             loop {
                 match watch.next().await {
-                    Ok(WatchMessage::Events { events, revision: at }) => {
+                    Ok(WatchMessage::Events {
+                        events,
+                        revision: at,
+                    }) => {
                         shared.sessions.send_modify(|sessions| {
                             for event in events {
-                                let Some(id) = event.key.strip_prefix(&prefix) else { continue };
+                                let Some(id) = event.key.strip_prefix(&prefix) else {
+                                    continue;
+                                };
                                 match (event.kind, parse_applied(&event.value)) {
-                                    (EventKind::Put, Some(applied)) => sessions.insert(id.to_string(), applied),
+                                    (EventKind::Put, Some(applied)) => {
+                                        sessions.insert(id.to_string(), applied)
+                                    }
                                     _ => sessions.remove(id),
                                 };
                             }

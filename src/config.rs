@@ -18,7 +18,10 @@ use crate::password::{HashScheme, Limits};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid YAML: {reason}")]
     Yaml { path: PathBuf, reason: String },
     #[error("config key {key}: {reason}")]
@@ -41,7 +44,13 @@ impl<'de> Deserialize<'de> for StringList {
             Raw::One(s) => s.split(',').map(str::to_string).collect(),
             Raw::Many(v) => v,
         };
-        Ok(StringList(items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()))
+        Ok(StringList(
+            items
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ))
     }
 }
 
@@ -101,7 +110,9 @@ pub struct EtcdData {
 
 impl Default for EtcdData {
     fn default() -> Self {
-        EtcdData { dir: "default.etcd".into() }
+        EtcdData {
+            dir: "default.etcd".into(),
+        }
     }
 }
 
@@ -237,7 +248,11 @@ pub struct Argon2Config {
 
 impl Default for Argon2Config {
     fn default() -> Self {
-        Argon2Config { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+        Argon2Config {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
@@ -252,7 +267,10 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { capacity: 100_000, ttl_seconds: 0 }
+        CacheConfig {
+            capacity: 100_000,
+            ttl_seconds: 0,
+        }
     }
 }
 
@@ -296,28 +314,48 @@ impl Config {
             }
         }
         if let Some(endpoints) = &overrides.etcd_endpoints {
-            set_path(&mut tree, "etcd.endpoints", Value::String(endpoints.clone()));
+            set_path(
+                &mut tree,
+                "etcd.endpoints",
+                Value::String(endpoints.clone()),
+            );
         }
-        let config: Config = serde_path_to_error::deserialize(tree)
-            .map_err(|e| ConfigError::Key { key: e.path().to_string(), reason: e.inner().to_string() })?;
+        let config: Config =
+            serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Key {
+                key: e.path().to_string(),
+                reason: e.inner().to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: &str| Err(ConfigError::Key { key: key.into(), reason: reason.into() });
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Key {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
         let limits = self.limits();
         if limits.min_password_len == 0 || limits.min_password_len > limits.max_password_len {
-            return bad("proxy.minPasswordLength", "must be at least 1 and at most proxy.maxPasswordLength");
+            return bad(
+                "proxy.minPasswordLength",
+                "must be at least 1 and at most proxy.maxPasswordLength",
+            );
         }
         if limits.max_username_len == 0 {
             return bad("proxy.maxUsernameLength", "must be at least 1");
         }
-        if self.etcd.auth.enabled && (self.etcd.auth.user_name.is_none() || self.etcd.auth.password.is_none()) {
+        if self.etcd.auth.enabled
+            && (self.etcd.auth.user_name.is_none() || self.etcd.auth.password.is_none())
+        {
             return bad("etcd.auth", "enabled needs userName and password");
         }
         if self.etcd.ssl.enabled && self.etcd.ssl.tls_ca_cert.is_none() {
-            return bad("etcd.ssl.tlsCACert", "required when etcd.ssl.enabled is true");
+            return bad(
+                "etcd.ssl.tlsCACert",
+                "required when etcd.ssl.enabled is true",
+            );
         }
         if self.credstore.session.ttl_seconds < 2 {
             return bad("credstore.session.ttlSeconds", "must be at least 2");
@@ -347,7 +385,9 @@ impl Config {
                 iterations: p.argon2.iterations,
                 parallelism: p.argon2.parallelism,
             }),
-            "bcrypt" => Ok(HashScheme::Bcrypt { cost: p.bcrypt_cost }),
+            "bcrypt" => Ok(HashScheme::Bcrypt {
+                cost: p.bcrypt_cost,
+            }),
             other => Err(ConfigError::Key {
                 key: "credstore.password.algorithm".into(),
                 reason: format!("unknown algorithm {other:?}; expected argon2id or bcrypt"),
@@ -362,7 +402,11 @@ impl Config {
 
     /// `{etcd.rootPath}/{etcd.metaSubPath}`
     pub fn meta_root(&self) -> String {
-        format!("{}/{}", self.etcd.root_path.trim_end_matches('/'), self.etcd.meta_sub_path.trim_matches('/'))
+        format!(
+            "{}/{}",
+            self.etcd.root_path.trim_end_matches('/'),
+            self.etcd.meta_sub_path.trim_matches('/')
+        )
     }
 
     pub fn default_listen(&self) -> Result<SocketAddr, ConfigError> {
@@ -371,8 +415,10 @@ impl Config {
             true => format!("[{host}]:{}", self.proxy.port),
             false => format!("{host}:{}", self.proxy.port),
         };
-        text.parse()
-            .map_err(|_| ConfigError::Key { key: "credstore.listenHost".into(), reason: format!("{host:?} is not an IP address") })
+        text.parse().map_err(|_| ConfigError::Key {
+            key: "credstore.listenHost".into(),
+            reason: format!("{host:?} is not an IP address"),
+        })
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -385,9 +431,14 @@ impl Config {
 }
 
 fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    let value: Value = serde_saphyr::from_str(&text)
-        .map_err(|e| ConfigError::Yaml { path: path.into(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let value: Value = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Yaml {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     match value {
         Value::Null => Ok(Value::Object(Default::default())),
         other => Ok(other),
@@ -399,7 +450,11 @@ fn leaf_paths(value: &Value, prefix: String, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Object(map) => {
             for (key, child) in map {
-                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 leaf_paths(child, path, out);
             }
         }
@@ -435,7 +490,9 @@ fn set_path(tree: &mut Value, path: &str, value: Value) {
             map.insert(part.to_string(), value);
             return;
         }
-        node = map.entry(part.to_string()).or_insert_with(|| Value::Object(Default::default()));
+        node = map
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
 }
 
@@ -460,7 +517,10 @@ mod tests {
         assert!(config.common.security.authorization_enabled);
         assert_eq!(config.common.security.default_root_password, "Milvus");
         assert_eq!(config.limits(), Limits::default());
-        assert_eq!(config.default_listen().unwrap().to_string(), "0.0.0.0:19530");
+        assert_eq!(
+            config.default_listen().unwrap().to_string(),
+            "0.0.0.0:19530"
+        );
     }
 
     #[test]
@@ -474,7 +534,11 @@ mod tests {
         assert_eq!(config.common.security.super_users.0, ["root", "foo"]);
         assert!(!config.common.security.authorization_enabled);
         assert_eq!(config.meta_root(), "x/meta");
-        let listed = load("etcd:\n  endpoints: [c:1, d:2]\ncommon:\n  security:\n    superUsers: [' a ']\n", &[]).unwrap();
+        let listed = load(
+            "etcd:\n  endpoints: [c:1, d:2]\ncommon:\n  security:\n    superUsers: [' a ']\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(listed.etcd.endpoints.0, ["c:1", "d:2"]);
         assert_eq!(listed.common.security.super_users.0, ["a"]);
     }
@@ -501,26 +565,51 @@ mod tests {
     #[test]
     fn flags_beat_environment() {
         let env = [("ETCD_ENDPOINTS".to_string(), "env:1".to_string())];
-        let overrides = Overrides { etcd_endpoints: Some("flag:2".into()) };
+        let overrides = Overrides {
+            etcd_endpoints: Some("flag:2".into()),
+        };
         let config = Config::load(None, env, &overrides).unwrap();
         assert_eq!(config.etcd.endpoints.0, ["flag:2"]);
     }
 
     fn check_error(yaml: &str, env: &[(&str, &str)], expected: &str) {
         let err = load(yaml, env).unwrap_err().to_string();
-        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        assert!(
+            err.contains(expected),
+            "{err:?} should contain {expected:?}"
+        );
     }
 
     #[test]
     fn bad_input_names_the_key() {
-        check_error("etcd:\n  endpointz: [a]\n", &[], "unknown field `endpointz`");
+        check_error(
+            "etcd:\n  endpointz: [a]\n",
+            &[],
+            "unknown field `endpointz`",
+        );
         check_error("proxy:\n  port: banana\n", &[], "config key proxy.port");
         check_error("", &[("PROXY_PORT", "99999")], "config key proxy.port");
-        check_error("", &[("COMMON_SECURITY_AUTHORIZATIONENABLED", "maybe")], "common.security.authorizationEnabled");
-        check_error("credstore:\n  password:\n    argon2:\n      memoryKiB: 64\n", &[], "credstore.password");
-        check_error("credstore:\n  password:\n    algorithm: md5\n", &[], "credstore.password.algorithm");
+        check_error(
+            "",
+            &[("COMMON_SECURITY_AUTHORIZATIONENABLED", "maybe")],
+            "common.security.authorizationEnabled",
+        );
+        check_error(
+            "credstore:\n  password:\n    argon2:\n      memoryKiB: 64\n",
+            &[],
+            "credstore.password",
+        );
+        check_error(
+            "credstore:\n  password:\n    algorithm: md5\n",
+            &[],
+            "credstore.password.algorithm",
+        );
         check_error("etcd: [\n", &[], "not valid YAML");
-        check_error("etcd:\n  ssl:\n    enabled: true\n", &[], "etcd.ssl.tlsCACert");
+        check_error(
+            "etcd:\n  ssl:\n    enabled: true\n",
+            &[],
+            "etcd.ssl.tlsCACert",
+        );
     }
 
     #[test]
@@ -529,7 +618,11 @@ mod tests {
         let config = load(yaml, &[]).unwrap();
         assert_eq!(
             config.hash_scheme().unwrap(),
-            HashScheme::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 }
+            HashScheme::Argon2id {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1
+            }
         );
     }
 }

@@ -4,13 +4,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod auth;
+pub mod catalog;
+pub mod coherence;
 pub mod config;
 pub mod meta;
 pub mod password;
-pub mod catalog;
 pub mod proto;
-pub mod auth;
-pub mod coherence;
-pub mod service;
 pub mod server;
-pub mod admin;
+pub mod service;

@@ -14,7 +14,11 @@ use credstore::config::{Config, Overrides};
 use credstore::server::{self, State};
 
 #[derive(Parser)]
-#[command(name = "credstore", version, about = "A Milvus-compatible credential store")]
+#[command(
+    name = "credstore",
+    version,
+    about = "A Milvus-compatible credential store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,7 +59,12 @@ struct Connection {
     #[arg(long, global = true, default_value = "root")]
     user: String,
     /// The caller's password (or set CREDSTORE_PASSWORD).
-    #[arg(long, global = true, env = "CREDSTORE_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSTORE_PASSWORD",
+        hide_env_values = true
+    )]
     password: Option<String>,
 }
 
@@ -85,7 +94,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -97,9 +107,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config, listen, etcd_endpoints } => serve(config, listen, etcd_endpoints).await,
+            Command::Serve {
+                config,
+                listen,
+                etcd_endpoints,
+            } => serve(config, listen, etcd_endpoints).await,
             Command::User { connection, action } => user(connection, action).await,
-            Command::Health { uri } => Admin::connect(&uri, None).await?.health().await.map_err(Into::into),
+            Command::Health { uri } => Admin::connect(&uri, None)
+                .await?
+                .health()
+                .await
+                .map_err(Into::into),
         }
     });
     match result {
@@ -111,16 +129,28 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, etcd_endpoints: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::load(config.as_deref(), std::env::vars(), &Overrides { etcd_endpoints })?;
+async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    etcd_endpoints: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::load(
+        config.as_deref(),
+        std::env::vars(),
+        &Overrides { etcd_endpoints },
+    )?;
     if config.credstore.password.allow_weak_parameters {
-        tracing::warn!("credstore.password.allowWeakParameters is on: hashes may be weaker than OWASP's minimum");
+        tracing::warn!(
+            "credstore.password.allowWeakParameters is on: hashes may be weaker than OWASP's minimum"
+        );
     }
     let address = match listen {
         Some(address) => address,
         None => config.default_listen()?,
     };
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let state = State::build(config, listener.local_addr()?).await?;
     server::run(listener, state, shutdown_signal()).await?;
     Ok(())
@@ -139,13 +169,24 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-async fn user(connection: Connection, action: UserAction) -> Result<(), Box<dyn std::error::Error>> {
+async fn user(
+    connection: Connection,
+    action: UserAction,
+) -> Result<(), Box<dyn std::error::Error>> {
     let password = connection.password.unwrap_or_default();
     let mut admin = Admin::connect(&connection.uri, Some((&connection.user, &password))).await?;
     match action {
-        UserAction::Create { name, new_password } => admin.create_user(&name, &new_password).await?,
-        UserAction::Passwd { name, new_password, old_password } => {
-            admin.change_password(&name, old_password.as_deref(), &new_password).await?
+        UserAction::Create { name, new_password } => {
+            admin.create_user(&name, &new_password).await?
+        }
+        UserAction::Passwd {
+            name,
+            new_password,
+            old_password,
+        } => {
+            admin
+                .change_password(&name, old_password.as_deref(), &new_password)
+                .await?
         }
         UserAction::Delete { name } => admin.delete_user(&name).await?,
         UserAction::List => {

@@ -21,7 +21,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_username_len: 32, min_password_len: 6, max_password_len: 256 }
+        Limits {
+            max_username_len: 32,
+            min_password_len: 6,
+            max_password_len: 256,
+        }
     }
 }
 
@@ -30,13 +34,23 @@ impl Default for Limits {
 pub enum RuleError {
     #[error("username must be not empty")]
     EmptyName,
-    #[error("invalid username {name} with length {len}, the length of username must be less than {max}")]
-    NameTooLong { name: String, len: usize, max: usize },
+    #[error(
+        "invalid username {name} with length {len}, the length of username must be less than {max}"
+    )]
+    NameTooLong {
+        name: String,
+        len: usize,
+        max: usize,
+    },
     #[error("invalid user name {name}, the first character must be a letter, but got {first}")]
     BadFirstChar { name: String, first: String },
-    #[error("invalid user name {name}, username must contain only numbers, letters and underscores, but got {bad}")]
+    #[error(
+        "invalid user name {name}, username must contain only numbers, letters and underscores, but got {bad}"
+    )]
     BadChar { name: String, bad: String },
-    #[error("invalid password length: invalid parameter[{len} out of range {min} <= value <= {max}]")]
+    #[error(
+        "invalid password length: invalid parameter[{len} out of range {min} <= value <= {max}]"
+    )]
     PasswordLength { len: usize, min: usize, max: usize },
 }
 
@@ -53,13 +67,26 @@ impl Username {
         };
         if name.len() > limits.max_username_len {
             let max = limits.max_username_len;
-            return Err(RuleError::NameTooLong { name: name.to_string(), len: name.len(), max });
+            return Err(RuleError::NameTooLong {
+                name: name.to_string(),
+                len: name.len(),
+                max,
+            });
         }
         if !first.is_ascii_alphabetic() {
-            return Err(RuleError::BadFirstChar { name: name.to_string(), first: first.to_string() });
+            return Err(RuleError::BadFirstChar {
+                name: name.to_string(),
+                first: first.to_string(),
+            });
         }
-        if let Some(bad) = name.chars().find(|c| !c.is_ascii_alphanumeric() && *c != '_') {
-            return Err(RuleError::BadChar { name: name.to_string(), bad: bad.to_string() });
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && *c != '_')
+        {
+            return Err(RuleError::BadChar {
+                name: name.to_string(),
+                bad: bad.to_string(),
+            });
         }
         Ok(Username(name.to_string()))
     }
@@ -84,7 +111,11 @@ impl Password {
     pub fn new(raw: Vec<u8>, limits: &Limits) -> Result<Password, RuleError> {
         let len = raw.len();
         if len < limits.min_password_len || len > limits.max_password_len {
-            return Err(RuleError::PasswordLength { len, min: limits.min_password_len, max: limits.max_password_len });
+            return Err(RuleError::PasswordLength {
+                len,
+                min: limits.min_password_len,
+                max: limits.max_password_len,
+            });
         }
         Ok(Password(raw))
     }
@@ -136,7 +167,9 @@ pub enum HashError {
     Malformed,
     #[error("password hashing failed: {0}")]
     Hashing(String),
-    #[error("hash parameters {0} are weaker than the minimum (argon2id m=19456 KiB, t=2, p=1; bcrypt cost 10)")]
+    #[error(
+        "hash parameters {0} are weaker than the minimum (argon2id m=19456 KiB, t=2, p=1; bcrypt cost 10)"
+    )]
     TooWeak(String),
     #[error("too many password hash computations are waiting; retry later")]
     Busy,
@@ -145,14 +178,22 @@ pub enum HashError {
 /// The algorithm new hashes are written with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashScheme {
-    Argon2id { memory_kib: u32, iterations: u32, parallelism: u32 },
+    Argon2id {
+        memory_kib: u32,
+        iterations: u32,
+        parallelism: u32,
+    },
     /// For clusters that share etcd with Milvus itself, which can only read bcrypt.
     Bcrypt { cost: u32 },
 }
 
 impl Default for HashScheme {
     fn default() -> Self {
-        HashScheme::Argon2id { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+        HashScheme::Argon2id {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
@@ -160,9 +201,11 @@ impl HashScheme {
     /// Refuses parameters below OWASP's first recommendation unless `allow_weak` (tests only).
     pub fn check_strength(&self, allow_weak: bool) -> Result<(), HashError> {
         let strong = match self {
-            HashScheme::Argon2id { memory_kib, iterations, parallelism } => {
-                *memory_kib >= 19_456 && *iterations >= 2 && *parallelism >= 1
-            }
+            HashScheme::Argon2id {
+                memory_kib,
+                iterations,
+                parallelism,
+            } => *memory_kib >= 19_456 && *iterations >= 2 && *parallelism >= 1,
             HashScheme::Bcrypt { cost } => *cost >= 10,
         };
         match strong || allow_weak {
@@ -190,17 +233,25 @@ impl Hasher {
     /// A new salted hash of `password` in the configured scheme.
     pub fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
         match &self.scheme {
-            HashScheme::Argon2id { memory_kib, iterations, parallelism } => {
+            HashScheme::Argon2id {
+                memory_kib,
+                iterations,
+                parallelism,
+            } => {
                 let params = Params::new(*memory_kib, *iterations, *parallelism, None)
                     .map_err(|e| HashError::Hashing(e.to_string()))?;
                 let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-                let hash = argon.hash_password(password.as_bytes()).map_err(|e| HashError::Hashing(e.to_string()))?;
+                let hash = argon
+                    .hash_password(password.as_bytes())
+                    .map_err(|e| HashError::Hashing(e.to_string()))?;
                 Ok(PasswordHash(hash.to_string()))
             }
             HashScheme::Bcrypt { cost } => {
                 let parts = bcrypt::hash_with_result(password.as_bytes(), *cost)
                     .map_err(|e| HashError::Hashing(e.to_string()))?;
-                Ok(PasswordHash(parts.format_for_version(bcrypt::Version::TwoA)))
+                Ok(PasswordHash(
+                    parts.format_for_version(bcrypt::Version::TwoA),
+                ))
             }
         }
     }
@@ -226,15 +277,23 @@ impl Hasher {
     /// Whether `hash` should be replaced by one in the configured scheme after a successful login.
     pub fn needs_rehash(&self, hash: &PasswordHash) -> bool {
         match &self.scheme {
-            HashScheme::Bcrypt { cost } => !is_bcrypt(&hash.0) || bcrypt_cost(&hash.0) < Some(*cost),
-            HashScheme::Argon2id { memory_kib, iterations, parallelism } => {
+            HashScheme::Bcrypt { cost } => {
+                !is_bcrypt(&hash.0) || bcrypt_cost(&hash.0) < Some(*cost)
+            }
+            HashScheme::Argon2id {
+                memory_kib,
+                iterations,
+                parallelism,
+            } => {
                 let Ok(parsed) = argon2::PasswordHash::new(&hash.0) else {
                     return true;
                 };
                 let Ok(params) = Params::try_from(&parsed) else {
                     return true;
                 };
-                params.m_cost() < *memory_kib || params.t_cost() < *iterations || params.p_cost() < *parallelism
+                params.m_cost() < *memory_kib
+                    || params.t_cost() < *iterations
+                    || params.p_cost() < *parallelism
             }
         }
     }
@@ -245,8 +304,9 @@ impl Hasher {
         let password = Password(b"credstore-dummy-password".to_vec());
         // Hashing fixed input with validated parameters cannot fail; if it did, every
         // verification would fail too, so fall back to a valid-looking bcrypt form.
-        self.hash(&password)
-            .unwrap_or_else(|_| PasswordHash("$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy".into()))
+        self.hash(&password).unwrap_or_else(|_| {
+            PasswordHash("$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy".into())
+        })
     }
 }
 
@@ -302,7 +362,9 @@ impl HashPool {
         let _running = self.running.acquire().await.map_err(|_| HashError::Busy)?;
         let now = self.concurrent - self.running.available_permits();
         self.peak.fetch_max(now, Ordering::Relaxed);
-        tokio::task::spawn_blocking(work).await.map_err(|e| HashError::Hashing(e.to_string()))?
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| HashError::Hashing(e.to_string()))?
     }
 }
 
@@ -315,7 +377,11 @@ mod tests {
     use super::*;
 
     fn weak() -> Hasher {
-        Hasher::new(HashScheme::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 })
+        Hasher::new(HashScheme::Argon2id {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        })
     }
 
     fn check_name(raw: &str, expected: Result<&str, &str>) {
@@ -337,19 +403,34 @@ mod tests {
         check_name("   ", Err("username must be not empty"));
         check_name(
             &long,
-            Err(&format!("invalid username {long} with length 33, the length of username must be less than 32")),
+            Err(&format!(
+                "invalid username {long} with length 33, the length of username must be less than 32"
+            )),
         );
-        check_name("1abc", Err("invalid user name 1abc, the first character must be a letter, but got 1"));
-        check_name("_abc", Err("invalid user name _abc, the first character must be a letter, but got _"));
+        check_name(
+            "1abc",
+            Err("invalid user name 1abc, the first character must be a letter, but got 1"),
+        );
+        check_name(
+            "_abc",
+            Err("invalid user name _abc, the first character must be a letter, but got _"),
+        );
         check_name(
             "a-b",
-            Err("invalid user name a-b, username must contain only numbers, letters and underscores, but got -"),
+            Err(
+                "invalid user name a-b, username must contain only numbers, letters and underscores, but got -",
+            ),
         );
         check_name(
             "a/b",
-            Err("invalid user name a/b, username must contain only numbers, letters and underscores, but got /"),
+            Err(
+                "invalid user name a/b, username must contain only numbers, letters and underscores, but got /",
+            ),
         );
-        check_name("é", Err("invalid user name é, the first character must be a letter, but got é"));
+        check_name(
+            "é",
+            Err("invalid user name é, the first character must be a letter, but got é"),
+        );
     }
 
     #[test]
@@ -358,11 +439,17 @@ mod tests {
         assert!(Password::new(vec![b'x'; 6], &limits).is_ok());
         assert!(Password::new(vec![b'x'; 256], &limits).is_ok());
         let short = Password::new(vec![b'x'; 5], &limits).unwrap_err();
-        assert_eq!(short.to_string(), "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]");
+        assert_eq!(
+            short.to_string(),
+            "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]"
+        );
         assert!(Password::new(vec![b'x'; 257], &limits).is_err());
         // Three two-byte characters are six bytes.
         assert!(Password::new("ééé".as_bytes().to_vec(), &limits).is_ok());
-        assert_eq!(format!("{:?}", Password::new(b"secret1".to_vec(), &limits).unwrap()), "Password(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Password::new(b"secret1".to_vec(), &limits).unwrap()),
+            "Password(<redacted>)"
+        );
     }
 
     #[test]
@@ -378,12 +465,27 @@ mod tests {
 
     #[test]
     fn default_scheme_is_owasp_and_weak_is_refused() {
-        assert_eq!(HashScheme::default(), HashScheme::Argon2id { memory_kib: 19_456, iterations: 2, parallelism: 1 });
+        assert_eq!(
+            HashScheme::default(),
+            HashScheme::Argon2id {
+                memory_kib: 19_456,
+                iterations: 2,
+                parallelism: 1
+            }
+        );
         assert!(HashScheme::default().check_strength(false).is_ok());
-        let weak = HashScheme::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let weak = HashScheme::Argon2id {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
         assert!(weak.check_strength(false).is_err());
         assert!(weak.check_strength(true).is_ok());
-        assert!(HashScheme::Bcrypt { cost: 9 }.check_strength(false).is_err());
+        assert!(
+            HashScheme::Bcrypt { cost: 9 }
+                .check_strength(false)
+                .is_err()
+        );
     }
 
     #[test]
@@ -406,7 +508,11 @@ mod tests {
     fn rehash_policy_follows_parameters() {
         let password = Password::new(b"secret1".to_vec(), &Limits::default()).unwrap();
         let old = weak().hash(&password).unwrap();
-        let stronger = Hasher::new(HashScheme::Argon2id { memory_kib: 128, iterations: 1, parallelism: 1 });
+        let stronger = Hasher::new(HashScheme::Argon2id {
+            memory_kib: 128,
+            iterations: 1,
+            parallelism: 1,
+        });
         assert!(stronger.needs_rehash(&old));
         assert!(!weak().needs_rehash(&old));
     }
@@ -416,15 +522,22 @@ mod tests {
         let pool = HashPool::new(Hasher::new(HashScheme::Bcrypt { cost: 10 }), 1, 1);
         let hash = pool.hasher().hash(&Password(b"secret1".to_vec())).unwrap();
         // Spawned on the current-thread test runtime, all six are polled before any finishes.
-        let tasks: Vec<_> = (0..6).map(|_| tokio::spawn({
-            let (pool, hash) = (pool.clone(), hash.clone());
-            async move { pool.verify(hash, b"secret1".to_vec()).await }
-        })).collect();
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                tokio::spawn({
+                    let (pool, hash) = (pool.clone(), hash.clone());
+                    async move { pool.verify(hash, b"secret1".to_vec()).await }
+                })
+            })
+            .collect();
         let mut results = Vec::new();
         for task in tasks {
             results.push(task.await.unwrap());
         }
-        let busy = results.iter().filter(|r| matches!(r, Err(HashError::Busy))).count();
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Err(HashError::Busy)))
+            .count();
         let ok = results.iter().filter(|r| matches!(r, Ok(true))).count();
         assert_eq!((ok, busy), (2, 4), "one running + one queued are admitted");
         assert_eq!(pool.peak_running(), 1);

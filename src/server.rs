@@ -34,7 +34,10 @@ pub enum ServerError {
     #[error("common.security.defaultRootPassword: {0}")]
     RootPassword(String),
     #[error("cannot read {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -55,12 +58,26 @@ impl State {
         let catalog = Catalog::new(store, &config.meta_root());
         let hasher = Hasher::new(config.hash_scheme()?);
         let concurrent = match config.credstore.password.max_concurrent_hashes {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         };
-        let pool = HashPool::new(hasher, concurrent, config.credstore.password.max_queued_hashes);
-        let root_password = Password::new(config.common.security.default_root_password.clone().into_bytes(), &config.limits())
-            .map_err(|e| ServerError::RootPassword(e.to_string()))?;
+        let pool = HashPool::new(
+            hasher,
+            concurrent,
+            config.credstore.password.max_queued_hashes,
+        );
+        let root_password = Password::new(
+            config
+                .common
+                .security
+                .default_root_password
+                .clone()
+                .into_bytes(),
+            &config.limits(),
+        )
+        .map_err(|e| ServerError::RootPassword(e.to_string()))?;
         catalog.ensure_default_roles().await?;
         let root_pool = pool.clone();
         let mut hash_failure = None;
@@ -96,8 +113,14 @@ impl State {
             session_ttl: Duration::from_secs(config.credstore.session.ttl_seconds),
             ack_timeout: config.ack_timeout(),
         };
-        let coherence = Arc::new(Coherence::start(catalog.clone(), auth.clone(), coherence_config).await?);
-        Ok(State { catalog, auth, coherence, config })
+        let coherence =
+            Arc::new(Coherence::start(catalog.clone(), auth.clone(), coherence_config).await?);
+        Ok(State {
+            catalog,
+            auth,
+            coherence,
+            config,
+        })
     }
 }
 
@@ -108,7 +131,12 @@ async fn open_store(config: &Config) -> Result<Store, ServerError> {
         return Ok(Store::Embedded(EmbeddedKv::open(&path)?));
     }
     let etcd = &config.etcd;
-    let read = |path: &str| std::fs::read(path).map_err(|source| ServerError::File { path: path.to_string(), source });
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|source| ServerError::File {
+            path: path.to_string(),
+            source,
+        })
+    };
     let tls = match etcd.ssl.enabled {
         false => None,
         true => {
@@ -117,7 +145,10 @@ async fn open_store(config: &Config) -> Result<Store, ServerError> {
                 (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
                 _ => None,
             };
-            Some(EtcdTls { ca_pem, client_cert_key_pem })
+            Some(EtcdTls {
+                ca_pem,
+                client_cert_key_pem,
+            })
         }
     };
     let auth = match etcd.auth.enabled {
@@ -137,7 +168,12 @@ async fn open_store(config: &Config) -> Result<Store, ServerError> {
 fn replica_id(address: SocketAddr) -> String {
     let mut random = [0u8; 4];
     let _ = getrandom::fill(&mut random);
-    format!("{}-{}-{:08x}", address.port(), std::process::id(), u32::from_le_bytes(random))
+    format!(
+        "{}-{}-{:08x}",
+        address.port(),
+        std::process::id(),
+        u32::from_le_bytes(random)
+    )
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight requests and
@@ -146,9 +182,21 @@ fn replica_id(address: SocketAddr) -> String {
 /// 2. per-connection concurrency limit — one client cannot queue unbounded work;
 /// 3. authentication — before routing, so no handler runs unauthenticated (hashing inside
 ///    it is bounded separately by the hash pool).
-pub async fn run(listener: TcpListener, state: State, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-    let address = listener.local_addr().map_err(|source| ServerError::File { path: "listener".into(), source })?;
-    let api = Api::new(state.catalog.clone(), state.auth.clone(), state.coherence.clone(), state.config.limits());
+pub async fn run(
+    listener: TcpListener,
+    state: State,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let address = listener.local_addr().map_err(|source| ServerError::File {
+        path: "listener".into(),
+        source,
+    })?;
+    let api = Api::new(
+        state.catalog.clone(),
+        state.auth.clone(),
+        state.coherence.clone(),
+        state.config.limits(),
+    );
     let stats = state.auth.stats();
     tracing::info!(
         applied = state.coherence.applied(),
@@ -167,7 +215,9 @@ pub async fn run(listener: TcpListener, state: State, shutdown: impl Future<Outp
     tracing::info!("stopped serving; ending the session");
     match Arc::try_unwrap(state.coherence) {
         Ok(coherence) => coherence.shutdown().await,
-        Err(_) => tracing::warn!("coherence still shared at shutdown; the session lease will expire on its own"),
+        Err(_) => tracing::warn!(
+            "coherence still shared at shutdown; the session lease will expire on its own"
+        ),
     }
     Ok(())
 }

@@ -25,15 +25,24 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let config = Config::load(Some(&path), [], &Overrides::default()).expect("test config is valid");
+        let config =
+            Config::load(Some(&path), [], &Overrides::default()).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let state = State::build(config, address).await.expect("server state builds");
+        let state = State::build(config, address)
+            .await
+            .expect("server state builds");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server::run(listener, state, async move { drop(stopped.await) }).await.expect("server runs");
+            server::run(listener, state, async move { drop(stopped.await) })
+                .await
+                .expect("server runs");
         });
-        Server { uri: format!("http://{address}"), stop: Some(stop), task: Some(task) }
+        Server {
+            uri: format!("http://{address}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     async fn shutdown(mut self) {
@@ -41,7 +50,10 @@ impl Server {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task).await.expect("clean shutdown").unwrap();
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("clean shutdown")
+                .unwrap();
         }
     }
 }
@@ -55,15 +67,27 @@ impl Drop for Server {
 }
 
 fn ok(status: &Status) {
-    assert_eq!((status.code, status.error_code), (0, 0), "expected success, got {status:?}");
+    assert_eq!(
+        (status.code, status.error_code),
+        (0, 0),
+        "expected success, got {status:?}"
+    );
 }
 
 fn failed(status: &Status, code: i32, legacy: i32, reason: &str) {
-    assert_eq!((status.code, status.error_code, status.reason.as_str()), (code, legacy, reason), "{status:?}");
+    assert_eq!(
+        (status.code, status.error_code, status.reason.as_str()),
+        (code, legacy, reason),
+        "{status:?}"
+    );
 }
 
 fn create(name: &str, password: &str) -> CreateCredentialRequest {
-    CreateCredentialRequest { username: name.into(), password: common::b64(password), ..Default::default() }
+    CreateCredentialRequest {
+        username: name.into(),
+        password: common::b64(password),
+        ..Default::default()
+    }
 }
 
 fn update(name: &str, old: &str, new: &str) -> UpdateCredentialRequest {
@@ -76,7 +100,10 @@ fn update(name: &str, old: &str, new: &str) -> UpdateCredentialRequest {
 }
 
 fn delete(name: &str) -> DeleteCredentialRequest {
-    DeleteCredentialRequest { username: name.into(), ..Default::default() }
+    DeleteCredentialRequest {
+        username: name.into(),
+        ..Default::default()
+    }
 }
 
 async fn login_works(uri: &str, user: &str, password: &str) -> bool {
@@ -89,7 +116,12 @@ async fn login_works(uri: &str, user: &str, password: &str) -> bool {
 }
 
 async fn etcd_server(etcd: &common::Etcd, extra: &str) -> Server {
-    Server::start(&common::config_yaml(&etcd.endpoint(), &common::unique_root("grpc"), extra)).await
+    Server::start(&common::config_yaml(
+        &etcd.endpoint(),
+        &common::unique_root("grpc"),
+        extra,
+    ))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,42 +129,100 @@ async fn credential_lifecycle_as_milvus_answers_it() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    let connect = root.connect(ConnectRequest::default()).await.unwrap().into_inner();
+    let connect = root
+        .connect(ConnectRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     ok(&connect.status.unwrap());
     assert!(connect.identifier > 0);
-    assert!(connect.server_info.unwrap().build_tags.starts_with("credstore-"));
-    assert!(root.get_version(GetVersionRequest {}).await.unwrap().into_inner().version.starts_with("credstore-"));
-    assert!(root.check_health(CheckHealthRequest {}).await.unwrap().into_inner().is_healthy);
+    assert!(
+        connect
+            .server_info
+            .unwrap()
+            .build_tags
+            .starts_with("credstore-")
+    );
+    assert!(
+        root.get_version(GetVersionRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+            .starts_with("credstore-")
+    );
+    assert!(
+        root.check_health(CheckHealthRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .is_healthy
+    );
 
-    ok(&root.create_credential(create("alice", "password1")).await.unwrap().into_inner());
+    ok(&root
+        .create_credential(create("alice", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
     failed(
-        &root.create_credential(create("alice", "password1")).await.unwrap().into_inner(),
+        &root
+            .create_credential(create("alice", "password1"))
+            .await
+            .unwrap()
+            .into_inner(),
         1100,
         29,
         "user already exists: alice: invalid parameter",
     );
     assert!(login_works(&server.uri, "alice", "password1").await);
     assert!(!login_works(&server.uri, "alice", "password2").await);
-    let users = root.list_cred_users(ListCredUsersRequest::default()).await.unwrap().into_inner();
+    let users = root
+        .list_cred_users(ListCredUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(users.usernames, ["alice", "root"]);
 
     // A user changes their own password with the old one.
     let mut alice = common::client(&server.uri, "alice", "password1").await;
     failed(
-        &alice.update_credential(update("alice", "wrong-old", "password2")).await.unwrap().into_inner(),
+        &alice
+            .update_credential(update("alice", "wrong-old", "password2"))
+            .await
+            .unwrap()
+            .into_inner(),
         1400,
         30,
         "old password not correct for alice: not authenticated",
     );
-    ok(&alice.update_credential(update("alice", "password1", "password2")).await.unwrap().into_inner());
-    assert!(!login_works(&server.uri, "alice", "password1").await, "acknowledged: the old password is gone at once");
+    ok(&alice
+        .update_credential(update("alice", "password1", "password2"))
+        .await
+        .unwrap()
+        .into_inner());
+    assert!(
+        !login_works(&server.uri, "alice", "password1").await,
+        "acknowledged: the old password is gone at once"
+    );
     assert!(login_works(&server.uri, "alice", "password2").await);
 
-    ok(&root.delete_credential(delete("alice")).await.unwrap().into_inner());
+    ok(&root
+        .delete_credential(delete("alice"))
+        .await
+        .unwrap()
+        .into_inner());
     assert!(!login_works(&server.uri, "alice", "password2").await);
-    ok(&root.delete_credential(delete("alice")).await.unwrap().into_inner());
+    ok(&root
+        .delete_credential(delete("alice"))
+        .await
+        .unwrap()
+        .into_inner());
     failed(
-        &root.delete_credential(delete("root")).await.unwrap().into_inner(),
+        &root
+            .delete_credential(delete("root"))
+            .await
+            .unwrap()
+            .into_inner(),
         1401,
         31,
         "root user cannot be deleted: privilege not permitted",
@@ -146,28 +236,77 @@ async fn validation_errors_change_nothing() {
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
     let cases = [
-        (create("", "password1"), "username must be not empty: invalid parameter"),
-        (create(&"a".repeat(33), "password1"), "the length of username must be less than 32"),
-        (create("9lives", "password1"), "the first character must be a letter, but got 9"),
-        (create("bad-name", "password1"), "username must contain only numbers, letters and underscores, but got -"),
-        (create("short", "12345"), "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]"),
-        (create("long", &"x".repeat(257)), "invalid parameter[257 out of range 6 <= value <= 256]"),
+        (
+            create("", "password1"),
+            "username must be not empty: invalid parameter",
+        ),
+        (
+            create(&"a".repeat(33), "password1"),
+            "the length of username must be less than 32",
+        ),
+        (
+            create("9lives", "password1"),
+            "the first character must be a letter, but got 9",
+        ),
+        (
+            create("bad-name", "password1"),
+            "username must contain only numbers, letters and underscores, but got -",
+        ),
+        (
+            create("short", "12345"),
+            "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]",
+        ),
+        (
+            create("long", &"x".repeat(257)),
+            "invalid parameter[257 out of range 6 <= value <= 256]",
+        ),
     ];
     for (request, reason) in cases {
         let status = root.create_credential(request).await.unwrap().into_inner();
         assert_eq!((status.code, status.error_code), (1100, 5), "{status:?}");
-        assert!(status.reason.contains(reason), "{:?} should contain {reason:?}", status.reason);
-        assert_eq!(status.extra_info.get("is_input_error").map(String::as_str), Some("true"));
+        assert!(
+            status.reason.contains(reason),
+            "{:?} should contain {reason:?}",
+            status.reason
+        );
+        assert_eq!(
+            status.extra_info.get("is_input_error").map(String::as_str),
+            Some("true")
+        );
     }
-    let bad_b64 = CreateCredentialRequest { username: "eve".into(), password: "***".into(), ..Default::default() };
+    let bad_b64 = CreateCredentialRequest {
+        username: "eve".into(),
+        password: "***".into(),
+        ..Default::default()
+    };
     let status = root.create_credential(bad_b64).await.unwrap().into_inner();
     assert_eq!((status.code, status.error_code), (65535, 29));
-    assert!(status.reason.starts_with("decode password fail:"), "{status:?}");
-    ok(&root.create_credential(create(&"a".repeat(32), &"x".repeat(256))).await.unwrap().into_inner());
-    let users = root.list_cred_users(ListCredUsersRequest::default()).await.unwrap().into_inner().usernames;
-    assert_eq!(users, ["a".repeat(32), "root".to_string()], "only the valid user was stored");
+    assert!(
+        status.reason.starts_with("decode password fail:"),
+        "{status:?}"
+    );
+    ok(&root
+        .create_credential(create(&"a".repeat(32), &"x".repeat(256)))
+        .await
+        .unwrap()
+        .into_inner());
+    let users = root
+        .list_cred_users(ListCredUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .usernames;
+    assert_eq!(
+        users,
+        ["a".repeat(32), "root".to_string()],
+        "only the valid user was stored"
+    );
     // The new password is validated before the old one is checked.
-    let status = root.update_credential(update("root", "Milvus", "123")).await.unwrap().into_inner();
+    let status = root
+        .update_credential(update("root", "Milvus", "123"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.code, 1100);
     assert!(login_works(&server.uri, "root", "Milvus").await);
     server.shutdown().await;
@@ -180,21 +319,46 @@ async fn malformed_and_wrong_headers_are_unauthenticated() {
     let cases: [(Option<String>, &str); 6] = [
         (None, "missing authorization in header"),
         (Some("%%%not-base64%%%".into()), "invalid token format"),
-        (Some(common::b64("an-api-key")), "auth check failure, please check api key is correct"),
-        (Some(common::b64("root:wrong")), "auth check failure, please check username and password are correct"),
-        (Some(common::b64("nobody:password1")), "auth check failure, please check username and password are correct"),
+        (
+            Some(common::b64("an-api-key")),
+            "auth check failure, please check api key is correct",
+        ),
+        (
+            Some(common::b64("root:wrong")),
+            "auth check failure, please check username and password are correct",
+        ),
+        (
+            Some(common::b64("nobody:password1")),
+            "auth check failure, please check username and password are correct",
+        ),
         (Some("A".repeat(5000)), "invalid token format"),
     ];
     for (header, message) in cases {
         let mut client = common::client_with_header(&server.uri, header.as_deref()).await;
         let connect = client.connect(ConnectRequest::default()).await.unwrap_err();
-        assert_eq!((connect.code(), connect.message()), (Code::Unauthenticated, message), "{header:?}");
-        let create = client.create_credential(create("mallory", "password1")).await.unwrap_err();
+        assert_eq!(
+            (connect.code(), connect.message()),
+            (Code::Unauthenticated, message),
+            "{header:?}"
+        );
+        let create = client
+            .create_credential(create("mallory", "password1"))
+            .await
+            .unwrap_err();
         assert_eq!(create.code(), Code::Unauthenticated);
     }
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    let users = root.list_cred_users(ListCredUsersRequest::default()).await.unwrap().into_inner().usernames;
-    assert_eq!(users, ["root"], "nothing was created by unauthenticated calls");
+    let users = root
+        .list_cred_users(ListCredUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .usernames;
+    assert_eq!(
+        users,
+        ["root"],
+        "nothing was created by unauthenticated calls"
+    );
     server.shutdown().await;
 }
 
@@ -203,47 +367,152 @@ async fn authorization_follows_milvus_default_roles() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    for (user, password) in [("bob", "password1"), ("carol", "password1"), ("foo", "password1")] {
-        ok(&root.create_credential(create(user, password)).await.unwrap().into_inner());
+    for (user, password) in [
+        ("bob", "password1"),
+        ("carol", "password1"),
+        ("foo", "password1"),
+    ] {
+        ok(&root
+            .create_credential(create(user, password))
+            .await
+            .unwrap()
+            .into_inner());
     }
     let mut bob = common::client(&server.uri, "bob", "password1").await;
-    let denied = bob.create_credential(create("x1", "password1")).await.unwrap_err();
+    let denied = bob
+        .create_credential(create("x1", "password1"))
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
-    assert_eq!(denied.message(), "PrivilegeCreateOwnership: permission deny to bob in the `default` database");
-    assert_eq!(bob.delete_credential(delete("carol")).await.unwrap_err().code(), Code::PermissionDenied);
-    assert_eq!(bob.list_cred_users(ListCredUsersRequest::default()).await.unwrap_err().code(), Code::PermissionDenied);
-    assert_eq!(bob.update_credential(update("carol", "password1", "password9")).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        denied.message(),
+        "PrivilegeCreateOwnership: permission deny to bob in the `default` database"
+    );
+    assert_eq!(
+        bob.delete_credential(delete("carol"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        bob.list_cred_users(ListCredUsersRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        bob.update_credential(update("carol", "password1", "password9"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
     // Reading yourself is allowed, reading others is not.
-    let me = SelectUserRequest { user: Some(UserEntity { name: "bob".into() }), include_role_info: true, ..Default::default() };
+    let me = SelectUserRequest {
+        user: Some(UserEntity { name: "bob".into() }),
+        include_role_info: true,
+        ..Default::default()
+    };
     let found = bob.select_user(me).await.unwrap().into_inner();
     assert_eq!(found.results[0].user.as_ref().unwrap().name, "bob");
-    let other = SelectUserRequest { user: Some(UserEntity { name: "carol".into() }), ..Default::default() };
-    assert_eq!(bob.select_user(other).await.unwrap_err().code(), Code::PermissionDenied);
+    let other = SelectUserRequest {
+        user: Some(UserEntity {
+            name: "carol".into(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        bob.select_user(other).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 
     // Members of admin may manage users.
-    let grant = OperateUserRoleRequest { username: "bob".into(), role_name: "admin".into(), r#type: 0, ..Default::default() };
+    let grant = OperateUserRoleRequest {
+        username: "bob".into(),
+        role_name: "admin".into(),
+        r#type: 0,
+        ..Default::default()
+    };
     ok(&root.operate_user_role(grant).await.unwrap().into_inner());
-    ok(&bob.create_credential(create("x1", "password1")).await.unwrap().into_inner());
-    let roles = SelectRoleRequest { role: Some(RoleEntity { name: "admin".into(), ..Default::default() }), include_user_info: true, ..Default::default() };
+    ok(&bob
+        .create_credential(create("x1", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
+    let roles = SelectRoleRequest {
+        role: Some(RoleEntity {
+            name: "admin".into(),
+            ..Default::default()
+        }),
+        include_user_info: true,
+        ..Default::default()
+    };
     let admin = bob.select_role(roles).await.unwrap().into_inner();
-    assert_eq!(admin.results[0].users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["bob"]);
-    let all_roles = bob.select_role(SelectRoleRequest::default()).await.unwrap().into_inner();
-    let names: Vec<_> = all_roles.results.iter().map(|r| r.role.as_ref().unwrap().name.as_str()).collect();
+    assert_eq!(
+        admin.results[0]
+            .users
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>(),
+        ["bob"]
+    );
+    let all_roles = bob
+        .select_role(SelectRoleRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = all_roles
+        .results
+        .iter()
+        .map(|r| r.role.as_ref().unwrap().name.as_str())
+        .collect();
     assert_eq!(names, ["admin", "public"]);
-    let missing = SelectRoleRequest { role: Some(RoleEntity { name: "nope".into(), ..Default::default() }), ..Default::default() };
-    assert!(bob.select_role(missing).await.unwrap().into_inner().results.is_empty(), "a missing role is success with no results");
+    let missing = SelectRoleRequest {
+        role: Some(RoleEntity {
+            name: "nope".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(
+        bob.select_role(missing)
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .is_empty(),
+        "a missing role is success with no results"
+    );
 
     // A super user (foo) resets carol's password without the old one; bob (admin, not super) cannot.
     let mut foo = common::client(&server.uri, "foo", "password1").await;
     failed(
-        &bob.update_credential(update("carol", "not-it", "password7")).await.unwrap().into_inner(),
+        &bob.update_credential(update("carol", "not-it", "password7"))
+            .await
+            .unwrap()
+            .into_inner(),
         1400,
         30,
         "old password not correct for carol: not authenticated",
     );
-    let grant_foo = OperateUserRoleRequest { username: "foo".into(), role_name: "admin".into(), r#type: 0, ..Default::default() };
-    ok(&root.operate_user_role(grant_foo).await.unwrap().into_inner());
-    ok(&foo.update_credential(update("carol", "", "password8")).await.unwrap().into_inner());
+    let grant_foo = OperateUserRoleRequest {
+        username: "foo".into(),
+        role_name: "admin".into(),
+        r#type: 0,
+        ..Default::default()
+    };
+    ok(&root
+        .operate_user_role(grant_foo)
+        .await
+        .unwrap()
+        .into_inner());
+    ok(&foo
+        .update_credential(update("carol", "", "password8"))
+        .await
+        .unwrap()
+        .into_inner());
     assert!(login_works(&server.uri, "carol", "password8").await);
     server.shutdown().await;
 }
@@ -253,10 +522,23 @@ async fn description_only_update_keeps_the_password() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    ok(&root.create_credential(create("dana", "password1")).await.unwrap().into_inner());
-    let describe = UpdateCredentialRequest { username: "dana".into(), description: Some("on call".into()), ..Default::default() };
+    ok(&root
+        .create_credential(create("dana", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
+    let describe = UpdateCredentialRequest {
+        username: "dana".into(),
+        description: Some("on call".into()),
+        ..Default::default()
+    };
     ok(&root.update_credential(describe).await.unwrap().into_inner());
-    let select = SelectUserRequest { user: Some(UserEntity { name: "dana".into() }), ..Default::default() };
+    let select = SelectUserRequest {
+        user: Some(UserEntity {
+            name: "dana".into(),
+        }),
+        ..Default::default()
+    };
     let found = root.select_user(select).await.unwrap().into_inner();
     assert_eq!(found.results[0].description, "on call");
     assert!(login_works(&server.uri, "dana", "password1").await);
@@ -274,9 +556,22 @@ credstore:\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB:
     );
     let server = Server::start(&yaml).await;
     let mut anonymous = common::client_with_header(&server.uri, None).await;
-    ok(&anonymous.connect(ConnectRequest::default()).await.unwrap().into_inner().status.unwrap());
-    ok(&anonymous.create_credential(create("zed", "password1")).await.unwrap().into_inner());
-    assert!(login_works(&server.uri, "zed", "wrong-password").await, "as in Milvus, any password logs in");
+    ok(&anonymous
+        .connect(ConnectRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap());
+    ok(&anonymous
+        .create_credential(create("zed", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
+    assert!(
+        login_works(&server.uri, "zed", "wrong-password").await,
+        "as in Milvus, any password logs in"
+    );
     server.shutdown().await;
 }
 
@@ -285,18 +580,36 @@ async fn etcd_down_is_unavailable_and_changes_nothing() {
     let mut etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "  etcdTimeoutMs: 1000\n").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    ok(&root.create_credential(create("before", "password1")).await.unwrap().into_inner());
+    ok(&root
+        .create_credential(create("before", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
     etcd.kill();
-    let err = root.create_credential(create("during", "password1")).await.unwrap_err();
+    let err = root
+        .create_credential(create("during", "password1"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     etcd.restart();
     etcd.wait_healthy();
     common::eventually("writes succeed again once etcd is back", async || {
-        root.create_credential(create("after", "password1")).await.is_ok_and(|r| r.into_inner().code == 0)
+        root.create_credential(create("after", "password1"))
+            .await
+            .is_ok_and(|r| r.into_inner().code == 0)
     })
     .await;
-    let users = root.list_cred_users(ListCredUsersRequest::default()).await.unwrap().into_inner().usernames;
-    assert_eq!(users, ["after", "before", "root"], "the failed write left nothing behind");
+    let users = root
+        .list_cred_users(ListCredUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .usernames;
+    assert_eq!(
+        users,
+        ["after", "before", "root"],
+        "the failed write left nothing behind"
+    );
     server.shutdown().await;
 }
 
@@ -309,12 +622,23 @@ async fn embedded_store_is_the_default_and_survives_restart() {
     );
     let server = Server::start(&yaml).await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    ok(&root.create_credential(create("kept", "password1")).await.unwrap().into_inner());
-    ok(&root.update_credential(update("root", "Milvus", "NewRoot1")).await.unwrap().into_inner());
+    ok(&root
+        .create_credential(create("kept", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
+    ok(&root
+        .update_credential(update("root", "Milvus", "NewRoot1"))
+        .await
+        .unwrap()
+        .into_inner());
     server.shutdown().await;
     let server = Server::start(&yaml).await;
     assert!(login_works(&server.uri, "kept", "password1").await);
-    assert!(!login_works(&server.uri, "root", "Milvus").await, "an existing root is never reset to the default");
+    assert!(
+        !login_works(&server.uri, "root", "Milvus").await,
+        "an existing root is never reset to the default"
+    );
     assert!(login_works(&server.uri, "root", "NewRoot1").await);
     server.shutdown().await;
 }
@@ -324,12 +648,20 @@ async fn methods_credstore_does_not_serve_are_unimplemented() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("etcd:\n  data:\n    dir: {}\n", dir.path().display());
     let server = Server::start(&yaml).await;
-    let channel = tonic::transport::Channel::from_shared(server.uri.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(server.uri.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/milvus.proto.milvus.MilvusService/HasCollection");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/milvus.proto.milvus.MilvusService/HasCollection",
+    );
     let mut request = tonic::Request::new(GetVersionRequest {});
-    request.metadata_mut().insert("authorization", common::b64("root:Milvus").parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", common::b64("root:Milvus").parse().unwrap());
     let codec = tonic_prost::ProstCodec::<GetVersionRequest, GetVersionResponse>::default();
     let err = grpc.unary(request, path, codec).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);

@@ -22,7 +22,12 @@ fn sources(dir: &str) -> Vec<(String, String)> {
     rust_files(&root.join(dir), &mut files);
     files
         .into_iter()
-        .map(|p| (p.strip_prefix(root).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.strip_prefix(root).unwrap().display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -34,18 +39,27 @@ fn every_rust_file_opens_with_a_module_comment() {
             continue;
         }
         for (path, text) in sources(dir) {
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default();
             if !first.starts_with("//!") {
                 missing.push(path);
             }
         }
     }
-    assert!(missing.is_empty(), "files without a //! comment: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! comment: {missing:?}"
+    );
 }
 
 fn assert_absent(files: &[&str], needles: &[&str]) {
     for (path, text) in sources("src") {
-        if !files.iter().any(|f| path.ends_with(f) || path.contains(&format!("/{f}/"))) {
+        if !files
+            .iter()
+            .any(|f| path.ends_with(f) || path.contains(&format!("/{f}/")))
+        {
             continue;
         }
         for needle in needles {
@@ -57,8 +71,19 @@ fn assert_absent(files: &[&str], needles: &[&str]) {
 #[test]
 fn inner_modules_do_not_speak_grpc() {
     // `meta/etcd.rs` may name tonic's status codes: etcd itself speaks gRPC.
-    assert_absent(&["meta"], &["crate::proto", "crate::service", "crate::auth", "crate::catalog"]);
-    assert_absent(&["catalog.rs", "password.rs", "config.rs"], &["crate::proto", "crate::service", "crate::auth", "tonic::"]);
+    assert_absent(
+        &["meta"],
+        &[
+            "crate::proto",
+            "crate::service",
+            "crate::auth",
+            "crate::catalog",
+        ],
+    );
+    assert_absent(
+        &["catalog.rs", "password.rs", "config.rs"],
+        &["crate::proto", "crate::service", "crate::auth", "tonic::"],
+    );
     assert_absent(&["auth"], &["crate::proto", "crate::service"]);
     assert_absent(&["coherence.rs"], &["crate::proto", "crate::service"]);
 }
@@ -70,7 +95,10 @@ fn only_password_touches_hashing_crates() {
             continue;
         }
         for needle in ["argon2::", "bcrypt::"] {
-            assert!(!text.contains(needle), "{path} uses {needle}; hashing belongs in password.rs");
+            assert!(
+                !text.contains(needle),
+                "{path} uses {needle}; hashing belongs in password.rs"
+            );
         }
     }
 }
@@ -81,6 +109,9 @@ fn only_coherence_opens_watches() {
         if path.ends_with("coherence.rs") || path.contains("meta") {
             continue;
         }
-        assert!(!text.contains(".watch("), "{path} opens a watch; that belongs in coherence.rs");
+        assert!(
+            !text.contains(".watch("),
+            "{path} opens a watch; that belongs in coherence.rs"
+        );
     }
 }

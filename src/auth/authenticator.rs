@@ -78,7 +78,11 @@ struct Inner {
 
 impl Authenticator {
     /// Builds the authenticator. The dummy hash for unknown users is computed here, once.
-    pub async fn new(config: AuthenticatorConfig, catalog: Catalog, pool: HashPool) -> Result<Authenticator, HashError> {
+    pub async fn new(
+        config: AuthenticatorConfig,
+        catalog: Catalog,
+        pool: HashPool,
+    ) -> Result<Authenticator, HashError> {
         let hasher = pool.hasher().clone();
         let dummy = tokio::task::spawn_blocking(move || hasher.dummy_hash())
             .await
@@ -90,7 +94,10 @@ impl Authenticator {
             builder = builder.time_to_live(ttl);
         }
         let verified = builder.build();
-        let loading = Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build();
+        let loading = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(60))
+            .build();
         let inner = Inner {
             config,
             catalog,
@@ -105,7 +112,9 @@ impl Authenticator {
             misses: AtomicU64::new(0),
             rehashed: AtomicU64::new(0),
         };
-        Ok(Authenticator { inner: Arc::new(inner) })
+        Ok(Authenticator {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -130,14 +139,16 @@ impl Authenticator {
     /// Whether `password` is `user`'s password. Unknown users cost the same as wrong passwords.
     pub async fn verify(&self, user: &str, password: &[u8]) -> Result<(), AuthError> {
         if !self.inner.trust.holds() {
-            return Err(AuthError::Unavailable("replica is re-syncing with etcd".into()));
+            return Err(AuthError::Unavailable(
+                "replica is re-syncing with etcd".into(),
+            ));
         }
         let verifier = self.verifier(user, password);
-        if let Some(entry) = self.inner.verified.get(user).await {
-            if bool::from(entry.verifier.ct_eq(&verifier)) {
-                self.inner.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
+        if let Some(entry) = self.inner.verified.get(user).await
+            && bool::from(entry.verifier.ct_eq(&verifier))
+        {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
         let key = (user.to_string(), verifier);
@@ -148,7 +159,8 @@ impl Authenticator {
     }
 
     fn verifier(&self, user: &str, password: &[u8]) -> Verifier {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.inner.key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.inner.key)
+            .expect("HMAC takes any key length");
         mac.update(user.as_bytes());
         mac.update(&[0]);
         mac.update(password);
@@ -156,40 +168,74 @@ impl Authenticator {
     }
 
     /// The slow path: read the user, verify the hash (bounded pool), maybe rehash, cache.
-    async fn load(&self, user: &str, password: &[u8], verifier: Verifier) -> Result<Verified, AuthError> {
+    async fn load(
+        &self,
+        user: &str,
+        password: &[u8],
+        verifier: Verifier,
+    ) -> Result<Verified, AuthError> {
         let Ok(name) = Username::parse(user, &self.inner.config.limits) else {
             return self.deny_unknown(password).await;
         };
-        let read = self.inner.catalog.get_user(&name).await.map_err(store_error)?;
+        let read = self
+            .inner
+            .catalog
+            .get_user(&name)
+            .await
+            .map_err(store_error)?;
         let Some(stored) = read.value else {
             return self.deny_unknown(password).await;
         };
-        let matches = self.inner.pool.verify(stored.hash.clone(), password.to_vec()).await.map_err(hash_error)?;
+        let matches = self
+            .inner
+            .pool
+            .verify(stored.hash.clone(), password.to_vec())
+            .await
+            .map_err(hash_error)?;
         if !matches {
             return Err(AuthError::Denied);
         }
         if self.inner.pool.hasher().needs_rehash(&stored.hash) {
             self.rehash(&name, &stored, password).await;
         }
-        let entry = Verified { verifier, revision: read.revision };
+        let entry = Verified {
+            verifier,
+            revision: read.revision,
+        };
         self.insert_unless_stale(user, entry.clone()).await;
         Ok(entry)
     }
 
     async fn deny_unknown(&self, password: &[u8]) -> Result<Verified, AuthError> {
         // Spend the same work as a real verification so timing does not reveal who exists.
-        let _ = self.inner.pool.verify(self.inner.dummy.clone(), password.to_vec()).await.map_err(hash_error)?;
+        let _ = self
+            .inner
+            .pool
+            .verify(self.inner.dummy.clone(), password.to_vec())
+            .await
+            .map_err(hash_error)?;
         Err(AuthError::Denied)
     }
 
     /// Rewrites a legacy or weaker hash in the configured scheme (compare-and-swap on the
     /// revision read, so a concurrent password change wins and is never overwritten).
     async fn rehash(&self, name: &Username, stored: &crate::catalog::StoredUser, password: &[u8]) {
-        let Ok(password) = Password::new(password.to_vec(), &Limits { min_password_len: 1, ..self.inner.config.limits.clone() }) else {
+        let Ok(password) = Password::new(
+            password.to_vec(),
+            &Limits {
+                min_password_len: 1,
+                ..self.inner.config.limits.clone()
+            },
+        ) else {
             return;
         };
         let result = match self.inner.pool.hash(password).await {
-            Ok(hash) => self.inner.catalog.replace_user(name, &stored.with_hash(hash)).await.map_err(|e| e.to_string()),
+            Ok(hash) => self
+                .inner
+                .catalog
+                .replace_user(name, &stored.with_hash(hash))
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match result {
@@ -271,7 +317,10 @@ struct Trust {
 
 impl Trust {
     fn forever() -> Trust {
-        Trust { base: Instant::now(), until_ms: AtomicU64::new(u64::MAX) }
+        Trust {
+            base: Instant::now(),
+            until_ms: AtomicU64::new(u64::MAX),
+        }
     }
 
     fn set(&self, deadline: Option<Instant>) {

@@ -27,7 +27,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { inner, authenticator: self.authenticator.clone() }
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
     }
 }
 

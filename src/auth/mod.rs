@@ -23,11 +23,17 @@ pub struct Authenticated {
 
 impl Authenticated {
     pub(crate) fn user(name: &str, super_user: bool) -> Authenticated {
-        Authenticated { user: Some(name.to_string()), super_user }
+        Authenticated {
+            user: Some(name.to_string()),
+            super_user,
+        }
     }
 
     pub(crate) fn unchecked() -> Authenticated {
-        Authenticated { user: None, super_user: false }
+        Authenticated {
+            user: None,
+            super_user: false,
+        }
     }
 
     /// The verified username, or `None` when authorization is disabled.
@@ -64,9 +70,10 @@ impl AuthError {
     /// etcd is away or the replica is re-syncing.
     pub fn to_status(&self) -> tonic::Status {
         match self {
-            AuthError::MissingHeader | AuthError::BadToken | AuthError::ApiKey | AuthError::Denied => {
-                tonic::Status::unauthenticated(self.to_string())
-            }
+            AuthError::MissingHeader
+            | AuthError::BadToken
+            | AuthError::ApiKey
+            | AuthError::Denied => tonic::Status::unauthenticated(self.to_string()),
             AuthError::Busy => tonic::Status::resource_exhausted(self.to_string()),
             AuthError::Unavailable(_) => tonic::Status::unavailable(self.to_string()),
         }
@@ -84,9 +91,16 @@ pub fn parse_header(value: Option<&[u8]>) -> Result<(String, Vec<u8>), AuthError
     if raw.len() > MAX_HEADER_LEN {
         return Err(AuthError::BadToken);
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(raw).map_err(|_| AuthError::BadToken)?;
-    let colon = decoded.iter().position(|b| *b == b':').ok_or(AuthError::ApiKey)?;
-    let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthError::Denied)?.to_string();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| AuthError::BadToken)?;
+    let colon = decoded
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or(AuthError::ApiKey)?;
+    let user = std::str::from_utf8(&decoded[..colon])
+        .map_err(|_| AuthError::Denied)?
+        .to_string();
     Ok((user, decoded[colon + 1..].to_vec()))
 }
 
@@ -96,7 +110,9 @@ mod tests {
 
     fn check(header: Option<&str>, expected: Result<(&str, &str), AuthError>) {
         let got = parse_header(header.map(str::as_bytes));
-        let got = got.as_ref().map(|(u, p)| (u.as_str(), std::str::from_utf8(p).unwrap()));
+        let got = got
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), std::str::from_utf8(p).unwrap()));
         assert_eq!(got, expected.as_ref().map(|(u, p)| (*u, *p)), "{header:?}");
     }
 
@@ -115,12 +131,21 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(AuthError::Denied.to_status().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            AuthError::Denied.to_status().code(),
+            tonic::Code::Unauthenticated
+        );
         assert_eq!(
             AuthError::Denied.to_status().message(),
             "auth check failure, please check username and password are correct"
         );
-        assert_eq!(AuthError::Busy.to_status().code(), tonic::Code::ResourceExhausted);
-        assert_eq!(AuthError::Unavailable("x".into()).to_status().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            AuthError::Busy.to_status().code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            AuthError::Unavailable("x".into()).to_status().code(),
+            tonic::Code::Unavailable
+        );
     }
 }

@@ -10,8 +10,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use crate::meta::{
-    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome, Watch,
-    WatchMessage,
+    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome,
+    Watch, WatchMessage,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -42,7 +42,10 @@ struct History {
 impl EmbeddedKv {
     /// Opens (or creates) the store file at `path`; parent directories are created.
     pub fn open(path: &Path) -> Result<EmbeddedKv, MetaError> {
-        let err = |reason: String| MetaError::Embedded { path: path.display().to_string(), reason };
+        let err = |reason: String| MetaError::Embedded {
+            path: path.display().to_string(),
+            reason,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
         }
@@ -51,20 +54,34 @@ impl EmbeddedKv {
         write.open_table(KV).map_err(|e| err(e.to_string()))?;
         let revision = {
             let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
-            let current = meta.get(REVISION_KEY).map_err(|e| err(e.to_string()))?.map(|g| g.value());
+            let current = meta
+                .get(REVISION_KEY)
+                .map_err(|e| err(e.to_string()))?
+                .map(|g| g.value());
             match current {
                 Some(rev) => rev,
                 None => {
-                    meta.insert(REVISION_KEY, 1).map_err(|e| err(e.to_string()))?;
+                    meta.insert(REVISION_KEY, 1)
+                        .map_err(|e| err(e.to_string()))?;
                     1
                 }
             }
         };
         write.commit().map_err(|e| err(e.to_string()))?;
         let (revision_tx, _) = watch::channel(revision);
-        let history = History { events: VecDeque::new(), first_kept: revision + 1 };
-        let inner = Inner { db, path: path.to_path_buf(), state: Mutex::new(history), revision_tx };
-        Ok(EmbeddedKv { inner: Arc::new(inner) })
+        let history = History {
+            events: VecDeque::new(),
+            first_kept: revision + 1,
+        };
+        let inner = Inner {
+            db,
+            path: path.to_path_buf(),
+            state: Mutex::new(history),
+            revision_tx,
+        };
+        Ok(EmbeddedKv {
+            inner: Arc::new(inner),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -75,15 +92,23 @@ impl EmbeddedKv {
         let path = inner.path.display().to_string();
         tokio::task::spawn_blocking(move || work(&inner))
             .await
-            .map_err(|e| MetaError::Embedded { path: path.clone(), reason: e.to_string() })?
-            .map_err(|e| MetaError::Embedded { path, reason: e.to_string() })
+            .map_err(|e| MetaError::Embedded {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| MetaError::Embedded {
+                path,
+                reason: e.to_string(),
+            })
     }
 }
 
 impl Inner {
     fn history(&self) -> MutexGuard<'_, History> {
         // A poisoned lock means a panic while appending history: a bug, so propagate it.
-        self.state.lock().expect("embedded store history lock poisoned")
+        self.state
+            .lock()
+            .expect("embedded store history lock poisoned")
     }
 
     fn current_revision(&self) -> Revision {
@@ -99,16 +124,25 @@ impl Inner {
         let mut events = Vec::new();
         {
             let mut kv = write.open_table(KV)?;
-            let holds = txn.compares.iter().try_fold(true, |ok, c| Ok::<_, redb::Error>(ok && compare(&kv, c)?))?;
+            let holds = txn
+                .compares
+                .iter()
+                .try_fold(true, |ok, c| Ok::<_, redb::Error>(ok && compare(&kv, c)?))?;
             if !holds {
-                return Ok(TxnOutcome { succeeded: false, revision: current });
+                return Ok(TxnOutcome {
+                    succeeded: false,
+                    revision: current,
+                });
             }
             for op in &txn.ops {
                 apply_op(&mut kv, op, next, &mut events)?;
             }
         }
         if events.is_empty() {
-            return Ok(TxnOutcome { succeeded: true, revision: current });
+            return Ok(TxnOutcome {
+                succeeded: true,
+                revision: current,
+            });
         }
         write.open_table(META)?.insert(REVISION_KEY, next)?;
         write.commit()?;
@@ -119,7 +153,10 @@ impl Inner {
             }
         }
         self.revision_tx.send_replace(next);
-        Ok(TxnOutcome { succeeded: true, revision: next })
+        Ok(TxnOutcome {
+            succeeded: true,
+            revision: next,
+        })
     }
 }
 
@@ -132,7 +169,12 @@ fn encode(create_revision: Revision, mod_revision: Revision, value: &[u8]) -> Ve
 }
 
 fn decode(key: &str, raw: &[u8]) -> KeyValue {
-    let word = |at: usize| raw.get(at..at + 8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes).unwrap_or(0);
+    let word = |at: usize| {
+        raw.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
+            .unwrap_or(0)
+    };
     KeyValue {
         key: key.to_string(),
         value: raw.get(16..).unwrap_or_default().to_vec(),
@@ -141,18 +183,29 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
     }
 }
 
-fn read_key(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<KeyValue>, redb::Error> {
+fn read_key(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<KeyValue>, redb::Error> {
     Ok(table.get(key)?.map(|guard| decode(key, guard.value())))
 }
 
-fn compare(table: &impl ReadableTable<&'static str, &'static [u8]>, compare: &Compare) -> Result<bool, redb::Error> {
+fn compare(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    compare: &Compare,
+) -> Result<bool, redb::Error> {
     Ok(match compare {
         Compare::Absent(key) => read_key(table, key)?.is_none(),
-        Compare::ModRevision(key, rev) => read_key(table, key)?.is_some_and(|kv| kv.mod_revision == *rev),
+        Compare::ModRevision(key, rev) => {
+            read_key(table, key)?.is_some_and(|kv| kv.mod_revision == *rev)
+        }
     })
 }
 
-fn keys_with_prefix(table: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> Result<Vec<KeyValue>, redb::Error> {
+fn keys_with_prefix(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<KeyValue>, redb::Error> {
     let mut out = Vec::new();
     for entry in table.range(prefix..)? {
         let (key, value) = entry?;
@@ -170,10 +223,17 @@ fn apply_op(
     revision: Revision,
     events: &mut Vec<Event>,
 ) -> Result<(), redb::Error> {
-    let event = |kind, key: &str, value: &[u8]| Event { kind, key: key.to_string(), value: value.to_vec(), revision };
+    let event = |kind, key: &str, value: &[u8]| Event {
+        kind,
+        key: key.to_string(),
+        value: value.to_vec(),
+        revision,
+    };
     match op {
         Op::Put(key, value) => {
-            let created = read_key(table, key)?.map(|kv| kv.create_revision).unwrap_or(revision);
+            let created = read_key(table, key)?
+                .map(|kv| kv.create_revision)
+                .unwrap_or(revision);
             table.insert(key.as_str(), encode(created, revision, value).as_slice())?;
             events.push(event(EventKind::Put, key, value));
         }
@@ -245,7 +305,10 @@ impl EmbeddedWatch {
             if let Some(message) = self.poll() {
                 return Ok(message);
             }
-            self.changed.changed().await.map_err(|_| MetaError::WatchClosed)?;
+            self.changed
+                .changed()
+                .await
+                .map_err(|_| MetaError::WatchClosed)?;
         }
     }
 
@@ -253,7 +316,9 @@ impl EmbeddedWatch {
         let history = self.inner.history();
         let revision = self.inner.current_revision();
         if self.next < history.first_kept && self.next <= revision {
-            return Some(WatchMessage::Compacted { compact_revision: history.first_kept - 1 });
+            return Some(WatchMessage::Compacted {
+                compact_revision: history.first_kept - 1,
+            });
         }
         let events: Vec<Event> = history
             .events

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, TlsOptions,
-    Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
+    TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
 };
 
 use crate::meta::{
-    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome, Watch,
-    WatchMessage,
+    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome,
+    Watch, WatchMessage,
 };
 
 /// How to reach etcd.
@@ -45,11 +45,14 @@ impl EtcdKv {
             .with_timeout(options.request_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let Some((user, password)) = &options.auth {
-            connect = connect.with_user(user.clone(), password.clone()).with_auto_token_refresh(true);
+            connect = connect
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         let mut endpoints = options.endpoints.clone();
         if let Some(tls) = &options.tls {
-            let mut tls_options = TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            let mut tls_options =
+                TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
             if let Some((cert, key)) = &tls.client_cert_key_pem {
                 tls_options = tls_options.identity(etcd_client::Identity::from_pem(cert, key));
             }
@@ -58,7 +61,9 @@ impl EtcdKv {
         } else {
             endpoints = endpoints.iter().map(|e| with_scheme(e, "http")).collect();
         }
-        let client = Client::connect(endpoints, Some(connect)).await.map_err(map_err)?;
+        let client = Client::connect(endpoints, Some(connect))
+            .await
+            .map_err(map_err)?;
         let kv = EtcdKv { client };
         // The client connects lazily; one request proves etcd is there.
         kv.client.clone().status().await.map_err(map_err)?;
@@ -84,7 +89,10 @@ pub(crate) fn map_err(err: etcd_client::Error) -> MetaError {
     use tonic::Code;
     match err {
         etcd_client::Error::GRpcStatus(status)
-            if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) =>
+            if matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+            ) =>
         {
             MetaError::Unavailable(status.message().to_string())
         }
@@ -110,13 +118,24 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 impl MetaKv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
         let response = self.client.clone().get(key, None).await.map_err(map_err)?;
-        Ok(Read { value: response.kvs().first().map(to_kv), revision: header_revision(response.header()) })
+        Ok(Read {
+            value: response.kvs().first().map(to_kv),
+            revision: header_revision(response.header()),
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
         let options = GetOptions::new().with_prefix();
-        let response = self.client.clone().get(prefix, Some(options)).await.map_err(map_err)?;
-        Ok(Read { value: response.kvs().iter().map(to_kv).collect(), revision: header_revision(response.header()) })
+        let response = self
+            .client
+            .clone()
+            .get(prefix, Some(options))
+            .await
+            .map_err(map_err)?;
+        Ok(Read {
+            value: response.kvs().iter().map(to_kv).collect(),
+            revision: header_revision(response.header()),
+        })
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
@@ -124,8 +143,12 @@ impl MetaKv for EtcdKv {
             .compares
             .iter()
             .map(|c| match c {
-                Compare::Absent(key) => EtcdCompare::create_revision(key.as_str(), CompareOp::Equal, 0),
-                Compare::ModRevision(key, rev) => EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *rev),
+                Compare::Absent(key) => {
+                    EtcdCompare::create_revision(key.as_str(), CompareOp::Equal, 0)
+                }
+                Compare::ModRevision(key, rev) => {
+                    EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *rev)
+                }
             })
             .collect();
         let ops: Vec<TxnOp> = txn
@@ -134,17 +157,30 @@ impl MetaKv for EtcdKv {
             .map(|op| match op {
                 Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
                 Op::Delete(key) => TxnOp::delete(key.as_str(), None),
-                Op::DeletePrefix(prefix) => TxnOp::delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix())),
+                Op::DeletePrefix(prefix) => {
+                    TxnOp::delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix()))
+                }
             })
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops);
         let response = self.client.clone().txn(request).await.map_err(map_err)?;
-        Ok(TxnOutcome { succeeded: response.succeeded(), revision: header_revision(response.header()) })
+        Ok(TxnOutcome {
+            succeeded: response.succeeded(),
+            revision: header_revision(response.header()),
+        })
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, MetaError> {
-        let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-        let stream = self.client.clone().watch(prefix, Some(options)).await.map_err(map_err)?;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(options))
+            .await
+            .map_err(map_err)?;
         Ok(Watch::Etcd(EtcdWatch { stream }))
     }
 }
@@ -162,10 +198,15 @@ impl EtcdWatch {
             };
             // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
             if response.compact_revision() > 0 {
-                return Ok(WatchMessage::Compacted { compact_revision: response.compact_revision() });
+                return Ok(WatchMessage::Compacted {
+                    compact_revision: response.compact_revision(),
+                });
             }
             if response.canceled() {
-                return Err(MetaError::Etcd(format!("watch canceled: {}", response.cancel_reason())));
+                return Err(MetaError::Etcd(format!(
+                    "watch canceled: {}",
+                    response.cancel_reason()
+                )));
             }
             let revision = header_revision(response.header());
             if response.created() && response.events().is_empty() {
@@ -175,7 +216,13 @@ impl EtcdWatch {
                 return Ok(WatchMessage::Progress { revision });
             }
             // Every event of this watch up to the newest one in the batch has been delivered.
-            let revision = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max().unwrap_or(revision);
+            let revision = response
+                .events()
+                .iter()
+                .filter_map(|e| e.kv())
+                .map(|kv| kv.mod_revision())
+                .max()
+                .unwrap_or(revision);
             let events = response
                 .events()
                 .iter()
@@ -186,7 +233,12 @@ impl EtcdWatch {
                         etcd_client::EventType::Delete => EventKind::Delete,
                     };
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    Some(Event { kind, key, value: kv.value().to_vec(), revision: kv.mod_revision() })
+                    Some(Event {
+                        kind,
+                        key,
+                        value: kv.value().to_vec(),
+                        revision: kv.mod_revision(),
+                    })
                 })
                 .collect();
             return Ok(WatchMessage::Events { events, revision });

@@ -5,8 +5,8 @@
 
 pub mod status;
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine;
 use tonic::{Request, Response};
@@ -56,29 +56,64 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(catalog: Catalog, auth: Authenticator, coherence: Arc<Coherence>, limits: Limits) -> Api {
+    pub fn new(
+        catalog: Catalog,
+        auth: Authenticator,
+        coherence: Arc<Coherence>,
+        limits: Limits,
+    ) -> Api {
         // Identifiers only need to differ between connections; start somewhere unguessable-ish.
         let mut seed = [0u8; 4];
         let _ = getrandom::fill(&mut seed);
         let start = i64::from(u32::from_le_bytes(seed) >> 1) + 1;
-        Api { catalog, auth, coherence, limits, next_identifier: Arc::new(AtomicI64::new(start)) }
+        Api {
+            catalog,
+            auth,
+            coherence,
+            limits,
+            next_identifier: Arc::new(AtomicI64::new(start)),
+        }
     }
 
     /// Allows root, members of `admin`, and — for user-object privileges — the user acting on
     /// themselves; everyone when authorization is disabled. Otherwise PERMISSION_DENIED.
-    async fn authorize<T>(&self, request: &Request<T>, privilege: Privilege, own: Option<&str>) -> Result<Authenticated, ServiceError> {
-        let caller = request.extensions().get::<Authenticated>().cloned().ok_or(ServiceError::Unauthenticated)?;
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        privilege: Privilege,
+        own: Option<&str>,
+    ) -> Result<Authenticated, ServiceError> {
+        let caller = request
+            .extensions()
+            .get::<Authenticated>()
+            .cloned()
+            .ok_or(ServiceError::Unauthenticated)?;
         let Some(user) = caller.name() else {
             return Ok(caller);
         };
         if user == ROOT_USER || own.is_some_and(|o| o.trim() == user) {
             return Ok(caller);
         }
-        if self.catalog.user_roles(user).await?.iter().any(|r| r == "admin") {
+        if self
+            .catalog
+            .user_roles(user)
+            .await?
+            .iter()
+            .any(|r| r == "admin")
+        {
             return Ok(caller);
         }
-        let db = request.metadata().get("dbname").and_then(|v| v.to_str().ok()).filter(|d| !d.is_empty()).unwrap_or("default");
-        Err(ServiceError::PermissionDenied { privilege: privilege.name(), user: user.to_string(), db: db.to_string() })
+        let db = request
+            .metadata()
+            .get("dbname")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| !d.is_empty())
+            .unwrap_or("default");
+        Err(ServiceError::PermissionDenied {
+            privilege: privilege.name(),
+            user: user.to_string(),
+            db: db.to_string(),
+        })
     }
 
     async fn confirm(&self, revision: Revision) -> Result<(), ServiceError> {
@@ -93,22 +128,40 @@ impl Api {
         Password::new(decode_base64(encoded)?, &self.limits).map_err(ServiceError::InvalidPassword)
     }
 
-    async fn create_credential(&self, request: Request<CreateCredentialRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::CreateOwnership, None).await?;
+    async fn create_credential(
+        &self,
+        request: Request<CreateCredentialRequest>,
+    ) -> Result<(), ServiceError> {
+        self.authorize(&request, Privilege::CreateOwnership, None)
+            .await?;
         let body = request.into_inner();
         let name = self.username(&body.username)?;
         let password = self.password(&body.password)?;
         let hash = self.auth.pool().hash(password).await?;
-        let revision = self.catalog.create_user(&name, &hash, body.description).await?;
+        let revision = self
+            .catalog
+            .create_user(&name, &hash, body.description)
+            .await?;
         tracing::info!(user = %name, revision, "user created");
         self.confirm(revision).await
     }
 
-    async fn update_credential(&self, request: Request<UpdateCredentialRequest>) -> Result<(), ServiceError> {
-        let caller = self.authorize(&request, Privilege::UpdateUser, Some(&request.get_ref().username)).await?;
+    async fn update_credential(
+        &self,
+        request: Request<UpdateCredentialRequest>,
+    ) -> Result<(), ServiceError> {
+        let caller = self
+            .authorize(
+                &request,
+                Privilege::UpdateUser,
+                Some(&request.get_ref().username),
+            )
+            .await?;
         let body = request.into_inner();
         if body.new_password.is_empty() && body.description.is_some() {
-            return self.update_description(&body.username, body.description).await;
+            return self
+                .update_description(&body.username, body.description)
+                .await;
         }
         let new_password = self.password(&body.new_password)?;
         let old_password = decode_base64(&body.old_password)?;
@@ -121,29 +174,57 @@ impl Api {
         let (Some(name), Some(stored)) = (name, stored) else {
             return match caller.is_super_user() {
                 true => Err(ServiceError::UserNotFound(body.username.trim().to_string())),
-                false => Err(ServiceError::WrongOldPassword(body.username.trim().to_string())),
+                false => Err(ServiceError::WrongOldPassword(
+                    body.username.trim().to_string(),
+                )),
             };
         };
         // Checked against the record we will compare-and-swap, so a concurrent change wins.
-        if !caller.is_super_user() && !self.auth.pool().verify(stored.hash.clone(), old_password).await? {
+        if !caller.is_super_user()
+            && !self
+                .auth
+                .pool()
+                .verify(stored.hash.clone(), old_password)
+                .await?
+        {
             return Err(ServiceError::WrongOldPassword(name.to_string()));
         }
         let hash = self.auth.pool().hash(new_password).await?;
         let description = body.description.or_else(|| stored.description.clone());
-        let revision = self.catalog.replace_user(&name, &stored.with_hash(hash).with_description(description)).await?;
+        let revision = self
+            .catalog
+            .replace_user(&name, &stored.with_hash(hash).with_description(description))
+            .await?;
         tracing::info!(user = %name, revision, "password changed");
         self.confirm(revision).await
     }
 
-    async fn update_description(&self, raw: &str, description: Option<String>) -> Result<(), ServiceError> {
-        let name = Username::parse(raw, &self.limits).map_err(|_| ServiceError::UserNotFound(raw.to_string()))?;
-        let stored = self.catalog.get_user(&name).await?.value.ok_or_else(|| ServiceError::UserNotFound(name.to_string()))?;
-        let revision = self.catalog.replace_user(&name, &stored.with_description(description)).await?;
+    async fn update_description(
+        &self,
+        raw: &str,
+        description: Option<String>,
+    ) -> Result<(), ServiceError> {
+        let name = Username::parse(raw, &self.limits)
+            .map_err(|_| ServiceError::UserNotFound(raw.to_string()))?;
+        let stored = self
+            .catalog
+            .get_user(&name)
+            .await?
+            .value
+            .ok_or_else(|| ServiceError::UserNotFound(name.to_string()))?;
+        let revision = self
+            .catalog
+            .replace_user(&name, &stored.with_description(description))
+            .await?;
         self.confirm(revision).await
     }
 
-    async fn delete_credential(&self, request: Request<DeleteCredentialRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::DropOwnership, None).await?;
+    async fn delete_credential(
+        &self,
+        request: Request<DeleteCredentialRequest>,
+    ) -> Result<(), ServiceError> {
+        self.authorize(&request, Privilege::DropOwnership, None)
+            .await?;
         let raw = request.into_inner().username;
         if raw.trim() == ROOT_USER {
             return Err(ServiceError::DeleteRoot);
@@ -161,12 +242,19 @@ impl Api {
         }
     }
 
-    async fn list_cred_users(&self, request: Request<ListCredUsersRequest>) -> Result<Vec<String>, ServiceError> {
-        self.authorize(&request, Privilege::SelectOwnership, None).await?;
+    async fn list_cred_users(
+        &self,
+        request: Request<ListCredUsersRequest>,
+    ) -> Result<Vec<String>, ServiceError> {
+        self.authorize(&request, Privilege::SelectOwnership, None)
+            .await?;
         Ok(self.catalog.list_users().await?)
     }
 
-    async fn select_user(&self, request: Request<SelectUserRequest>) -> Result<Vec<UserResult>, ServiceError> {
+    async fn select_user(
+        &self,
+        request: Request<SelectUserRequest>,
+    ) -> Result<Vec<UserResult>, ServiceError> {
         let own = request.get_ref().user.as_ref().map(|u| u.name.clone());
         let privilege = match own {
             Some(_) => Privilege::SelectUser,
@@ -176,7 +264,13 @@ impl Api {
         let body = request.into_inner();
         let names = match &body.user {
             Some(user) => vec![self.username(&user.name)?],
-            None => self.catalog.list_users().await?.iter().filter_map(|n| Username::parse(n, &self.limits).ok()).collect(),
+            None => self
+                .catalog
+                .list_users()
+                .await?
+                .iter()
+                .filter_map(|n| Username::parse(n, &self.limits).ok())
+                .collect(),
         };
         let mut results = Vec::new();
         for name in names {
@@ -188,16 +282,28 @@ impl Api {
                 false => Vec::new(),
             };
             results.push(UserResult {
-                user: Some(UserEntity { name: name.to_string() }),
-                roles: roles.into_iter().map(|name| RoleEntity { name, description: String::new() }).collect(),
+                user: Some(UserEntity {
+                    name: name.to_string(),
+                }),
+                roles: roles
+                    .into_iter()
+                    .map(|name| RoleEntity {
+                        name,
+                        description: String::new(),
+                    })
+                    .collect(),
                 description: stored.description.unwrap_or_default(),
             });
         }
         Ok(results)
     }
 
-    async fn select_role(&self, request: Request<SelectRoleRequest>) -> Result<Vec<RoleResult>, ServiceError> {
-        self.authorize(&request, Privilege::SelectOwnership, None).await?;
+    async fn select_role(
+        &self,
+        request: Request<SelectRoleRequest>,
+    ) -> Result<Vec<RoleResult>, ServiceError> {
+        self.authorize(&request, Privilege::SelectOwnership, None)
+            .await?;
         let body = request.into_inner();
         let roles = match &body.role {
             Some(role) => {
@@ -216,7 +322,10 @@ impl Api {
                 false => Vec::new(),
             };
             results.push(RoleResult {
-                role: Some(RoleEntity { name: role, description: String::new() }),
+                role: Some(RoleEntity {
+                    name: role,
+                    description: String::new(),
+                }),
                 users: users.into_iter().map(|name| UserEntity { name }).collect(),
             });
         }
@@ -224,40 +333,65 @@ impl Api {
     }
 
     async fn create_role(&self, request: Request<CreateRoleRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::CreateOwnership, None).await?;
-        let raw = request.into_inner().entity.map(|e| e.name).unwrap_or_default();
+        self.authorize(&request, Privilege::CreateOwnership, None)
+            .await?;
+        let raw = request
+            .into_inner()
+            .entity
+            .map(|e| e.name)
+            .unwrap_or_default();
         let role = RoleName::parse(&raw).map_err(ServiceError::InvalidRole)?;
         let revision = self.catalog.create_role(&role).await?;
         self.confirm(revision).await
     }
 
     async fn drop_role(&self, request: Request<DropRoleRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::DropOwnership, None).await?;
-        let role = RoleName::parse(&request.into_inner().role_name).map_err(ServiceError::InvalidRole)?;
+        self.authorize(&request, Privilege::DropOwnership, None)
+            .await?;
+        let role =
+            RoleName::parse(&request.into_inner().role_name).map_err(ServiceError::InvalidRole)?;
         let revision = self.catalog.drop_role(&role).await?;
         self.confirm(revision).await
     }
 
-    async fn operate_user_role(&self, request: Request<OperateUserRoleRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::ManageOwnership, None).await?;
+    async fn operate_user_role(
+        &self,
+        request: Request<OperateUserRoleRequest>,
+    ) -> Result<(), ServiceError> {
+        self.authorize(&request, Privilege::ManageOwnership, None)
+            .await?;
         let body = request.into_inner();
         let user = self.username(&body.username)?;
         let role = RoleName::parse(&body.role_name).map_err(ServiceError::InvalidRole)?;
         let revision = match OperateUserRoleType::try_from(body.r#type) {
-            Ok(OperateUserRoleType::AddUserToRole) => self.catalog.add_user_to_role(&user, &role).await?,
-            Ok(OperateUserRoleType::RemoveUserFromRole) => self.catalog.remove_user_from_role(&user, &role).await?,
-            Err(_) => return Err(ServiceError::InvalidRole(format!("unknown operate type {}", body.r#type))),
+            Ok(OperateUserRoleType::AddUserToRole) => {
+                self.catalog.add_user_to_role(&user, &role).await?
+            }
+            Ok(OperateUserRoleType::RemoveUserFromRole) => {
+                self.catalog.remove_user_from_role(&user, &role).await?
+            }
+            Err(_) => {
+                return Err(ServiceError::InvalidRole(format!(
+                    "unknown operate type {}",
+                    body.r#type
+                )));
+            }
         };
         self.confirm(revision).await
     }
 }
 
 fn decode_base64(encoded: &str) -> Result<Vec<u8>, ServiceError> {
-    base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| ServiceError::Base64(e.to_string()))
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| ServiceError::Base64(e.to_string()))
 }
 
 /// A Status-only answer.
-fn reply(result: Result<(), ServiceError>, failure: ErrorCode) -> Result<Response<Status>, tonic::Status> {
+fn reply(
+    result: Result<(), ServiceError>,
+    failure: ErrorCode,
+) -> Result<Response<Status>, tonic::Status> {
     match result {
         Ok(()) => Ok(Response::new(Status::default())),
         Err(err) => Ok(Response::new(to_status(&err, failure)?)),
@@ -265,7 +399,10 @@ fn reply(result: Result<(), ServiceError>, failure: ErrorCode) -> Result<Respons
 }
 
 /// A payload answer: the status, and the payload when it succeeded.
-fn outcome<T: Default>(result: Result<T, ServiceError>, failure: ErrorCode) -> Result<(Option<Status>, T), tonic::Status> {
+fn outcome<T: Default>(
+    result: Result<T, ServiceError>,
+    failure: ErrorCode,
+) -> Result<(Option<Status>, T), tonic::Status> {
     match result {
         Ok(value) => Ok((Some(Status::default()), value)),
         Err(err) => Ok((Some(to_status(&err, failure)?), T::default())),
@@ -274,66 +411,141 @@ fn outcome<T: Default>(result: Result<T, ServiceError>, failure: ErrorCode) -> R
 
 #[tonic::async_trait]
 impl MilvusService for Api {
-    async fn connect(&self, _request: Request<ConnectRequest>) -> Result<Response<ConnectResponse>, tonic::Status> {
+    async fn connect(
+        &self,
+        _request: Request<ConnectRequest>,
+    ) -> Result<Response<ConnectResponse>, tonic::Status> {
         let server_info = ServerInfo {
             build_tags: format!("credstore-{}", env!("CARGO_PKG_VERSION")),
             deploy_mode: "credstore".into(),
             ..ServerInfo::default()
         };
         let identifier = self.next_identifier.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(ConnectResponse { status: Some(Status::default()), server_info: Some(server_info), identifier }))
+        Ok(Response::new(ConnectResponse {
+            status: Some(Status::default()),
+            server_info: Some(server_info),
+            identifier,
+        }))
     }
 
-    async fn get_version(&self, _request: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, tonic::Status> {
+    async fn get_version(
+        &self,
+        _request: Request<GetVersionRequest>,
+    ) -> Result<Response<GetVersionResponse>, tonic::Status> {
         let version = format!("credstore-{}", env!("CARGO_PKG_VERSION"));
-        Ok(Response::new(GetVersionResponse { status: Some(Status::default()), version }))
+        Ok(Response::new(GetVersionResponse {
+            status: Some(Status::default()),
+            version,
+        }))
     }
 
-    async fn check_health(&self, _request: Request<CheckHealthRequest>) -> Result<Response<CheckHealthResponse>, tonic::Status> {
+    async fn check_health(
+        &self,
+        _request: Request<CheckHealthRequest>,
+    ) -> Result<Response<CheckHealthResponse>, tonic::Status> {
         let healthy = self.auth.is_trusted();
         let reasons = match healthy {
             true => Vec::new(),
             false => vec!["replica is re-syncing with etcd".to_string()],
         };
-        Ok(Response::new(CheckHealthResponse { status: Some(Status::default()), is_healthy: healthy, reasons, quota_states: Vec::new() }))
+        Ok(Response::new(CheckHealthResponse {
+            status: Some(Status::default()),
+            is_healthy: healthy,
+            reasons,
+            quota_states: Vec::new(),
+        }))
     }
 
-    async fn create_credential(&self, request: Request<CreateCredentialRequest>) -> Result<Response<Status>, tonic::Status> {
-        reply(Api::create_credential(self, request).await, ErrorCode::CreateCredentialFailure)
+    async fn create_credential(
+        &self,
+        request: Request<CreateCredentialRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        reply(
+            Api::create_credential(self, request).await,
+            ErrorCode::CreateCredentialFailure,
+        )
     }
 
-    async fn update_credential(&self, request: Request<UpdateCredentialRequest>) -> Result<Response<Status>, tonic::Status> {
-        reply(Api::update_credential(self, request).await, ErrorCode::UpdateCredentialFailure)
+    async fn update_credential(
+        &self,
+        request: Request<UpdateCredentialRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        reply(
+            Api::update_credential(self, request).await,
+            ErrorCode::UpdateCredentialFailure,
+        )
     }
 
-    async fn delete_credential(&self, request: Request<DeleteCredentialRequest>) -> Result<Response<Status>, tonic::Status> {
-        reply(Api::delete_credential(self, request).await, ErrorCode::DeleteCredentialFailure)
+    async fn delete_credential(
+        &self,
+        request: Request<DeleteCredentialRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        reply(
+            Api::delete_credential(self, request).await,
+            ErrorCode::DeleteCredentialFailure,
+        )
     }
 
-    async fn list_cred_users(&self, request: Request<ListCredUsersRequest>) -> Result<Response<ListCredUsersResponse>, tonic::Status> {
-        let (status, usernames) = outcome(Api::list_cred_users(self, request).await, ErrorCode::ListCredUsersFailure)?;
+    async fn list_cred_users(
+        &self,
+        request: Request<ListCredUsersRequest>,
+    ) -> Result<Response<ListCredUsersResponse>, tonic::Status> {
+        let (status, usernames) = outcome(
+            Api::list_cred_users(self, request).await,
+            ErrorCode::ListCredUsersFailure,
+        )?;
         Ok(Response::new(ListCredUsersResponse { status, usernames }))
     }
 
-    async fn create_role(&self, request: Request<CreateRoleRequest>) -> Result<Response<Status>, tonic::Status> {
-        reply(Api::create_role(self, request).await, ErrorCode::CreateRoleFailure)
+    async fn create_role(
+        &self,
+        request: Request<CreateRoleRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        reply(
+            Api::create_role(self, request).await,
+            ErrorCode::CreateRoleFailure,
+        )
     }
 
-    async fn drop_role(&self, request: Request<DropRoleRequest>) -> Result<Response<Status>, tonic::Status> {
-        reply(Api::drop_role(self, request).await, ErrorCode::DropRoleFailure)
+    async fn drop_role(
+        &self,
+        request: Request<DropRoleRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        reply(
+            Api::drop_role(self, request).await,
+            ErrorCode::DropRoleFailure,
+        )
     }
 
-    async fn operate_user_role(&self, request: Request<OperateUserRoleRequest>) -> Result<Response<Status>, tonic::Status> {
-        reply(Api::operate_user_role(self, request).await, ErrorCode::OperateUserRoleFailure)
+    async fn operate_user_role(
+        &self,
+        request: Request<OperateUserRoleRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        reply(
+            Api::operate_user_role(self, request).await,
+            ErrorCode::OperateUserRoleFailure,
+        )
     }
 
-    async fn select_role(&self, request: Request<SelectRoleRequest>) -> Result<Response<SelectRoleResponse>, tonic::Status> {
-        let (status, results) = outcome(Api::select_role(self, request).await, ErrorCode::SelectRoleFailure)?;
+    async fn select_role(
+        &self,
+        request: Request<SelectRoleRequest>,
+    ) -> Result<Response<SelectRoleResponse>, tonic::Status> {
+        let (status, results) = outcome(
+            Api::select_role(self, request).await,
+            ErrorCode::SelectRoleFailure,
+        )?;
         Ok(Response::new(SelectRoleResponse { status, results }))
     }
 
-    async fn select_user(&self, request: Request<SelectUserRequest>) -> Result<Response<SelectUserResponse>, tonic::Status> {
-        let (status, results) = outcome(Api::select_user(self, request).await, ErrorCode::SelectUserFailure)?;
+    async fn select_user(
+        &self,
+        request: Request<SelectUserRequest>,
+    ) -> Result<Response<SelectUserResponse>, tonic::Status> {
+        let (status, results) = outcome(
+            Api::select_user(self, request).await,
+            ErrorCode::SelectUserFailure,
+        )?;
         Ok(Response::new(SelectUserResponse { status, results }))
     }
 }

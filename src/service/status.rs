@@ -40,7 +40,11 @@ pub enum ServiceError {
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("{privilege}: permission deny to {user} in the `{db}` database")]
-    PermissionDenied { privilege: &'static str, user: String, db: String },
+    PermissionDenied {
+        privilege: &'static str,
+        user: String,
+        db: String,
+    },
     #[error("request is not authenticated")]
     Unauthenticated,
     #[error("credential store unavailable, retry: {0}")]
@@ -63,7 +67,9 @@ pub type Failure = ErrorCode;
 pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::Status> {
     let reason = err.to_string();
     let (code, legacy, input_error) = match err {
-        ServiceError::InvalidName(_) | ServiceError::InvalidPassword(_) | ServiceError::InvalidRole(_) => {
+        ServiceError::InvalidName(_)
+        | ServiceError::InvalidPassword(_)
+        | ServiceError::InvalidRole(_) => {
             tracing::debug!(%reason, "invalid input");
             (1100, ErrorCode::IllegalArgument, true)
         }
@@ -109,9 +115,16 @@ pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::
             return Err(tonic::Status::resource_exhausted(reason));
         }
     };
-    let mut status = Status { error_code: legacy as i32, reason, code, ..Status::default() };
+    let mut status = Status {
+        error_code: legacy as i32,
+        reason,
+        code,
+        ..Status::default()
+    };
     if input_error {
-        status.extra_info.insert("is_input_error".into(), "true".into());
+        status
+            .extra_info
+            .insert("is_input_error".into(), "true".into());
     }
     Ok(status)
 }
@@ -134,7 +147,9 @@ impl From<CatalogError> for ServiceError {
 impl From<MetaError> for ServiceError {
     fn from(err: MetaError) -> Self {
         match err {
-            MetaError::Unavailable(_) | MetaError::WatchClosed => ServiceError::Unavailable(err.to_string()),
+            MetaError::Unavailable(_) | MetaError::WatchClosed => {
+                ServiceError::Unavailable(err.to_string())
+            }
             MetaError::Etcd(_) | MetaError::Embedded { .. } => ServiceError::Store(err.to_string()),
         }
     }
@@ -145,7 +160,9 @@ impl From<HashError> for ServiceError {
         match err {
             HashError::Busy => ServiceError::Busy,
             HashError::Malformed => ServiceError::Corrupt(err.to_string()),
-            HashError::Hashing(_) | HashError::TooWeak(_) => ServiceError::Internal(err.to_string()),
+            HashError::Hashing(_) | HashError::TooWeak(_) => {
+                ServiceError::Internal(err.to_string())
+            }
         }
     }
 }
@@ -154,7 +171,9 @@ impl From<CoherenceError> for ServiceError {
     fn from(err: CoherenceError) -> Self {
         match err {
             CoherenceError::Meta(e) => e.into(),
-            not_confirmed @ CoherenceError::NotConfirmed { .. } => ServiceError::NotConfirmed(not_confirmed),
+            not_confirmed @ CoherenceError::NotConfirmed { .. } => {
+                ServiceError::NotConfirmed(not_confirmed)
+            }
         }
     }
 }
@@ -168,9 +187,14 @@ mod tests {
         let got = to_status(&err, ErrorCode::CreateCredentialFailure);
         match (got, expected) {
             (Ok(status), Ok((code, legacy, reason))) => {
-                assert_eq!((status.code, status.error_code, status.reason.as_str()), (code, legacy as i32, reason));
+                assert_eq!(
+                    (status.code, status.error_code, status.reason.as_str()),
+                    (code, legacy as i32, reason)
+                );
             }
-            (Err(status), Err((code, message))) => assert_eq!((status.code(), status.message()), (code, message)),
+            (Err(status), Err((code, message))) => {
+                assert_eq!((status.code(), status.message()), (code, message))
+            }
             (got, want) => panic!("{err:?}: got {got:?}, want {want:?}"),
         }
     }
@@ -179,51 +203,180 @@ mod tests {
     fn every_variant_maps_as_milvus_does() {
         use ServiceError as E;
         let ok = |code, legacy, reason| Ok((code, legacy, reason));
-        let long = RuleError::PasswordLength { len: 5, min: 6, max: 256 };
-        check(E::InvalidName(RuleError::EmptyName), ok(1100, ErrorCode::IllegalArgument, "username must be not empty: invalid parameter"));
+        let long = RuleError::PasswordLength {
+            len: 5,
+            min: 6,
+            max: 256,
+        };
+        check(
+            E::InvalidName(RuleError::EmptyName),
+            ok(
+                1100,
+                ErrorCode::IllegalArgument,
+                "username must be not empty: invalid parameter",
+            ),
+        );
         check(
             E::InvalidPassword(long),
-            ok(1100, ErrorCode::IllegalArgument, "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]"),
+            ok(
+                1100,
+                ErrorCode::IllegalArgument,
+                "invalid password length: invalid parameter[5 out of range 6 <= value <= 256]",
+            ),
         );
-        check(E::InvalidRole("bad".into()), ok(1100, ErrorCode::IllegalArgument, "bad: invalid parameter"));
+        check(
+            E::InvalidRole("bad".into()),
+            ok(1100, ErrorCode::IllegalArgument, "bad: invalid parameter"),
+        );
         check(
             E::Base64("illegal base64 data".into()),
-            ok(65535, ErrorCode::CreateCredentialFailure, "decode password fail: illegal base64 data"),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "decode password fail: illegal base64 data",
+            ),
         );
-        check(E::UserExists("bob".into()), ok(1100, ErrorCode::CreateCredentialFailure, "user already exists: bob: invalid parameter"));
+        check(
+            E::UserExists("bob".into()),
+            ok(
+                1100,
+                ErrorCode::CreateCredentialFailure,
+                "user already exists: bob: invalid parameter",
+            ),
+        );
         check(
             E::WrongOldPassword("bob".into()),
-            ok(1400, ErrorCode::CreateCredentialFailure, "old password not correct for bob: not authenticated"),
+            ok(
+                1400,
+                ErrorCode::CreateCredentialFailure,
+                "old password not correct for bob: not authenticated",
+            ),
         );
-        check(E::DeleteRoot, ok(1401, ErrorCode::CreateCredentialFailure, "root user cannot be deleted: privilege not permitted"));
-        check(E::UserNotFound("x".into()), ok(65535, ErrorCode::CreateCredentialFailure, "user not found: x"));
-        check(E::RoleExists("r".into()), ok(65535, ErrorCode::CreateCredentialFailure, "role [r] already exists"));
-        check(E::RoleNotFound("r".into()), ok(65535, ErrorCode::CreateCredentialFailure, "role [r] not found"));
+        check(
+            E::DeleteRoot,
+            ok(
+                1401,
+                ErrorCode::CreateCredentialFailure,
+                "root user cannot be deleted: privilege not permitted",
+            ),
+        );
+        check(
+            E::UserNotFound("x".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "user not found: x",
+            ),
+        );
+        check(
+            E::RoleExists("r".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "role [r] already exists",
+            ),
+        );
+        check(
+            E::RoleNotFound("r".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "role [r] not found",
+            ),
+        );
         check(
             E::DefaultRole("admin".into()),
-            ok(1401, ErrorCode::CreateCredentialFailure, "the role[admin] is a default role, which can't be dropped: privilege not permitted"),
+            ok(
+                1401,
+                ErrorCode::CreateCredentialFailure,
+                "the role[admin] is a default role, which can't be dropped: privilege not permitted",
+            ),
         );
-        check(E::Conflict("bob".into()), ok(65535, ErrorCode::CreateCredentialFailure, "bob was changed concurrently; read it again and retry"));
-        check(E::Corrupt("k".into()), ok(65535, ErrorCode::CreateCredentialFailure, "stored data is unreadable: k"));
-        check(E::Store("s".into()), ok(65535, ErrorCode::CreateCredentialFailure, "credential store failed: s"));
-        check(E::Internal("i".into()), ok(65535, ErrorCode::CreateCredentialFailure, "internal error: i"));
-        let not_confirmed = CoherenceError::NotConfirmed { revision: 7, replicas: vec!["b".into()] };
+        check(
+            E::Conflict("bob".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "bob was changed concurrently; read it again and retry",
+            ),
+        );
+        check(
+            E::Corrupt("k".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "stored data is unreadable: k",
+            ),
+        );
+        check(
+            E::Store("s".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "credential store failed: s",
+            ),
+        );
+        check(
+            E::Internal("i".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "internal error: i",
+            ),
+        );
+        let not_confirmed = CoherenceError::NotConfirmed {
+            revision: 7,
+            replicas: vec!["b".into()],
+        };
         check(
             E::NotConfirmed(not_confirmed),
-            ok(65535, ErrorCode::CreateCredentialFailure, "change stored at revision 7 but not yet confirmed by replicas [\"b\"]; retrying is safe"),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "change stored at revision 7 but not yet confirmed by replicas [\"b\"]; retrying is safe",
+            ),
         );
         check(
-            E::PermissionDenied { privilege: "PrivilegeCreateOwnership", user: "bob".into(), db: "default".into() },
-            Err((tonic::Code::PermissionDenied, "PrivilegeCreateOwnership: permission deny to bob in the `default` database")),
+            E::PermissionDenied {
+                privilege: "PrivilegeCreateOwnership",
+                user: "bob".into(),
+                db: "default".into(),
+            },
+            Err((
+                tonic::Code::PermissionDenied,
+                "PrivilegeCreateOwnership: permission deny to bob in the `default` database",
+            )),
         );
-        check(E::Unauthenticated, Err((tonic::Code::Unauthenticated, "request is not authenticated")));
-        check(E::Unavailable("etcd".into()), Err((tonic::Code::Unavailable, "credential store unavailable, retry: etcd")));
-        check(E::Busy, Err((tonic::Code::ResourceExhausted, "too many password hash computations in progress; retry later")));
+        check(
+            E::Unauthenticated,
+            Err((tonic::Code::Unauthenticated, "request is not authenticated")),
+        );
+        check(
+            E::Unavailable("etcd".into()),
+            Err((
+                tonic::Code::Unavailable,
+                "credential store unavailable, retry: etcd",
+            )),
+        );
+        check(
+            E::Busy,
+            Err((
+                tonic::Code::ResourceExhausted,
+                "too many password hash computations in progress; retry later",
+            )),
+        );
     }
 
     #[test]
     fn input_errors_are_flagged() {
-        let status = to_status(&ServiceError::InvalidName(RuleError::EmptyName), ErrorCode::CreateCredentialFailure).unwrap();
-        assert_eq!(status.extra_info.get("is_input_error").map(String::as_str), Some("true"));
+        let status = to_status(
+            &ServiceError::InvalidName(RuleError::EmptyName),
+            ErrorCode::CreateCredentialFailure,
+        )
+        .unwrap();
+        assert_eq!(
+            status.extra_info.get("is_input_error").map(String::as_str),
+            Some("true")
+        );
     }
 }

@@ -19,18 +19,33 @@ use tonic::transport::Channel;
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A root path no other test uses.
 pub fn unique_root(name: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!("t-{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t-{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn etcd_binary() -> String {
-    let found = Command::new("sh").arg("-c").arg("command -v etcd").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(found, "the `etcd` binary is not on PATH: run scripts/setup.sh (Debian package etcd-server)");
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg("command -v etcd")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "the `etcd` binary is not on PATH: run scripts/setup.sh (Debian package etcd-server)"
+    );
     "etcd".to_string()
 }
 
@@ -57,7 +72,14 @@ impl Etcd {
 
     fn new(name: &str, client_port: u16, peer_port: u16, initial_cluster: String) -> Etcd {
         let dir = tempfile::tempdir().expect("a temp dir for etcd");
-        Etcd { name: name.into(), child: None, client_port, peer_port, initial_cluster, dir }
+        Etcd {
+            name: name.into(),
+            child: None,
+            client_port,
+            peer_port,
+            initial_cluster,
+            dir,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -71,9 +93,24 @@ impl Etcd {
         let child = Command::new(etcd_binary())
             .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new"])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &self.initial_cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
             .args(["--initial-cluster-token", "credstore-test"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -92,7 +129,10 @@ impl Etcd {
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        panic!("etcd on port {} did not become healthy; its log:\n{log}", self.client_port);
+        panic!(
+            "etcd on port {} did not become healthy; its log:\n{log}",
+            self.client_port
+        );
     }
 
     /// SIGKILL: no clean shutdown, as a crash.
@@ -128,9 +168,17 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     pub fn start() -> EtcdCluster {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial = ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        let mut members: Vec<Etcd> =
-            ports.iter().enumerate().map(|(i, (c, p))| Etcd::new(&format!("m{i}"), *c, *p, initial.clone())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| Etcd::new(&format!("m{i}"), *c, *p, initial.clone()))
+            .collect();
         for member in &mut members {
             member.spawn();
         }
@@ -141,16 +189,32 @@ impl EtcdCluster {
     }
 
     pub fn endpoints(&self) -> String {
-        self.members.iter().map(Etcd::endpoint).collect::<Vec<_>>().join(",")
+        self.members
+            .iter()
+            .map(Etcd::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The index of the current leader, asked of any running member.
     pub fn leader(&self) -> usize {
         // etcdctl comes with Debian's etcd packages (scripts/setup.sh installs etcd-client).
-        for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.is_running()) {
+        for (i, member) in self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_running())
+        {
             let output = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &member.endpoint(), "endpoint", "status", "-w", "json"])
+                .args([
+                    "--endpoints",
+                    &member.endpoint(),
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ])
                 .output();
             if let Ok(output) = output {
                 let text = String::from_utf8_lossy(&output.stdout);
@@ -167,12 +231,23 @@ impl EtcdCluster {
 
 fn json_number(text: &str, field: &str) -> Option<u64> {
     let at = text.find(&format!("\"{field}\":"))? + field.len() + 3;
-    text[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut stream = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
@@ -219,7 +294,12 @@ impl Replica {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("ready on ").nth(1) {
-                    let _ = ready_tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+                    let _ = ready_tx.send(
+                        addr.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -231,10 +311,18 @@ impl Replica {
             Err(_) => {
                 let _ = child.kill();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("credstore did not become ready; its log:\n{}", log.lock().unwrap());
+                panic!(
+                    "credstore did not become ready; its log:\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
-        Replica { child, addr, log, _dir: dir }
+        Replica {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
     }
 
     pub fn uri(&self) -> String {
@@ -246,7 +334,10 @@ impl Replica {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
         assert!(status.success(), "kill {signal} failed");
     }
 
@@ -275,13 +366,16 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-pub type Interceptor = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+pub type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
 pub type Client = MilvusServiceClient<InterceptedService<Channel, Interceptor>>;
 
 pub fn b64(raw: &str) -> String {
@@ -290,11 +384,18 @@ pub fn b64(raw: &str) -> String {
 
 /// A client sending `authorization` exactly as given (None: no header).
 pub async fn client_with_header(uri: &str, header: Option<&str>) -> Client {
-    let channel = Channel::from_shared(uri.to_string()).unwrap().connect().await.expect("server reachable");
-    let header: Option<tonic::metadata::MetadataValue<_>> = header.map(|h| h.parse().expect("ASCII header"));
+    let channel = Channel::from_shared(uri.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("server reachable");
+    let header: Option<tonic::metadata::MetadataValue<_>> =
+        header.map(|h| h.parse().expect("ASCII header"));
     let interceptor: Interceptor = Box::new(move |mut request| {
         if let Some(value) = &header {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     });
@@ -310,7 +411,10 @@ pub async fn client(uri: &str, user: &str, password: &str) -> Client {
 /// default 10 s) runs out. Only for *unacknowledged* propagation; after an acknowledged write,
 /// assert at once.
 pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let patience = std::env::var("CREDSTORE_TEST_PATIENCE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let patience = std::env::var("CREDSTORE_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let deadline = Instant::now() + Duration::from_millis(patience);
     loop {
         if check().await {
