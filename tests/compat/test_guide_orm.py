@@ -24,6 +24,32 @@ def test_root_connects_with_default_password(server, orm):
     assert ROOT_USER in utility.list_usernames(using=alias, timeout=T)
 
 
+def test_orm_connect_with_token_and_uri(server, orm):
+    by_token = orm.connect(server, user=None, password=None,
+                           uri=server.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
+    assert ROOT_USER in utility.list_usernames(using=by_token, timeout=T)
+    by_uri = orm.connect(server, user=None, password=None,
+                         uri=f"http://{ROOT_USER}:{ROOT_PASSWORD}@{server.host}:{server.port}")
+    assert ROOT_USER in utility.list_usernames(using=by_uri, timeout=T)
+    with raises_milvus(2):
+        orm.connect(server, user=None, password=None, uri=server.uri, token="root:wrong")
+
+
+def test_orm_list_users_and_roles(server, orm, clients):
+    admin = orm.connect(server)
+    user = uname()
+    utility.create_user(user, pw(), using=admin, timeout=T)
+    clients.make(server).grant_role(user, "admin", timeout=T)
+    info = utility.list_users(True, using=admin, timeout=T)
+    by_name = {g.username: g.roles for g in info.groups}
+    assert ROOT_USER in by_name and user in by_name, by_name
+    assert by_name[user] == ("admin",), by_name
+    one = utility.list_user(user, True, using=admin, timeout=T)
+    assert [(g.username, g.roles) for g in one.groups] == [(user, ("admin",))]
+    roles = {g.role_name for g in utility.list_roles(False, using=admin, timeout=T).groups}
+    assert {"admin", "public"} <= roles, roles
+
+
 def test_guide_walkthrough(server, orm):
     # "Create an authenticated user"
     admin = orm.connect(server, ROOT_USER, ROOT_PASSWORD)
@@ -149,6 +175,24 @@ def test_super_user_resets_password_without_old_one(server, orm, foo):
     utility.reset_password(victim, "", newer, using=as_foo, timeout=T)
     assert orm.can_connect(server, victim, newer)
     assert not orm.can_connect(server, victim, new)
+
+
+def test_super_user_with_admin_role_resets_password_without_old_one(server, orm, clients, foo):
+    """What real Milvus needs for the same step: RBAC (PrivilegeUpdateUser on another
+    user) runs before the superUsers check, so foo also holds the admin role here."""
+    root = clients.make(server, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
+    admin = orm.connect(server)
+    victim, old = uname(), pw()
+    utility.create_user(victim, old, using=admin, timeout=T)
+    root.grant_role("foo", "admin", timeout=T)
+    try:
+        as_foo = orm.connect(server, "foo", foo)
+        new = pw()
+        utility.update_password(victim, "wrong-old-password", new, using=as_foo, timeout=T)
+        assert orm.can_connect(server, victim, new)
+        assert not orm.can_connect(server, victim, old)
+    finally:
+        root.revoke_role("foo", "admin", timeout=T)
 
 
 def test_root_is_a_super_user_too(server, orm):

@@ -1,0 +1,1076 @@
+//! Replicas that agree, proven with real processes: a real etcd (one member, or a three-member
+//! cluster), three `credstore serve` replicas A, B and C, and a gRPC client that authenticates
+//! the way pymilvus does.
+//!
+//! The promise under test (DESIGN, "Consistency promises"): once UpdateCredential or
+//! DeleteCredential returns success on replica A, B and C reject the old password on the very
+//! next request — whether their caches were warm, a request was racing the change, B was frozen,
+//! etcd restarted, B's watch was cut off and compacted past, or etcd lost a member and then its
+//! leader. So after an acknowledged write these tests check at once, with no retry and no
+//! sleep, and count every stale acceptance; the count must be zero. `common::eventually` is only
+//! for what nobody acknowledged: a write retried while etcd comes back, a thawed replica
+//! re-syncing.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use credstore::proto::common::Status;
+use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
+use credstore::proto::milvus::{
+    CreateCredentialRequest, DeleteCredentialRequest, GetVersionRequest, ListCredUsersRequest,
+    UpdateCredentialRequest,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// What one authenticated request got back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Login {
+    Accepted,
+    /// UNAUTHENTICATED: the replica says user or password is wrong.
+    Rejected,
+    /// UNAVAILABLE: the replica will not answer now (re-syncing, etcd away); clients retry.
+    Unavailable,
+    Other(String),
+}
+
+/// One connection to a replica that can send anybody's credentials (a header per request), so
+/// a check costs one request and no new connection.
+#[derive(Clone)]
+struct Probe {
+    name: &'static str,
+    channel: Channel,
+}
+
+impl Probe {
+    async fn connect(name: &'static str, replica: &common::Replica) -> Probe {
+        let channel = Channel::from_shared(replica.uri())
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("replica reachable");
+        Probe { name, channel }
+    }
+
+    /// GetVersion, the cheapest authenticated call.
+    async fn login(&self, user: &str, password: &str) -> Login {
+        let mut request = tonic::Request::new(GetVersionRequest {});
+        let header = common::b64(&format!("{user}:{password}"))
+            .parse()
+            .expect("base64 is ASCII");
+        request.metadata_mut().insert("authorization", header);
+        match MilvusServiceClient::new(self.channel.clone())
+            .get_version(request)
+            .await
+        {
+            Ok(_) => Login::Accepted,
+            Err(status) => match status.code() {
+                Code::Unauthenticated => Login::Rejected,
+                Code::Unavailable => Login::Unavailable,
+                code => Login::Other(format!("{code:?}: {}", status.message())),
+            },
+        }
+    }
+}
+
+/// root's client on one replica, for the writes.
+struct Admin(common::Client);
+
+type Reply = Result<Status, tonic::Status>;
+
+impl Admin {
+    async fn connect(replica: &common::Replica) -> Admin {
+        Admin(common::client(&replica.uri(), "root", "Milvus").await)
+    }
+
+    async fn create(&mut self, user: &str, password: &str) -> Reply {
+        let request = CreateCredentialRequest {
+            username: user.into(),
+            password: common::b64(password),
+            ..Default::default()
+        };
+        self.0
+            .create_credential(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// root is a super user, so the old password is sent as pymilvus would but not checked.
+    async fn change(&mut self, user: &str, old: &str, new: &str) -> Reply {
+        let request = UpdateCredentialRequest {
+            username: user.into(),
+            old_password: common::b64(old),
+            new_password: common::b64(new),
+            ..Default::default()
+        };
+        self.0
+            .update_credential(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn delete(&mut self, user: &str) -> Reply {
+        self.0
+            .delete_credential(DeleteCredentialRequest {
+                username: user.into(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn users(&mut self) -> Vec<String> {
+        let response = self
+            .0
+            .list_cred_users(ListCredUsersRequest::default())
+            .await
+            .expect("ListCredUsers answers")
+            .into_inner();
+        assert_ok(
+            Ok(response.status.clone().unwrap_or_default()),
+            "ListCredUsers",
+        );
+        response.usernames
+    }
+}
+
+fn succeeded(reply: &Reply) -> bool {
+    matches!(reply, Ok(status) if status.code == 0 && status.error_code == 0)
+}
+
+#[track_caller]
+fn assert_ok(reply: Reply, what: &str) {
+    assert!(succeeded(&reply), "{what}: expected success, got {reply:?}");
+}
+
+/// Starts replicas at once, one per `extra` config (A, B, C, …), all on `endpoints`.
+fn start_replicas<const N: usize>(
+    endpoints: &str,
+    root: &str,
+    extra: [&str; N],
+) -> [common::Replica; N] {
+    start_replicas_from(extra.map(|extra| common::config_yaml(endpoints, root, extra)))
+}
+
+/// Starts replicas at once, one per YAML config.
+fn start_replicas_from<const N: usize>(yamls: [String; N]) -> [common::Replica; N] {
+    // Replica::start blocks until the ready line; keep the runtime's other worker free.
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let started = yamls
+                .each_ref()
+                .map(|yaml| scope.spawn(move || common::Replica::start(yaml)));
+            started.map(|handle| handle.join().expect("replica started"))
+        })
+    })
+}
+
+/// Runs blocking harness code (etcd start, kill, health waits) off the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Prints a replica's log if the test fails while this guard lives: the log says what the
+/// replica thought it was doing (session, watch, compaction).
+struct LogOnFailure<'r>(&'static str, &'r common::Replica);
+
+impl Drop for LogOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of replica {} ----\n{}", self.0, self.1.log());
+        }
+    }
+}
+
+/// Collects violations and reports them together, so a failure shows how many and where.
+#[derive(Default)]
+struct Tally {
+    checks: usize,
+    stale: Vec<String>,
+    wrong: Vec<String>,
+}
+
+impl Tally {
+    /// Right after an acknowledged change: the old password must be refused as wrong.
+    fn old_refused(&mut self, at: &str, probe: &Probe, got: Login) {
+        self.checks += 1;
+        match got {
+            Login::Rejected => {}
+            Login::Accepted => self
+                .stale
+                .push(format!("{at}: {} accepted the old password", probe.name)),
+            other => self.wrong.push(format!(
+                "{at}: {} answered {other:?} to the old password",
+                probe.name
+            )),
+        }
+    }
+
+    fn new_accepted(&mut self, at: &str, probe: &Probe, got: Login) {
+        if got != Login::Accepted {
+            self.wrong.push(format!(
+                "{at}: {} answered {got:?} to the current password",
+                probe.name
+            ));
+        }
+    }
+
+    #[track_caller]
+    fn assert_clean(&self) {
+        let first = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>();
+        assert!(
+            self.stale.is_empty(),
+            "{} stale acceptances in {} checks right after an acknowledged write; first: {:#?}",
+            self.stale.len(),
+            self.checks,
+            first(&self.stale)
+        );
+        assert!(
+            self.wrong.is_empty(),
+            "{} unexpected answers; first: {:#?}",
+            self.wrong.len(),
+            first(&self.wrong)
+        );
+    }
+}
+
+/// Logs in twice with `password` on each probe: the first load fills the cache, the second
+/// is a hit — so what a later check tests is the cache, not a fresh read.
+async fn warm(probes: &[&Probe], user: &str, password: &str) {
+    for probe in probes {
+        for attempt in 0..2 {
+            assert_eq!(
+                probe.login(user, password).await,
+                Login::Accepted,
+                "{user} logs in on {} (attempt {attempt})",
+                probe.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_is_refused_by_every_replica_on_the_next_request() {
+    let etcd = blocking(common::Etcd::start);
+    let root = common::unique_root("change");
+    let [a, b, c] = start_replicas(&etcd.endpoint(), &root, ["", "", ""]);
+    let mut admin = Admin::connect(&a).await;
+    let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
+
+    // Created via A, acknowledged: B and C know alice at once.
+    assert_ok(admin.create("alice", "pw-0000").await, "create alice via A");
+    warm(&[&pb, &pc], "alice", "pw-0000").await;
+
+    const CHANGES: usize = 200;
+    let mut tally = Tally::default();
+    let mut old = "pw-0000".to_string();
+    for i in 1..=CHANGES {
+        let new = format!("pw-{i:04}");
+        assert_ok(
+            admin.change("alice", &old, &new).await,
+            &format!("change {i} via A"),
+        );
+        let at = format!("change {i}");
+        // The very next request to each of B and C. The old password is cached on both (the
+        // previous round's new-password check put it there).
+        tally.old_refused(&at, &pb, pb.login("alice", &old).await);
+        tally.old_refused(&at, &pc, pc.login("alice", &old).await);
+        tally.new_accepted(&at, &pb, pb.login("alice", &new).await);
+        tally.new_accepted(&at, &pc, pc.login("alice", &new).await);
+        old = new;
+    }
+    assert_eq!(tally.checks, 2 * CHANGES);
+    tally.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_user_is_refused_by_every_replica_on_the_next_request() {
+    let etcd = blocking(common::Etcd::start);
+    let root = common::unique_root("delete");
+    let [a, b, c] = start_replicas(&etcd.endpoint(), &root, ["", "", ""]);
+    let mut admin = Admin::connect(&a).await;
+    let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
+
+    const USERS: usize = 20;
+    let mut tally = Tally::default();
+    for i in 0..USERS {
+        let (user, password) = (format!("gone_{i:02}"), format!("first-{i:02}"));
+        assert_ok(
+            admin.create(&user, &password).await,
+            &format!("create {user} via A"),
+        );
+        warm(&[&pb, &pc], &user, &password).await;
+        assert_ok(admin.delete(&user).await, &format!("delete {user} via A"));
+        let at = format!("delete {user}");
+        tally.old_refused(&at, &pb, pb.login(&user, &password).await);
+        tally.old_refused(&at, &pc, pc.login(&user, &password).await);
+    }
+    // The same names created again with other passwords: the deleted password stays refused
+    // (no cache entry survives the delete), the new one works.
+    for i in 0..5 {
+        let (user, old, new) = (
+            format!("gone_{i:02}"),
+            format!("first-{i:02}"),
+            format!("second-{i:02}"),
+        );
+        assert_ok(
+            admin.create(&user, &new).await,
+            &format!("create {user} again via A"),
+        );
+        let at = format!("re-create {user}");
+        tally.old_refused(&at, &pb, pb.login(&user, &old).await);
+        tally.old_refused(&at, &pc, pc.login(&user, &old).await);
+        tally.new_accepted(&at, &pb, pb.login(&user, &new).await);
+        tally.new_accepted(&at, &pc, pc.login(&user, &new).await);
+    }
+    let listed = admin.users().await;
+    for i in 0..USERS {
+        let user = format!("gone_{i:02}");
+        assert_eq!(listed.contains(&user), i < 5, "{user} listed: {listed:?}");
+    }
+    tally.assert_clean();
+}
+
+/// One request of the hammer: when it was sent and what it got.
+struct Shot {
+    replica: &'static str,
+    sent: Instant,
+    got: Login,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammer_sees_no_old_password_accepted_after_the_acknowledgement() {
+    hammer("hammer", false).await;
+}
+
+/// The same with B and C busy: heavier hashes, one hash at a time, and other clients'
+/// failing logins queueing in front — so a verification of the old password that started
+/// before the change can still be running when A acknowledges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammer_on_busy_replicas_sees_no_old_password_accepted_after_the_acknowledgement() {
+    hammer("busy", true).await;
+}
+
+/// `common::config_yaml` with argon2 at `memory_kib` (verifying takes real time) and at most
+/// one hash computation at a time (verifications queue).
+fn one_hash_at_a_time_yaml(endpoints: &str, root: &str, memory_kib: u32) -> String {
+    let yaml = common::config_yaml(endpoints, root, "");
+    let light = "argon2: {memoryKiB: 64,";
+    assert!(
+        yaml.contains(light),
+        "config_yaml no longer has the line this test adjusts:\n{yaml}"
+    );
+    yaml.replace(
+        light,
+        &format!("maxConcurrentHashes: 1\n    argon2: {{memoryKiB: {memory_kib},"),
+    )
+}
+
+/// Rounds of: tasks log in to B and C with the current password as fast as they can while A
+/// changes it; every request sent after A's answer arrived must be refused.
+async fn hammer(name: &str, busy: bool) {
+    let etcd = blocking(common::Etcd::start);
+    let root = common::unique_root(name);
+    let [a, b, c] = match busy {
+        false => start_replicas(&etcd.endpoint(), &root, ["", "", ""]),
+        true => start_replicas_from(std::array::from_fn(|_| {
+            one_hash_at_a_time_yaml(&etcd.endpoint(), &root, 1024)
+        })),
+    };
+    let _logs = (LogOnFailure("B", &b), LogOnFailure("C", &c));
+    let mut admin = Admin::connect(&a).await;
+    let probes = [Probe::connect("B", &b).await, Probe::connect("C", &c).await];
+    assert_ok(
+        admin.create("hammered", "round-000").await,
+        "create hammered via A",
+    );
+    assert_ok(
+        admin.create("noisy", "noisy-pw").await,
+        "create noisy via A",
+    );
+
+    // Busy replicas: wrong passwords (all different, so never coalesced) keep the hash queue full.
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise: Vec<_> = match busy {
+        false => Vec::new(),
+        true => (0..6)
+            .map(|n| {
+                let (probe, stop) = (probes[n % 2].clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        assert_eq!(
+                            probe.login("noisy", &format!("wrong-{n}-{i}")).await,
+                            Login::Rejected
+                        );
+                    }
+                })
+            })
+            .collect(),
+    };
+
+    const ROUNDS: usize = 40;
+    const TASKS_PER_REPLICA: usize = 3;
+    // Each task keeps going until it has this many answers to requests sent after the ack.
+    const AFTER_ACK: usize = 8;
+    let started = Instant::now();
+    let (mut rounds, mut after_ack, mut accepted_before) = (0, 0, 0);
+    let mut stale = Vec::new();
+    let mut wrong = Vec::new();
+    for round in 0..ROUNDS {
+        if started.elapsed() > Duration::from_secs(25) {
+            break;
+        }
+        let (old, new) = (
+            format!("round-{round:03}"),
+            format!("round-{:03}", round + 1),
+        );
+        // Even rounds start from warm caches (the change races cache hits); odd rounds start
+        // cold (the change races the first loads of the old password).
+        if round % 2 == 0 {
+            warm(&probes.iter().collect::<Vec<_>>(), "hammered", &old).await;
+        }
+        let ack: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+        let tasks: Vec<_> = probes
+            .iter()
+            .flat_map(|probe| std::iter::repeat_n(probe.clone(), TASKS_PER_REPLICA))
+            .map(|probe| {
+                let (ack, old) = (ack.clone(), old.clone());
+                tokio::spawn(async move {
+                    let mut shots = Vec::new();
+                    let mut after = 0;
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while after < AFTER_ACK && Instant::now() < deadline {
+                        let sent = Instant::now();
+                        let got = probe.login("hammered", &old).await;
+                        if ack.get().is_some_and(|acked| sent > *acked) {
+                            after += 1;
+                        }
+                        shots.push(Shot {
+                            replica: probe.name,
+                            sent,
+                            got,
+                        });
+                    }
+                    shots
+                })
+            })
+            .collect();
+        // Vary where in the hammering the change lands.
+        match round % 4 {
+            0 => tokio::task::yield_now().await,
+            n => tokio::time::sleep(Duration::from_millis(n as u64 * 2)).await,
+        }
+        let reply = admin.change("hammered", &old, &new).await;
+        let acked = Instant::now();
+        ack.set(acked).expect("set once");
+        assert_ok(reply, &format!("round {round}: change via A"));
+        for task in tasks {
+            for shot in task.await.expect("hammer task") {
+                match (shot.sent > acked, shot.got) {
+                    (false, Login::Accepted) => accepted_before += 1,
+                    (false, _) => {}
+                    (true, Login::Rejected) => after_ack += 1,
+                    (true, Login::Accepted) => {
+                        after_ack += 1;
+                        let late = shot.sent - acked;
+                        stale.push(format!("round {round}: {} accepted the old password sent {late:?} after the ack", shot.replica));
+                    }
+                    (true, other) => wrong.push(format!(
+                        "round {round}: {} answered {other:?} after the ack",
+                        shot.replica
+                    )),
+                }
+            }
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in noise {
+        task.await.expect("noise task: wrong passwords are refused");
+    }
+    println!(
+        "{name}: {rounds} rounds, {accepted_before} acceptances before acks, {after_ack} requests after acks, {:?}",
+        started.elapsed()
+    );
+    assert!(rounds >= 10, "only {rounds} rounds ran in the time bound");
+    assert!(
+        accepted_before > 0,
+        "the hammer never saw the old password accepted before a change"
+    );
+    assert!(
+        after_ack >= rounds * 2 * TASKS_PER_REPLICA * AFTER_ACK / 2,
+        "too few requests after acks: {after_ack}"
+    );
+    assert!(
+        stale.is_empty(),
+        "{} stale acceptances of {after_ack} requests sent after an ack: {:#?}",
+        stale.len(),
+        &stale[..stale.len().min(10)]
+    );
+    assert!(
+        wrong.is_empty(),
+        "unexpected answers after acks: {:#?}",
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_replica_never_accepts_a_password_revoked_while_it_slept() {
+    let etcd = blocking(common::Etcd::start);
+    let root = common::unique_root("frozen");
+    // B's lease lasts 3 s; A waits up to 8 s for acknowledgements, so it outlives B's lease.
+    let [a, b, c] = start_replicas(
+        &etcd.endpoint(),
+        &root,
+        [
+            "  ackTimeoutMs: 8000\n",
+            "  session:\n    ttlSeconds: 3\n",
+            "",
+        ],
+    );
+    let mut admin = Admin::connect(&a).await;
+    let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
+    let _logs = (LogOnFailure("A", &a), LogOnFailure("B", &b));
+    assert_ok(
+        admin.create("sleeper", "before-1").await,
+        "create sleeper via A",
+    );
+    warm(&[&pb, &pc], "sleeper", "before-1").await;
+
+    b.freeze();
+    let asked = Instant::now();
+    let reply = admin.change("sleeper", "before-1", "after-2").await;
+    let took = asked.elapsed();
+    b.thaw();
+    assert_ok(
+        reply,
+        "change via A while B is frozen (confirmed once B's lease expired)",
+    );
+    // B could not apply the change; only its lease expiring (3 s TTL, renewed every second)
+    // lets A answer, so the answer cannot have come early.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "A acknowledged after {took:?}, before B's lease could expire"
+    );
+    assert!(took < Duration::from_secs(8), "A took {took:?}");
+
+    let mut tally = Tally::default();
+    tally.old_refused(
+        "after the change",
+        &pc,
+        pc.login("sleeper", "before-1").await,
+    );
+    tally.new_accepted(
+        "after the change",
+        &pc,
+        pc.login("sleeper", "after-2").await,
+    );
+    // B woke up with a cache entry for the old password; its first answer must not use it.
+    let first = pb.login("sleeper", "before-1").await;
+    assert!(
+        matches!(first, Login::Rejected | Login::Unavailable),
+        "B's first answer after SIGCONT: {first:?}"
+    );
+    let (mut stale, mut tries) = (0, 0);
+    common::eventually("B accepts the new password after re-syncing", async || {
+        tries += 1;
+        if pb.login("sleeper", "before-1").await == Login::Accepted {
+            stale += 1;
+        }
+        let got = pb.login("sleeper", "after-2").await;
+        if tries % 20 == 0 {
+            eprintln!("try {tries}: B answers {got:?} to the new password");
+        }
+        got == Login::Accepted
+    })
+    .await;
+    assert_eq!(
+        stale, 0,
+        "B accepted the revoked password {stale} times in {tries} tries after waking"
+    );
+    tally.old_refused("B re-synced", &pb, pb.login("sleeper", "before-1").await);
+
+    // B's new session counts again: the next change waits for it, and B refuses at once.
+    assert_ok(
+        admin.change("sleeper", "after-2", "later-3").await,
+        "change via A after B re-joined",
+    );
+    tally.old_refused("second change", &pb, pb.login("sleeper", "after-2").await);
+    tally.old_refused("second change", &pc, pc.login("sleeper", "after-2").await);
+    tally.new_accepted("second change", &pb, pb.login("sleeper", "later-3").await);
+    tally.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_under_load_loses_no_invalidation() {
+    let mut etcd = blocking(common::Etcd::start);
+    let root = common::unique_root("restart");
+    let [a, b, c] = start_replicas(&etcd.endpoint(), &root, ["", "", ""]);
+    let mut admin = Admin::connect(&a).await;
+    let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
+    assert_ok(admin.create("steady", "steady-0").await, "create steady");
+    assert_ok(admin.create("loaded", "loaded-pw").await, "create loaded");
+    assert_ok(admin.create("churned", "churn-0").await, "create churned");
+    warm(&[&pb, &pc], "steady", "steady-0").await;
+
+    // Load: logins on B and C, and password changes via A, for as long as the test runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins: Vec<_> = [pb.clone(), pc.clone()]
+        .into_iter()
+        .map(|probe| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    answers.push(probe.login("loaded", "loaded-pw").await);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                answers
+            })
+        })
+        .collect();
+    let writer = {
+        let (stop, mut writer) = (stop.clone(), Admin::connect(&a).await);
+        tokio::spawn(async move {
+            let mut replies = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                replies.push(
+                    writer
+                        .change(
+                            "churned",
+                            &format!("churn-{}", n - 1),
+                            &format!("churn-{n}"),
+                        )
+                        .await,
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            replies
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A crash and a second of downtime, then the same member on the same data.
+    blocking(|| etcd.kill());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    blocking(|| {
+        etcd.restart();
+        etcd.wait_healthy();
+    });
+
+    // Only the write may need retries while the replicas reconnect; once it is acknowledged,
+    // B and C refuse the old password on their next request.
+    let mut attempts = 0;
+    common::eventually(
+        "a change via A is acknowledged after etcd restarted",
+        async || {
+            attempts += 1;
+            succeeded(&admin.change("steady", "steady-0", "steady-1").await)
+        },
+    )
+    .await;
+    let mut tally = Tally::default();
+    tally.old_refused(
+        "first change after restart",
+        &pb,
+        pb.login("steady", "steady-0").await,
+    );
+    tally.old_refused(
+        "first change after restart",
+        &pc,
+        pc.login("steady", "steady-0").await,
+    );
+    tally.new_accepted(
+        "first change after restart",
+        &pb,
+        pb.login("steady", "steady-1").await,
+    );
+    tally.new_accepted(
+        "first change after restart",
+        &pc,
+        pc.login("steady", "steady-1").await,
+    );
+    for i in 2..=21 {
+        let (old, new) = (format!("steady-{}", i - 1), format!("steady-{i}"));
+        assert_ok(
+            admin.change("steady", &old, &new).await,
+            &format!("change {i} after restart"),
+        );
+        let at = format!("change {i} after restart");
+        tally.old_refused(&at, &pb, pb.login("steady", &old).await);
+        tally.old_refused(&at, &pc, pc.login("steady", &old).await);
+        tally.new_accepted(&at, &pb, pb.login("steady", &new).await);
+        tally.new_accepted(&at, &pc, pc.login("steady", &new).await);
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for (probe, task) in [&pb, &pc].into_iter().zip(logins) {
+        let answers = task.await.expect("login load");
+        assert_eq!(
+            answers.last(),
+            Some(&Login::Accepted),
+            "{} serves the load user again; answers: {}",
+            probe.name,
+            answers.len()
+        );
+        let odd: Vec<_> = answers
+            .iter()
+            .filter(|a| matches!(a, Login::Rejected | Login::Other(_)))
+            .collect();
+        assert!(
+            odd.is_empty(),
+            "{} refused a valid password or failed oddly under load: {odd:?}",
+            probe.name
+        );
+    }
+    // Writes during the outage fail with an error pymilvus retries or that says retrying is
+    // safe; they never look like a deterministic refusal.
+    let replies = writer.await.expect("writer load");
+    let failed: Vec<_> = replies.iter().filter(|r| !succeeded(r)).collect();
+    let unclear: Vec<_> = failed
+        .iter()
+        .filter(|r| match r {
+            Err(status) => status.code() != Code::Unavailable,
+            Ok(status) => !status.reason.contains("retrying is safe"),
+        })
+        .collect();
+    println!(
+        "restart: first change after restart took {attempts} attempts; writer load {} writes, {} failed",
+        replies.len(),
+        failed.len()
+    );
+    assert!(
+        !failed.is_empty(),
+        "no write failed: etcd was not down under load"
+    );
+    assert!(
+        succeeded(replies.last().expect("writes ran")),
+        "the writer load recovered"
+    );
+    assert!(
+        unclear.is_empty(),
+        "writes failed with a non-retryable error while etcd restarted: {unclear:#?}"
+    );
+    tally.assert_clean();
+}
+
+/// A TCP proxy in front of etcd for one replica: `cut` drops every connection through it and
+/// refuses new ones (the replica's watch breaks, etcd stays up for everyone else), `restore`
+/// lets connections through again.
+struct Proxy {
+    port: u16,
+    shared: Arc<ProxyShared>,
+}
+
+#[derive(Default)]
+struct ProxyShared {
+    cut: AtomicBool,
+    closed: AtomicBool,
+    /// Both ends of every open connection, to shut them down on `cut`.
+    links: Mutex<Vec<TcpStream>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy binds");
+        let port = listener.local_addr().expect("bound").port();
+        let shared = Arc::new(ProxyShared::default());
+        let accepting = shared.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if accepting.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(inbound) = inbound else { continue };
+                // Checked and recorded under the lock `cut` takes, so no connection slips past a cut.
+                let mut links = accepting.links.lock().unwrap();
+                if accepting.cut.load(Ordering::Acquire) {
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for stream in [&inbound, &outbound] {
+                    let _ = stream.set_nodelay(true);
+                    links.push(stream.try_clone().expect("socket clones"));
+                }
+                pump(
+                    inbound.try_clone().expect("socket clones"),
+                    outbound.try_clone().expect("socket clones"),
+                );
+                pump(outbound, inbound);
+            }
+        });
+        Proxy { port, shared }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        let mut links = self.shared.links.lock().unwrap();
+        self.shared.cut.store(true, Ordering::Release);
+        for stream in links.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.shared.cut.store(false, Ordering::Release);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.flush();
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.cut();
+        // Wake the accept loop so it sees `closed`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// The revision at which `key` was last written (0: absent).
+async fn mod_revision(etcd: &mut etcd_client::Client, key: &str) -> i64 {
+    let response = etcd.get(key, None).await.expect("etcd get");
+    response.kvs().first().map_or(0, |kv| kv.mod_revision())
+}
+
+/// Cuts B off, changes `user`'s password via A (which then waits for B), lets `meanwhile` run
+/// once the change is stored, restores B, and returns A's answer.
+async fn change_while_cut_off(
+    proxy: &Proxy,
+    a: &common::Replica,
+    etcd: &mut etcd_client::Client,
+    key: &str,
+    (user, old, new): (&str, &str, &str),
+    meanwhile: impl AsyncFnOnce(&mut etcd_client::Client),
+) -> Reply {
+    let before = mod_revision(etcd, key).await;
+    proxy.cut();
+    let mut writer = Admin::connect(a).await;
+    let (user, old, new) = (user.to_string(), old.to_string(), new.to_string());
+    let change = tokio::spawn(async move { writer.change(&user, &old, &new).await });
+    common::eventually("the change is stored in etcd", async || {
+        mod_revision(etcd, key).await > before
+    })
+    .await;
+    assert!(
+        !change.is_finished(),
+        "A answered while B was cut off: {:?}",
+        change.await
+    );
+    meanwhile(etcd).await;
+    proxy.restore();
+    change.await.expect("the change task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_watch_resumes_and_flushes_after_compaction() {
+    let etcd = blocking(common::Etcd::start);
+    let proxy = Proxy::start(etcd.client_port);
+    let root = common::unique_root("compact");
+    // B reaches etcd only through the proxy. A waits long enough for B to reconnect; B's
+    // lease (10 s) outlives each cut, so only B's watch can bring its cache up to date.
+    let [a, c] = start_replicas(&etcd.endpoint(), &root, ["  ackTimeoutMs: 15000\n", ""]);
+    let b = blocking(|| common::Replica::start(&common::config_yaml(&proxy.endpoint(), &root, "")));
+    let mut admin = Admin::connect(&a).await;
+    let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
+    let mut kv = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("etcd connects");
+    let key = format!("{root}/meta/root-coord/credential/users/carol");
+    assert_ok(admin.create("carol", "carol-0").await, "create carol via A");
+    warm(&[&pb, &pc], "carol", "carol-0").await;
+    let mut tally = Tally::default();
+
+    // 1. The watch breaks, the change happens meanwhile, the watch resumes from where it was.
+    let reply = change_while_cut_off(
+        &proxy,
+        &a,
+        &mut kv,
+        &key,
+        ("carol", "carol-0", "carol-1"),
+        async |_| {},
+    )
+    .await;
+    assert_ok(reply, "change via A while B was cut off");
+    tally.old_refused("resumed watch", &pb, pb.login("carol", "carol-0").await);
+    tally.old_refused("resumed watch", &pc, pc.login("carol", "carol-0").await);
+    tally.new_accepted("resumed watch", &pb, pb.login("carol", "carol-1").await);
+    warm(&[&pb, &pc], "carol", "carol-1").await;
+
+    // 2. Same, but etcd compacts past the change before B is back: B's watch cannot resume
+    //    from its applied revision, so it must flush its cache and start again.
+    let filler = format!("{root}/filler");
+    let reply = change_while_cut_off(
+        &proxy,
+        &a,
+        &mut kv,
+        &key,
+        ("carol", "carol-1", "carol-2"),
+        async |kv| {
+            for i in 0..3 {
+                kv.put(filler.as_str(), format!("{i}"), None)
+                    .await
+                    .expect("etcd put");
+            }
+            let now = kv
+                .get(filler.as_str(), None)
+                .await
+                .expect("etcd get")
+                .header()
+                .expect("a header")
+                .revision();
+            kv.compact(
+                now,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .expect("etcd compacts");
+        },
+    )
+    .await;
+    assert_ok(reply, "change via A while B was cut off and etcd compacted");
+    tally.old_refused("compacted watch", &pb, pb.login("carol", "carol-1").await);
+    tally.old_refused("compacted watch", &pc, pc.login("carol", "carol-1").await);
+    tally.new_accepted("compacted watch", &pb, pb.login("carol", "carol-2").await);
+    tally.new_accepted("compacted watch", &pc, pc.login("carol", "carol-2").await);
+    tally.assert_clean();
+
+    // Guard against passing for the wrong reason: B went through the compaction path, and its
+    // session never lapsed (a lapsed session would have flushed the cache on its own).
+    let log = b.log();
+    assert!(
+        log.contains("compaction"),
+        "B never saw its watch compacted; its log:\n{log}"
+    );
+    assert!(
+        !log.contains("session lease expired"),
+        "B lost its session; its log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_member_etcd_survives_a_member_then_the_leader() {
+    let mut cluster = blocking(common::EtcdCluster::start);
+    let root = common::unique_root("cluster");
+    let [a, b, c] = start_replicas(&cluster.endpoints(), &root, ["", "", ""]);
+    let _logs = (
+        LogOnFailure("A", &a),
+        LogOnFailure("B", &b),
+        LogOnFailure("C", &c),
+    );
+    let mut admin = Admin::connect(&a).await;
+    let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
+    // Every user written, with their current password.
+    let mut users: Vec<(String, String)> = Vec::new();
+    for i in 0..5 {
+        let (user, password) = (format!("early_{i}"), format!("early-pw-{i}"));
+        assert_ok(
+            admin.create(&user, &password).await,
+            &format!("create {user}"),
+        );
+        users.push((user, password));
+    }
+    let mut tally = Tally::default();
+
+    let leader = blocking(|| cluster.leader());
+    let follower = (leader + 1) % 3;
+    blocking(|| cluster.members[follower].kill());
+    // Two of three members still form a quorum: no retries.
+    verify(
+        &mut admin,
+        &pb,
+        &pc,
+        &mut users,
+        "follower_down",
+        &mut tally,
+        false,
+    )
+    .await;
+
+    blocking(|| {
+        cluster.members[follower].restart();
+        cluster.members[follower].wait_healthy();
+    });
+    let leader = blocking(|| cluster.leader());
+    blocking(|| cluster.members[leader].kill());
+    // The survivors elect a new leader; the first write may have to wait for that.
+    verify(
+        &mut admin,
+        &pb,
+        &pc,
+        &mut users,
+        "leader_down",
+        &mut tally,
+        true,
+    )
+    .await;
+    tally.assert_clean();
+}
+
+/// Creates a user, changes an earlier user's password, checks B and C refuse the old one at
+/// once, and that every user written so far is listed and logs in on both.
+async fn verify(
+    admin: &mut Admin,
+    pb: &Probe,
+    pc: &Probe,
+    users: &mut Vec<(String, String)>,
+    phase: &str,
+    tally: &mut Tally,
+    election: bool,
+) {
+    let (user, password) = (format!("{phase}_user"), format!("{phase}-pw"));
+    if election {
+        common::eventually(
+            "a write succeeds once etcd has a leader again",
+            async || succeeded(&admin.create(&user, &password).await),
+        )
+        .await;
+    } else {
+        assert_ok(
+            admin.create(&user, &password).await,
+            &format!("{phase}: create {user}"),
+        );
+    }
+    users.push((user, password));
+
+    let (changed, old) = users[0].clone();
+    let new = format!("{phase}-changed");
+    assert_ok(
+        admin.change(&changed, &old, &new).await,
+        &format!("{phase}: change {changed}"),
+    );
+    users[0].1 = new;
+    tally.old_refused(phase, pb, pb.login(&changed, &old).await);
+    tally.old_refused(phase, pc, pc.login(&changed, &old).await);
+
+    let listed = admin.users().await;
+    for (user, password) in users.iter() {
+        assert!(
+            listed.contains(user),
+            "{phase}: {user} is missing from {listed:?}"
+        );
+        tally.new_accepted(phase, pb, pb.login(user, password).await);
+        tally.new_accepted(phase, pc, pc.login(user, password).await);
+    }
+}
