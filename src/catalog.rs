@@ -61,6 +61,16 @@ impl StoredUser {
             ..self.clone()
         }
     }
+
+    /// Reads a `users/{name}` value as Milvus writes it.
+    pub fn decode(kv: &KeyValue) -> Result<StoredUser, CatalogError> {
+        decode_user(kv)
+    }
+
+    /// The JSON value stored at `users/{name}`.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_user(&self.hash, self.description.clone(), self.extra.clone())
+    }
 }
 
 #[derive(Serialize, Deserialize)]

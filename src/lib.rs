@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod catalog;
 pub mod coherence;
 pub mod config;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use credstore::admin::Admin;
+use credstore::bench::{BenchConfig, Rpc};
 use credstore::config::{Config, Overrides};
 use credstore::server::{self, State};
 
@@ -45,11 +46,53 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Load-generate against a Milvus-compatible endpoint and report throughput and latency.
+    Bench(BenchArgs),
     /// Exit 0 when the server at --uri answers.
     Health {
         #[arg(long, default_value = "http://127.0.0.1:19530")]
         uri: String,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "http://127.0.0.1:19530")]
+    uri: String,
+    #[arg(long, value_enum, default_value = "get-version")]
+    rpc: Rpc,
+    /// gRPC connections (HTTP/2 channels).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, default_value = "root")]
+    user: String,
+    #[arg(
+        long,
+        env = "CREDSTORE_PASSWORD",
+        hide_env_values = true,
+        default_value = "Milvus"
+    )]
+    password: String,
+    /// Name prefix of the per-user RPCs' users.
+    #[arg(long, default_value = "bench_")]
+    prefix: String,
+    /// How many per-user users exist (or to create).
+    #[arg(long, default_value_t = 100)]
+    users: u64,
+    /// Password of the per-user users.
+    #[arg(long, default_value = "bench-password")]
+    user_password: String,
+    /// Stop after this many requests in all (default: run for --seconds).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +156,7 @@ fn main() -> ExitCode {
                 etcd_endpoints,
             } => serve(config, listen, etcd_endpoints).await,
             Command::User { connection, action } => user(connection, action).await,
+            Command::Bench(args) => bench(args).await,
             Command::Health { uri } => Admin::connect(&uri, None)
                 .await?
                 .health()
@@ -194,6 +238,28 @@ async fn user(
                 println!("{name}");
             }
         }
+    }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = BenchConfig {
+        uri: args.uri,
+        rpc: args.rpc,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        duration: std::time::Duration::from_secs_f64(args.seconds),
+        user: args.user,
+        password: args.password,
+        prefix: args.prefix,
+        users: args.users,
+        user_password: args.user_password,
+        requests: args.requests,
+    };
+    let report = credstore::bench::run(config).await?;
+    match args.json {
+        true => println!("{}", serde_json::to_string(&report)?),
+        false => println!("{report}"),
     }
     Ok(())
 }

@@ -212,7 +212,14 @@ pub async fn run(
         .add_service(MilvusServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
-    tracing::info!("stopped serving; ending the session");
+    let stats = state.auth.stats();
+    tracing::info!(
+        cache_hits = stats.hits,
+        cache_misses = stats.misses,
+        cache_entries = stats.entries,
+        peak_hashes = state.auth.pool().peak_running(),
+        "stopped serving; ending the session"
+    );
     match Arc::try_unwrap(state.coherence) {
         Ok(coherence) => coherence.shutdown().await,
         Err(_) => tracing::warn!(

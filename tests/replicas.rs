@@ -345,7 +345,7 @@ struct Shot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammer_sees_no_old_password_accepted_after_the_acknowledgement() {
-    hammer("hammer", false).await;
+    hammer("hammer", Load::Idle).await;
 }
 
 /// The same with B and C busy: heavier hashes, one hash at a time, and other clients'
@@ -353,7 +353,15 @@ async fn hammer_sees_no_old_password_accepted_after_the_acknowledgement() {
 /// before the change can still be running when A acknowledges it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammer_on_busy_replicas_sees_no_old_password_accepted_after_the_acknowledgement() {
-    hammer("busy", true).await;
+    hammer("busy", Load::Busy).await;
+}
+
+/// What else B and C are doing while the hammer runs.
+#[derive(Clone, Copy)]
+enum Load {
+    Idle,
+    /// Heavier hashes, one at a time, with other clients' verifications queued in front.
+    Busy,
 }
 
 /// `common::config_yaml` with argon2 at `memory_kib` (verifying takes real time) and at most
@@ -371,15 +379,16 @@ fn one_hash_at_a_time_yaml(endpoints: &str, root: &str, memory_kib: u32) -> Stri
     )
 }
 
-/// Rounds of: tasks log in to B and C with the current password as fast as they can while A
-/// changes it; every request sent after A's answer arrived must be refused.
-async fn hammer(name: &str, busy: bool) {
+/// Rounds of: tasks send logins with the current password to B and C every millisecond while
+/// A changes it; every request sent after A's answer arrived must be refused. Bounded to 40
+/// rounds or 25 s.
+async fn hammer(name: &str, load: Load) {
     let etcd = blocking(common::Etcd::start);
     let root = common::unique_root(name);
-    let [a, b, c] = match busy {
-        false => start_replicas(&etcd.endpoint(), &root, ["", "", ""]),
-        true => start_replicas_from(std::array::from_fn(|_| {
-            one_hash_at_a_time_yaml(&etcd.endpoint(), &root, 1024)
+    let [a, b, c] = match load {
+        Load::Idle => start_replicas(&etcd.endpoint(), &root, ["", "", ""]),
+        Load::Busy => start_replicas_from(std::array::from_fn(|_| {
+            one_hash_at_a_time_yaml(&etcd.endpoint(), &root, 4096)
         })),
     };
     let _logs = (LogOnFailure("B", &b), LogOnFailure("C", &c));
@@ -394,11 +403,12 @@ async fn hammer(name: &str, busy: bool) {
         "create noisy via A",
     );
 
-    // Busy replicas: wrong passwords (all different, so never coalesced) keep the hash queue full.
+    // Busy replicas: other clients' wrong passwords (all different, so never coalesced) keep
+    // about ten verifications queued on each of B and C.
     let stop = Arc::new(AtomicBool::new(false));
-    let noise: Vec<_> = match busy {
-        false => Vec::new(),
-        true => (0..6)
+    let noise: Vec<_> = match load {
+        Load::Idle => Vec::new(),
+        Load::Busy => (0..20)
             .map(|n| {
                 let (probe, stop) = (probes[n % 2].clone(), stop.clone());
                 tokio::spawn(async move {
@@ -437,25 +447,35 @@ async fn hammer(name: &str, busy: bool) {
             warm(&probes.iter().collect::<Vec<_>>(), "hammered", &old).await;
         }
         let ack: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+        // Open loop: a request every millisecond whatever the answers, so new requests keep
+        // arriving while earlier ones wait (a closed loop would stall behind a slow answer).
         let tasks: Vec<_> = probes
             .iter()
             .flat_map(|probe| std::iter::repeat_n(probe.clone(), TASKS_PER_REPLICA))
             .map(|probe| {
                 let (ack, old) = (ack.clone(), old.clone());
                 tokio::spawn(async move {
-                    let mut shots = Vec::new();
+                    let mut requests = Vec::new();
                     let mut after = 0;
                     let deadline = Instant::now() + Duration::from_secs(5);
                     while after < AFTER_ACK && Instant::now() < deadline {
                         let sent = Instant::now();
-                        let got = probe.login("hammered", &old).await;
+                        let (probe, old) = (probe.clone(), old.clone());
+                        requests.push((
+                            sent,
+                            tokio::spawn(async move { probe.login("hammered", &old).await }),
+                        ));
                         if ack.get().is_some_and(|acked| sent > *acked) {
                             after += 1;
                         }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let mut shots = Vec::new();
+                    for (sent, request) in requests {
                         shots.push(Shot {
                             replica: probe.name,
                             sent,
-                            got,
+                            got: request.await.expect("login task"),
                         });
                     }
                     shots
@@ -578,23 +598,23 @@ async fn frozen_replica_never_accepts_a_password_revoked_while_it_slept() {
         matches!(first, Login::Rejected | Login::Unavailable),
         "B's first answer after SIGCONT: {first:?}"
     );
-    let (mut stale, mut tries) = (0, 0);
+    // While B re-syncs it may refuse everything (UNAVAILABLE); it may never accept the old one.
+    let mut tries = 0;
     common::eventually("B accepts the new password after re-syncing", async || {
         tries += 1;
-        if pb.login("sleeper", "before-1").await == Login::Accepted {
-            stale += 1;
-        }
-        let got = pb.login("sleeper", "after-2").await;
+        let old = pb.login("sleeper", "before-1").await;
+        assert_ne!(
+            old,
+            Login::Accepted,
+            "B accepted the revoked password on try {tries} after waking"
+        );
+        let new = pb.login("sleeper", "after-2").await;
         if tries % 20 == 0 {
-            eprintln!("try {tries}: B answers {got:?} to the new password");
+            eprintln!("try {tries}: B answers {new:?} to the new password, {old:?} to the old");
         }
-        got == Login::Accepted
+        new == Login::Accepted
     })
     .await;
-    assert_eq!(
-        stale, 0,
-        "B accepted the revoked password {stale} times in {tries} tries after waking"
-    );
     tally.old_refused("B re-synced", &pb, pb.login("sleeper", "before-1").await);
 
     // B's new session counts again: the next change waits for it, and B refuses at once.
@@ -643,15 +663,9 @@ async fn etcd_restart_under_load_loses_no_invalidation() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                replies.push(
-                    writer
-                        .change(
-                            "churned",
-                            &format!("churn-{}", n - 1),
-                            &format!("churn-{n}"),
-                        )
-                        .await,
-                );
+                let (old, new) = (format!("churn-{}", n - 1), format!("churn-{n}"));
+                let reply = writer.change("churned", &old, &new).await;
+                replies.push((Instant::now(), reply));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             replies
@@ -660,24 +674,37 @@ async fn etcd_restart_under_load_loses_no_invalidation() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A crash and a second of downtime, then the same member on the same data.
+    let killed = Instant::now();
     blocking(|| etcd.kill());
     tokio::time::sleep(Duration::from_secs(1)).await;
     blocking(|| {
         etcd.restart();
         etcd.wait_healthy();
     });
+    let healthy = Instant::now();
 
     // Only the write may need retries while the replicas reconnect; once it is acknowledged,
-    // B and C refuse the old password on their next request.
-    let mut attempts = 0;
+    // B and C refuse the old password on their next request. A write that is stored but not
+    // confirmed within the ack timeout (5 s, far above the watch's 2 s reconnect back-off)
+    // means a replica's resumed watch skipped it: that must not happen.
+    let mut unconfirmed = Vec::new();
     common::eventually(
         "a change via A is acknowledged after etcd restarted",
         async || {
-            attempts += 1;
-            succeeded(&admin.change("steady", "steady-0", "steady-1").await)
+            let reply = admin.change("steady", "steady-0", "steady-1").await;
+            if let Ok(status) = &reply
+                && status.reason.contains("not yet confirmed")
+            {
+                unconfirmed.push(status.reason.clone());
+            }
+            succeeded(&reply)
         },
     )
     .await;
+    assert!(
+        unconfirmed.is_empty(),
+        "a replica did not apply a change after etcd restarted: {unconfirmed:?}"
+    );
     let mut tally = Tally::default();
     tally.old_refused(
         "first change after restart",
@@ -732,29 +759,38 @@ async fn etcd_restart_under_load_loses_no_invalidation() {
             probe.name
         );
     }
-    // Writes during the outage fail with an error pymilvus retries or that says retrying is
-    // safe; they never look like a deterministic refusal.
+    // The writer ran before and after the outage. Writes that failed meanwhile failed with an
+    // error pymilvus retries (UNAVAILABLE) or that says retrying is safe — never one that looks
+    // like a deterministic refusal. (A write may also simply wait out the outage.)
     let replies = writer.await.expect("writer load");
-    let failed: Vec<_> = replies.iter().filter(|r| !succeeded(r)).collect();
+    assert!(
+        replies
+            .iter()
+            .any(|(at, reply)| *at < killed && succeeded(reply)),
+        "no write succeeded before the kill"
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|(at, reply)| *at > healthy && succeeded(reply)),
+        "no write succeeded after the restart"
+    );
+    let failed: Vec<_> = replies
+        .iter()
+        .filter(|(_, reply)| !succeeded(reply))
+        .map(|(_, reply)| reply)
+        .collect();
     let unclear: Vec<_> = failed
         .iter()
-        .filter(|r| match r {
+        .filter(|reply| match reply {
             Err(status) => status.code() != Code::Unavailable,
             Ok(status) => !status.reason.contains("retrying is safe"),
         })
         .collect();
     println!(
-        "restart: first change after restart took {attempts} attempts; writer load {} writes, {} failed",
+        "restart: writer load {} writes, {} failed",
         replies.len(),
         failed.len()
-    );
-    assert!(
-        !failed.is_empty(),
-        "no write failed: etcd was not down under load"
-    );
-    assert!(
-        succeeded(replies.last().expect("writes ran")),
-        "the writer load recovered"
     );
     assert!(
         unclear.is_empty(),
@@ -996,15 +1032,14 @@ async fn three_member_etcd_survives_a_member_then_the_leader() {
     let leader = blocking(|| cluster.leader());
     let follower = (leader + 1) % 3;
     blocking(|| cluster.members[follower].kill());
-    // Two of three members still form a quorum: no retries.
+    // Two of three members still form a quorum with its leader: no retries.
     verify(
         &mut admin,
-        &pb,
-        &pc,
+        (&pb, &pc),
         &mut users,
         "follower_down",
+        FirstWrite::AtOnce,
         &mut tally,
-        false,
     )
     .await;
 
@@ -1017,52 +1052,61 @@ async fn three_member_etcd_survives_a_member_then_the_leader() {
     // The survivors elect a new leader; the first write may have to wait for that.
     verify(
         &mut admin,
-        &pb,
-        &pc,
+        (&pb, &pc),
         &mut users,
         "leader_down",
+        FirstWrite::AfterElection,
         &mut tally,
-        true,
     )
     .await;
     tally.assert_clean();
 }
 
-/// Creates a user, changes an earlier user's password, checks B and C refuse the old one at
-/// once, and that every user written so far is listed and logs in on both.
+/// What the first write after a member was killed may run into.
+#[derive(Clone, Copy)]
+enum FirstWrite {
+    /// The quorum and its leader survived: the write succeeds at once.
+    AtOnce,
+    /// The leader died: writes fail (retryably) until the survivors have elected a new one.
+    AfterElection,
+}
+
+/// Changes the first user's password and checks B and C refuse the old one at once, creates a
+/// user, and checks that every user written so far is listed and logs in on both.
 async fn verify(
     admin: &mut Admin,
-    pb: &Probe,
-    pc: &Probe,
+    (pb, pc): (&Probe, &Probe),
     users: &mut Vec<(String, String)>,
     phase: &str,
+    first: FirstWrite,
     tally: &mut Tally,
-    election: bool,
 ) {
-    let (user, password) = (format!("{phase}_user"), format!("{phase}-pw"));
-    if election {
-        common::eventually(
-            "a write succeeds once etcd has a leader again",
-            async || succeeded(&admin.create(&user, &password).await),
-        )
-        .await;
-    } else {
-        assert_ok(
-            admin.create(&user, &password).await,
-            &format!("{phase}: create {user}"),
-        );
-    }
-    users.push((user, password));
-
     let (changed, old) = users[0].clone();
     let new = format!("{phase}-changed");
-    assert_ok(
-        admin.change(&changed, &old, &new).await,
-        &format!("{phase}: change {changed}"),
-    );
+    match first {
+        FirstWrite::AtOnce => assert_ok(
+            admin.change(&changed, &old, &new).await,
+            &format!("{phase}: change {changed}"),
+        ),
+        // Setting the same password again is idempotent, so retrying it is safe.
+        FirstWrite::AfterElection => {
+            common::eventually(
+                "a password change is acknowledged once etcd has a leader again",
+                async || succeeded(&admin.change(&changed, &old, &new).await),
+            )
+            .await
+        }
+    }
     users[0].1 = new;
     tally.old_refused(phase, pb, pb.login(&changed, &old).await);
     tally.old_refused(phase, pc, pc.login(&changed, &old).await);
+
+    let (user, password) = (format!("{phase}_user"), format!("{phase}-pw"));
+    assert_ok(
+        admin.create(&user, &password).await,
+        &format!("{phase}: create {user}"),
+    );
+    users.push((user, password));
 
     let listed = admin.users().await;
     for (user, password) in users.iter() {

@@ -62,7 +62,8 @@ struct Inner {
     config: AuthenticatorConfig,
     catalog: Catalog,
     pool: HashPool,
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed with 32 random bytes drawn at start; never leaves the process.
+    mac: Hmac<Sha256>,
     dummy: PasswordHash,
     verified: Cache<String, Verified>,
     /// Only for coalescing: concurrent misses with the same (user, verifier) share one load.
@@ -102,7 +103,8 @@ impl Authenticator {
             config,
             catalog,
             pool,
-            key,
+            mac: <Hmac<Sha256> as KeyInit>::new_from_slice(&key)
+                .expect("HMAC takes any key length"),
             dummy,
             verified,
             loading,
@@ -130,10 +132,11 @@ impl Authenticator {
         if !self.inner.config.enabled {
             return Ok(Authenticated::unchecked());
         }
-        let (user, password) = crate::auth::parse_header(header)?;
-        self.verify(&user, &password).await?;
-        let super_user = self.inner.config.super_users.iter().any(|s| s == &user);
-        Ok(Authenticated::user(&user, super_user))
+        let credentials = crate::auth::parse_header(header)?;
+        let user = credentials.user();
+        self.verify(user, credentials.password()).await?;
+        let super_user = self.inner.config.super_users.iter().any(|s| s == user);
+        Ok(Authenticated::user(user, super_user))
     }
 
     /// Whether `password` is `user`'s password. Unknown users cost the same as wrong passwords.
@@ -159,8 +162,8 @@ impl Authenticator {
     }
 
     fn verifier(&self, user: &str, password: &[u8]) -> Verifier {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.inner.key)
-            .expect("HMAC takes any key length");
+        // Cloning the keyed state skips re-deriving the inner and outer pads per request.
+        let mut mac = self.inner.mac.clone();
         mac.update(user.as_bytes());
         mac.update(&[0]);
         mac.update(password);

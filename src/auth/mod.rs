@@ -84,9 +84,33 @@ impl AuthError {
 /// 256-byte password is far below this; anything longer is refused before any work.
 const MAX_HEADER_LEN: usize = 1024;
 
-/// Splits the `authorization` header value into user and password: standard base64 of
-/// `user:password`, split at the first colon (the password may contain colons).
-pub fn parse_header(value: Option<&[u8]>) -> Result<(String, Vec<u8>), AuthError> {
+/// A decoded `authorization` header: user and password in one buffer (one allocation on
+/// the hot path). The password is never printed (`Debug` is redacted).
+pub struct Credentials {
+    decoded: Vec<u8>,
+    colon: usize,
+}
+
+impl Credentials {
+    pub fn user(&self) -> &str {
+        // Checked to be UTF-8 when parsed.
+        std::str::from_utf8(&self.decoded[..self.colon]).unwrap_or_default()
+    }
+
+    pub fn password(&self) -> &[u8] {
+        &self.decoded[self.colon + 1..]
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.user())
+    }
+}
+
+/// Parses the `authorization` header value: standard base64 of `user:password`, split at
+/// the first colon (the password may contain colons).
+pub fn parse_header(value: Option<&[u8]>) -> Result<Credentials, AuthError> {
     let raw = value.ok_or(AuthError::MissingHeader)?;
     if raw.len() > MAX_HEADER_LEN {
         return Err(AuthError::BadToken);
@@ -98,10 +122,8 @@ pub fn parse_header(value: Option<&[u8]>) -> Result<(String, Vec<u8>), AuthError
         .iter()
         .position(|b| *b == b':')
         .ok_or(AuthError::ApiKey)?;
-    let user = std::str::from_utf8(&decoded[..colon])
-        .map_err(|_| AuthError::Denied)?
-        .to_string();
-    Ok((user, decoded[colon + 1..].to_vec()))
+    std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthError::Denied)?;
+    Ok(Credentials { decoded, colon })
 }
 
 #[cfg(test)]

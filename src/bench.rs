@@ -1,0 +1,313 @@
+//! `credstore bench`: a load generator for any Milvus-compatible endpoint (credstore or Milvus
+//! itself). N connections × K in-flight requests for a fixed time (or a fixed number of
+//! requests), one chosen RPC, and a report of requests/s, latency percentiles and errors by
+//! kind. Operators can point it at their own cluster; `scripts/bench.sh` uses it for
+//! BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::common::Status;
+use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
+use crate::proto::milvus::*;
+
+/// What each request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rpc {
+    /// `Connect` as the configured user.
+    Connect,
+    /// `GetVersion` as the configured user (the cheapest authenticated call).
+    GetVersion,
+    /// `ListCredUsers` as the configured user.
+    ListUsers,
+    /// `GetVersion` as `{prefix}{i}` for i in 0..users, round robin (fills the cache).
+    LoginUsers,
+    /// `CreateCredential` of `{prefix}{i}` for i in 0..users, once each.
+    CreateUsers,
+    /// Each worker changes its own user's (`{prefix}{worker}`) password back and forth.
+    UpdatePassword,
+    /// `GetVersion` with a distinct wrong password each time, for existing and unknown users.
+    WrongPasswords,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub uri: String,
+    pub rpc: Rpc,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub user: String,
+    pub password: String,
+    /// For the per-user RPCs: names are `{prefix}{i}`, passwords `{user_password}`.
+    pub prefix: String,
+    pub users: u64,
+    pub user_password: String,
+    /// Stop after this many requests in all (CreateUsers: `users` unless set).
+    pub requests: Option<u64>,
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub rpc: String,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub requests_per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} x{}x{}: {:.0} req/s ok={} p50={}us p99={}us p999={}us max={}us errors={:?} ({:.1}s)",
+            self.rpc,
+            self.connections,
+            self.concurrency,
+            self.requests_per_second,
+            self.ok,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.errors,
+            self.seconds
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot reach {uri}: {reason}")]
+    Connect { uri: String, reason: String },
+}
+
+/// Per-worker results.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Runs the benchmark and reports.
+pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
+    let mut channels = Vec::new();
+    for _ in 0..config.connections.max(1) {
+        let channel = Endpoint::from_shared(config.uri.clone())
+            .map(|e| e.connect_timeout(Duration::from_secs(5)))
+            .map_err(|e| BenchError::Connect {
+                uri: config.uri.clone(),
+                reason: e.to_string(),
+            })?
+            .connect()
+            .await
+            .map_err(|e| BenchError::Connect {
+                uri: config.uri.clone(),
+                reason: e.to_string(),
+            })?;
+        channels.push(channel);
+    }
+    let config = Arc::new(config);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let mut workers = Vec::new();
+    for (c, channel) in channels.iter().enumerate() {
+        for k in 0..config.concurrency.max(1) {
+            let worker = (c * config.concurrency.max(1) + k) as u64;
+            let task = work(
+                channel.clone(),
+                config.clone(),
+                worker,
+                next.clone(),
+                deadline,
+            );
+            workers.push(tokio::spawn(task));
+        }
+    }
+    let mut all = Tally::default();
+    for worker in workers {
+        if let Ok(tally) = worker.await {
+            all.latencies_us.extend(tally.latencies_us);
+            for (kind, n) in tally.errors {
+                *all.errors.entry(kind).or_default() += n;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(report(&config, all, seconds))
+}
+
+fn report(config: &BenchConfig, mut tally: Tally, seconds: f64) -> Report {
+    tally.latencies_us.sort_unstable();
+    let at = |q: f64| -> u64 {
+        match tally.latencies_us.len() {
+            0 => 0,
+            n => u64::from(tally.latencies_us[((n as f64 * q) as usize).min(n - 1)]),
+        }
+    };
+    let total = tally.latencies_us.len() as u64;
+    let errors: u64 = tally.errors.values().sum();
+    Report {
+        rpc: format!("{:?}", config.rpc),
+        connections: config.connections,
+        concurrency: config.concurrency,
+        seconds,
+        ok: total - errors,
+        errors: tally.errors,
+        requests_per_second: total as f64 / seconds.max(1e-9),
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        max_us: tally
+            .latencies_us
+            .last()
+            .copied()
+            .map(u64::from)
+            .unwrap_or(0),
+    }
+}
+
+fn b64(raw: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn with_auth<T>(message: T, user: &str, password: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = b64(&format!("{user}:{password}")).parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// One in-flight request slot: loops until the deadline (or the work runs out).
+async fn work(
+    channel: Channel,
+    config: Arc<BenchConfig>,
+    worker: u64,
+    next: Arc<AtomicU64>,
+    deadline: Instant,
+) -> Tally {
+    let mut client = MilvusServiceClient::new(channel);
+    let mut tally = Tally::default();
+    let own_user = format!("{}{worker}", config.prefix);
+    let passwords = [
+        config.user_password.clone(),
+        format!("{}-next", config.user_password),
+    ];
+    let mut turn = 0usize;
+    while Instant::now() < deadline {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let limit = match config.rpc {
+            Rpc::CreateUsers => config.requests.or(Some(config.users)),
+            _ => config.requests,
+        };
+        if limit.is_some_and(|limit| i >= limit) {
+            break;
+        }
+        let sent = Instant::now();
+        let outcome = match config.rpc {
+            Rpc::Connect => {
+                let request = with_auth(ConnectRequest::default(), &config.user, &config.password);
+                client.connect(request).await.map(|r| r.into_inner().status)
+            }
+            Rpc::GetVersion => {
+                let request = with_auth(GetVersionRequest {}, &config.user, &config.password);
+                client
+                    .get_version(request)
+                    .await
+                    .map(|r| r.into_inner().status)
+            }
+            Rpc::ListUsers => {
+                let request = with_auth(
+                    ListCredUsersRequest::default(),
+                    &config.user,
+                    &config.password,
+                );
+                client
+                    .list_cred_users(request)
+                    .await
+                    .map(|r| r.into_inner().status)
+            }
+            Rpc::LoginUsers => {
+                let user = format!("{}{}", config.prefix, i % config.users.max(1));
+                let request = with_auth(GetVersionRequest {}, &user, &config.user_password);
+                client
+                    .get_version(request)
+                    .await
+                    .map(|r| r.into_inner().status)
+            }
+            Rpc::CreateUsers => {
+                let body = CreateCredentialRequest {
+                    username: format!("{}{i}", config.prefix),
+                    password: b64(&config.user_password),
+                    ..Default::default()
+                };
+                let request = with_auth(body, &config.user, &config.password);
+                client
+                    .create_credential(request)
+                    .await
+                    .map(|r| Some(r.into_inner()))
+            }
+            Rpc::UpdatePassword => {
+                let (old, new) = (&passwords[turn % 2], &passwords[(turn + 1) % 2]);
+                let body = UpdateCredentialRequest {
+                    username: own_user.clone(),
+                    old_password: b64(old),
+                    new_password: b64(new),
+                    ..Default::default()
+                };
+                let request = with_auth(body, &own_user, old);
+                let result = client
+                    .update_credential(request)
+                    .await
+                    .map(|r| Some(r.into_inner()));
+                if matches!(&result, Ok(Some(status)) if status.code == 0 && status.error_code == 0)
+                {
+                    turn += 1;
+                }
+                result
+            }
+            Rpc::WrongPasswords => {
+                let user = match i % 2 {
+                    0 => format!("{}{}", config.prefix, i % config.users.max(1)),
+                    _ => format!("nosuchuser{i}"),
+                };
+                let request =
+                    with_auth(GetVersionRequest {}, &user, &format!("wrong-{worker}-{i}"));
+                client
+                    .get_version(request)
+                    .await
+                    .map(|r| r.into_inner().status)
+            }
+        };
+        let elapsed = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        tally.latencies_us.push(elapsed);
+        if let Some(kind) = error_kind(outcome) {
+            *tally.errors.entry(kind).or_default() += 1;
+        }
+    }
+    tally
+}
+
+fn error_kind(outcome: Result<Option<Status>, tonic::Status>) -> Option<String> {
+    match outcome {
+        Ok(None) => None,
+        Ok(Some(status)) if status.code == 0 && status.error_code == 0 => None,
+        Ok(Some(status)) => Some(format!("status {}", status.code.max(status.error_code))),
+        Err(status) => Some(format!("{:?}", status.code())),
+    }
+}
