@@ -172,8 +172,11 @@ impl Coherence {
                 shared.clone(),
                 listed.revision,
             )));
+            coherence
+                .tasks
+                .push(tokio::spawn(record_loop(session.clone(), shared.clone())));
         }
-        let watcher = watch_loop(catalog, auth, shared, coherence.session.clone());
+        let watcher = watch_loop(catalog, auth, shared);
         coherence.tasks.push(tokio::spawn(watcher));
         Ok(coherence)
     }
@@ -321,22 +324,45 @@ async fn keep_alive_loop(
 /// One keep-alive round trip: `Ok(false)` when etcd says the lease is gone.
 async fn keep_alive_once(session: &Session) -> Result<bool, MetaError> {
     let lease = session.lease.load(Ordering::Acquire);
-    let mut client = session.client.clone();
-    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(map_err)?;
-    keeper.keep_alive().await.map_err(map_err)?;
-    match stream.message().await.map_err(map_err)? {
-        Some(response) => Ok(response.ttl() > 0),
-        None => Err(MetaError::Unavailable("keep-alive stream closed".into())),
+    // etcd-client sends one keep-alive and reads its answer before returning; an expired
+    // lease comes back as an error, not as a TTL of 0.
+    match session.client.clone().lease_keep_alive(lease).await {
+        Ok(_) => Ok(true),
+        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+        Err(e) => Err(map_err(e)),
+    }
+}
+
+/// Publishes the applied revision in the session key whenever it moves, retrying until etcd
+/// takes it: writers wait on this record, so a lost one would stall every acknowledgement.
+async fn record_loop(session: Arc<Session>, shared: Arc<Shared>) {
+    let mut applied = shared.applied.subscribe();
+    let mut recorded = 0;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let target = *applied.borrow_and_update();
+        if target > recorded {
+            match session.record(target).await {
+                Ok(()) => {
+                    recorded = target;
+                    backoff = Duration::from_millis(20);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the applied revision; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        if applied.changed().await.is_err() {
+            return;
+        }
     }
 }
 
 /// Applies credential changes to the cache, in revision order, forever.
-async fn watch_loop(
-    catalog: Catalog,
-    auth: Authenticator,
-    shared: Arc<Shared>,
-    session: Option<Arc<Session>>,
-) {
+async fn watch_loop(catalog: Catalog, auth: Authenticator, shared: Arc<Shared>) {
     let store = catalog.store().clone();
     let prefix = catalog.credential_prefix().to_string();
     let mut backoff = Duration::from_millis(50);
@@ -344,7 +370,7 @@ async fn watch_loop(
         let from = shared.applied() + 1;
         match store.watch(&prefix, from).await {
             Ok(watch) => {
-                if follow(watch, &catalog, &auth, &shared, session.as_deref()).await {
+                if follow(watch, &catalog, &auth, &shared).await {
                     backoff = Duration::from_millis(50);
                 }
             }
@@ -363,7 +389,6 @@ async fn follow(
     catalog: &Catalog,
     auth: &Authenticator,
     shared: &Shared,
-    session: Option<&Session>,
 ) -> bool {
     let mut progress = tokio::time::interval(Duration::from_secs(5));
     let mut delivered = false;
@@ -384,11 +409,6 @@ async fn follow(
                     }
                 }
                 shared.advance(revision);
-                if let Some(session) = session
-                    && let Err(e) = session.record(shared.applied()).await
-                {
-                    tracing::warn!(error = %e, "cannot record the applied revision");
-                }
             }
             Ok(WatchMessage::Progress { revision }) => {
                 delivered = true;
@@ -403,9 +423,6 @@ async fn follow(
                     Ok(read) => {
                         auth.invalidate_all(read.revision);
                         shared.advance(read.revision);
-                        if let Some(session) = session {
-                            let _ = session.record(read.revision).await;
-                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot re-read after compaction; retrying")

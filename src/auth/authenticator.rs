@@ -66,8 +66,9 @@ struct Inner {
     mac: Hmac<Sha256>,
     dummy: PasswordHash,
     verified: Cache<String, Verified>,
-    /// Only for coalescing: concurrent misses with the same (user, verifier) share one load.
-    loading: Cache<(String, Verifier), Verified>,
+    /// Only for coalescing: concurrent misses with the same (user, verifier, watermark)
+    /// share one load.
+    loading: Cache<(String, Verifier, Revision), Verified>,
     /// The newest revision at which any cached user was invalidated.
     invalidated: AtomicI64,
     /// Until when this replica may answer (see [`Authenticator::trust_until`]).
@@ -154,7 +155,10 @@ impl Authenticator {
             return Ok(());
         }
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
-        let key = (user.to_string(), verifier);
+        // The invalidation watermark is part of the key: a request that arrives after an
+        // invalidation never joins a load that may have read the record before it.
+        let seen = self.inner.invalidated.load(Ordering::Acquire);
+        let key = (user.to_string(), verifier, seen);
         let load = self.load(user, password, verifier);
         let result = self.inner.loading.try_get_with(key.clone(), load).await;
         self.inner.loading.invalidate(&key).await;
@@ -356,5 +360,128 @@ fn hash_error(err: HashError) -> AuthError {
             tracing::error!(error = %other, "password verification failed");
             AuthError::Denied
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{EmbeddedKv, MetaKv, Store};
+    use crate::password::{HashScheme, Hasher};
+
+    async fn setup(dir: &tempfile::TempDir) -> (Authenticator, Catalog) {
+        let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
+        let catalog = Catalog::new(store, "t/meta");
+        let scheme = HashScheme::Argon2id {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let pool = HashPool::new(Hasher::new(scheme), 1, 8);
+        let password = Password::new(b"password1".to_vec(), &Limits::default()).unwrap();
+        let hash = pool.hash(password).await.unwrap();
+        let name = Username::parse("alice", &Limits::default()).unwrap();
+        catalog.create_user(&name, &hash, None).await.unwrap();
+        let config = AuthenticatorConfig {
+            enabled: true,
+            super_users: vec![],
+            limits: Limits::default(),
+            cache_capacity: 100,
+            cache_ttl: None,
+        };
+        (
+            Authenticator::new(config, catalog.clone(), pool)
+                .await
+                .unwrap(),
+            catalog,
+        )
+    }
+
+    /// The race moka alone loses: a load read the user at revision H, the watcher applies an
+    /// invalidation at H+1, then the load tries to insert. It must not reinstate the entry.
+    #[tokio::test]
+    async fn a_load_older_than_an_applied_invalidation_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, catalog) = setup(&dir).await;
+        let read_at = catalog.store().get("t/meta").await.unwrap().revision;
+        let verifier = auth.verifier("alice", b"password1");
+        auth.invalidate_user("alice", read_at + 1).await;
+        auth.insert_unless_stale(
+            "alice",
+            Verified {
+                verifier,
+                revision: read_at,
+            },
+        )
+        .await;
+        assert!(
+            !auth.is_cached("alice").await,
+            "a stale load was reinstated"
+        );
+        // A load that read after the invalidation is cached.
+        auth.insert_unless_stale(
+            "alice",
+            Verified {
+                verifier,
+                revision: read_at + 1,
+            },
+        )
+        .await;
+        assert!(auth.is_cached("alice").await);
+    }
+
+    #[tokio::test]
+    async fn hits_misses_and_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = setup(&dir).await;
+        assert_eq!(
+            auth.verify("alice", b"wrong-pass").await,
+            Err(AuthError::Denied)
+        );
+        assert!(!auth.is_cached("alice").await, "a failure is never cached");
+        assert_eq!(
+            auth.verify("nobody", b"password1").await,
+            Err(AuthError::Denied)
+        );
+        assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+        assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+        assert_eq!(
+            auth.verify("alice", b"password2").await,
+            Err(AuthError::Denied),
+            "a cached user with another password"
+        );
+        let stats = auth.stats();
+        assert_eq!((stats.hits, stats.misses), (1, 4));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_password_share_one_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = setup(&dir).await;
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.verify("alice", b"password1").await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Ok(()));
+        }
+        // One hash pool slot, 8 queued: without coalescing most of the 16 would be refused.
+        assert_eq!(auth.pool().peak_running(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_trust_deadline_refuses_even_cached_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = setup(&dir).await;
+        assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+        auth.trust_until(Some(Instant::now()));
+        assert!(matches!(
+            auth.verify("alice", b"password1").await,
+            Err(AuthError::Unavailable(_))
+        ));
+        auth.trust_until(None);
+        assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
     }
 }

@@ -134,7 +134,7 @@ mod tests {
         let got = parse_header(header.map(str::as_bytes));
         let got = got
             .as_ref()
-            .map(|(u, p)| (u.as_str(), std::str::from_utf8(p).unwrap()));
+            .map(|c| (c.user(), std::str::from_utf8(c.password()).unwrap()));
         assert_eq!(got, expected.as_ref().map(|(u, p)| (*u, *p)), "{header:?}");
     }
 

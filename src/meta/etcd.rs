@@ -102,6 +102,31 @@ pub(crate) fn map_err(err: etcd_client::Error) -> MetaError {
     }
 }
 
+/// Runs `call` again (up to 4 more times) when it failed before reaching etcd — a refused
+/// connection to one dead member of a cluster. Such a request did nothing, so even a
+/// transaction is safe to resend; etcd-client's balancer then picks another member.
+async fn retry_unsent<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if attempt < 4 && never_sent(&e) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn never_sent(err: &etcd_client::Error) -> bool {
+    let text = err.to_string();
+    text.contains("tcp connect error") || text.contains("Connection refused")
+}
+
 fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -117,7 +142,12 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 
 impl MetaKv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
-        let response = self.client.clone().get(key, None).await.map_err(map_err)?;
+        let response = retry_unsent(|| {
+            let mut client = self.client.clone();
+            async move { client.get(key, None).await }
+        })
+        .await
+        .map_err(map_err)?;
         Ok(Read {
             value: response.kvs().first().map(to_kv),
             revision: header_revision(response.header()),
@@ -126,12 +156,12 @@ impl MetaKv for EtcdKv {
 
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
         let options = GetOptions::new().with_prefix();
-        let response = self
-            .client
-            .clone()
-            .get(prefix, Some(options))
-            .await
-            .map_err(map_err)?;
+        let response = retry_unsent(|| {
+            let (mut client, options) = (self.client.clone(), options.clone());
+            async move { client.get(prefix, Some(options)).await }
+        })
+        .await
+        .map_err(map_err)?;
         Ok(Read {
             value: response.kvs().iter().map(to_kv).collect(),
             revision: header_revision(response.header()),
@@ -163,7 +193,12 @@ impl MetaKv for EtcdKv {
             })
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops);
-        let response = self.client.clone().txn(request).await.map_err(map_err)?;
+        let response = retry_unsent(|| {
+            let (mut client, request) = (self.client.clone(), request.clone());
+            async move { client.txn(request).await }
+        })
+        .await
+        .map_err(map_err)?;
         Ok(TxnOutcome {
             succeeded: response.succeeded(),
             revision: header_revision(response.header()),
@@ -181,13 +216,28 @@ impl MetaKv for EtcdKv {
             .watch(prefix, Some(options))
             .await
             .map_err(map_err)?;
-        Ok(Watch::Etcd(EtcdWatch { stream }))
+        Ok(Watch::Etcd(EtcdWatch {
+            stream,
+            from,
+            synced: false,
+            created_at: None,
+        }))
     }
 }
 
 /// An etcd watch stream, translated into [`WatchMessage`]s.
+///
+/// Progress is reported only once the watch has caught up: etcd 3.4 answers a progress
+/// request with the store's current revision even while it is still replaying history to
+/// this watch, which would claim changes as applied before their events arrived.
 pub struct EtcdWatch {
     stream: WatchStream,
+    /// The start revision asked for.
+    from: Revision,
+    /// Whether every change up to the creation revision has been delivered.
+    synced: bool,
+    /// The store revision when etcd created the watch.
+    created_at: Option<Revision>,
 }
 
 impl EtcdWatch {
@@ -209,11 +259,15 @@ impl EtcdWatch {
                 )));
             }
             let revision = header_revision(response.header());
-            if response.created() && response.events().is_empty() {
-                continue;
+            if response.created() {
+                self.created_at = Some(revision);
+                self.synced = self.from > revision;
             }
             if response.events().is_empty() {
-                return Ok(WatchMessage::Progress { revision });
+                match response.created() || !self.synced {
+                    true => continue,
+                    false => return Ok(WatchMessage::Progress { revision }),
+                }
             }
             // Every event of this watch up to the newest one in the batch has been delivered.
             let revision = response
@@ -223,6 +277,9 @@ impl EtcdWatch {
                 .map(|kv| kv.mod_revision())
                 .max()
                 .unwrap_or(revision);
+            if self.created_at.is_some_and(|created| revision >= created) {
+                self.synced = true;
+            }
             let events = response
                 .events()
                 .iter()
