@@ -142,7 +142,8 @@ pub trait MetaKv: Send + Sync {
     ) -> impl Future<Output = Result<Watch, MetaError>> + Send;
 }
 
-/// A live watch of one prefix.
+/// A live watch of one prefix. Few exist (two per replica), so the etcd variant is not boxed.
+#[allow(clippy::large_enum_variant)]
 pub enum Watch {
     Etcd(etcd::EtcdWatch),
     Embedded(embedded::EmbeddedWatch),
