@@ -8,8 +8,9 @@ use std::hint::black_box;
 use base64::Engine;
 use credstore::auth::{Authenticator, AuthenticatorConfig};
 use credstore::catalog::{Catalog, StoredUser};
+use credstore::hash_pool::HashPool;
 use credstore::meta::{EmbeddedKv, KeyValue, Store};
-use credstore::password::{HashPool, HashScheme, Hasher, Limits, Password, PasswordHash};
+use credstore::password::{HashScheme, Hasher, Limits, Password, PasswordHash};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -25,7 +26,7 @@ fn cached_verification(c: &mut Criterion) {
     let (auth, header) = rt.block_on(async {
         let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).expect("store"));
         let catalog = Catalog::new(store, "bench/meta");
-        let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 16);
+        let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 16, 0);
         let password =
             Password::new(b"bench-password".to_vec(), &Limits::default()).expect("valid");
         let hash = pool.hash(password).await.expect("hash");

@@ -194,6 +194,9 @@ pub struct CredstoreConfig {
     pub ack_timeout_ms: u64,
     /// Deadline of each etcd request.
     pub etcd_timeout_ms: u64,
+    /// A failed authentication is answered after this long (throttles password guessing and
+    /// floods of bad logins at no CPU cost).
+    pub failed_auth_delay_ms: u64,
 }
 
 impl Default for CredstoreConfig {
@@ -205,6 +208,7 @@ impl Default for CredstoreConfig {
             session: SessionConfig::default(),
             ack_timeout_ms: 5_000,
             etcd_timeout_ms: 5_000,
+            failed_auth_delay_ms: 250,
         }
     }
 }
@@ -222,6 +226,9 @@ pub struct PasswordConfig {
     pub max_concurrent_hashes: usize,
     /// Hash computations allowed to wait for a slot; beyond that, RESOURCE_EXHAUSTED.
     pub max_queued_hashes: usize,
+    /// CPU priority of the hashing threads (Linux nice, 0..=19): higher yields the CPU to
+    /// cached logins and other requests when hashing competes with them.
+    pub hash_niceness: i32,
 }
 
 impl Default for PasswordConfig {
@@ -233,6 +240,7 @@ impl Default for PasswordConfig {
             allow_weak_parameters: false,
             max_concurrent_hashes: 0,
             max_queued_hashes: 256,
+            hash_niceness: 10,
         }
     }
 }
@@ -320,6 +328,7 @@ impl Config {
                 Value::String(endpoints.clone()),
             );
         }
+        remove_nulls(&mut tree);
         let config: Config =
             serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Key {
                 key: e.path().to_string(),
@@ -355,6 +364,12 @@ impl Config {
             return bad(
                 "etcd.ssl.tlsCACert",
                 "required when etcd.ssl.enabled is true",
+            );
+        }
+        if !(0..=19).contains(&self.credstore.password.hash_niceness) {
+            return bad(
+                "credstore.password.hashNiceness",
+                "must be between 0 and 19",
             );
         }
         if self.credstore.session.ttl_seconds < 2 {
@@ -421,6 +436,10 @@ impl Config {
         })
     }
 
+    pub fn failed_auth_delay(&self) -> Duration {
+        Duration::from_millis(self.credstore.failed_auth_delay_ms)
+    }
+
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_millis(self.credstore.ack_timeout_ms)
     }
@@ -442,6 +461,14 @@ fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
     match value {
         Value::Null => Ok(Value::Object(Default::default())),
         other => Ok(other),
+    }
+}
+
+/// A key written with no value (`credstore:` alone) means "the default", as in milvus.yaml.
+fn remove_nulls(value: &mut Value) {
+    if let Value::Object(map) = value {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(remove_nulls);
     }
 }
 
@@ -560,6 +587,12 @@ mod tests {
         assert_eq!(config.etcd.endpoints.0, ["e1:2379", "e2:2379"]);
         assert_eq!(config.common.security.default_root_password, "123456");
         assert_eq!(config.proxy.port, 19600);
+    }
+
+    #[test]
+    fn empty_sections_mean_defaults() {
+        let config = load("credstore:\netcd:\n  ssl:\n    tlsCert:\n", &[]).unwrap();
+        assert_eq!(config, Config::default());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod catalog;
 pub mod coherence;
 pub mod config;
+pub mod hash_pool;
 pub mod meta;
 pub mod password;
 pub mod proto;

@@ -2,14 +2,11 @@
 //! one place that touches argon2 and bcrypt. Milvus's rules and messages
 //! (`proxy.maxUsernameLength`, `proxy.minPasswordLength`, `proxy.maxPasswordLength`) live here.
 //!
-//! Hashing is CPU-heavy and blocking: callers run [`Hasher`] on the blocking pool.
+//! Hashing is CPU-heavy and blocking: callers go through `hash_pool::HashPool`.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-use tokio::sync::Semaphore;
 
 /// Milvus's limits on names and passwords.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,64 +307,6 @@ impl Hasher {
     }
 }
 
-/// Runs hashing on tokio's blocking pool with bounded work: at most `concurrent` computations
-/// at once and `queued` more waiting; anything beyond is refused at once with
-/// [`HashError::Busy`], so a storm of bad logins cannot queue unbounded CPU work.
-#[derive(Clone)]
-pub struct HashPool {
-    hasher: Hasher,
-    running: Arc<Semaphore>,
-    admitted: Arc<Semaphore>,
-    concurrent: usize,
-    peak: Arc<AtomicUsize>,
-}
-
-impl HashPool {
-    pub fn new(hasher: Hasher, concurrent: usize, queued: usize) -> HashPool {
-        let concurrent = concurrent.max(1);
-        HashPool {
-            hasher,
-            running: Arc::new(Semaphore::new(concurrent)),
-            admitted: Arc::new(Semaphore::new(concurrent + queued)),
-            concurrent,
-            peak: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    pub fn hasher(&self) -> &Hasher {
-        &self.hasher
-    }
-
-    /// The most computations seen running at once (for metrics and benchmarks).
-    pub fn peak_running(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    pub async fn hash(&self, password: Password) -> Result<PasswordHash, HashError> {
-        let hasher = self.hasher.clone();
-        self.run(move || hasher.hash(&password)).await
-    }
-
-    pub async fn verify(&self, hash: PasswordHash, password: Vec<u8>) -> Result<bool, HashError> {
-        let hasher = self.hasher.clone();
-        self.run(move || hasher.verify(&hash, &password)).await
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
-    ) -> Result<T, HashError> {
-        let _admitted = self.admitted.try_acquire().map_err(|_| HashError::Busy)?;
-        // The semaphore is never closed, so acquiring can only wait, not fail.
-        let _running = self.running.acquire().await.map_err(|_| HashError::Busy)?;
-        let now = self.concurrent - self.running.available_permits();
-        self.peak.fetch_max(now, Ordering::Relaxed);
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| HashError::Hashing(e.to_string()))?
-    }
-}
-
 fn bcrypt_cost(raw: &str) -> Option<u32> {
     raw.get(4..6)?.parse().ok()
 }
@@ -515,32 +454,6 @@ mod tests {
         });
         assert!(stronger.needs_rehash(&old));
         assert!(!weak().needs_rehash(&old));
-    }
-
-    #[tokio::test]
-    async fn hash_pool_refuses_beyond_its_queue() {
-        let pool = HashPool::new(Hasher::new(HashScheme::Bcrypt { cost: 10 }), 1, 1);
-        let hash = pool.hasher().hash(&Password(b"secret1".to_vec())).unwrap();
-        // Spawned on the current-thread test runtime, all six are polled before any finishes.
-        let tasks: Vec<_> = (0..6)
-            .map(|_| {
-                tokio::spawn({
-                    let (pool, hash) = (pool.clone(), hash.clone());
-                    async move { pool.verify(hash, b"secret1".to_vec()).await }
-                })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.unwrap());
-        }
-        let busy = results
-            .iter()
-            .filter(|r| matches!(r, Err(HashError::Busy)))
-            .count();
-        let ok = results.iter().filter(|r| matches!(r, Ok(true))).count();
-        assert_eq!((ok, busy), (2, 4), "one running + one queued are admitted");
-        assert_eq!(pool.peak_running(), 1);
     }
 
     #[test]

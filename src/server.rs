@@ -14,8 +14,9 @@ use crate::auth::{AuthLayer, Authenticator, AuthenticatorConfig};
 use crate::catalog::{Catalog, CatalogError};
 use crate::coherence::{Coherence, CoherenceConfig, CoherenceError};
 use crate::config::{Config, ConfigError};
+use crate::hash_pool::HashPool;
 use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, MetaError, Store, etcd::EtcdTls};
-use crate::password::{HashError, HashPool, Hasher, Password};
+use crate::password::{HashError, Hasher, Password};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::service::Api;
 
@@ -67,6 +68,7 @@ impl State {
             hasher,
             concurrent,
             config.credstore.password.max_queued_hashes,
+            config.credstore.password.hash_niceness,
         );
         let root_password = Password::new(
             config
@@ -208,7 +210,10 @@ pub async fn run(
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(60))
         .concurrency_limit_per_connection(1024)
-        .layer(AuthLayer::new(state.auth.clone()))
+        .layer(AuthLayer::new(
+            state.auth.clone(),
+            state.config.failed_auth_delay(),
+        ))
         .add_service(MilvusServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

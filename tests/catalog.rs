@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use credstore::auth::{AuthError, Authenticator, AuthenticatorConfig};
 use credstore::catalog::{Catalog, CatalogError, RoleName};
+use credstore::hash_pool::HashPool;
 use credstore::meta::{EtcdKv, EtcdOptions, MetaKv, Op, Store, Txn};
-use credstore::password::{HashPool, HashScheme, Hasher, Limits, Password, PasswordHash, Username};
+use credstore::password::{HashScheme, Hasher, Limits, Password, PasswordHash, Username};
 
 async fn catalog(endpoint: &str, root: &str) -> Catalog {
     let options = EtcdOptions {
@@ -32,6 +33,7 @@ fn pool() -> HashPool {
         }),
         2,
         64,
+        0,
     )
 }
 

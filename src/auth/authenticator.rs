@@ -22,8 +22,9 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::{AuthError, Authenticated};
 use crate::catalog::{Catalog, CatalogError};
+use crate::hash_pool::HashPool;
 use crate::meta::Revision;
-use crate::password::{HashError, HashPool, Limits, Password, PasswordHash, Username};
+use crate::password::{HashError, Limits, Password, PasswordHash, Username};
 
 type Verifier = [u8; 32];
 
@@ -377,7 +378,7 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        let pool = HashPool::new(Hasher::new(scheme), 1, 8);
+        let pool = HashPool::new(Hasher::new(scheme), 1, 8, 0);
         let password = Password::new(b"password1".to_vec(), &Limits::default()).unwrap();
         let hash = pool.hash(password).await.unwrap();
         let name = Username::parse("alice", &Limits::default()).unwrap();

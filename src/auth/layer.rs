@@ -2,24 +2,32 @@
 //! (tonic's `Interceptor` is sync and could not await a store read), answers failures itself
 //! with gRPC UNAUTHENTICATED (or RESOURCE_EXHAUSTED / UNAVAILABLE), and hands handlers an
 //! [`Authenticated`] in the request extensions.
+//!
+//! A failed authentication is answered only after `failure_delay`: a waiting future costs no
+//! CPU, and it caps how fast one client can try passwords or flood the hashing queue.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator};
 
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Authenticator,
+    failure_delay: Duration,
 }
 
 impl AuthLayer {
-    pub fn new(authenticator: Authenticator) -> AuthLayer {
-        AuthLayer { authenticator }
+    pub fn new(authenticator: Authenticator, failure_delay: Duration) -> AuthLayer {
+        AuthLayer {
+            authenticator,
+            failure_delay,
+        }
     }
 }
 
@@ -30,6 +38,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             authenticator: self.authenticator.clone(),
+            failure_delay: self.failure_delay,
         }
     }
 }
@@ -38,6 +47,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     authenticator: Authenticator,
+    failure_delay: Duration,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for AuthService<S>
@@ -60,6 +70,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = self.authenticator.clone();
+        let failure_delay = self.failure_delay;
         Box::pin(async move {
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
             match authenticator.authenticate(header).await {
@@ -68,6 +79,9 @@ where
                     inner.call(request).await
                 }
                 Err(err) => {
+                    if !matches!(err, AuthError::Unavailable(_)) {
+                        tokio::time::sleep(failure_delay).await;
+                    }
                     tracing::debug!(path = request.uri().path(), reason = %err, "request not authenticated");
                     Ok(err.to_status().into_http())
                 }

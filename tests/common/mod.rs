@@ -258,7 +258,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 pub fn config_yaml(endpoints: &str, root: &str, extra: &str) -> String {
     format!(
         "etcd:\n  endpoints: \"{endpoints}\"\n  rootPath: {root}\ncommon:\n  security:\n    superUsers: root, foo\n\
-credstore:\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1, parallelism: 1}}\n{extra}"
+credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1, parallelism: 1}}\n{extra}"
     )
 }
 
