@@ -236,11 +236,11 @@ impl Catalog {
     /// Every username, from the keys (values are not decoded).
     pub async fn list_users(&self) -> Result<Vec<String>, CatalogError> {
         let prefix = self.users_prefix();
-        let read = self.kv.list(&prefix).await?;
+        let read = self.kv.list_keys(&prefix).await?;
         Ok(read
             .value
             .iter()
-            .filter_map(|kv| kv.key.strip_prefix(prefix.as_str()).map(str::to_string))
+            .filter_map(|key| key.strip_prefix(prefix.as_str()).map(str::to_string))
             .collect())
     }
 

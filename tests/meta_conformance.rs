@@ -64,6 +64,8 @@ async fn get_put_list_delete(kv: &Store, root: &str) {
         .map(|kv| kv.key)
         .collect();
     assert_eq!(listed, [format!("{root}/x/a"), format!("{root}/x/b")]);
+    let keys = kv.list_keys(&format!("{root}/x/")).await.unwrap().value;
+    assert_eq!(keys, [format!("{root}/x/a"), format!("{root}/x/b")]);
     kv.txn(Txn::default().then(Op::DeletePrefix(format!("{root}/x/"))))
         .await
         .unwrap();

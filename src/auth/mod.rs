@@ -84,10 +84,14 @@ impl AuthError {
 /// 256-byte password is far below this; anything longer is refused before any work.
 const MAX_HEADER_LEN: usize = 1024;
 
-/// A decoded `authorization` header: user and password in one buffer (one allocation on
-/// the hot path). The password is never printed (`Debug` is redacted).
+/// Most bytes a valid header decodes to.
+const MAX_DECODED_LEN: usize = MAX_HEADER_LEN / 4 * 3;
+
+/// A decoded `authorization` header: user and password in one fixed buffer (no allocation
+/// on the hot path). The password is never printed (`Debug` is redacted).
 pub struct Credentials {
-    decoded: Vec<u8>,
+    decoded: [u8; MAX_DECODED_LEN],
+    len: usize,
     colon: usize,
 }
 
@@ -98,7 +102,7 @@ impl Credentials {
     }
 
     pub fn password(&self) -> &[u8] {
-        &self.decoded[self.colon + 1..]
+        &self.decoded[self.colon + 1..self.len]
     }
 }
 
@@ -115,15 +119,20 @@ pub fn parse_header(value: Option<&[u8]>) -> Result<Credentials, AuthError> {
     if raw.len() > MAX_HEADER_LEN {
         return Err(AuthError::BadToken);
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(raw)
+    let mut decoded = [0u8; MAX_DECODED_LEN];
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(raw, &mut decoded)
         .map_err(|_| AuthError::BadToken)?;
-    let colon = decoded
+    let colon = decoded[..len]
         .iter()
         .position(|b| *b == b':')
         .ok_or(AuthError::ApiKey)?;
     std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthError::Denied)?;
-    Ok(Credentials { decoded, colon })
+    Ok(Credentials {
+        decoded,
+        len,
+        colon,
+    })
 }
 
 #[cfg(test)]

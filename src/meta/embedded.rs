@@ -275,6 +275,15 @@ impl MetaKv for EmbeddedKv {
         .await
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
+        let listed = self.list(prefix).await?;
+        let keys = listed.value.into_iter().map(|kv| kv.key).collect();
+        Ok(Read {
+            value: keys,
+            revision: listed.revision,
+        })
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
         self.blocking(move |inner| inner.apply(&txn)).await
     }

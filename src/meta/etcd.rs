@@ -168,6 +168,24 @@ impl MetaKv for EtcdKv {
         })
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let response = retry_unsent(|| {
+            let (mut client, options) = (self.client.clone(), options.clone());
+            async move { client.get(prefix, Some(options)).await }
+        })
+        .await
+        .map_err(map_err)?;
+        Ok(Read {
+            value: response
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect(),
+            revision: header_revision(response.header()),
+        })
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
         let compares: Vec<EtcdCompare> = txn
             .compares

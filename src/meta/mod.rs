@@ -132,6 +132,11 @@ pub trait MetaKv: Send + Sync {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Read<Vec<KeyValue>>, MetaError>> + Send;
+    /// The keys under `prefix`, in key order, without their values.
+    fn list_keys(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Read<Vec<String>>, MetaError>> + Send;
     /// Applies `txn` atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, MetaError>> + Send;
     /// Watches every key under `prefix` from `from` (inclusive).
@@ -198,6 +203,13 @@ impl MetaKv for Store {
         match self {
             Store::Etcd(kv) => kv.list(prefix).await,
             Store::Embedded(kv) => kv.list(prefix).await,
+        }
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
+        match self {
+            Store::Etcd(kv) => kv.list_keys(prefix).await,
+            Store::Embedded(kv) => kv.list_keys(prefix).await,
         }
     }
 
