@@ -590,6 +590,17 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_config_is_valid_and_production_grade() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/credstore.yaml");
+        let config = Config::load(Some(&path), [], &Overrides::default()).unwrap();
+        assert_eq!(config.etcd.endpoints.0, ["etcd:2379"]);
+        assert!(!config.embedded());
+        assert!(config.common.security.authorization_enabled);
+        assert_eq!(config.hash_scheme().unwrap(), HashScheme::default());
+        assert!(!config.credstore.password.allow_weak_parameters);
+    }
+
+    #[test]
     fn empty_sections_mean_defaults() {
         let config = load("credstore:\netcd:\n  ssl:\n    tlsCert:\n", &[]).unwrap();
         assert_eq!(config, Config::default());
