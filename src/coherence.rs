@@ -405,7 +405,7 @@ async fn follow(
                 delivered = true;
                 for event in &events {
                     if let Some(user) = catalog.user_of_key(&event.key) {
-                        auth.invalidate_user(user, event.revision).await;
+                        auth.invalidate_user(user, event.revision);
                     }
                 }
                 shared.advance(revision);

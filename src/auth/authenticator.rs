@@ -66,7 +66,8 @@ struct Inner {
     /// HMAC-SHA256 keyed with 32 random bytes drawn at start; never leaves the process.
     mac: Hmac<Sha256>,
     dummy: PasswordHash,
-    verified: Cache<String, Verified>,
+    /// Synchronous: a hit is answered without awaiting anything.
+    verified: moka::sync::Cache<String, Verified>,
     /// Only for coalescing: concurrent misses with the same (user, verifier, watermark)
     /// share one load.
     loading: Cache<(String, Verifier, Revision), Verified>,
@@ -92,7 +93,7 @@ impl Authenticator {
             .map_err(|e| HashError::Hashing(e.to_string()))?;
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| HashError::Hashing(e.to_string()))?;
-        let mut builder = Cache::builder().max_capacity(config.cache_capacity);
+        let mut builder = moka::sync::Cache::builder().max_capacity(config.cache_capacity);
         if let Some(ttl) = config.cache_ttl {
             builder = builder.time_to_live(ttl);
         }
@@ -149,12 +150,32 @@ impl Authenticator {
             ));
         }
         let verifier = self.verifier(user, password);
-        if let Some(entry) = self.inner.verified.get(user).await
-            && bool::from(entry.verifier.ct_eq(&verifier))
-        {
-            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        if self.is_hit(user, &verifier) {
             return Ok(());
         }
+        // Boxed so the hot path's future stays small; the slow path costs milliseconds anyway.
+        Box::pin(self.verify_slow(user, password, verifier)).await
+    }
+
+    /// The hot path: no await, no allocation, one constant-time comparison.
+    fn is_hit(&self, user: &str, verifier: &Verifier) -> bool {
+        let hit = self
+            .inner
+            .verified
+            .get(user)
+            .is_some_and(|entry| bool::from(entry.verifier.ct_eq(verifier)));
+        if hit {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    async fn verify_slow(
+        &self,
+        user: &str,
+        password: &[u8],
+        verifier: Verifier,
+    ) -> Result<(), AuthError> {
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
         // The invalidation watermark is part of the key: a request that arrives after an
         // invalidation never joins a load that may have read the record before it.
@@ -210,7 +231,7 @@ impl Authenticator {
             verifier,
             revision: read.revision,
         };
-        self.insert_unless_stale(user, entry.clone()).await;
+        self.insert_unless_stale(user, entry.clone());
         Ok(entry)
     }
 
@@ -257,31 +278,29 @@ impl Authenticator {
 
     /// Caches `entry` unless an invalidation newer than its read has been applied. Runs under
     /// moka's per-key lock, as does [`Self::invalidate_user`], so the two cannot interleave.
-    async fn insert_unless_stale(&self, user: &str, entry: Verified) {
+    fn insert_unless_stale(&self, user: &str, entry: Verified) {
         let invalidated = &self.inner.invalidated;
         self.inner
             .verified
             .entry(user.to_string())
-            .and_compute_with(|_| async move {
-                match invalidated.load(Ordering::Acquire) > entry.revision {
+            .and_compute_with(
+                |_| match invalidated.load(Ordering::Acquire) > entry.revision {
                     true => Op::Nop,
                     false => Op::Put(entry),
-                }
-            })
-            .await;
+                },
+            );
     }
 
     /// Forgets `user`'s verified password because their record changed at `revision`.
-    pub async fn invalidate_user(&self, user: &str, revision: Revision) {
+    pub fn invalidate_user(&self, user: &str, revision: Revision) {
         let invalidated = &self.inner.invalidated;
         self.inner
             .verified
             .entry(user.to_string())
-            .and_compute_with(|_| async move {
+            .and_compute_with(|_| {
                 invalidated.fetch_max(revision, Ordering::AcqRel);
                 Op::<Verified>::Remove
-            })
-            .await;
+            });
     }
 
     /// Forgets everything (a compacted watch, a re-sync): entries read before `revision` go.
@@ -312,8 +331,8 @@ impl Authenticator {
     }
 
     /// Whether a verified entry for `user` is cached (for tests and status).
-    pub async fn is_cached(&self, user: &str) -> bool {
-        self.inner.verified.get(user).await.is_some()
+    pub fn is_cached(&self, user: &str) -> bool {
+        self.inner.verified.get(user).is_some()
     }
 }
 
@@ -406,19 +425,15 @@ mod tests {
         let (auth, catalog) = setup(&dir).await;
         let read_at = catalog.store().get("t/meta").await.unwrap().revision;
         let verifier = auth.verifier("alice", b"password1");
-        auth.invalidate_user("alice", read_at + 1).await;
+        auth.invalidate_user("alice", read_at + 1);
         auth.insert_unless_stale(
             "alice",
             Verified {
                 verifier,
                 revision: read_at,
             },
-        )
-        .await;
-        assert!(
-            !auth.is_cached("alice").await,
-            "a stale load was reinstated"
         );
+        assert!(!auth.is_cached("alice"), "a stale load was reinstated");
         // A load that read after the invalidation is cached.
         auth.insert_unless_stale(
             "alice",
@@ -426,9 +441,8 @@ mod tests {
                 verifier,
                 revision: read_at + 1,
             },
-        )
-        .await;
-        assert!(auth.is_cached("alice").await);
+        );
+        assert!(auth.is_cached("alice"));
     }
 
     #[tokio::test]
@@ -439,7 +453,7 @@ mod tests {
             auth.verify("alice", b"wrong-pass").await,
             Err(AuthError::Denied)
         );
-        assert!(!auth.is_cached("alice").await, "a failure is never cached");
+        assert!(!auth.is_cached("alice"), "a failure is never cached");
         assert_eq!(
             auth.verify("nobody", b"password1").await,
             Err(AuthError::Denied)
