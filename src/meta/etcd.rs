@@ -140,14 +140,25 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map(|h| h.revision()).unwrap_or_default()
 }
 
-impl MetaKv for EtcdKv {
-    async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
-        let response = retry_unsent(|| {
-            let mut client = self.client.clone();
-            async move { client.get(key, None).await }
+impl EtcdKv {
+    /// One range read, resent if it never reached etcd.
+    async fn range(
+        &self,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, MetaError> {
+        retry_unsent(|| {
+            let (mut client, options) = (self.client.clone(), options.clone());
+            async move { client.get(key, options).await }
         })
         .await
-        .map_err(map_err)?;
+        .map_err(map_err)
+    }
+}
+
+impl MetaKv for EtcdKv {
+    async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
+        let response = self.range(key, None).await?;
         Ok(Read {
             value: response.kvs().first().map(to_kv),
             revision: header_revision(response.header()),
@@ -155,13 +166,9 @@ impl MetaKv for EtcdKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
-        let options = GetOptions::new().with_prefix();
-        let response = retry_unsent(|| {
-            let (mut client, options) = (self.client.clone(), options.clone());
-            async move { client.get(prefix, Some(options)).await }
-        })
-        .await
-        .map_err(map_err)?;
+        let response = self
+            .range(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
         Ok(Read {
             value: response.kvs().iter().map(to_kv).collect(),
             revision: header_revision(response.header()),
@@ -169,19 +176,19 @@ impl MetaKv for EtcdKv {
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
-        let options = GetOptions::new().with_prefix().with_keys_only();
-        let response = retry_unsent(|| {
-            let (mut client, options) = (self.client.clone(), options.clone());
-            async move { client.get(prefix, Some(options)).await }
-        })
-        .await
-        .map_err(map_err)?;
+        let response = self
+            .range(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        let keys = response
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
         Ok(Read {
-            value: response
-                .kvs()
-                .iter()
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                .collect(),
+            value: keys,
             revision: header_revision(response.header()),
         })
     }
