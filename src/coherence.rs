@@ -176,6 +176,9 @@ impl Coherence {
                 .tasks
                 .push(tokio::spawn(record_loop(session.clone(), shared.clone())));
         }
+        coherence
+            .tasks
+            .push(tokio::spawn(status_loop(auth.clone(), shared.clone())));
         let watcher = watch_loop(catalog, auth, shared);
         coherence.tasks.push(tokio::spawn(watcher));
         Ok(coherence)
@@ -358,6 +361,26 @@ async fn record_loop(session: Arc<Session>, shared: Arc<Shared>) {
         if applied.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Logs the replica's coherence state once a minute, for operators reading logs.
+async fn status_loop(auth: Authenticator, shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let stats = auth.stats();
+        tracing::info!(
+            applied = shared.applied(),
+            live_sessions = shared.sessions.borrow().len(),
+            trusted = auth.is_trusted(),
+            cache_entries = stats.entries,
+            cache_hits = stats.hits,
+            cache_misses = stats.misses,
+            peak_hashes = auth.pool().peak_running(),
+            "status"
+        );
     }
 }
 
