@@ -195,6 +195,17 @@ async fn credential_lifecycle_as_milvus_answers_it() {
         30,
         "old password not correct for alice: not authenticated",
     );
+    // An old password longer than any stored one is refused without hashing it.
+    let oversized = alice
+        .update_credential(update("alice", &"x".repeat(100_000), "password2"))
+        .await
+        .unwrap();
+    failed(
+        &oversized.into_inner(),
+        1400,
+        30,
+        "old password not correct for alice: not authenticated",
+    );
     ok(&alice
         .update_credential(update("alice", "password1", "password2"))
         .await

@@ -168,6 +168,8 @@ impl Api {
         }
         let new_password = self.password(&body.new_password)?;
         let old_password = decode_base64(&body.old_password)?;
+        // No stored password is longer than the limit: refuse without spending a hash on it.
+        let oversized_old = old_password.len() > self.limits.max_password_len;
         // A name that breaks the rules cannot exist; report it as Milvus does for a missing user.
         let name = Username::parse(&body.username, &self.limits).ok();
         let stored = match &name {
@@ -184,11 +186,12 @@ impl Api {
         };
         // Checked against the record we will compare-and-swap, so a concurrent change wins.
         if !caller.is_super_user()
-            && !self
-                .auth
-                .pool()
-                .verify(stored.hash.clone(), old_password)
-                .await?
+            && (oversized_old
+                || !self
+                    .auth
+                    .pool()
+                    .verify(stored.hash.clone(), old_password)
+                    .await?)
         {
             return Err(ServiceError::WrongOldPassword(name.to_string()));
         }
