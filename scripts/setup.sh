@@ -18,10 +18,10 @@ if [ ! -x .tools/bin/protox ]; then
 fi
 [ "$mode" = build ] && exit 0
 
-if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
-  echo "setup: installing etcd-server"
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "setup: installing etcd-server, etcd-client and openssl (test certificates)"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server etcd-client >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server etcd-client openssl >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymilvus, pytest, bcrypt' 2>/dev/null; then

@@ -678,3 +678,117 @@ async fn methods_credstore_does_not_serve_are_unimplemented() {
     assert_eq!(err.code(), Code::Unimplemented);
     server.shutdown().await;
 }
+
+/// etcdctl against the test etcd, before its auth is enabled.
+fn etcdctl(etcd: &common::Etcd, args: &[&str]) {
+    let output = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.endpoint()])
+        .args(args)
+        .output()
+        .expect("etcdctl runs");
+    assert!(
+        output.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_authentication_with_a_least_privilege_user() {
+    let etcd = common::Etcd::start();
+    let root = common::unique_root("etcdauth");
+    // etcd's root must exist to enable auth; credstore gets read-write on its own prefix only.
+    etcdctl(&etcd, &["user", "add", "root:root-pw-1"]);
+    etcdctl(&etcd, &["role", "add", "root"]);
+    etcdctl(&etcd, &["user", "grant-role", "root", "root"]);
+    etcdctl(&etcd, &["user", "add", "credstore:cs-pw-1"]);
+    etcdctl(&etcd, &["role", "add", "credstore"]);
+    etcdctl(
+        &etcd,
+        &[
+            "role",
+            "grant-permission",
+            "credstore",
+            "--prefix=true",
+            "readwrite",
+            &format!("{root}/"),
+        ],
+    );
+    etcdctl(&etcd, &["user", "grant-role", "credstore", "credstore"]);
+    etcdctl(&etcd, &["auth", "enable"]);
+    let yaml = |password: &str| {
+        format!(
+            "etcd:\n  endpoints: {}\n  rootPath: {root}\n  auth:\n    enabled: true\n    userName: credstore\n    password: {password}\n\
+credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1}}\n",
+            etcd.endpoint()
+        )
+    };
+    let server = Server::start(&yaml("cs-pw-1")).await;
+    let mut admin = common::client(&server.uri, "root", "Milvus").await;
+    ok(&admin
+        .create_credential(create("alice", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
+    assert!(login_works(&server.uri, "alice", "password1").await);
+    ok(&admin
+        .update_credential(update("alice", "password1", "password2"))
+        .await
+        .unwrap()
+        .into_inner());
+    assert!(
+        !login_works(&server.uri, "alice", "password1").await,
+        "acknowledged through the watch and the session"
+    );
+    server.shutdown().await;
+
+    // A wrong etcd password stops start-up with etcd's reason, not a hang.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml("wrong-pw")).unwrap();
+    let config = Config::load(Some(&path), [], &Overrides::default()).unwrap();
+    let address = "127.0.0.1:1".parse().unwrap();
+    let err = State::build(config, address)
+        .await
+        .err()
+        .expect("start-up fails");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::test_certificates(certs.path());
+    let (etcd, tls_port) = common::Etcd::start_with_tls(&cert, &key);
+    let root = common::unique_root("tls");
+    let yaml = format!(
+        "etcd:\n  endpoints: 127.0.0.1:{tls_port}\n  rootPath: {root}\n  ssl:\n    enabled: true\n    tlsCACert: {}\n\
+credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1}}\n",
+        ca.display()
+    );
+    let server = Server::start(&yaml).await;
+    let mut admin = common::client(&server.uri, "root", "Milvus").await;
+    ok(&admin
+        .create_credential(create("tina", "password1"))
+        .await
+        .unwrap()
+        .into_inner());
+    assert!(login_works(&server.uri, "tina", "password1").await);
+    server.shutdown().await;
+    // The user really is in that etcd (read over its plain listener).
+    let options = credstore::meta::EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let kv = credstore::meta::EtcdKv::connect(&options).await.unwrap();
+    let key = format!("{root}/meta/root-coord/credential/users/tina");
+    assert!(
+        credstore::meta::MetaKv::get(&kv, &key)
+            .await
+            .unwrap()
+            .value
+            .is_some()
+    );
+}

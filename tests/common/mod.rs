@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -56,6 +57,8 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     initial_cluster: String,
+    /// An extra `https://127.0.0.1:PORT` client listener with this (cert, key).
+    tls: Option<(u16, PathBuf, PathBuf)>,
     dir: tempfile::TempDir,
 }
 
@@ -78,8 +81,20 @@ impl Etcd {
             client_port,
             peer_port,
             initial_cluster,
+            tls: None,
             dir,
         }
+    }
+
+    /// A single member that also serves clients over TLS; returns it and the TLS port.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> (Etcd, u16) {
+        let (client_port, peer_port, tls_port) = (free_port(), free_port(), free_port());
+        let initial_cluster = format!("m0=http://127.0.0.1:{peer_port}");
+        let mut etcd = Etcd::new("m0", client_port, peer_port, initial_cluster);
+        etcd.tls = Some((tls_port, cert.to_path_buf(), key.to_path_buf()));
+        etcd.spawn();
+        etcd.wait_healthy();
+        (etcd, tls_port)
     }
 
     pub fn endpoint(&self) -> String {
@@ -87,7 +102,17 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let mut client = format!("http://127.0.0.1:{}", self.client_port);
+        let mut tls_args = Vec::new();
+        if let Some((port, cert, key)) = &self.tls {
+            client = format!("{client},https://127.0.0.1:{port}");
+            tls_args = vec![
+                "--cert-file".into(),
+                cert.clone(),
+                "--key-file".into(),
+                key.clone(),
+            ];
+        }
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
         let child = Command::new(etcd_binary())
@@ -112,6 +137,7 @@ impl Etcd {
                 "new",
             ])
             .args(["--initial-cluster-token", "credstore-test"])
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -423,4 +449,75 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1 (made with openssl), in `dir`:
+/// returns (ca.pem, server.pem, server.key).
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=credstore-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
