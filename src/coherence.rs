@@ -402,7 +402,8 @@ async fn watch_loop(catalog: Catalog, auth: Authenticator, shared: Arc<Shared>) 
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        // Short cap: while this replica's watch is down, writers wait for it.
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 

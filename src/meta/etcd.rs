@@ -235,12 +235,12 @@ impl MetaKv for EtcdKv {
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
-        let stream = self
-            .client
-            .clone()
-            .watch(prefix, Some(options))
-            .await
-            .map_err(map_err)?;
+        let stream = retry_unsent(|| {
+            let (mut client, options) = (self.client.clone(), options.clone());
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await
+        .map_err(map_err)?;
         Ok(Watch::Etcd(EtcdWatch {
             stream,
             from,
