@@ -223,10 +223,6 @@ impl Hasher {
         Hasher { scheme }
     }
 
-    pub fn scheme(&self) -> &HashScheme {
-        &self.scheme
-    }
-
     /// A new salted hash of `password` in the configured scheme.
     pub fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
         match &self.scheme {

@@ -681,16 +681,11 @@ async fn methods_credstore_does_not_serve_are_unimplemented() {
 
 /// etcdctl against the test etcd, before its auth is enabled.
 fn etcdctl(etcd: &common::Etcd, args: &[&str]) {
-    let output = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.endpoint()])
-        .args(args)
-        .output()
-        .expect("etcdctl runs");
-    assert!(
-        output.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    common::run_tool(
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.endpoint()])
+            .args(args),
     );
 }
 

@@ -122,10 +122,6 @@ impl Authenticator {
         })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.inner.config.enabled
-    }
-
     pub fn pool(&self) -> &HashPool {
         &self.inner.pool
     }

@@ -454,18 +454,7 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// A throw-away CA and a server certificate for 127.0.0.1 (made with openssl), in `dir`:
 /// returns (ca.pem, server.pem, server.key).
 pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let run = |args: &[&str]| run_tool(Command::new("openssl").current_dir(dir).args(args));
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
@@ -520,4 +509,17 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.pem"),
         dir.join("server.key"),
     )
+}
+
+/// Runs an external tool to completion and fails the test, with its stderr, if it failed.
+pub fn run_tool(command: &mut Command) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} cannot run: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
