@@ -367,16 +367,10 @@ enum Load {
 /// `common::config_yaml` with argon2 at `memory_kib` (verifying takes real time) and at most
 /// one hash computation at a time (verifications queue).
 fn one_hash_at_a_time_yaml(endpoints: &str, root: &str, memory_kib: u32) -> String {
-    let yaml = common::config_yaml(endpoints, root, "");
-    let light = "argon2: {memoryKiB: 64,";
-    assert!(
-        yaml.contains(light),
-        "config_yaml no longer has the line this test adjusts:\n{yaml}"
-    );
-    yaml.replace(
-        light,
-        &format!("maxConcurrentHashes: 1\n    argon2: {{memoryKiB: {memory_kib},"),
-    )
+    common::TestConfig::on_etcd(endpoints, root)
+        .set("credstore.password.maxConcurrentHashes", 1)
+        .set("credstore.password.argon2.memoryKiB", memory_kib)
+        .yaml()
 }
 
 /// Rounds of: tasks send logins with the current password to B and C every millisecond while

@@ -1,0 +1,132 @@
+//! Real `credstore serve` processes for the tests: started with a config file, ready when
+//! their log says so, frozen and thawed with signals, killed when their handle drops. Each
+//! replica listens on a port the kernel picks (`127.0.0.1:0`) and reports it in its ready
+//! line, so replica ports never race.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use super::{forget_child, register_child};
+
+/// How long a replica may take to print its ready line.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// A `credstore serve` process.
+pub struct Replica {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Starts `credstore serve` with `yaml` (see `TestConfig`) and waits for its ready line.
+    pub fn start(yaml: &str) -> Replica {
+        let dir = tempfile::tempdir().expect("a temp dir for the replica");
+        let config = dir.path().join("credstore.yaml");
+        std::fs::write(&config, yaml).expect("config written");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_credstore"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("credstore starts");
+        register_child(child.id());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("ready on ").nth(1) {
+                    let _ = ready_tx.send(
+                        addr.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match ready_rx.recv_timeout(READY_WITHIN) {
+            Ok(addr) => addr.parse().expect("a socket address in the ready line"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                forget_child(child.id());
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "credstore did not become ready; its log:\n{}",
+                    log.lock().unwrap_or_else(|p| p.into_inner())
+                );
+            }
+        };
+        Replica {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// SIGSTOP: the process freezes, sockets stay open.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                forget_child(self.child.id());
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("credstore did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        forget_child(self.child.id());
+    }
+}
