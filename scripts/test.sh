@@ -2,15 +2,80 @@
 # Installs what the tests need, then runs every check and test: formatting, clippy, the Rust
 # unit and integration tests (real etcd processes), and the pymilvus compatibility suite
 # (real `credstore serve` processes). This is the command CI runs.
+#
+# Each stage prints its time; at the end (also on failure) a table of the stages and the
+# `cargo test` summary line of every test binary. Stages have a time limit as a backstop
+# (every Rust integration test has its own, see tests/common/mod.rs); override with
+# CREDSTORE_CARGO_TEST_LIMIT / CREDSTORE_PYTEST_LIMIT (timeout(1) durations).
+#
+# Cluster tests do not race each other for CPU: within a test binary they take a
+# process-wide lock (`common::cluster_test`), and cargo runs test binaries one at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
 
-echo "== cargo fmt"
-cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
-echo "== cargo test"
-cargo test --locked
-echo "== pymilvus compatibility (tests/compat)"
-CREDSTORE_BIN="$PWD/target/debug/credstore" .venv/bin/python -m pytest tests/compat -q -p no:cacheprovider
+cargo_test_limit="${CREDSTORE_CARGO_TEST_LIMIT:-40m}"
+pytest_limit="${CREDSTORE_PYTEST_LIMIT:-20m}"
+test_log="$(mktemp -t credstore-cargo-test.XXXXXX)"
+stages=()
+started=$SECONDS
+
+summary() {
+  local rc=$?
+  if [ -s "$test_log" ]; then
+    echo
+    echo "== cargo test summary (one line per test binary)"
+    # "Running tests/grpc.rs (target/…)" / "Running unittests src/lib.rs (…)" then its result.
+    awk '/^ *Running /{target=$2; if (target=="unittests") target=$3}
+         /^ *Doc-tests /{target="doc-tests " $2}
+         /^test result:/{sub(/^test result: /, ""); printf "  %-28s %s\n", target, $0}' "$test_log"
+  fi
+  echo
+  echo "== stages"
+  for line in "${stages[@]}"; do echo "  $line"; done
+  echo "  total: $((SECONDS - started)) s, exit $rc"
+  rm -f "$test_log"
+}
+trap summary EXIT
+
+# stage NAME COMMAND...: runs COMMAND, prints its time, records it; fails the script if it fails.
+stage() {
+  local name=$1 t0=$SECONDS rc=0
+  shift
+  echo "== $name"
+  "$@" || rc=$?
+  local outcome="ok"
+  case $rc in
+    0) ;;
+    124) outcome="TIMED OUT (stage limit)" ;;
+    *) outcome="FAILED (exit $rc)" ;;
+  esac
+  stages+=("$(printf '%-40s %5d s  %s' "$name" $((SECONDS - t0)) "$outcome")")
+  echo "== $name: $((SECONDS - t0)) s, $outcome"
+  return "$rc"
+}
+
+cargo_test() {
+  # --no-fail-fast: one failing binary does not hide the others' results.
+  timeout --kill-after=30s "$cargo_test_limit" cargo test --locked --no-fail-fast 2>&1 | tee "$test_log"
+}
+
+pytest_compat() {
+  local rc=0
+  CREDSTORE_BIN="$PWD/target/debug/credstore" \
+    timeout --kill-after=30s "$pytest_limit" \
+    .venv/bin/python -m pytest tests/compat -q -p no:cacheprovider || rc=$?
+  case $rc in
+    0) ;;
+    1) echo "pytest: some tests failed" ;;
+    5) echo "pytest: no tests were collected from tests/compat (that is a failure)" ;;
+    124) echo "pytest: over its stage limit of $pytest_limit" ;;
+    *) echo "pytest: could not run the suite (exit $rc: interrupted, internal or usage error)" ;;
+  esac
+  return "$rc"
+}
+
+stage "setup" scripts/setup.sh
+stage "cargo fmt" cargo fmt --all -- --check
+stage "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
+stage "cargo test" cargo_test
+stage "pymilvus compatibility (tests/compat)" pytest_compat
