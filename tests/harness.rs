@@ -1,7 +1,7 @@
 //! Tests of the test harness itself (tests/common): a start whose etcd port was taken in the
 //! meantime recovers on fresh ports, a test over its time limit stops its binary and every
 //! process the harness started, cluster tests run one at a time, and configs built as values
-//! load exactly as the old text templates did.
+//! load exactly as the old text templates did; `time_limit` bounds a future.
 
 mod common;
 
@@ -31,6 +31,7 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
 
 #[test]
 fn configs_built_as_values_load_as_the_old_templates_did() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let endpoints = "127.0.0.1:2379,127.0.0.1:2380";
     for extra in [
         "",
@@ -66,7 +67,7 @@ fn configs_built_as_values_load_as_the_old_templates_did() {
 
 #[test]
 fn free_ports_are_free_and_distinct() {
-    let _limit = common::time_limit(common::TEST_LIMIT);
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let ports: Vec<u16> = (0..50).map(|_| common::free_port()).collect();
     let held: Vec<TcpListener> = ports
         .iter()
@@ -88,7 +89,7 @@ fn free_ports_are_free_and_distinct() {
 
 #[test]
 fn etcd_start_recovers_when_its_port_was_taken() {
-    let _limit = common::time_limit(common::TEST_LIMIT);
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     // Another process took the client port between free_port and etcd's bind.
     let thief = TcpListener::bind("127.0.0.1:0").expect("a port to take");
     let taken = thief.local_addr().expect("bound").port();
@@ -104,7 +105,7 @@ fn etcd_start_recovers_when_its_port_was_taken() {
 
 #[test]
 fn etcd_cluster_start_recovers_when_a_peer_port_was_taken() {
-    let _limit = common::cluster_test(common::CLUSTER_TEST_LIMIT);
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let thief = TcpListener::bind("127.0.0.1:0").expect("a port to take");
     let taken = thief.local_addr().expect("bound").port();
     let cluster = common::EtcdCluster::start_trying_first(vec![
@@ -118,7 +119,7 @@ fn etcd_cluster_start_recovers_when_a_peer_port_was_taken() {
 
 #[test]
 fn cluster_tests_run_one_at_a_time() {
-    let _limit = common::time_limit(common::TEST_LIMIT);
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let inside = Arc::new(AtomicBool::new(false));
     let entered = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..4)
@@ -153,7 +154,7 @@ fn runs_over_its_time_limit() {
     }
     let etcd = common::Etcd::start();
     println!("etcd pid {}", etcd.pid().expect("running"));
-    let _limit = common::time_limit(Duration::from_secs(1));
+    let _watchdog = common::watchdog(Duration::from_secs(1));
     std::thread::sleep(Duration::from_secs(120));
 }
 
@@ -170,7 +171,7 @@ fn gone(pid: u32) -> bool {
 
 #[test]
 fn a_test_over_its_time_limit_stops_its_binary_and_its_processes() {
-    let _limit = common::time_limit(common::TEST_LIMIT);
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let started = Instant::now();
     let output = Command::new(std::env::current_exe().expect("this test binary"))
         .args([
@@ -209,4 +210,24 @@ fn a_test_over_its_time_limit_stops_its_binary_and_its_processes() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test]
+#[should_panic(expected = "ran over its time limit of 0.1 s")]
+async fn time_limit_fails_a_future_that_runs_over() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    common::time_limit(
+        Duration::from_millis(100),
+        tokio::time::sleep(Duration::from_secs(30)),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn time_limit_returns_what_the_future_gives() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    assert_eq!(
+        common::time_limit(Duration::from_secs(10), async { 7 }).await,
+        7
+    );
 }

@@ -7,15 +7,17 @@
 //! binary and every process the harness started.
 //!
 //! Time limits and the cluster lock (decided here, for every test file):
-//! - every test that talks to a process or the network starts with one line,
-//!   `let _limit = common::time_limit(common::TEST_LIMIT);`, or, if it starts a whole
-//!   cluster (several replicas or etcd members), `let _limit = common::cluster_test(...)`;
+//! - every test that uses this harness starts with one line,
+//!   `let _watchdog = common::watchdog(common::TEST_LIMIT);`, or, if it starts a cluster
+//!   (several replicas or etcd members), `let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);`
+//!   (tests/tidy.rs checks that every such test has a limit);
 //! - `cluster_test` first takes a process-wide lock, so cluster tests of one binary run one
 //!   after the other (a 2-core CI machine cannot run two clusters and keep their timing
 //!   assumptions); the time limit starts once the lock is held. `cargo test` runs the test
 //!   binaries one after another, so no two clusters run at once anywhere.
-//! - A limit is a watchdog thread, not a future timeout: it also catches a test stuck in a
-//!   blocking call, which no `tokio::time::timeout` can interrupt.
+//! - The watchdog is a thread, not a future timeout: it also catches a test stuck in a
+//!   blocking call, which no `tokio::time::timeout` can interrupt. `time_limit(limit, future)`
+//!   bounds a future where a test wants that instead.
 
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
@@ -63,16 +65,16 @@ pub(crate) fn forget_child(pid: u32) {
     children().remove(&pid);
 }
 
-/// A running time limit; dropping it (the test ended, passed or failed) disarms it.
-#[must_use = "the time limit lasts as long as this value: bind it with `let _limit = …`"]
-pub struct TimeLimit {
+/// A running watchdog; dropping it (the test ended, passed or failed) disarms it.
+#[must_use = "the watchdog lasts as long as this value: bind it with `let _watchdog = …`"]
+pub struct Watchdog {
     _disarm: mpsc::Sender<()>,
 }
 
 /// Starts a time limit for the calling test. If the test still runs when `limit` is over, the
 /// harness prints which test ran over, kills every process it started, and exits the test
 /// binary with a failure: a hung RPC or a stuck blocking call fails CI in minutes.
-pub fn time_limit(limit: Duration) -> TimeLimit {
+pub fn watchdog(limit: Duration) -> Watchdog {
     let test = std::thread::current()
         .name()
         .filter(|name| *name != "main")
@@ -95,17 +97,17 @@ pub fn time_limit(limit: Duration) -> TimeLimit {
             std::process::exit(101);
         }
     });
-    TimeLimit { _disarm: disarm }
+    Watchdog { _disarm: disarm }
 }
 
 static CLUSTER_LOCK: Mutex<()> = Mutex::new(());
 
 /// Held by a test that starts a cluster: the lock that runs cluster tests one at a time, and
 /// the test's time limit, which starts once the lock is held.
-#[must_use = "the lock and the limit last as long as this value: bind it with `let _limit = …`"]
+#[must_use = "the lock and the limit last as long as this value: bind it with `let _cluster = …`"]
 pub struct ClusterTest {
     // Declared first so it is disarmed before the lock is released.
-    _limit: TimeLimit,
+    _watchdog: Watchdog,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -116,17 +118,17 @@ pub fn cluster_test(limit: Duration) -> ClusterTest {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     ClusterTest {
-        _limit: time_limit(limit),
+        _watchdog: watchdog(limit),
         _lock: lock,
     }
 }
 
-/// Runs `future` for at most `limit`; past it the test fails naming `what`. For a bounded
-/// step inside a test (the whole test is bounded by `time_limit`).
-pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+/// Runs `future` for at most `limit`; past it the test fails. For a test body or a bounded
+/// step inside one (`watchdog` also catches a test stuck in a blocking call).
+pub async fn time_limit<T>(limit: Duration, future: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, future).await {
         Ok(value) => value,
-        Err(_) => panic!("{what} did not finish within {} s", limit.as_secs_f32()),
+        Err(_) => panic!("ran over its time limit of {} s", limit.as_secs_f32()),
     }
 }
 
