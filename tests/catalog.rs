@@ -49,6 +49,7 @@ async fn hash(pool: &HashPool, password: &str) -> PasswordHash {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_live_under_milvus_keys_as_json() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("layout");
     let catalog = catalog(&etcd.endpoint(), &root).await;
@@ -86,6 +87,7 @@ async fn users_live_under_milvus_keys_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_have_one_winner() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let catalog = catalog(&etcd.endpoint(), &common::unique_root("race")).await;
     let hash = hash(&pool(), "password1").await;
@@ -109,6 +111,7 @@ async fn concurrent_creates_have_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_compare_and_swap_is_reported_not_applied() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let catalog = catalog(&etcd.endpoint(), &common::unique_root("cas")).await;
     let pool = pool();
@@ -146,6 +149,7 @@ async fn a_lost_compare_and_swap_is_reported_not_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_role_mappings_in_the_same_transaction() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("del");
     let catalog = catalog(&etcd.endpoint(), &root).await;
@@ -185,6 +189,7 @@ async fn delete_removes_role_mappings_in_the_same_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_is_created_once_and_never_overwritten() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let catalog = catalog(&etcd.endpoint(), &common::unique_root("root")).await;
     let pool = pool();
@@ -203,6 +208,7 @@ async fn root_is_created_once_and_never_overwritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_etcd_loses_nothing() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let mut etcd = common::Etcd::start();
     let root = common::unique_root("restart");
     let catalog_before = catalog(&etcd.endpoint(), &root).await;
@@ -223,6 +229,7 @@ async fn restarting_etcd_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_value_in_etcd_holds_a_plaintext_password() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("plain");
     let yaml = common::config_yaml(&etcd.endpoint(), &root, "");
@@ -271,6 +278,7 @@ async fn no_value_in_etcd_holds_a_plaintext_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn milvus_bcrypt_hash_verifies_and_is_rehashed_to_argon2id() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("bcrypt");
     let catalog = catalog(&etcd.endpoint(), &root).await;

@@ -126,6 +126,7 @@ async fn etcd_server(etcd: &common::Etcd, extra: &str) -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_lifecycle_as_milvus_answers_it() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
@@ -243,6 +244,7 @@ async fn credential_lifecycle_as_milvus_answers_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_errors_change_nothing() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
@@ -325,6 +327,7 @@ async fn validation_errors_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_wrong_headers_are_unauthenticated() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let cases: [(Option<String>, &str); 6] = [
@@ -375,6 +378,7 @@ async fn malformed_and_wrong_headers_are_unauthenticated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_follows_milvus_default_roles() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
@@ -530,6 +534,7 @@ async fn authorization_follows_milvus_default_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn description_only_update_keeps_the_password() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
@@ -558,6 +563,7 @@ async fn description_only_update_keeps_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_disabled_accepts_anyone() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let yaml = format!(
         "etcd:\n  endpoints: {}\n  rootPath: {}\ncommon:\n  security:\n    authorizationEnabled: false\n\
@@ -588,6 +594,7 @@ credstore:\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_is_unavailable_and_changes_nothing() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let mut etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "  etcdTimeoutMs: 1000\n").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
@@ -626,6 +633,7 @@ async fn etcd_down_is_unavailable_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_is_the_default_and_survives_restart() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "etcd:\n  data:\n    dir: {}\ncredstore:\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1}}\n",
@@ -656,6 +664,7 @@ async fn embedded_store_is_the_default_and_survives_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_credstore_does_not_serve_are_unimplemented() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("etcd:\n  data:\n    dir: {}\n", dir.path().display());
     let server = Server::start(&yaml).await;
@@ -691,6 +700,7 @@ fn etcdctl(etcd: &common::Etcd, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_authentication_with_a_least_privilege_user() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("etcdauth");
     // etcd's root must exist to enable auth; credstore gets read-write on its own prefix only.
@@ -753,6 +763,7 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_over_tls() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = common::test_certificates(certs.path());
     let (etcd, tls_port) = common::Etcd::start_with_tls(&cert, &key);

@@ -222,18 +222,21 @@ async fn suite(kv: Store, root: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_etcd() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     suite(etcd_store(&etcd).await, &common::unique_root("conf")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_embedded() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let dir = tempfile::tempdir().unwrap();
     suite(embedded_store(&dir), &common::unique_root("conf")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_survives_reopen_and_reports_compaction() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let written = {
         let kv = embedded_store(&dir);
@@ -255,6 +258,7 @@ async fn embedded_store_survives_reopen_and_reports_compaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_compaction_is_reported_to_a_watch() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let kv = etcd_store(&etcd).await;
     let root = common::unique_root("compact");
@@ -286,6 +290,7 @@ async fn etcd_compaction_is_reported_to_a_watch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_is_a_clear_unavailable_error() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let mut etcd = common::Etcd::start();
     let kv = etcd_store(&etcd).await;
     etcd.kill();

@@ -256,6 +256,7 @@ async fn warm(probes: &[&Probe], user: &str, password: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_change_is_refused_by_every_replica_on_the_next_request() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let etcd = blocking(common::Etcd::start);
     let root = common::unique_root("change");
     let [a, b, c] = start_replicas(&etcd.endpoint(), &root, ["", "", ""]);
@@ -290,6 +291,7 @@ async fn password_change_is_refused_by_every_replica_on_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_user_is_refused_by_every_replica_on_the_next_request() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let etcd = blocking(common::Etcd::start);
     let root = common::unique_root("delete");
     let [a, b, c] = start_replicas(&etcd.endpoint(), &root, ["", "", ""]);
@@ -345,6 +347,7 @@ struct Shot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammer_sees_no_old_password_accepted_after_the_acknowledgement() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     hammer("hammer", Load::Idle).await;
 }
 
@@ -353,6 +356,7 @@ async fn hammer_sees_no_old_password_accepted_after_the_acknowledgement() {
 /// before the change can still be running when A acknowledges it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammer_on_busy_replicas_sees_no_old_password_accepted_after_the_acknowledgement() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     hammer("busy", Load::Busy).await;
 }
 
@@ -537,6 +541,7 @@ async fn hammer(name: &str, load: Load) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_replica_never_accepts_a_password_revoked_while_it_slept() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let etcd = blocking(common::Etcd::start);
     let root = common::unique_root("frozen");
     // B's lease lasts 3 s; A waits up to 8 s for acknowledgements, so it outlives B's lease.
@@ -624,6 +629,7 @@ async fn frozen_replica_never_accepts_a_password_revoked_while_it_slept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restart_under_load_loses_no_invalidation() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let mut etcd = blocking(common::Etcd::start);
     let root = common::unique_root("restart");
     let [a, b, c] = start_replicas(&etcd.endpoint(), &root, ["", "", ""]);
@@ -915,6 +921,7 @@ async fn change_while_cut_off(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_watch_resumes_and_flushes_after_compaction() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let etcd = blocking(common::Etcd::start);
     let proxy = Proxy::start(etcd.client_port);
     let root = common::unique_root("compact");
@@ -1001,6 +1008,7 @@ async fn cut_off_watch_resumes_and_flushes_after_compaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_member_etcd_survives_a_member_then_the_leader() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let mut cluster = blocking(common::EtcdCluster::start);
     let root = common::unique_root("cluster");
     let [a, b, c] = start_replicas(&cluster.endpoints(), &root, ["", "", ""]);
