@@ -3,7 +3,7 @@
 //! DESIGN.md's "Layout" (the import matrix below: who may import whom); only `meta` names the
 //! storage crates, only `password` the hashing crates, only `coherence` opens watches, and
 //! nothing below `service` speaks gRPC; no test is ignored or expected to panic without saying
-//! why.
+//! why; every test that uses the harness (tests/common) has a time limit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -125,6 +125,16 @@ const CRATE_OWNERS: &[(&str, &[&str])] = &[
 /// Modules below `service` that must not speak gRPC (`meta/etcd.rs` may name tonic's status
 /// codes: etcd itself speaks gRPC; `auth`'s layer sits on tonic's HTTP types).
 const NO_GRPC: &[&str] = &["catalog", "password", "config", "hash_pool", "coherence"];
+
+/// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or
+/// tokio's `timeout` (also behind a file's own `within` helper).
+const TIME_LIMITS: &[&str] = &[
+    "watchdog(",
+    "cluster_test(",
+    "time_limit(",
+    "timeout(",
+    "within(",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -449,6 +459,50 @@ fn ignored_and_should_panic_tests_say_why() {
     }
     report(
         "An ignored test says why, a should_panic test says which panic:",
+        &findings,
+    );
+}
+
+#[test]
+fn tests_that_use_the_harness_have_a_time_limit() {
+    let mut findings = Vec::new();
+    for (path, text) in sources("tests") {
+        let uses_harness = text.lines().any(|l| l.trim() == "mod common;");
+        if path.starts_with("tests/common/") || !uses_harness {
+            continue;
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let attribute = line.trim_start();
+            if !(attribute.starts_with("#[test]") || attribute.starts_with("#[tokio::test")) {
+                continue;
+            }
+            let Some(signature) = (at + 1..lines.len()).find(|&i| {
+                let l = lines[i].trim_start();
+                l.starts_with("fn ") || l.starts_with("async fn ")
+            }) else {
+                continue;
+            };
+            // rustfmt closes a top-level function with `}` alone in the first column.
+            let end = (signature..lines.len())
+                .find(|&i| lines[i] == "}")
+                .unwrap_or(lines.len());
+            let bounded = lines[signature..end]
+                .iter()
+                .any(|l| TIME_LIMITS.iter().any(|limit| l.contains(limit)));
+            if !bounded {
+                findings.push(format!(
+                    "{path}:{}: `{}` has no time limit",
+                    signature + 1,
+                    lines[signature].trim()
+                ));
+            }
+        }
+    }
+    report(
+        "Every test that uses tests/common has a time limit: start it with \
+         `let _watchdog = common::watchdog(common::TEST_LIMIT);` (or `common::cluster_test` \
+         if it starts a cluster, see tests/common/mod.rs):",
         &findings,
     );
 }
