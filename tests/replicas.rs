@@ -545,15 +545,12 @@ async fn hammer(name: &str, load: Load) {
 async fn frozen_replica_never_accepts_a_password_revoked_while_it_slept() {
     let etcd = blocking(common::Etcd::start);
     let root = common::unique_root("frozen");
-    // B's lease lasts 3 s; A waits up to 8 s for acknowledgements, so it outlives B's lease.
+    // B's lease lasts 3 s; A waits up to its default ack timeout (its own TTL, 10 s, plus a
+    // margin), so it outlives B's lease.
     let [a, b, c] = start_replicas(
         &etcd.endpoint(),
         &root,
-        [
-            "  ackTimeoutMs: 8000\n",
-            "  session:\n    ttlSeconds: 3\n",
-            "",
-        ],
+        ["", "  session:\n    ttlSeconds: 3\n", ""],
     );
     let mut admin = Admin::connect(&a).await;
     let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
