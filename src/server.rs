@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{AuthLayer, AuthStats, Authenticator, AuthenticatorConfig};
 use crate::catalog::{Catalog, CatalogError};
@@ -229,11 +229,33 @@ async fn status_loop(auth: Authenticator, coherence: Coherence) {
     }
 }
 
+/// Most requests one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+/// Clients queue further requests on their side, where their own deadline covers the wait.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Largest header block a request may send. Milvus clients send a few short headers (the
+/// `authorization` header is refused past 1 KiB anyway); hyper's default is 16 MiB.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// How long any one request may take, from the moment the server starts it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepted connections, each with `TCP_NODELAY` set. tonic sets it only on listeners it
+/// binds itself; `run` takes a bound listener, so it is set here.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    // Nagle's algorithm holding back a small response until the client's delayed ACK costs
+    // ~40 ms per answer on a request/response protocol.
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight requests and
-/// ends the session. The middleware stack, outermost first:
-/// 1. per-request timeout — nothing, not even a stuck store read or a wait for a
-///    per-connection slot, holds a request forever;
-/// 2. per-connection concurrency limit — one client cannot queue unbounded work;
+/// ends the session. The transport knobs and the middleware stack, outermost first:
+/// 1. HTTP/2 limits per connection — at most [`MAX_STREAMS_PER_CONNECTION`] requests open
+///    at once and [`MAX_HEADER_LIST_BYTES`] of headers each, so one connection cannot hold
+///    unbounded memory; a request over the stream limit waits on the client, inside its own
+///    deadline, never in a server queue that the request timeout would not cover (tonic's
+///    `concurrency_limit_per_connection` waits *outside* its timeout, so it is not used);
+/// 2. per-request timeout — nothing, not even a stuck store read, holds a stream forever;
 /// 3. authentication — before routing, so no handler runs unauthenticated (hashing inside
 ///    it is bounded separately by the hash pool).
 pub async fn run(
@@ -259,15 +281,35 @@ pub async fn run(
     ));
     let status = tokio::spawn(status_loop(auth.clone(), coherence.clone()));
     let served = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(60))
-        .concurrency_limit_per_connection(1024)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .timeout(REQUEST_TIMEOUT)
         .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()))
         .add_service(MilvusServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     status.abort();
     Snapshot::of(&auth, &coherence).log("stopped serving; ending the session");
     coherence_tasks.shutdown().await;
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let stream = accepted.next().await.unwrap().unwrap();
+        assert!(
+            stream.nodelay().unwrap(),
+            "TCP_NODELAY is set on accepted sockets"
+        );
+    }
 }
