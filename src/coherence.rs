@@ -596,7 +596,9 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             )
             .await;
             let outcome = match opened {
-                Ok(Ok(watch)) => self.follow(watch, from).await,
+                // After repeated identical failures, only a delivered message restores trust:
+                // a stream that opens and then always fails the same way answers too.
+                Ok(Ok(watch)) => self.follow(watch, from, failures.count < 3).await,
                 Ok(Err(e)) => Followed::Failed(format!("cannot open the credential watch: {e}")),
                 Err(_) => Followed::Failed("opening the credential watch timed out".into()),
             };
@@ -623,8 +625,9 @@ impl<S: Leases + Clone + 'static> Inner<S> {
     }
 
     /// Follows one watch stream (opened at `from`) until it breaks, goes silent for longer
-    /// than the bound, or a new registration asks for a fresh one.
-    async fn follow(&self, mut watch: Watch, from: Revision) -> Followed {
+    /// than the bound, or a new registration asks for a fresh one. `answers_prove_life`:
+    /// whether raw answers (not passed on as messages) count as signs of life.
+    async fn follow(&self, mut watch: Watch, from: Revision, answers_prove_life: bool) -> Followed {
         // The first ticks are immediate: a fresh watch proves at once that it is answering.
         let mut progress = tokio::time::interval(self.progress_every);
         let mut check = tokio::time::interval(Duration::from_millis(100));
@@ -644,7 +647,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                 _ = check.tick() => {
                     // etcd 3.4 answers progress requests during a replay, but they cannot be
                     // passed on as progress; they still prove the stream is alive.
-                    if watch.answers() > answers {
+                    if answers_prove_life && watch.answers() > answers {
                         answers = watch.answers();
                         heard = Instant::now();
                         self.gate.watch_heard(start, heard + self.silence_bound);

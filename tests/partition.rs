@@ -209,3 +209,58 @@ async fn stopped_replica() {
         "A was released {took:?} after B stopped, not at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_watch_stops_trust_long_before_the_lease_would() {
+    tokio::time::timeout(LIMIT, silent_watch())
+        .await
+        .expect("the test finishes within its limit");
+}
+
+async fn silent_watch() {
+    let etcd = tokio::task::block_in_place(common::Etcd::start);
+    let proxy = Proxy::start(etcd.client_port);
+    let root = common::unique_root("silent");
+    let a = start(common::config_yaml(&etcd.endpoint(), &root, ""));
+    // B's lease lasts a minute: its lease alone would let it trust its cache for ~48 s.
+    let b = start(common::config_yaml(
+        &proxy.endpoint(),
+        &root,
+        "  session:\n    ttlSeconds: 60\n",
+    ));
+    let mut admin = common::client(&a.uri(), "root", "Milvus").await;
+    let cb = channel(&b).await;
+    assert_ok(
+        &create(&mut admin, "quinn", "quinn-pw").await,
+        "create quinn",
+    );
+    for _ in 0..2 {
+        assert_eq!(login(&cb, "quinn", "quinn-pw").await, Ok(()), "warm on B");
+    }
+
+    proxy.partition();
+    let cut = Instant::now();
+    // The watch answers progress requests every 2 s; three missed answers stop trust.
+    let bound = Duration::from_secs(15);
+    loop {
+        match login(&cb, "quinn", "quinn-pw").await {
+            Err(Code::Unavailable) => break,
+            Ok(()) => assert!(
+                cut.elapsed() < bound,
+                "B still trusts its cache {:?} after its watch went silent",
+                cut.elapsed()
+            ),
+            other => panic!("B answered {other:?} while partitioned"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "B stopped trusting its cache {:?} after the partition (lease TTL 60 s)",
+        cut.elapsed()
+    );
+    proxy.heal();
+    common::eventually("B serves again once its watch answers", async || {
+        login(&cb, "quinn", "quinn-pw").await.is_ok()
+    })
+    .await;
+}
