@@ -457,6 +457,22 @@ impl<S: Leases + Clone + 'static> Inner<S> {
         }
     }
 
+    /// Ends the session because the credential watch is lost: revokes the lease (its key
+    /// goes, releasing writers that wait for this replica) and stops trusting the cache.
+    async fn leave(&self, registration: Registration) {
+        tracing::warn!(session = %self.session_key, "the credential watch is lost; leaving the cluster until it answers again");
+        self.gate.unregistered();
+        self.lease_slot().take();
+        let deadline = self.request_deadline();
+        match timeout(deadline, self.store.revoke(&registration.lease)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot revoke the session lease; it will expire")
+            }
+            Err(_) => tracing::warn!("revoking the session lease timed out; it will expire"),
+        }
+    }
+
     /// Keeps the session: renews the lease every third of its TTL (registering again when it
     /// was lost) and publishes the applied revision whenever it moves, retrying until the
     /// store takes it — writers wait on this record.
@@ -499,11 +515,18 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 _ = sleep_until(renew_at) => {
+                    let following = self.gate.watch_live();
                     current = match current.take() {
+                        // A replica that cannot follow the log leaves, so writers stop
+                        // waiting for it; it joins again once its watch answers.
+                        Some(registration) if !following => {
+                            self.leave(registration).await;
+                            None
+                        }
                         Some(registration) => self.renew(registration).await,
                         None => None,
                     };
-                    if current.is_none() {
+                    if current.is_none() && following {
                         current = match self.register().await {
                             Ok(registration) => {
                                 self.resync.notify_one();
@@ -799,6 +822,12 @@ impl Gate {
         });
     }
 
+    /// Whether the credential watch has answered within its bound.
+    fn watch_live(&self) -> bool {
+        let state = self.state.lock().expect("trust gate lock poisoned");
+        state.watch_until > Instant::now()
+    }
+
     fn watch_lost(&self) {
         self.update(|s| s.watch_until = Instant::now());
     }
@@ -1038,14 +1067,19 @@ mod tests {
             let (_, writer, writer_tasks) = fx
                 .replica("writer", &writer_faults, Duration::from_millis(1500))
                 .await;
-            // The newcomer registers but cannot apply anything (its watch cannot open).
-            let newcomer_faults = Arc::new(Faults::default());
-            newcomer_faults
-                .fail_credential_watch
-                .store(true, Ordering::Release);
-            let (_, _, newcomer_tasks) = fx
-                .replica("newcomer", &newcomer_faults, Duration::from_secs(5))
-                .await;
+            // The newcomer has registered (its session key is on a lease) but has not
+            // applied anything yet: exactly what a replica looks like while it starts.
+            let registered_at = fx.store.get("t/meta/").await.unwrap().revision;
+            let lease = fx.store.lease(Duration::from_secs(10)).await.unwrap();
+            let value = serde_json::to_vec(&SessionValue {
+                applied: registered_at,
+                address: "newcomer".into(),
+            })
+            .unwrap();
+            fx.store
+                .put_on_lease(&lease, "t/meta/credstore/sessions/newcomer", value)
+                .await
+                .unwrap();
             assert!(
                 !writer.sessions().contains_key("newcomer"),
                 "the writer's own view has not seen the newcomer (its watch is stalled)"
@@ -1059,19 +1093,66 @@ mod tests {
                 ),
                 other => panic!("acknowledged without the newcomer: {other:?}"),
             }
-            // Once the newcomer follows the log, the same write is confirmed.
-            newcomer_faults
+            // The newcomer's session ends (a clean stop revokes it): the write is confirmed.
+            fx.store.revoke(&lease).await.unwrap();
+            writer
+                .confirm(written)
+                .await
+                .expect("confirmed once the newcomer's session ended");
+            writer_tasks.shutdown().await;
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("within the limit");
+    }
+
+    /// A replica whose credential watch is lost (while its lease is fine) leaves the
+    /// cluster, so writers are not held until their ack timeout; it joins again once its
+    /// watch answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_cannot_follow_the_log_releases_writers() {
+        let run = async {
+            let fx = fixture().await;
+            let writer_faults = Arc::new(Faults::default());
+            let (_, writer, writer_tasks) = fx
+                .replica("writer", &writer_faults, Duration::from_secs(5))
+                .await;
+            let lost_faults = Arc::new(Faults::default());
+            let (lost_auth, lost, lost_tasks) = fx
+                .replica("lost", &lost_faults, Duration::from_secs(5))
+                .await;
+            assert!(lost_auth.is_trusted());
+            // Its watch breaks and cannot be opened again.
+            lost_faults
+                .fail_credential_watch
+                .store(true, Ordering::Release);
+            lost.inner.resync.notify_one();
+            let written = fx.create("carl", "password1").await;
+            let asked = Instant::now();
+            writer
+                .confirm(written)
+                .await
+                .expect("confirmed once the lost replica left");
+            assert!(
+                asked.elapsed() < Duration::from_secs(4),
+                "the writer waited {:?}",
+                asked.elapsed()
+            );
+            assert!(
+                !lost_auth.is_trusted(),
+                "a replica that left does not serve"
+            );
+            assert!(!writer.sessions().contains_key("lost"));
+            // The watch opens again: the replica rejoins and serves.
+            lost_faults
                 .fail_credential_watch
                 .store(false, Ordering::Release);
-            let mut confirmed = false;
-            for _ in 0..10 {
-                if writer.confirm(written).await.is_ok() {
-                    confirmed = true;
-                    break;
-                }
+            let until = Instant::now() + Duration::from_secs(5);
+            while !lost_auth.is_trusted() {
+                assert!(Instant::now() < until, "never rejoined");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(confirmed, "confirmed once the newcomer applied the write");
-            newcomer_tasks.shutdown().await;
+            lost_tasks.shutdown().await;
             writer_tasks.shutdown().await;
         };
         tokio::time::timeout(Duration::from_secs(60), run)
