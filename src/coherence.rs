@@ -217,7 +217,14 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             resync: Notify::new(),
         });
         let registration = inner.register().await?;
-        inner.relist().await?;
+        if let Err(e) = inner.relist().await {
+            let _ = timeout(
+                inner.request_deadline(),
+                inner.store.revoke(&registration.lease),
+            )
+            .await;
+            return Err(e.into());
+        }
         let mut tasks = CoherenceTasks {
             inner: inner.clone(),
             tasks: Vec::new(),
