@@ -50,18 +50,13 @@ impl Privilege {
 pub struct Api {
     catalog: Catalog,
     auth: Authenticator,
-    coherence: Arc<Coherence>,
+    coherence: Coherence,
     limits: Limits,
     next_identifier: Arc<AtomicI64>,
 }
 
 impl Api {
-    pub fn new(
-        catalog: Catalog,
-        auth: Authenticator,
-        coherence: Arc<Coherence>,
-        limits: Limits,
-    ) -> Api {
+    pub fn new(catalog: Catalog, auth: Authenticator, coherence: Coherence, limits: Limits) -> Api {
         // Identifiers only need to differ between connections; start somewhere unguessable-ish.
         let mut seed = [0u8; 4];
         let _ = getrandom::fill(&mut seed);
