@@ -543,3 +543,105 @@ fn decode_user(kv: &KeyValue) -> Result<StoredUser, CatalogError> {
         extra: value.extra,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn kv(value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key: "by-dev/meta/root-coord/credential/users/alice".into(),
+            value,
+            create_revision: 1,
+            mod_revision: 2,
+        }
+    }
+
+    /// A bcrypt hash as Milvus writes it (cost 10), for the fixture below.
+    const MILVUS_BCRYPT: &str = "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+
+    #[test]
+    fn a_value_milvus_wrote_decodes_and_keeps_its_fields() {
+        let written =
+            format!(r#"{{"encrypted_password":"{MILVUS_BCRYPT}","time_tick":451234567890123}}"#);
+        let user = StoredUser::decode(&kv(written.into_bytes())).unwrap();
+        assert_eq!(user.hash.as_str(), MILVUS_BCRYPT);
+        assert_eq!(user.description, None);
+        let again: serde_json::Value = serde_json::from_slice(&user.encode()).unwrap();
+        assert_eq!(again["time_tick"], 451234567890123u64);
+        assert!(again.get("description").is_none());
+    }
+
+    #[test]
+    fn unreadable_values_name_the_key() {
+        let key = "by-dev/meta/root-coord/credential/users/alice";
+        for (value, expected) in [
+            (&b"not json"[..], "is not a user record"),
+            (br#"{"description":"x"}"#, "is not a user record"),
+            (br#"{"encrypted_password":"plain"}"#, "holds no valid hash"),
+            (br#"{"encrypted_password":7}"#, "is not a user record"),
+        ] {
+            let err = StoredUser::decode(&kv(value.to_vec()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("stored value at {key} ")) && err.contains(expected),
+                "{err}"
+            );
+        }
+    }
+
+    /// JSON values shaped like stored users, with arbitrary contents.
+    fn user_json() -> impl Strategy<Value = serde_json::Value> {
+        let hash = prop_oneof![
+            "\\PC{0,40}",
+            Just(MILVUS_BCRYPT.to_string()),
+            "\\$2[abxy]\\$[0-9]{2}\\$[./A-Za-z0-9]{0,60}",
+            "\\$argon2id\\$v=19\\$m=[0-9]{1,6},t=[0-9],p=[0-9]\\$[A-Za-z0-9+/]{0,30}\\$[A-Za-z0-9+/]{0,50}",
+        ];
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        let extra = proptest::collection::btree_map("[a-z_]{1,12}", leaf.clone(), 0..4);
+        (
+            prop::option::of(hash.prop_map(serde_json::Value::from)),
+            prop::option::of(leaf),
+            extra,
+        )
+            .prop_map(|(hash, description, extra)| {
+                let mut map: serde_json::Map<_, _> = extra.into_iter().collect();
+                if let Some(hash) = hash {
+                    map.insert("encrypted_password".into(), hash);
+                }
+                if let Some(description) = description {
+                    map.insert("description".into(), description);
+                }
+                serde_json::Value::Object(map)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = StoredUser::decode(&kv(bytes));
+        }
+
+        #[test]
+        fn user_shaped_values_never_panic_and_round_trip(value in user_json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            if let Ok(user) = StoredUser::decode(&kv(bytes)) {
+                // What decodes re-encodes to the same record, foreign fields included.
+                let again = StoredUser::decode(&kv(user.encode())).unwrap();
+                prop_assert_eq!(&again.hash, &user.hash);
+                prop_assert_eq!(&again.description, &user.description);
+                prop_assert_eq!(&again.extra, &user.extra);
+                prop_assert_eq!(again.extra.get("encrypted_password"), None);
+            }
+        }
+    }
+}

@@ -377,10 +377,25 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut tree = match file {
-            Some(path) => read_yaml(path)?,
+        let tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                parse_yaml(&text, path)?
+            }
             None => Value::Object(Default::default()),
         };
+        Config::from_tree(tree, env, overrides)
+    }
+
+    /// Loads defaults ← `tree` (the file, parsed) ← `env` ← `overrides`, then validates.
+    fn from_tree(
+        mut tree: Value,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let defaults = serde_json::to_value(Config::default()).expect("default config serializes");
         let mut leaves = Vec::new();
         leaf_paths(&defaults, String::new(), &mut leaves);
@@ -645,12 +660,9 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let value: Value = serde_saphyr::from_str(&text).map_err(|source| ConfigError::Yaml {
+/// The YAML text of the file at `path` as a JSON tree; an empty file is an empty map.
+fn parse_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
+    let value: Value = serde_saphyr::from_str(text).map_err(|source| ConfigError::Yaml {
         path: path.into(),
         source: Box::new(source),
     })?;
@@ -964,5 +976,128 @@ mod tests {
             &[],
             "config key common.security.defaultRootPassword: invalid password length",
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The whole of `load` after reading the file.
+        fn load_text(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+            let tree = parse_yaml(text, Path::new("c.yaml"))?;
+            Config::from_tree(tree, env, &Overrides::default())
+        }
+
+        /// Every key path credstore knows, with its default.
+        fn known_leaves() -> Vec<(String, Value)> {
+            let defaults = serde_json::to_value(Config::default()).unwrap();
+            let mut leaves = Vec::new();
+            leaf_paths(&defaults, String::new(), &mut leaves);
+            leaves
+        }
+
+        /// YAML-ish text: nested maps and lists of short keys and scalars, so the parser gets
+        /// past the first line; known key names are mixed in so values reach the typed layer.
+        fn yamlish() -> impl Strategy<Value = String> {
+            let known: Vec<String> = known_leaves()
+                .iter()
+                .flat_map(|(path, _)| path.split('.').map(str::to_string).collect::<Vec<_>>())
+                .collect();
+            let key = prop_oneof![
+                proptest::sample::select(known),
+                "[a-zA-Z_][a-zA-Z0-9_]{0,8}",
+            ];
+            let scalar = prop_oneof![
+                "[ -~]{0,12}",
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("true".to_string()),
+                Just("~".to_string()),
+                Just("[a, b]".to_string()),
+                Just("{x: 1}".to_string()),
+            ];
+            let line = (0usize..4, key, scalar, any::<bool>()).prop_map(|(depth, key, v, open)| {
+                let indent = "  ".repeat(depth);
+                match open {
+                    true => format!("{indent}{key}:\n"),
+                    false => format!("{indent}{key}: {v}\n"),
+                }
+            });
+            proptest::collection::vec(line, 0..12).prop_map(|lines| lines.concat())
+        }
+
+        #[test]
+        fn deep_nesting_is_an_error_not_a_crash() {
+            for text in [
+                "[".repeat(100_000),
+                "{a: ".repeat(50_000),
+                "- ".repeat(50_000),
+            ] {
+                assert!(load_text(&text, Vec::new()).is_err());
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+                let _ = load_text(&text, Vec::new());
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let text = String::from_utf8_lossy(&bytes);
+                let _ = load_text(&text, Vec::new());
+            }
+
+            #[test]
+            fn yaml_shaped_text_never_panics(text in yamlish()) {
+                let _ = load_text(&text, Vec::new());
+            }
+
+            #[test]
+            fn arbitrary_environment_values_never_panic(
+                picks in proptest::collection::vec((any::<prop::sample::Index>(), "\\PC{0,20}"), 0..6)
+            ) {
+                let leaves = known_leaves();
+                let env = picks
+                    .into_iter()
+                    .map(|(i, v)| (env_name(&i.get(&leaves).0), v))
+                    .collect();
+                let _ = load_text("", env);
+            }
+
+            #[test]
+            fn an_unknown_key_is_named(
+                at in any::<prop::sample::Index>(),
+                key in "[a-z][a-zA-Z0-9]{0,10}",
+            ) {
+                // A section of the config, and a key that is not one of its fields.
+                let sections = ["", "etcd", "etcd.ssl", "proxy", "common.security", "credstore.password"];
+                let section = *at.get(&sections);
+                let known = known_leaves();
+                let taken = known.iter().any(|(path, _)| {
+                    let rest = match section {
+                        "" => Some(path.as_str()),
+                        s => path.strip_prefix(s).and_then(|r| r.strip_prefix('.')),
+                    };
+                    rest.and_then(|r| r.split('.').next()) == Some(key.as_str())
+                });
+                prop_assume!(!taken && key != "use");
+                let mut text = String::new();
+                let mut indent = String::new();
+                for part in section.split('.').filter(|p| !p.is_empty()) {
+                    text.push_str(&format!("{indent}{part}:\n"));
+                    indent.push_str("  ");
+                }
+                text.push_str(&format!("{indent}{key}: 1\n"));
+                let err = load_text(&text, Vec::new()).unwrap_err().to_string();
+                prop_assert!(err.contains(&format!("unknown field `{key}`")), "{}", err);
+                let prefix = match section {
+                    "" => format!("config key {key}: "),
+                    s => format!("config key {s}.{key}: "),
+                };
+                prop_assert!(err.starts_with(&prefix), "{} should start with {}", err, prefix);
+            }
+        }
     }
 }
