@@ -160,7 +160,7 @@ impl From<HashError> for ServiceError {
         match err {
             HashError::Busy => ServiceError::Busy,
             HashError::Malformed => ServiceError::Corrupt(err.to_string()),
-            HashError::Hashing(_) | HashError::TooWeak(_) => {
+            HashError::Hashing(_) | HashError::TooWeak(_) | HashError::BcryptTooLong => {
                 ServiceError::Internal(err.to_string())
             }
         }
