@@ -19,6 +19,10 @@ use std::fmt;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use zeroize::Zeroize;
 
+/// The largest argon2id parameters a stored hash may carry: (memory KiB, iterations, lanes) —
+/// far above any configuration (OWASP's is 19456 KiB, 2, 1), far below a denial of service.
+pub const MAX_STORED_ARGON2: (u32, u32, u32) = (1 << 20, 64, 16);
+
 /// The most bytes bcrypt reads from a password; Go's bcrypt refuses longer ones.
 pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
 
@@ -168,9 +172,18 @@ impl PasswordHash {
     /// Accepts the hash forms credstore can verify: argon2id in PHC form, and bcrypt as Go
     /// (Milvus) and the `bcrypt` crate write it — `$2a$`/`$2b$`/`$2y$`, a two-digit cost in
     /// 4..=31, 22 salt and 31 hash characters of bcrypt's base64 alphabet.
+    ///
+    /// A stored value is input too: argon2id parameters beyond [`MAX_STORED_ARGON2`] (memory
+    /// KiB, iterations, lanes) are refused, so a hostile record cannot make one verification
+    /// allocate gigabytes or run for minutes.
     pub fn parse(raw: &str) -> Result<PasswordHash, HashError> {
         if raw.starts_with("$argon2id$") {
-            argon2::PasswordHash::new(raw).map_err(|_| HashError::Malformed)?;
+            let parsed = argon2::PasswordHash::new(raw).map_err(|_| HashError::Malformed)?;
+            let params = Params::try_from(&parsed).map_err(|_| HashError::Malformed)?;
+            let (m, t, p) = MAX_STORED_ARGON2;
+            if params.m_cost() > m || params.t_cost() > t || params.p_cost() > p {
+                return Err(HashError::Malformed);
+            }
         } else if !is_bcrypt(raw) {
             return Err(HashError::Malformed);
         }
