@@ -188,8 +188,10 @@ impl Authenticator {
         mac.update(user.as_str().as_bytes());
         mac.update(&[0]);
         mac.update(password);
+        // The tag is wiped when `tag` drops; only the verifier keeps a copy.
+        let tag = mac.finalize();
         let mut bytes = Zeroizing::new([0u8; 32]);
-        bytes.copy_from_slice(&mac.finalize().into_bytes());
+        bytes.copy_from_slice(tag.as_bytes());
         Verifier::new(*bytes)
     }
 
