@@ -68,6 +68,8 @@ struct Queue {
     jobs: Mutex<VecDeque<Job>>,
     ready: Condvar,
     closed: AtomicBool,
+    /// Threads started; none means every job would wait forever, so calls fail instead.
+    workers: AtomicUsize,
     running: AtomicUsize,
     peak: AtomicUsize,
     admitted: AtomicU64,
@@ -129,6 +131,7 @@ impl HashPool {
             jobs: Mutex::new(VecDeque::with_capacity(queued.min(4096))),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
+            workers: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             admitted: AtomicU64::new(0),
@@ -136,12 +139,15 @@ impl HashPool {
             skipped: AtomicU64::new(0),
         });
         for i in 0..concurrent {
-            let queue = queue.clone();
+            let shared = queue.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("credstore-hash-{i}"))
-                .spawn(move || worker(&queue, nice));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a hashing thread");
+                .spawn(move || worker(&shared, nice));
+            match spawned {
+                Ok(_) => {
+                    queue.workers.fetch_add(1, Ordering::Release);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start a hashing thread"),
             }
         }
         HashPool {
@@ -196,8 +202,10 @@ impl HashPool {
             permit,
         };
         let queue = &self.handle.queue;
-        if queue.closed.load(Ordering::Acquire) {
-            return Err(HashError::Hashing("hashing threads are gone".into()));
+        if queue.workers.load(Ordering::Acquire) == 0 {
+            return Err(HashError::Hashing(
+                "no hashing thread could be started".into(),
+            ));
         }
         queue.admitted.fetch_add(1, Ordering::Relaxed);
         queue.lock().push_back(job);
