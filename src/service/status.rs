@@ -176,7 +176,9 @@ impl From<HashError> for ServiceError {
         match err {
             HashError::Busy => ServiceError::Busy,
             HashError::Malformed => ServiceError::BadHash(err),
-            HashError::Hashing(_) | HashError::TooWeak(_) => ServiceError::Internal(err),
+            HashError::Hashing(_) | HashError::TooWeak(_) | HashError::BcryptTooLong => {
+                ServiceError::Internal(err)
+            }
         }
     }
 }
