@@ -539,3 +539,25 @@ fn summary(message: &WatchMessage) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// A listing whose first page would exceed the client's 64 MiB message limit (70 values of
+/// 1 MiB) is read again in smaller pages instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_listing_over_the_message_limit_is_paged_down() {
+    within(async {
+        let etcd = common::Etcd::start();
+        let kv = etcd_store(&etcd).await;
+        let prefix = format!("{}/huge/", common::unique_root("huge"));
+        let value = "v".repeat(1024 * 1024);
+        for i in 0..70 {
+            kv.txn(put(&format!("{prefix}{i:02}"), &value))
+                .await
+                .unwrap();
+        }
+        let listed = kv.list(&prefix).await.expect("a 70 MiB listing");
+        assert_eq!(listed.value.len(), 70);
+        assert!(listed.value.iter().all(|kv| kv.value.len() == value.len()));
+        assert_eq!(kv.list_keys(&prefix).await.unwrap().value.len(), 70);
+    })
+    .await;
+}

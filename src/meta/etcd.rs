@@ -17,14 +17,23 @@ use crate::meta::{
 /// 4 MiB is below what etcd legitimately answers: one watch response replays up to 1000
 /// revisions, each up to etcd's `--max-request-bytes` (1.5 MiB by default), and a replay
 /// over the limit failed the same way on every reopen, wedging the watch for good.
-/// Listings are paged (see [`DEFAULT_PAGE_SIZE`]), so they stay far below it.
+/// Listings are paged (see [`PAGE_BYTES`]), so they stay far below it.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// How many keys one range request of `list`/`list_keys` asks for. Every page is read at
+/// The most keys one range request of `list`/`list_keys` asks for. Every page is read at
 /// the first page's revision, so a listing is one consistent snapshot however long it is.
-/// (etcd 3.4 walks the rest of the range's index for every page, so a page much smaller
-/// than this makes a million-key listing quadratic.)
-pub const DEFAULT_PAGE_SIZE: usize = 10_000;
+/// Pages are large because etcd 3.4 walks the whole rest of the range's index for every
+/// page: a million keys listed 10 000 at a time took 25–37 s, 100 000 at a time 3–4 s
+/// (BENCHMARKS.md, "Listing at scale").
+pub const DEFAULT_PAGE_SIZE: usize = 100_000;
+
+/// About how many bytes one page should carry: after the first page (at most
+/// [`FIRST_PAGE`] keys) the page size follows the average size of the keys and values seen,
+/// so neither the client nor etcd ever builds a response much larger than this.
+pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most keys in the first page of a listing, before any size is known.
+const FIRST_PAGE: usize = 1_000;
 
 /// How often a listing starts over when etcd compacted its revision between two pages.
 const LISTING_ATTEMPTS: usize = 3;
@@ -201,10 +210,10 @@ impl EtcdKv {
         .await
     }
 
-    /// Every key under `prefix`, read `page_size` keys per request, all pages at the
-    /// revision of the first. A compaction of that revision mid-way starts the listing
-    /// over (a few times, then it is an error); a page over the message limit is asked
-    /// for again in halves.
+    /// Every key under `prefix`, read in pages of at most `page_size` keys and about
+    /// [`PAGE_BYTES`], all pages at the revision of the first. A compaction of that
+    /// revision mid-way starts the listing over (a few times, then it is an error); a page
+    /// over the message limit is asked for again in halves.
     async fn list_paged<T>(
         &self,
         prefix: &str,
@@ -220,7 +229,7 @@ impl EtcdKv {
                 false => prefix.as_bytes().to_vec(),
             };
             let mut at: Option<Revision> = None;
-            let mut page = self.page_size;
+            let mut page = self.page_size.min(FIRST_PAGE);
             let mut out = Vec::new();
             loop {
                 let mut options = GetOptions::new()
@@ -258,6 +267,13 @@ impl EtcdKv {
                     start.push(0);
                 }
                 let empty = kvs.is_empty();
+                let bytes: usize = kvs
+                    .iter()
+                    .map(|kv| kv.key().len() + kv.value().len() + 32)
+                    .sum();
+                if let Some(average) = bytes.checked_div(kvs.len()) {
+                    page = (PAGE_BYTES / average.max(1)).clamp(1, self.page_size);
+                }
                 out.extend(kvs.iter().map(&convert));
                 if !more || empty {
                     return Ok(Read {
