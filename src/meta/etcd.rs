@@ -23,7 +23,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The most keys one range request of `list`/`list_keys` asks for. Every page is read at
 /// the first page's revision, so a listing is one consistent snapshot however long it is.
 /// Pages are large because etcd 3.4 walks the whole rest of the range's index for every
-/// page: a million keys listed 10 000 at a time took 25–37 s, 100 000 at a time 3–4 s
+/// page: a million keys listed 10 000 at a time took 13–37 s, 100 000 at a time 3–4 s
 /// (BENCHMARKS.md, "Listing at scale").
 pub const DEFAULT_PAGE_SIZE: usize = 100_000;
 
