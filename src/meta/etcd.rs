@@ -173,9 +173,15 @@ where
     }
 }
 
+/// Errors that mean the request never left this process: a refused connection, or hyper
+/// cancelling a request still queued on a connection that closed (a killed member) — hyper
+/// reports a request already written and then cut off differently ("connection closed before
+/// message completed", "connection reset"), and those are not resent.
 fn never_sent(err: &etcd_client::Error) -> bool {
     let text = err.to_string();
-    text.contains("tcp connect error") || text.contains("Connection refused")
+    text.contains("tcp connect error")
+        || text.contains("Connection refused")
+        || text.contains("operation was canceled")
 }
 
 fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
