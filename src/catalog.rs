@@ -6,10 +6,14 @@
 //! Every write is a transaction with a condition, so racing writers never overwrite each other.
 //! Knows nothing of gRPC, caches or hashing algorithms.
 
+mod grants;
+
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{Compare, KeyValue, MetaError, MetaKv, Op, Read, Revision, Store, Txn};
 use crate::password::{PasswordHash, Username};
+
+pub use grants::{DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
 
 /// The roles every deployment has; they cannot be dropped.
 pub const DEFAULT_ROLES: [&str; 2] = ["admin", "public"];
@@ -32,6 +36,8 @@ pub enum CatalogError {
     RoleNotFound(String),
     #[error("the role[{0}] is a default role, which can't be dropped")]
     DefaultRole(String),
+    #[error("there is no privilege group name [{0}] defined in system to operate")]
+    GroupNotFound(String),
     #[error("stored value at {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -340,6 +346,9 @@ impl Catalog {
         let mut txn = Txn::default()
             .when(Compare::ModRevision(key.clone(), current.mod_revision))
             .then(Op::Delete(key));
+        for op in self.role_grant_deletions(role.as_str()).await? {
+            txn = txn.then(op);
+        }
         for user in self.role_users(role.as_str()).await? {
             txn = txn.then(Op::Delete(format!(
                 "{}{}",

@@ -35,6 +35,8 @@ pub enum ServiceError {
     RoleNotFound(String),
     #[error("the role[{0}] is a default role, which can't be dropped: privilege not permitted")]
     DefaultRole(String),
+    #[error("there is no privilege group name [{0}] defined in system to operate")]
+    GroupNotFound(String),
     #[error("{0} was changed concurrently; read it again and retry")]
     Conflict(String),
     #[error("stored data is unreadable: {0}")]
@@ -89,6 +91,7 @@ pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::
         | ServiceError::UserNotFound(_)
         | ServiceError::RoleExists(_)
         | ServiceError::RoleNotFound(_)
+        | ServiceError::GroupNotFound(_)
         | ServiceError::Conflict(_) => {
             tracing::debug!(%reason, "refused");
             (65535, failure, false)
@@ -139,6 +142,7 @@ impl From<CatalogError> for ServiceError {
             CatalogError::RoleExists(role) => ServiceError::RoleExists(role),
             CatalogError::RoleNotFound(role) => ServiceError::RoleNotFound(role),
             CatalogError::DefaultRole(role) => ServiceError::DefaultRole(role),
+            CatalogError::GroupNotFound(group) => ServiceError::GroupNotFound(group),
             corrupt @ CatalogError::Corrupt { .. } => ServiceError::Corrupt(corrupt.to_string()),
         }
     }
@@ -282,6 +286,14 @@ mod tests {
                 65535,
                 ErrorCode::CreateCredentialFailure,
                 "role [r] not found",
+            ),
+        );
+        check(
+            E::GroupNotFound("g".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "there is no privilege group name [g] defined in system to operate",
             ),
         );
         check(
