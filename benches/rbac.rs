@@ -56,11 +56,11 @@ fn decision(c: &mut Criterion) {
     let allowed_check = Check {
         object: ObjectType::Collection,
         privilege: query,
-        db: "db1",
-        name: "c99_1",
+        db: "db3",
+        name: "c99_3",
     };
     let denied_check = Check {
-        name: "c42_1",
+        name: "c42_3",
         ..allowed_check
     };
     assert!(

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{Compare, KeyValue, MetaError, MetaKv, Op, Read, Revision, Store, Txn};
 use crate::password::{PasswordHash, Username};
 
-pub use grants::{DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
+pub use grants::{ChangedKey, DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
 
 /// The roles every deployment has; they cannot be dropped.
 pub const DEFAULT_ROLES: [&str; 2] = ["admin", "public"];

@@ -301,3 +301,69 @@ async fn privilege_groups_are_stored_as_milvus_protobuf() {
     .await
     .expect("within the time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_decide_from_cached_grants_and_fail_closed() {
+    use credstore::rbac::{BuiltinGroups, Check, ObjectType, Policies, PolicyChange, Privilege};
+    let mut etcd = common::Etcd::start();
+    let root = common::unique_root("policies");
+    tokio::time::timeout(LIMIT, async {
+        let catalog = catalog(&etcd, &root).await;
+        catalog.ensure_default_roles().await.unwrap();
+        catalog.create_role(&role("reader")).await.unwrap();
+        let alice = credstore::password::Username::parse("alice", &Default::default()).unwrap();
+        let hash = credstore::password::PasswordHash::parse(
+            "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy",
+        )
+        .unwrap();
+        catalog.create_user(&alice, &hash, None).await.unwrap();
+        catalog
+            .add_user_to_role(&alice, &role("reader"))
+            .await
+            .unwrap();
+        let policies = Policies::new(catalog.clone(), BuiltinGroups::default(), 1000);
+        let query = Check {
+            object: ObjectType::Collection,
+            privilege: Privilege::from_api("Query").unwrap(),
+            db: "default",
+            name: "c1",
+        };
+        assert!(
+            !policies.allows("alice", &query).await.unwrap(),
+            "no grant yet"
+        );
+        let on = target("Global", "default", "c1");
+        catalog
+            .grant_privilege(
+                &role("reader"),
+                &on,
+                "PrivilegeGroupCollectionReadOnly",
+                "root",
+            )
+            .await
+            .unwrap();
+        assert!(
+            !policies.allows("alice", &query).await.unwrap(),
+            "cached until invalidated"
+        );
+        policies.invalidate(&PolicyChange::Role("reader".into()));
+        assert!(
+            policies.allows("alice", &query).await.unwrap(),
+            "a v2 group grant"
+        );
+        let other = Check {
+            name: "c2",
+            ..query
+        };
+        assert!(!policies.allows("alice", &other).await.unwrap());
+        // A cold cache with etcd away is an error, never a decision.
+        policies.invalidate_all();
+        etcd.kill();
+        assert!(
+            policies.allows("alice", &query).await.is_err(),
+            "fail closed"
+        );
+    })
+    .await
+    .expect("within the time limit");
+}

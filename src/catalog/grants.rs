@@ -73,7 +73,40 @@ pub fn grantee_id(relative_key: &str) -> String {
     hex[8..24].to_string()
 }
 
+/// What a changed key under the watched prefixes is, in Milvus's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangedKey<'k> {
+    User(&'k str),
+    Mapping { user: &'k str, role: &'k str },
+    Role(&'k str),
+    Grantee { role: &'k str },
+    GranteeId,
+    PrivilegeGroup,
+}
+
 impl Catalog {
+    /// Classifies a key seen by the watch; `None` for keys credstore does not interpret.
+    pub fn classify_key<'k>(&self, key: &'k str) -> Option<ChangedKey<'k>> {
+        if let Some(rest) = key.strip_prefix(self.credential_prefix()) {
+            let (kind, rest) = rest.split_once('/')?;
+            return match kind {
+                "users" => Some(ChangedKey::User(rest)),
+                "roles" => Some(ChangedKey::Role(rest)),
+                "user-role-mapping" => {
+                    let (user, role) = rest.split_once('/')?;
+                    Some(ChangedKey::Mapping { user, role })
+                }
+                "grantee-privileges" => Some(ChangedKey::Grantee {
+                    role: rest.split('/').next()?,
+                }),
+                "grantee-id" => Some(ChangedKey::GranteeId),
+                _ => None,
+            };
+        }
+        key.starts_with(&self.group_prefix())
+            .then_some(ChangedKey::PrivilegeGroup)
+    }
+
     /// `{meta}/` — the meta root every relative Milvus key hangs off.
     fn meta_root(&self) -> &str {
         self.credential_prefix()
