@@ -87,12 +87,42 @@ impl Scope {
     }
 }
 
-/// One role's grants, expanded and indexed by privilege.
+/// The scopes of one privilege, indexed by exact object name so a check looks at the few
+/// scopes naming its object plus the wildcard ones, not at every grant of the role.
+#[derive(Clone, Debug, Default)]
+struct Scopes {
+    by_name: HashMap<Box<str>, Vec<Scope>>,
+    any_name: Vec<Scope>,
+}
+
+impl Scopes {
+    fn push(&mut self, scope: Scope) {
+        match &scope.name {
+            Pattern::Exact(name) => self.by_name.entry(name.clone()).or_default().push(scope),
+            Pattern::Any => self.any_name.push(scope),
+        }
+    }
+
+    fn matches(&self, check: &Check<'_>) -> bool {
+        let named = self
+            .by_name
+            .get(check.name)
+            .is_some_and(|scopes| scopes.iter().any(|s| s.matches(check)));
+        named || self.any_name.iter().any(|s| s.matches(check))
+    }
+
+    fn dedup(&mut self) {
+        self.by_name.values_mut().for_each(dedup);
+        dedup(&mut self.any_name);
+    }
+}
+
+/// One role's grants, expanded and indexed by privilege and object name.
 #[derive(Clone, Debug, Default)]
 pub struct RolePolicy {
-    by_privilege: HashMap<Privilege, Vec<Scope>>,
+    by_privilege: HashMap<Privilege, Scopes>,
     /// Grants of `*` and `All`: they match any privilege.
-    any_privilege: Vec<Scope>,
+    any_privilege: Scopes,
     /// Stored privilege names this build could not resolve (granting nothing).
     unresolved: Vec<String>,
 }
@@ -107,10 +137,8 @@ impl RolePolicy {
         for grant in grants {
             policy.add(grant, builtin, custom);
         }
-        for scopes in policy.by_privilege.values_mut() {
-            dedup(scopes);
-        }
-        dedup(&mut policy.any_privilege);
+        policy.by_privilege.values_mut().for_each(Scopes::dedup);
+        policy.any_privilege.dedup();
         policy
     }
 
@@ -173,8 +201,8 @@ impl RolePolicy {
         let granted = self
             .by_privilege
             .get(&check.privilege)
-            .is_some_and(|scopes| scopes.iter().any(|s| s.matches(check)));
-        granted || self.any_privilege.iter().any(|s| s.matches(check))
+            .is_some_and(|scopes| scopes.matches(check));
+        granted || self.any_privilege.matches(check)
     }
 
     /// Stored privilege names that granted nothing (unknown to this build).
