@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::client::{self, Authorization, ClientError};
 use crate::proto::common::Status;
-use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
 
 /// What each request does.
@@ -36,21 +36,51 @@ pub enum Rpc {
     WrongPasswords,
 }
 
-#[derive(Clone, Debug)]
+/// What to run: also the command line of `credstore bench` (no `Debug`: it holds passwords).
+#[derive(Clone, clap::Args)]
 pub struct BenchConfig {
+    #[arg(long, default_value = "http://127.0.0.1:19530")]
     pub uri: String,
+    #[arg(long, value_enum, default_value = "get-version")]
     pub rpc: Rpc,
+    /// gRPC connections (HTTP/2 channels).
+    #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// How long to run, in seconds.
+    #[arg(long = "seconds", default_value = "10", value_parser = parse_seconds)]
     pub duration: Duration,
+    /// The user of the RPCs that are not per-user.
+    #[arg(long, default_value = "root")]
     pub user: String,
+    #[arg(
+        long,
+        env = "CREDSTORE_PASSWORD",
+        hide_env_values = true,
+        default_value = "Milvus"
+    )]
     pub password: String,
-    /// For the per-user RPCs: names are `{prefix}{i}`, passwords `{user_password}`.
+    /// Name prefix of the per-user RPCs' users: `{prefix}{i}`.
+    #[arg(long, default_value = "bench_")]
     pub prefix: String,
+    /// How many per-user users exist (or to create).
+    #[arg(long, default_value_t = 100)]
     pub users: u64,
+    /// Password of the per-user users.
+    #[arg(long, default_value = "bench-password")]
     pub user_password: String,
-    /// Stop after this many requests in all (CreateUsers: `users` unless set).
+    /// Stop after this many requests in all (default: run for --seconds; CreateUsers: --users).
+    #[arg(long)]
     pub requests: Option<u64>,
+}
+
+fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    raw.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{raw:?} is not a number of seconds"))
 }
 
 /// The outcome of one run.
@@ -91,8 +121,8 @@ impl std::fmt::Display for Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("cannot reach {uri}: {reason}")]
-    Connect { uri: String, reason: String },
+    #[error(transparent)]
+    Connect(#[from] ClientError),
 }
 
 /// Per-worker results.
@@ -106,19 +136,7 @@ struct Tally {
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let mut channels = Vec::new();
     for _ in 0..config.connections.max(1) {
-        let channel = Endpoint::from_shared(config.uri.clone())
-            .map(|e| e.connect_timeout(Duration::from_secs(5)))
-            .map_err(|e| BenchError::Connect {
-                uri: config.uri.clone(),
-                reason: e.to_string(),
-            })?
-            .connect()
-            .await
-            .map_err(|e| BenchError::Connect {
-                uri: config.uri.clone(),
-                reason: e.to_string(),
-            })?;
-        channels.push(channel);
+        channels.push(client::channel(&config.uri).await?);
     }
     let config = Arc::new(config);
     let next = Arc::new(AtomicU64::new(0));
@@ -185,12 +203,8 @@ fn b64(raw: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
-fn with_auth<T>(message: T, user: &str, password: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = b64(&format!("{user}:{password}")).parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
+fn with_auth<T>(message: T, authorization: &Authorization) -> tonic::Request<T> {
+    authorization.apply(tonic::Request::new(message))
 }
 
 /// One in-flight request slot: loops until the deadline (or the work runs out).
@@ -201,7 +215,8 @@ async fn work(
     next: Arc<AtomicU64>,
     deadline: Instant,
 ) -> Tally {
-    let mut client = MilvusServiceClient::new(channel);
+    let mut client = client::client(channel, Authorization::none());
+    let configured = Authorization::credentials(&config.user, &config.password);
     let mut tally = Tally::default();
     let own_user = format!("{}{worker}", config.prefix);
     let passwords = [
@@ -221,22 +236,18 @@ async fn work(
         let sent = Instant::now();
         let outcome = match config.rpc {
             Rpc::Connect => {
-                let request = with_auth(ConnectRequest::default(), &config.user, &config.password);
+                let request = with_auth(ConnectRequest::default(), &configured);
                 client.connect(request).await.map(|r| r.into_inner().status)
             }
             Rpc::GetVersion => {
-                let request = with_auth(GetVersionRequest {}, &config.user, &config.password);
+                let request = with_auth(GetVersionRequest {}, &configured);
                 client
                     .get_version(request)
                     .await
                     .map(|r| r.into_inner().status)
             }
             Rpc::ListUsers => {
-                let request = with_auth(
-                    ListCredUsersRequest::default(),
-                    &config.user,
-                    &config.password,
-                );
+                let request = with_auth(ListCredUsersRequest::default(), &configured);
                 client
                     .list_cred_users(request)
                     .await
@@ -244,7 +255,8 @@ async fn work(
             }
             Rpc::LoginUsers => {
                 let user = format!("{}{}", config.prefix, i % config.users.max(1));
-                let request = with_auth(GetVersionRequest {}, &user, &config.user_password);
+                let authorization = Authorization::credentials(&user, &config.user_password);
+                let request = with_auth(GetVersionRequest {}, &authorization);
                 client
                     .get_version(request)
                     .await
@@ -256,7 +268,7 @@ async fn work(
                     password: b64(&config.user_password),
                     ..Default::default()
                 };
-                let request = with_auth(body, &config.user, &config.password);
+                let request = with_auth(body, &configured);
                 client
                     .create_credential(request)
                     .await
@@ -270,7 +282,7 @@ async fn work(
                     new_password: b64(new),
                     ..Default::default()
                 };
-                let request = with_auth(body, &own_user, old);
+                let request = with_auth(body, &Authorization::credentials(&own_user, old));
                 let result = client
                     .update_credential(request)
                     .await
@@ -286,8 +298,8 @@ async fn work(
                     0 => format!("{}{}", config.prefix, i % config.users.max(1)),
                     _ => format!("nosuchuser{i}"),
                 };
-                let request =
-                    with_auth(GetVersionRequest {}, &user, &format!("wrong-{worker}-{i}"));
+                let wrong = Authorization::credentials(&user, &format!("wrong-{worker}-{i}"));
+                let request = with_auth(GetVersionRequest {}, &wrong);
                 client
                     .get_version(request)
                     .await

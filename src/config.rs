@@ -5,7 +5,14 @@
 //!
 //! The environment is passed in as a value, never read here, so tests need no `set_var`.
 //! An unknown key or a bad value is an error naming the key.
+//!
+//! `Config` is the file's shape; the settings components need are derived from it here,
+//! typed and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::limits`],
+//! [`Config::cache_ttl`], [`Config::session_ttl`], …), so `server` only wires. This module sits
+//! below every component and imports none of them. Secrets (the etcd password, the default
+//! root password, a TLS key) are redacted in `Debug`.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,19 +20,53 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::password::{HashScheme, Limits};
+use crate::password::{HashScheme, Limits, Password};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid YAML: {reason}")]
-    Yaml { path: PathBuf, reason: String },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
     #[error("config key {key}: {reason}")]
     Key { key: String, reason: String },
+    #[error("config key {key}: cannot read {path}: {source}")]
+    File {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A configured secret: read from the file or the environment like any string, but `Debug`
+/// prints `<redacted>`, so a logged or printed config never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A list given either as a YAML list or as one comma-separated string (entries trimmed).
@@ -133,7 +174,7 @@ pub struct EtcdSsl {
 pub struct EtcdAuth {
     pub enabled: bool,
     pub user_name: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -169,7 +210,7 @@ pub struct SecurityConfig {
     /// credstore's default is `true`: a credential store that accepts anyone is no store.
     pub authorization_enabled: bool,
     pub super_users: StringList,
-    pub default_root_password: String,
+    pub default_root_password: Secret,
 }
 
 impl Default for SecurityConfig {
@@ -177,7 +218,7 @@ impl Default for SecurityConfig {
         SecurityConfig {
             authorization_enabled: true,
             super_users: StringList::default(),
-            default_root_password: "Milvus".into(),
+            default_root_password: Secret::new("Milvus"),
         }
     }
 }
@@ -213,11 +254,21 @@ impl Default for CredstoreConfig {
     }
 }
 
+/// The algorithm new password hashes are written with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    #[default]
+    Argon2id,
+    /// For etcd shared with Milvus itself, which can only read bcrypt.
+    Bcrypt,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct PasswordConfig {
     /// `argon2id` (default) or `bcrypt` (for etcd shared with Milvus itself).
-    pub algorithm: String,
+    pub algorithm: HashAlgorithm,
     pub argon2: Argon2Config,
     pub bcrypt_cost: u32,
     /// Permits parameters below OWASP's minimum. For tests only; logged loudly.
@@ -234,9 +285,9 @@ pub struct PasswordConfig {
 impl Default for PasswordConfig {
     fn default() -> Self {
         PasswordConfig {
-            algorithm: "argon2id".into(),
+            algorithm: HashAlgorithm::default(),
             argon2: Argon2Config::default(),
-            bcrypt_cost: 10,
+            bcrypt_cost: MIN_BCRYPT_COST,
             allow_weak_parameters: false,
             max_concurrent_hashes: 0,
             max_queued_hashes: 256,
@@ -254,12 +305,30 @@ pub struct Argon2Config {
     pub parallelism: u32,
 }
 
+/// OWASP's minimum bcrypt cost. FIXME: `password` should export it (and the argon2id
+/// minimum) as constants that `HashScheme::default`, `check_strength` and `TooWeak` share.
+const MIN_BCRYPT_COST: u32 = 10;
+
 impl Default for Argon2Config {
+    /// OWASP's first recommendation, as `password` defines it (its default scheme).
     fn default() -> Self {
-        Argon2Config {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
+        match HashScheme::default() {
+            HashScheme::Argon2id {
+                memory_kib,
+                iterations,
+                parallelism,
+            } => Argon2Config {
+                memory_kib,
+                iterations,
+                parallelism,
+            },
+            // Not reached (the default scheme is argon2id); zeros fail the strength check at
+            // start-up rather than run weak.
+            HashScheme::Bcrypt { .. } => Argon2Config {
+                memory_kib: 0,
+                iterations: 0,
+                parallelism: 0,
+            },
         }
     }
 }
@@ -308,10 +377,25 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut tree = match file {
-            Some(path) => read_yaml(path)?,
+        let tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                parse_yaml(&text, path)?
+            }
             None => Value::Object(Default::default()),
         };
+        Config::from_tree(tree, env, overrides)
+    }
+
+    /// Loads defaults ← `tree` (the file, parsed) ← `env` ← `overrides`, then validates.
+    fn from_tree(
+        mut tree: Value,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let defaults = serde_json::to_value(Config::default()).expect("default config serializes");
         let mut leaves = Vec::new();
         leaf_paths(&defaults, String::new(), &mut leaves);
@@ -375,10 +459,11 @@ impl Config {
         if self.credstore.session.ttl_seconds < 2 {
             return bad("credstore.session.ttlSeconds", "must be at least 2");
         }
-        let scheme = self.hash_scheme()?;
-        if let Err(e) = scheme.check_strength(self.credstore.password.allow_weak_parameters) {
+        let allow_weak = self.credstore.password.allow_weak_parameters;
+        if let Err(e) = self.hash_scheme().check_strength(allow_weak) {
             return bad("credstore.password", &e.to_string());
         }
+        self.root_password()?;
         Ok(())
     }
 
@@ -392,22 +477,105 @@ impl Config {
     }
 
     /// The scheme new hashes are written with.
-    pub fn hash_scheme(&self) -> Result<HashScheme, ConfigError> {
+    pub fn hash_scheme(&self) -> HashScheme {
         let p = &self.credstore.password;
-        match p.algorithm.as_str() {
-            "argon2id" => Ok(HashScheme::Argon2id {
+        match p.algorithm {
+            HashAlgorithm::Argon2id => HashScheme::Argon2id {
                 memory_kib: p.argon2.memory_kib,
                 iterations: p.argon2.iterations,
                 parallelism: p.argon2.parallelism,
-            }),
-            "bcrypt" => Ok(HashScheme::Bcrypt {
+            },
+            HashAlgorithm::Bcrypt => HashScheme::Bcrypt {
                 cost: p.bcrypt_cost,
-            }),
-            other => Err(ConfigError::Key {
-                key: "credstore.password.algorithm".into(),
-                reason: format!("unknown algorithm {other:?}; expected argon2id or bcrypt"),
-            }),
+            },
         }
+    }
+
+    /// The hash pool's settings; `maxConcurrentHashes: 0` becomes one thread per CPU core.
+    pub fn hash_pool(&self) -> HashPoolConfig {
+        let p = &self.credstore.password;
+        let concurrent = match p.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        HashPoolConfig {
+            scheme: self.hash_scheme(),
+            concurrent,
+            queued: p.max_queued_hashes,
+            niceness: p.hash_niceness,
+        }
+    }
+
+    /// Forget a verified password after this long (`None`: only when invalidated or evicted).
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        match self.credstore.cache.ttl_seconds {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        }
+    }
+
+    /// Lease time-to-live of this replica's session.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.credstore.session.ttl_seconds)
+    }
+
+    /// Which store to open; for etcd, its options with the TLS files read.
+    pub fn store(&self) -> Result<StoreConfig, ConfigError> {
+        if self.embedded() {
+            return Ok(StoreConfig::Embedded {
+                path: Path::new(&self.etcd.data.dir).join("credstore.redb"),
+            });
+        }
+        let etcd = &self.etcd;
+        let read = |key: &'static str, path: &str| {
+            std::fs::read(path).map_err(|source| ConfigError::File {
+                key,
+                path: path.to_string(),
+                source,
+            })
+        };
+        let tls = match (etcd.ssl.enabled, etcd.ssl.tls_ca_cert.as_deref()) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(ConfigError::Key {
+                    key: "etcd.ssl.tlsCACert".into(),
+                    reason: "required when etcd.ssl.enabled is true".into(),
+                });
+            }
+            (true, Some(ca)) => {
+                let ca_pem = read("etcd.ssl.tlsCACert", ca)?;
+                let client_cert_key_pem = match (&etcd.ssl.tls_cert, &etcd.ssl.tls_key) {
+                    (Some(cert), Some(key)) => Some((
+                        read("etcd.ssl.tlsCert", cert)?,
+                        SecretBytes(read("etcd.ssl.tlsKey", key)?),
+                    )),
+                    _ => None,
+                };
+                Some(EtcdPem {
+                    ca_pem,
+                    client_cert_key_pem,
+                })
+            }
+        };
+        let auth = match etcd.auth.enabled {
+            true => etcd.auth.user_name.clone().zip(etcd.auth.password.clone()),
+            false => None,
+        };
+        Ok(StoreConfig::Etcd {
+            endpoints: etcd.endpoints.0.clone(),
+            auth,
+            tls,
+            request_timeout: Duration::from_millis(self.credstore.etcd_timeout_ms),
+        })
+    }
+
+    /// `common.security.defaultRootPassword`, checked against the password rules.
+    pub fn root_password(&self) -> Result<Password, ConfigError> {
+        let raw = self.common.security.default_root_password.expose();
+        Password::new(raw.as_bytes().to_vec(), &self.limits()).map_err(|e| ConfigError::Key {
+            key: "common.security.defaultRootPassword".into(),
+            reason: e.to_string(),
+        })
     }
 
     /// Whether the embedded store is used (no endpoints, or `etcd.use.embed`).
@@ -443,20 +611,60 @@ impl Config {
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_millis(self.credstore.ack_timeout_ms)
     }
+}
 
-    pub fn embedded_path(&self) -> PathBuf {
-        Path::new(&self.etcd.data.dir).join("credstore.redb")
+/// The hash pool's settings (see `hash_pool::HashPool::new`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashPoolConfig {
+    /// The scheme new hashes are written with.
+    pub scheme: HashScheme,
+    /// Hashing threads.
+    pub concurrent: usize,
+    /// Computations allowed to wait for a thread.
+    pub queued: usize,
+    /// CPU priority of the hashing threads.
+    pub niceness: i32,
+}
+
+/// The store to open.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// A redb file for a single process.
+    Embedded { path: PathBuf },
+    /// An etcd cluster.
+    Etcd {
+        endpoints: Vec<String>,
+        /// etcd's own authentication: user and password.
+        auth: Option<(String, Secret)>,
+        tls: Option<EtcdPem>,
+        /// Deadline of each etcd request.
+        request_timeout: Duration,
+    },
+}
+
+/// PEM contents for etcd over TLS: the CA certificate, and a client certificate and key for
+/// mutual TLS.
+#[derive(Clone, Debug)]
+pub struct EtcdPem {
+    pub ca_pem: Vec<u8>,
+    pub client_cert_key_pem: Option<(Vec<u8>, SecretBytes)>,
+}
+
+/// Secret bytes (a private key): `Debug` prints only their length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.len())
     }
 }
 
-fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// The YAML text of the file at `path` as a JSON tree; an empty file is an empty map.
+fn parse_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
+    let value: Value = serde_saphyr::from_str(text).map_err(|source| ConfigError::Yaml {
         path: path.into(),
-        source,
-    })?;
-    let value: Value = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Yaml {
-        path: path.into(),
-        reason: e.to_string(),
+        source: Box::new(source),
     })?;
     match value {
         Value::Null => Ok(Value::Object(Default::default())),
@@ -542,7 +750,10 @@ mod tests {
         assert_eq!(config.meta_root(), "by-dev/meta");
         assert_eq!(config.proxy.port, 19530);
         assert!(config.common.security.authorization_enabled);
-        assert_eq!(config.common.security.default_root_password, "Milvus");
+        assert_eq!(
+            config.common.security.default_root_password.expose(),
+            "Milvus"
+        );
         assert_eq!(config.limits(), Limits::default());
         assert_eq!(
             config.default_listen().unwrap().to_string(),
@@ -585,7 +796,10 @@ mod tests {
         .unwrap();
         assert!(!config.common.security.authorization_enabled);
         assert_eq!(config.etcd.endpoints.0, ["e1:2379", "e2:2379"]);
-        assert_eq!(config.common.security.default_root_password, "123456");
+        assert_eq!(
+            config.common.security.default_root_password.expose(),
+            "123456"
+        );
         assert_eq!(config.proxy.port, 19600);
     }
 
@@ -596,7 +810,7 @@ mod tests {
         assert_eq!(config.etcd.endpoints.0, ["etcd:2379"]);
         assert!(!config.embedded());
         assert!(config.common.security.authorization_enabled);
-        assert_eq!(config.hash_scheme().unwrap(), HashScheme::default());
+        assert_eq!(config.hash_scheme(), HashScheme::default());
         assert!(!config.credstore.password.allow_weak_parameters);
     }
 
@@ -661,12 +875,229 @@ mod tests {
         let yaml = "credstore:\n  password:\n    allowWeakParameters: true\n    argon2: {memoryKiB: 64, iterations: 1}\n";
         let config = load(yaml, &[]).unwrap();
         assert_eq!(
-            config.hash_scheme().unwrap(),
+            config.hash_scheme(),
             HashScheme::Argon2id {
                 memory_kib: 64,
                 iterations: 1,
                 parallelism: 1
             }
         );
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("c.key"),
+        );
+        std::fs::write(&ca, "CA-PEM").unwrap();
+        std::fs::write(&cert, "CERT-PEM").unwrap();
+        std::fs::write(&key, "PRIVATE-KEY-PEM").unwrap();
+        let yaml = format!(
+            "etcd:\n  endpoints: e:2379\n  auth: {{enabled: true, userName: u, password: etcd-secret-pw}}\n  ssl: {{enabled: true, tlsCACert: '{}', tlsCert: '{}', tlsKey: '{}'}}\ncommon:\n  security:\n    defaultRootPassword: root-secret-pw\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        );
+        let config = load(&yaml, &[]).unwrap();
+        let store = config.store().unwrap();
+        for shown in [
+            format!("{config:?}"),
+            format!("{store:?}"),
+            format!("{store:#?}"),
+        ] {
+            for secret in ["etcd-secret-pw", "root-secret-pw", "PRIVATE-KEY-PEM"] {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+        }
+        let StoreConfig::Etcd { auth, tls, .. } = store else {
+            panic!("etcd configured");
+        };
+        assert_eq!(
+            auth.map(|(u, p)| (u, p.expose().to_string())),
+            Some(("u".into(), "etcd-secret-pw".into()))
+        );
+        let tls = tls.expect("TLS configured");
+        assert_eq!(tls.ca_pem, b"CA-PEM");
+        assert_eq!(
+            tls.client_cert_key_pem.map(|(_, key)| key.0),
+            Some(b"PRIVATE-KEY-PEM".to_vec())
+        );
+    }
+
+    #[test]
+    fn derived_settings() {
+        let config = load(
+            "credstore:\n  cache: {ttlSeconds: 30}\n  session: {ttlSeconds: 4}\n  password: {algorithm: bcrypt, bcryptCost: 11, maxConcurrentHashes: 3, maxQueuedHashes: 7, hashNiceness: 5}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.hash_scheme(), HashScheme::Bcrypt { cost: 11 });
+        assert_eq!(
+            config.hash_pool(),
+            HashPoolConfig {
+                scheme: HashScheme::Bcrypt { cost: 11 },
+                concurrent: 3,
+                queued: 7,
+                niceness: 5
+            }
+        );
+        assert_eq!(config.cache_ttl(), Some(Duration::from_secs(30)));
+        assert_eq!(config.session_ttl(), Duration::from_secs(4));
+        assert_eq!(Config::default().cache_ttl(), None);
+        assert!(Config::default().hash_pool().concurrent >= 1);
+        let StoreConfig::Embedded { path } = Config::default().store().unwrap() else {
+            panic!("embedded by default");
+        };
+        assert_eq!(path, Path::new("default.etcd/credstore.redb"));
+        let env = [("CREDSTORE_PASSWORD_ALGORITHM", "bcrypt")];
+        assert_eq!(
+            load("", &env).unwrap().credstore.password.algorithm,
+            HashAlgorithm::Bcrypt
+        );
+    }
+
+    #[test]
+    fn unreadable_files_and_bad_root_passwords_name_the_key() {
+        let config = load(
+            "etcd:\n  endpoints: e:1\n  ssl: {enabled: true, tlsCACert: /nonexistent/ca.pem}\n",
+            &[],
+        )
+        .unwrap();
+        let err = config.store().unwrap_err().to_string();
+        assert!(
+            err.starts_with("config key etcd.ssl.tlsCACert: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        check_error(
+            "common:\n  security:\n    defaultRootPassword: abc\n",
+            &[],
+            "config key common.security.defaultRootPassword: invalid password length",
+        );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The whole of `load` after reading the file.
+        fn load_text(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+            let tree = parse_yaml(text, Path::new("c.yaml"))?;
+            Config::from_tree(tree, env, &Overrides::default())
+        }
+
+        /// Every key path credstore knows, with its default.
+        fn known_leaves() -> Vec<(String, Value)> {
+            let defaults = serde_json::to_value(Config::default()).unwrap();
+            let mut leaves = Vec::new();
+            leaf_paths(&defaults, String::new(), &mut leaves);
+            leaves
+        }
+
+        /// YAML-ish text: nested maps and lists of short keys and scalars, so the parser gets
+        /// past the first line; known key names are mixed in so values reach the typed layer.
+        fn yamlish() -> impl Strategy<Value = String> {
+            let known: Vec<String> = known_leaves()
+                .iter()
+                .flat_map(|(path, _)| path.split('.').map(str::to_string).collect::<Vec<_>>())
+                .collect();
+            let key = prop_oneof![
+                proptest::sample::select(known),
+                "[a-zA-Z_][a-zA-Z0-9_]{0,8}",
+            ];
+            let scalar = prop_oneof![
+                "[ -~]{0,12}",
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("true".to_string()),
+                Just("~".to_string()),
+                Just("[a, b]".to_string()),
+                Just("{x: 1}".to_string()),
+            ];
+            let line = (0usize..4, key, scalar, any::<bool>()).prop_map(|(depth, key, v, open)| {
+                let indent = "  ".repeat(depth);
+                match open {
+                    true => format!("{indent}{key}:\n"),
+                    false => format!("{indent}{key}: {v}\n"),
+                }
+            });
+            proptest::collection::vec(line, 0..12).prop_map(|lines| lines.concat())
+        }
+
+        #[test]
+        fn deep_nesting_is_an_error_not_a_crash() {
+            for text in [
+                "[".repeat(100_000),
+                "{a: ".repeat(50_000),
+                "- ".repeat(50_000),
+            ] {
+                assert!(load_text(&text, Vec::new()).is_err());
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+                let _ = load_text(&text, Vec::new());
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let text = String::from_utf8_lossy(&bytes);
+                let _ = load_text(&text, Vec::new());
+            }
+
+            #[test]
+            fn yaml_shaped_text_never_panics(text in yamlish()) {
+                let _ = load_text(&text, Vec::new());
+            }
+
+            #[test]
+            fn arbitrary_environment_values_never_panic(
+                picks in proptest::collection::vec((any::<prop::sample::Index>(), "\\PC{0,20}"), 0..6)
+            ) {
+                let leaves = known_leaves();
+                let env = picks
+                    .into_iter()
+                    .map(|(i, v)| (env_name(&i.get(&leaves).0), v))
+                    .collect();
+                let _ = load_text("", env);
+            }
+
+            #[test]
+            fn an_unknown_key_is_named(
+                at in any::<prop::sample::Index>(),
+                key in "[a-z][a-zA-Z0-9]{0,10}",
+            ) {
+                // A section of the config, and a key that is not one of its fields.
+                let sections = ["", "etcd", "etcd.ssl", "proxy", "common.security", "credstore.password"];
+                let section = *at.get(&sections);
+                let known = known_leaves();
+                let taken = known.iter().any(|(path, _)| {
+                    let rest = match section {
+                        "" => Some(path.as_str()),
+                        s => path.strip_prefix(s).and_then(|r| r.strip_prefix('.')),
+                    };
+                    rest.and_then(|r| r.split('.').next()) == Some(key.as_str())
+                });
+                prop_assume!(!taken && key != "use");
+                let mut text = String::new();
+                let mut indent = String::new();
+                for part in section.split('.').filter(|p| !p.is_empty()) {
+                    text.push_str(&format!("{indent}{part}:\n"));
+                    indent.push_str("  ");
+                }
+                text.push_str(&format!("{indent}{key}: 1\n"));
+                let err = load_text(&text, Vec::new()).unwrap_err().to_string();
+                prop_assert!(err.contains(&format!("unknown field `{key}`")), "{}", err);
+                let prefix = match section {
+                    "" => format!("config key {key}: "),
+                    s => format!("config key {s}.{key}: "),
+                };
+                prop_assert!(err.starts_with(&prefix), "{} should start with {}", err, prefix);
+            }
+        }
     }
 }

@@ -4,10 +4,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod catalog;
+pub mod client;
 pub mod coherence;
 pub mod config;
 pub mod hash_pool;

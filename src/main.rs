@@ -1,6 +1,8 @@
 //! The `credstore` binary: parses the command line, sets up logging, and either serves
-//! (`credstore serve`) or acts as an admin client of a running server (`user`, `health`).
-//! Everything else lives in the library.
+//! (`credstore serve`) or acts as an admin client of a running server (`user`, `health`,
+//! `bench`). Passwords come from a flag, an environment variable, a prompt (when standard input
+//! is a terminal) or standard input, one per line: never only from the command line, which `ps`
+//! shows. Everything else lives in the library.
 
 #![forbid(unsafe_code)]
 
@@ -9,8 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use credstore::admin::Admin;
-use credstore::bench::{BenchConfig, Rpc};
+use credstore::bench::BenchConfig;
+use credstore::client::{Admin, Authorization, read_secret};
 use credstore::config::{Config, Overrides};
 use credstore::server::{self, State};
 
@@ -47,7 +49,13 @@ enum Command {
         action: UserAction,
     },
     /// Load-generate against a Milvus-compatible endpoint and report throughput and latency.
-    Bench(BenchArgs),
+    Bench {
+        #[command(flatten)]
+        config: BenchConfig,
+        /// Print the report as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the server at --uri answers.
     Health {
         #[arg(long, default_value = "http://127.0.0.1:19530")]
@@ -56,52 +64,13 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct BenchArgs {
-    #[arg(long, default_value = "http://127.0.0.1:19530")]
-    uri: String,
-    #[arg(long, value_enum, default_value = "get-version")]
-    rpc: Rpc,
-    /// gRPC connections (HTTP/2 channels).
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    #[arg(long, default_value = "root")]
-    user: String,
-    #[arg(
-        long,
-        env = "CREDSTORE_PASSWORD",
-        hide_env_values = true,
-        default_value = "Milvus"
-    )]
-    password: String,
-    /// Name prefix of the per-user RPCs' users.
-    #[arg(long, default_value = "bench_")]
-    prefix: String,
-    /// How many per-user users exist (or to create).
-    #[arg(long, default_value_t = 100)]
-    users: u64,
-    /// Password of the per-user users.
-    #[arg(long, default_value = "bench-password")]
-    user_password: String,
-    /// Stop after this many requests in all (default: run for --seconds).
-    #[arg(long)]
-    requests: Option<u64>,
-    /// Print the report as one JSON line.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(clap::Args)]
 struct Connection {
     #[arg(long, global = true, default_value = "http://127.0.0.1:19530")]
     uri: String,
     #[arg(long, global = true, default_value = "root")]
     user: String,
-    /// The caller's password (or set CREDSTORE_PASSWORD).
+    /// The caller's password. A flag is visible to `ps`: prefer CREDSTORE_PASSWORD, or give
+    /// neither to be prompted (or to pass it as the first line of standard input).
     #[arg(
         long,
         global = true,
@@ -111,18 +80,29 @@ struct Connection {
     password: Option<String>,
 }
 
+/// A new password: the flag (visible to `ps`), CREDSTORE_NEW_PASSWORD, or else prompted (or
+/// the next line of standard input, after the caller's password).
+#[derive(clap::Args)]
+struct NewPassword {
+    #[arg(long, env = "CREDSTORE_NEW_PASSWORD", hide_env_values = true)]
+    new_password: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum UserAction {
     Create {
         name: String,
-        #[arg(long)]
-        new_password: String,
+        #[command(flatten)]
+        new_password: NewPassword,
     },
+    /// Change a password. Super users need no old password; a user changing their own uses
+    /// their --password as the old one unless --old-password (or CREDSTORE_OLD_PASSWORD) says
+    /// otherwise.
     Passwd {
         name: String,
-        #[arg(long)]
-        new_password: String,
-        #[arg(long)]
+        #[command(flatten)]
+        new_password: NewPassword,
+        #[arg(long, env = "CREDSTORE_OLD_PASSWORD", hide_env_values = true)]
         old_password: Option<String>,
     },
     Delete {
@@ -156,8 +136,8 @@ fn main() -> ExitCode {
                 etcd_endpoints,
             } => serve(config, listen, etcd_endpoints).await,
             Command::User { connection, action } => user(connection, action).await,
-            Command::Bench(args) => bench(args).await,
-            Command::Health { uri } => Admin::connect(&uri, None)
+            Command::Bench { config, json } => bench(config, json).await,
+            Command::Health { uri } => Admin::connect(&uri, Authorization::none())
                 .await?
                 .health()
                 .await
@@ -217,20 +197,36 @@ async fn user(
     connection: Connection,
     action: UserAction,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let password = connection.password.unwrap_or_default();
-    let mut admin = Admin::connect(&connection.uri, Some((&connection.user, &password))).await?;
+    let password = match connection.password {
+        Some(password) => password,
+        None => read_secret(&format!("Password for {}: ", connection.user))?,
+    };
+    let authorization = Authorization::credentials(&connection.user, &password);
+    let mut admin = Admin::connect(&connection.uri, authorization).await?;
+    let new_password = |given: NewPassword, name: &str| match given.new_password {
+        Some(password) => Ok(password),
+        None => read_secret(&format!("New password for {name}: ")),
+    };
     match action {
-        UserAction::Create { name, new_password } => {
-            admin.create_user(&name, &new_password).await?
+        UserAction::Create {
+            name,
+            new_password: given,
+        } => {
+            let new = new_password(given, &name)?;
+            admin.create_user(&name, &new).await?
         }
         UserAction::Passwd {
             name,
-            new_password,
+            new_password: given,
             old_password,
         } => {
-            admin
-                .change_password(&name, old_password.as_deref(), &new_password)
-                .await?
+            let new = new_password(given, &name)?;
+            let old = match old_password {
+                Some(old) => Some(old),
+                None if name.trim() == connection.user => Some(password),
+                None => None,
+            };
+            admin.change_password(&name, old.as_deref(), &new).await?
         }
         UserAction::Delete { name } => admin.delete_user(&name).await?,
         UserAction::List => {
@@ -242,22 +238,9 @@ async fn user(
     Ok(())
 }
 
-async fn bench(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let config = BenchConfig {
-        uri: args.uri,
-        rpc: args.rpc,
-        connections: args.connections,
-        concurrency: args.concurrency,
-        duration: std::time::Duration::from_secs_f64(args.seconds),
-        user: args.user,
-        password: args.password,
-        prefix: args.prefix,
-        users: args.users,
-        user_password: args.user_password,
-        requests: args.requests,
-    };
+async fn bench(config: BenchConfig, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let report = credstore::bench::run(config).await?;
-    match args.json {
+    match json {
         true => println!("{}", serde_json::to_string(&report)?),
         false => println!("{report}"),
     }

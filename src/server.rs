@@ -13,10 +13,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::auth::{AuthLayer, Authenticator, AuthenticatorConfig};
 use crate::catalog::{Catalog, CatalogError};
 use crate::coherence::{Coherence, CoherenceConfig, CoherenceError};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
 use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, MetaError, Store, etcd::EtcdTls};
-use crate::password::{HashError, Hasher, Password};
+use crate::password::{HashError, Hasher};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::service::Api;
 
@@ -32,13 +32,8 @@ pub enum ServerError {
     Hash(#[from] HashError),
     #[error("cannot join the cluster: {0}")]
     Coherence(#[from] CoherenceError),
-    #[error("common.security.defaultRootPassword: {0}")]
-    RootPassword(String),
-    #[error("cannot read {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -57,44 +52,18 @@ impl State {
     pub async fn build(config: Config, address: SocketAddr) -> Result<State, ServerError> {
         let store = open_store(&config).await?;
         let catalog = Catalog::new(store, &config.meta_root());
-        let hasher = Hasher::new(config.hash_scheme()?);
-        let concurrent = match config.credstore.password.max_concurrent_hashes {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            n => n,
-        };
+        let settings = config.hash_pool();
         let pool = HashPool::new(
-            hasher,
-            concurrent,
-            config.credstore.password.max_queued_hashes,
-            config.credstore.password.hash_niceness,
+            Hasher::new(settings.scheme),
+            settings.concurrent,
+            settings.queued,
+            settings.niceness,
         );
-        let root_password = Password::new(
-            config
-                .common
-                .security
-                .default_root_password
-                .clone()
-                .into_bytes(),
-            &config.limits(),
-        )
-        .map_err(|e| ServerError::RootPassword(e.to_string()))?;
         catalog.ensure_default_roles().await?;
-        let root_pool = pool.clone();
-        let mut hash_failure = None;
+        let root_password = config.root_password()?;
         let created = catalog
-            .ensure_root(async || match root_pool.hash(root_password).await {
-                Ok(hash) => hash,
-                Err(e) => {
-                    hash_failure = Some(e);
-                    root_pool.hasher().dummy_hash()
-                }
-            })
+            .ensure_root(async || Ok::<_, ServerError>(pool.hash(root_password).await?))
             .await?;
-        if let Some(e) = hash_failure {
-            return Err(e.into());
-        }
         if created {
             tracing::info!("created user root with common.security.defaultRootPassword");
         }
@@ -103,16 +72,13 @@ impl State {
             super_users: config.common.security.super_users.0.clone(),
             limits: config.limits(),
             cache_capacity: config.credstore.cache.capacity,
-            cache_ttl: match config.credstore.cache.ttl_seconds {
-                0 => None,
-                s => Some(Duration::from_secs(s)),
-            },
+            cache_ttl: config.cache_ttl(),
         };
         let auth = Authenticator::new(auth_config, catalog.clone(), pool).await?;
         let coherence_config = CoherenceConfig {
             replica_id: replica_id(address),
             address: address.to_string(),
-            session_ttl: Duration::from_secs(config.credstore.session.ttl_seconds),
+            session_ttl: config.session_ttl(),
             ack_timeout: config.ack_timeout(),
         };
         let coherence =
@@ -127,44 +93,30 @@ impl State {
 }
 
 async fn open_store(config: &Config) -> Result<Store, ServerError> {
-    if config.embedded() {
-        let path = config.embedded_path();
-        tracing::info!(path = %path.display(), "using the embedded store");
-        return Ok(Store::Embedded(EmbeddedKv::open(&path)?));
-    }
-    let etcd = &config.etcd;
-    let read = |path: &str| {
-        std::fs::read(path).map_err(|source| ServerError::File {
-            path: path.to_string(),
-            source,
-        })
-    };
-    let tls = match etcd.ssl.enabled {
-        false => None,
-        true => {
-            let ca_pem = read(etcd.ssl.tls_ca_cert.as_deref().unwrap_or_default())?;
-            let client_cert_key_pem = match (&etcd.ssl.tls_cert, &etcd.ssl.tls_key) {
-                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-                _ => None,
-            };
-            Some(EtcdTls {
-                ca_pem,
-                client_cert_key_pem,
-            })
+    match config.store()? {
+        StoreConfig::Embedded { path } => {
+            tracing::info!(path = %path.display(), "using the embedded store");
+            Ok(Store::Embedded(EmbeddedKv::open(&path)?))
         }
-    };
-    let auth = match etcd.auth.enabled {
-        true => etcd.auth.user_name.clone().zip(etcd.auth.password.clone()),
-        false => None,
-    };
-    let options = EtcdOptions {
-        endpoints: etcd.endpoints.0.clone(),
-        auth,
-        tls,
-        request_timeout: Duration::from_millis(config.credstore.etcd_timeout_ms),
-    };
-    tracing::info!(endpoints = ?options.endpoints, root = %config.meta_root(), "connecting to etcd");
-    Ok(Store::Etcd(EtcdKv::connect(&options).await?))
+        StoreConfig::Etcd {
+            endpoints,
+            auth,
+            tls,
+            request_timeout,
+        } => {
+            tracing::info!(?endpoints, root = %config.meta_root(), "connecting to etcd");
+            let options = EtcdOptions {
+                endpoints,
+                auth: auth.map(|(user, password)| (user, password.expose().to_string())),
+                tls: tls.map(|pem| EtcdTls {
+                    ca_pem: pem.ca_pem,
+                    client_cert_key_pem: pem.client_cert_key_pem.map(|(cert, key)| (cert, key.0)),
+                }),
+                request_timeout,
+            };
+            Ok(Store::Etcd(EtcdKv::connect(&options).await?))
+        }
+    }
 }
 
 fn replica_id(address: SocketAddr) -> String {
@@ -189,10 +141,7 @@ pub async fn run(
     state: State,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let address = listener.local_addr().map_err(|source| ServerError::File {
-        path: "listener".into(),
-        source,
-    })?;
+    let address = listener.local_addr().map_err(ServerError::Listener)?;
     let api = Api::new(
         state.catalog.clone(),
         state.auth.clone(),

@@ -137,7 +137,10 @@ async fn a_lost_compare_and_swap_is_reported_not_applied() {
             &read.with_hash(hash(&pool, "password3").await),
         )
         .await;
-    assert!(matches!(stale, Err(CatalogError::Conflict(_))), "{stale:?}");
+    assert!(
+        matches!(stale, Err(CatalogError::UserConflict(_))),
+        "{stale:?}"
+    );
     let now = catalog
         .get_user(&name("carol"))
         .await
@@ -193,10 +196,36 @@ async fn root_is_created_once_and_never_overwritten() {
     let etcd = common::Etcd::start();
     let catalog = catalog(&etcd.endpoint(), &common::unique_root("root")).await;
     let pool = pool();
+    // A hashing failure is reported as it is, and nothing is stored.
+    let failed = catalog
+        .ensure_root(async || Err(CatalogError::UserNotFound("hashing failed".into())))
+        .await;
+    assert!(
+        matches!(&failed, Err(CatalogError::UserNotFound(why)) if why == "hashing failed"),
+        "{failed:?}"
+    );
+    assert!(
+        catalog
+            .get_user(&name("root"))
+            .await
+            .unwrap()
+            .value
+            .is_none()
+    );
     let first = hash(&pool, "Milvus").await;
-    assert!(catalog.ensure_root(async || first.clone()).await.unwrap());
+    assert!(
+        catalog
+            .ensure_root(async || Ok::<_, CatalogError>(first.clone()))
+            .await
+            .unwrap()
+    );
     let second = hash(&pool, "Other1").await;
-    assert!(!catalog.ensure_root(async || second.clone()).await.unwrap());
+    assert!(
+        !catalog
+            .ensure_root(async || Ok::<_, CatalogError>(second.clone()))
+            .await
+            .unwrap()
+    );
     let root = catalog
         .get_user(&name("root"))
         .await
@@ -324,4 +353,152 @@ async fn milvus_bcrypt_hash_verifies_and_is_rehashed_to_argon2id() {
         Ok(()),
         "the new hash verifies too"
     );
+}
+
+/// Every membership key of `role` under `root`.
+async fn memberships(catalog: &Catalog, root: &str, role: &str) -> Vec<String> {
+    let prefix = format!("{root}/meta/root-coord/credential/user-role-mapping/");
+    let keys = catalog.store().list_keys(&prefix).await.unwrap().value;
+    keys.into_iter()
+        .filter(|k| k.rsplit('/').next() == Some(role))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_role_held_by_more_than_a_transaction_of_users_works() {
+    let etcd = common::Etcd::start();
+    let root = common::unique_root("bigrole");
+    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let body = async {
+        let role = RoleName::parse("crowd").unwrap();
+        catalog.create_role(&role).await.unwrap();
+        let other = RoleName::parse("other").unwrap();
+        catalog.create_role(&other).await.unwrap();
+        let hash = hash(&pool(), "password1").await;
+        // etcd takes at most 128 operations per transaction.
+        for i in 0..300 {
+            let user = name(&format!("member{i}"));
+            catalog.create_user(&user, &hash, None).await.unwrap();
+            catalog.add_user_to_role(&user, &role).await.unwrap();
+        }
+        catalog
+            .add_user_to_role(&name("member0"), &other)
+            .await
+            .unwrap();
+        assert_eq!(memberships(&catalog, &root, "crowd").await.len(), 300);
+        let dropped = catalog.drop_role(&role).await;
+        assert!(dropped.is_ok(), "{dropped:?}");
+        assert!(!catalog.role_exists(&role).await.unwrap());
+        assert_eq!(
+            memberships(&catalog, &root, "crowd").await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            catalog.user_roles("member0").await.unwrap(),
+            ["other"],
+            "other roles stay"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(120), body)
+        .await
+        .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_racing_drop_role_leave_no_orphan_membership() {
+    let etcd = common::Etcd::start();
+    let root = common::unique_root("race");
+    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let body = async {
+        let hash = hash(&pool(), "password1").await;
+        let users: Vec<Username> = (0..16).map(|i| name(&format!("racer{i}"))).collect();
+        for user in &users {
+            catalog.create_user(user, &hash, None).await.unwrap();
+        }
+        let mut raced = 0;
+        for round in 0..30 {
+            let role = RoleName::parse(&format!("contested{round}")).unwrap();
+            catalog.create_role(&role).await.unwrap();
+            // A few members first, so the drop has memberships to list and delete.
+            for user in &users[..4] {
+                catalog.add_user_to_role(user, &role).await.unwrap();
+            }
+            let grants = users[4..].iter().map(|user| {
+                let (catalog, role, user) = (catalog.clone(), role.clone(), user.clone());
+                tokio::spawn(async move { catalog.add_user_to_role(&user, &role).await })
+            });
+            let grants: Vec<_> = grants.collect();
+            let dropped = catalog.drop_role(&role).await;
+            let mut granted = 0;
+            for grant in grants {
+                if grant.await.unwrap().is_ok() {
+                    granted += 1;
+                }
+            }
+            if granted > 0 {
+                raced += 1;
+            }
+            match dropped {
+                Ok(_) => {
+                    assert!(!catalog.role_exists(&role).await.unwrap());
+                    assert_eq!(
+                        memberships(&catalog, &root, role.as_str()).await,
+                        Vec::<String>::new(),
+                        "round {round}: {granted} grants succeeded; none may outlive the role"
+                    );
+                }
+                Err(CatalogError::RoleConflict(_)) => {}
+                Err(other) => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(raced > 0, "no grant ever overlapped a drop");
+    };
+    tokio::time::timeout(Duration::from_secs(180), body)
+        .await
+        .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_that_change_nothing_write_nothing() {
+    let etcd = common::Etcd::start();
+    let root = common::unique_root("noop");
+    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let body = async {
+        let role = RoleName::parse("reader").unwrap();
+        catalog.create_role(&role).await.unwrap();
+        let erin = name("erin");
+        catalog
+            .create_user(&erin, &hash(&pool(), "password1").await, None)
+            .await
+            .unwrap();
+        let before = catalog.store().get("nothing").await.unwrap().revision;
+        assert_eq!(
+            catalog.remove_user_from_role(&erin, &role).await.unwrap(),
+            None,
+            "taking a role the user does not hold changes nothing"
+        );
+        let missing = RoleName::parse("nosuchrole").unwrap();
+        assert!(matches!(
+            catalog.remove_user_from_role(&erin, &missing).await,
+            Err(CatalogError::RoleNotFound(_))
+        ));
+        assert_eq!(
+            catalog.store().get("nothing").await.unwrap().revision,
+            before,
+            "nothing was written"
+        );
+        let granted = catalog.add_user_to_role(&erin, &role).await.unwrap();
+        assert!(granted.is_some());
+        assert_eq!(
+            catalog.add_user_to_role(&erin, &role).await.unwrap(),
+            None,
+            "granting a held role changes nothing"
+        );
+        let removed = catalog.remove_user_from_role(&erin, &role).await.unwrap();
+        assert!(removed > granted, "{removed:?} after {granted:?}");
+        assert!(catalog.user_roles("erin").await.unwrap().is_empty());
+    };
+    tokio::time::timeout(Duration::from_secs(60), body)
+        .await
+        .expect("test finished in time");
 }

@@ -798,3 +798,177 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
             .is_some()
     );
 }
+
+/// Runs a test body under a time limit: a hung RPC fails the test instead of holding CI.
+async fn within<F: std::future::Future>(seconds: u64, body: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(seconds), body)
+        .await
+        .expect("test finished in time")
+}
+
+fn select_one(name: &str) -> SelectUserRequest {
+    SelectUserRequest {
+        user: Some(UserEntity { name: name.into() }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptions_are_bounded_and_an_oversized_one_stores_nothing() {
+    let etcd = common::Etcd::start();
+    let server = etcd_server(&etcd, "").await;
+    within(60, async {
+        let mut root = common::client(&server.uri, "root", "Milvus").await;
+        let limit = credstore::service::MAX_DESCRIPTION_LEN;
+        assert_eq!(limit, 1024, "the documented limit");
+        let too_long = "d".repeat(limit + 1);
+        let reason = format!(
+            "invalid description length: invalid parameter[{} out of range 0 <= value <= {limit}]",
+            limit + 1
+        );
+        let mut oversized = create("fern", "password1");
+        oversized.description = Some(too_long.clone());
+        failed(
+            &root
+                .create_credential(oversized)
+                .await
+                .unwrap()
+                .into_inner(),
+            1100,
+            5,
+            &reason,
+        );
+        let listed = root
+            .list_cred_users(ListCredUsersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !listed.usernames.contains(&"fern".to_string()),
+            "nothing stored"
+        );
+
+        let mut at_limit = create("fern", "password1");
+        at_limit.description = Some("d".repeat(limit));
+        ok(&root.create_credential(at_limit).await.unwrap().into_inner());
+
+        // A description-only update, as the user themselves (no old password needed).
+        let mut fern = common::client(&server.uri, "fern", "password1").await;
+        let describe = UpdateCredentialRequest {
+            username: "fern".into(),
+            description: Some(too_long.clone()),
+            ..Default::default()
+        };
+        failed(
+            &fern.update_credential(describe).await.unwrap().into_inner(),
+            1100,
+            5,
+            &reason,
+        );
+        // And with a password change: neither the password nor the description changes.
+        let mut change = update("fern", "password1", "password2");
+        change.description = Some(too_long);
+        failed(
+            &fern.update_credential(change).await.unwrap().into_inner(),
+            1100,
+            5,
+            &reason,
+        );
+        assert!(login_works(&server.uri, "fern", "password1").await);
+        assert!(!login_works(&server.uri, "fern", "password2").await);
+        let found = root
+            .select_user(select_one("fern"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.results[0].description, "d".repeat(limit));
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_answers_match_milvus() {
+    let etcd = common::Etcd::start();
+    let server = etcd_server(&etcd, "").await;
+    within(60, async {
+        let mut root = common::client(&server.uri, "root", "Milvus").await;
+        ok(&root
+            .create_credential(create("gina", "password1"))
+            .await
+            .unwrap()
+            .into_inner());
+        // Taking a user out of a role that does not exist: Milvus's OperateUserRoleFailure.
+        let remove = OperateUserRoleRequest {
+            username: "gina".into(),
+            role_name: "nosuchrole".into(),
+            r#type: OperateUserRoleType::RemoveUserFromRole as i32,
+            ..Default::default()
+        };
+        failed(
+            &root.operate_user_role(remove).await.unwrap().into_inner(),
+            65535,
+            37,
+            "not found the role, maybe the role isn't existed or internal system error",
+        );
+        // Listing every user is checked as SelectUser on the user object, as Milvus does.
+        let mut gina = common::client(&server.uri, "gina", "password1").await;
+        let denied = gina
+            .select_user(SelectUserRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert_eq!(
+            denied.message(),
+            "PrivilegeSelectUser: permission deny to gina in the `default` database"
+        );
+        let own = gina.select_user(select_one("gina")).await.unwrap();
+        assert_eq!(own.into_inner().results.len(), 1);
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// Taking away a role the user does not hold writes nothing, so it has nothing to wait for:
+/// it answers at once even while another replica is frozen (its lease still alive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_role_not_held_answers_at_once() {
+    let etcd = common::Etcd::start();
+    let yaml = common::config_yaml(&etcd.endpoint(), &common::unique_root("noop"), "");
+    let frozen = common::Replica::start(&yaml);
+    // Started after the replica, so its view of the sessions includes it.
+    let server = Server::start(&yaml).await;
+    within(60, async {
+        let mut root = common::client(&server.uri, "root", "Milvus").await;
+        ok(&root
+            .create_credential(create("hana", "password1"))
+            .await
+            .unwrap()
+            .into_inner());
+        let role = CreateRoleRequest {
+            entity: Some(RoleEntity {
+                name: "auditor".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ok(&root.create_role(role).await.unwrap().into_inner());
+        frozen.freeze();
+        let started = std::time::Instant::now();
+        let remove = OperateUserRoleRequest {
+            username: "hana".into(),
+            role_name: "auditor".into(),
+            r#type: OperateUserRoleType::RemoveUserFromRole as i32,
+            ..Default::default()
+        };
+        ok(&root.operate_user_role(remove).await.unwrap().into_inner());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a no-op waited {:?} for an acknowledgement",
+            started.elapsed()
+        );
+        frozen.thaw();
+    })
+    .await;
+    server.shutdown().await;
+}

@@ -185,7 +185,7 @@ impl Catalog {
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(Some(outcome.revision)),
-            false => Err(CatalogError::Conflict(role.as_str().to_string())),
+            false => Err(CatalogError::RoleConflict(role.as_str().to_string())),
         }
     }
 
@@ -226,7 +226,7 @@ impl Catalog {
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(Some(outcome.revision)),
-            false => Err(CatalogError::Conflict(role.as_str().to_string())),
+            false => Err(CatalogError::RoleConflict(role.as_str().to_string())),
         }
     }
 
@@ -239,7 +239,7 @@ impl Catalog {
             let Some(rest) = grantee.key.strip_prefix(prefix.as_str()) else {
                 continue;
             };
-            let target = parse_target(rest).ok_or_else(|| CatalogError::Corrupt {
+            let target = parse_target(rest).ok_or_else(|| CatalogError::BadValue {
                 key: grantee.key.clone(),
                 reason: "not {ObjectType}/{db}.{name}".into(),
             })?;
@@ -290,7 +290,7 @@ impl Catalog {
         let mut groups = Vec::new();
         for kv in self.kv.list(&prefix).await?.value {
             let value =
-                GroupValue::decode(kv.value.as_slice()).map_err(|e| CatalogError::Corrupt {
+                GroupValue::decode(kv.value.as_slice()).map_err(|e| CatalogError::BadValue {
                     key: kv.key.clone(),
                     reason: e.to_string(),
                 })?;
@@ -329,7 +329,7 @@ impl Catalog {
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(Some(outcome.revision)),
-            false => Err(CatalogError::Conflict(name.to_string())),
+            false => Err(CatalogError::GroupConflict(name.to_string())),
         }
     }
 
@@ -345,7 +345,7 @@ impl Catalog {
             return Err(CatalogError::GroupNotFound(name.to_string()));
         };
         let stored =
-            GroupValue::decode(current.value.as_slice()).map_err(|e| CatalogError::Corrupt {
+            GroupValue::decode(current.value.as_slice()).map_err(|e| CatalogError::BadValue {
                 key: key.clone(),
                 reason: e.to_string(),
             })?;
@@ -361,7 +361,7 @@ impl Catalog {
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(Some(outcome.revision)),
-            false => Err(CatalogError::Conflict(name.to_string())),
+            false => Err(CatalogError::GroupConflict(name.to_string())),
         }
     }
 }

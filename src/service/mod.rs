@@ -1,9 +1,12 @@
-//! The gRPC front door: `MilvusService` for users and roles, as pymilvus expects it.
-//! Handlers decode and validate input, authorize the caller (from the `Authenticated` the
-//! auth layer left in the request), call the catalog, wait for the write to be confirmed by
-//! every replica, and turn errors into Milvus answers through `status::to_status` only.
+//! The gRPC front door: the tonic `MilvusService` adapter. Each method takes the caller (the
+//! `Authenticated` the auth layer left in the request) and the body, hands them to a handler
+//! in `users` or `roles`, and turns the outcome into Milvus's answer through
+//! `status::to_status` only. Authorization — the two decisions a handler asks for — lives
+//! here too; handlers never read headers.
 
+mod roles;
 pub mod status;
+mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,7 +15,7 @@ use base64::Engine;
 use tonic::{Request, Response};
 
 use crate::auth::{Authenticated, Authenticator};
-use crate::catalog::{Catalog, ROOT_USER, RoleName};
+use crate::catalog::{ADMIN_ROLE, Catalog, ROOT_USER};
 use crate::coherence::Coherence;
 use crate::meta::Revision;
 use crate::password::{Limits, Password, Username};
@@ -20,6 +23,8 @@ use crate::proto::common::{ErrorCode, ServerInfo, Status};
 use crate::proto::milvus::milvus_service_server::MilvusService;
 use crate::proto::milvus::*;
 use status::{ServiceError, to_status};
+
+pub use users::MAX_DESCRIPTION_LEN;
 
 /// Milvus's privilege names for the operations credstore serves.
 #[derive(Clone, Copy, Debug)]
@@ -45,13 +50,49 @@ impl Privilege {
     }
 }
 
+/// Who is calling, and the database they named (Milvus's `dbname` header; it only appears in
+/// the text of a denial).
+#[derive(Clone, Debug)]
+struct Caller {
+    who: Authenticated,
+    db: String,
+}
+
+impl Caller {
+    /// Splits a request into its caller and its body.
+    fn of<T>(request: Request<T>) -> Result<(Caller, T), ServiceError> {
+        let who = request
+            .extensions()
+            .get::<Authenticated>()
+            .cloned()
+            .ok_or(ServiceError::Unauthenticated)?;
+        let db = request
+            .metadata()
+            .get("dbname")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| !d.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        Ok((Caller { who, db }, request.into_inner()))
+    }
+
+    fn is_super_user(&self) -> bool {
+        self.who.is_super_user()
+    }
+}
+
 /// The service state shared by every request.
 #[derive(Clone)]
 pub struct Api {
+    /// Users and roles in etcd.
     catalog: Catalog,
+    /// For the hash pool (hashing new passwords, checking old ones) and the health answer.
     auth: Authenticator,
+    /// Every write waits for its acknowledgement by every live replica.
     coherence: Arc<Coherence>,
+    /// Milvus's name and password rules.
     limits: Limits,
+    /// `Connect`'s identifier: only needs to differ between connections.
     next_identifier: Arc<AtomicI64>,
 }
 
@@ -75,49 +116,54 @@ impl Api {
         }
     }
 
-    /// Allows root, members of `admin`, and — for user-object privileges — the user acting on
-    /// themselves; everyone when authorization is disabled. Otherwise PERMISSION_DENIED.
-    async fn authorize<T>(
-        &self,
-        request: &Request<T>,
-        privilege: Privilege,
-        own: Option<&str>,
-    ) -> Result<Authenticated, ServiceError> {
-        let caller = request
-            .extensions()
-            .get::<Authenticated>()
-            .cloned()
-            .ok_or(ServiceError::Unauthenticated)?;
-        let Some(user) = caller.name() else {
-            return Ok(caller);
+    /// Decision one: may the caller use `privilege`? Root and members of `admin` may; so may
+    /// everyone when authorization is disabled. Otherwise PERMISSION_DENIED in Milvus's words.
+    async fn require(&self, caller: &Caller, privilege: Privilege) -> Result<(), ServiceError> {
+        let Some(user) = caller.who.name() else {
+            return Ok(());
         };
-        if user == ROOT_USER || own.is_some_and(|o| o.trim() == user) {
-            return Ok(caller);
+        if user == ROOT_USER {
+            return Ok(());
         }
-        if self
-            .catalog
-            .user_roles(user)
-            .await?
-            .iter()
-            .any(|r| r == "admin")
-        {
-            return Ok(caller);
+        let roles = self.catalog.user_roles(user).await?;
+        match roles.iter().any(|role| role == ADMIN_ROLE) {
+            true => Ok(()),
+            false => Err(ServiceError::PermissionDenied {
+                privilege: privilege.name(),
+                user: user.to_string(),
+                db: caller.db.clone(),
+            }),
         }
-        let db = request
-            .metadata()
-            .get("dbname")
-            .and_then(|v| v.to_str().ok())
-            .filter(|d| !d.is_empty())
-            .unwrap_or("default");
-        Err(ServiceError::PermissionDenied {
-            privilege: privilege.name(),
-            user: user.to_string(),
-            db: db.to_string(),
-        })
     }
 
+    /// Decision two: a user acting on their own record (`target`, as sent) needs no
+    /// privilege; anyone else needs `privilege` (decision one).
+    async fn require_self_or(
+        &self,
+        caller: &Caller,
+        target: &str,
+        privilege: Privilege,
+    ) -> Result<(), ServiceError> {
+        let own = Username::parse(target, &self.limits)
+            .is_ok_and(|target| caller.who.name() == Some(target.as_str()));
+        match own {
+            true => Ok(()),
+            false => self.require(caller, privilege).await,
+        }
+    }
+
+    /// Waits until every live replica applied `revision`.
     async fn confirm(&self, revision: Revision) -> Result<(), ServiceError> {
         Ok(self.coherence.confirm(revision).await?)
+    }
+
+    /// Waits for the acknowledgement of a write, if there was one; a request that changed
+    /// nothing has nothing to wait for.
+    async fn confirm_change(&self, revision: Option<Revision>) -> Result<(), ServiceError> {
+        match revision {
+            Some(revision) => self.confirm(revision).await,
+            None => Ok(()),
+        }
     }
 
     fn username(&self, raw: &str) -> Result<Username, ServiceError> {
@@ -127,270 +173,21 @@ impl Api {
     fn password(&self, encoded: &str) -> Result<Password, ServiceError> {
         Password::new(decode_base64(encoded)?, &self.limits).map_err(ServiceError::InvalidPassword)
     }
-
-    async fn create_credential(
-        &self,
-        request: Request<CreateCredentialRequest>,
-    ) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::CreateOwnership, None)
-            .await?;
-        let body = request.into_inner();
-        let name = self.username(&body.username)?;
-        let password = self.password(&body.password)?;
-        let hash = self.auth.pool().hash(password).await?;
-        let revision = self
-            .catalog
-            .create_user(&name, &hash, body.description)
-            .await?;
-        tracing::info!(user = %name, revision, "user created");
-        self.confirm(revision).await
-    }
-
-    async fn update_credential(
-        &self,
-        request: Request<UpdateCredentialRequest>,
-    ) -> Result<(), ServiceError> {
-        // Super users may reset any password (Milvus's guide); everyone else needs the
-        // privilege or to be acting on themselves.
-        let caller = match request.extensions().get::<Authenticated>() {
-            Some(caller) if caller.is_super_user() => caller.clone(),
-            _ => {
-                let own = request.get_ref().username.clone();
-                self.authorize(&request, Privilege::UpdateUser, Some(&own))
-                    .await?
-            }
-        };
-        let body = request.into_inner();
-        if body.new_password.is_empty() && body.description.is_some() {
-            return self
-                .update_description(&body.username, body.description)
-                .await;
-        }
-        let new_password = self.password(&body.new_password)?;
-        let old_password = decode_base64(&body.old_password)?;
-        // No stored password is longer than the limit: refuse without spending a hash on it.
-        let oversized_old = old_password.len() > self.limits.max_password_len;
-        // A name that breaks the rules cannot exist; report it as Milvus does for a missing user.
-        let name = Username::parse(&body.username, &self.limits).ok();
-        let stored = match &name {
-            Some(name) => self.catalog.get_user(name).await?.value,
-            None => None,
-        };
-        let (Some(name), Some(stored)) = (name, stored) else {
-            return match caller.is_super_user() {
-                true => Err(ServiceError::UserNotFound(body.username.trim().to_string())),
-                false => Err(ServiceError::WrongOldPassword(
-                    body.username.trim().to_string(),
-                )),
-            };
-        };
-        // Checked against the record we will compare-and-swap, so a concurrent change wins.
-        if !caller.is_super_user()
-            && (oversized_old
-                || !self
-                    .auth
-                    .pool()
-                    .verify(stored.hash.clone(), old_password)
-                    .await?)
-        {
-            return Err(ServiceError::WrongOldPassword(name.to_string()));
-        }
-        let hash = self.auth.pool().hash(new_password).await?;
-        let description = body.description.or_else(|| stored.description.clone());
-        let revision = self
-            .catalog
-            .replace_user(&name, &stored.with_hash(hash).with_description(description))
-            .await?;
-        tracing::info!(user = %name, revision, "password changed");
-        self.confirm(revision).await
-    }
-
-    async fn update_description(
-        &self,
-        raw: &str,
-        description: Option<String>,
-    ) -> Result<(), ServiceError> {
-        let name = Username::parse(raw, &self.limits)
-            .map_err(|_| ServiceError::UserNotFound(raw.to_string()))?;
-        let stored = self
-            .catalog
-            .get_user(&name)
-            .await?
-            .value
-            .ok_or_else(|| ServiceError::UserNotFound(name.to_string()))?;
-        let revision = self
-            .catalog
-            .replace_user(&name, &stored.with_description(description))
-            .await?;
-        self.confirm(revision).await
-    }
-
-    async fn delete_credential(
-        &self,
-        request: Request<DeleteCredentialRequest>,
-    ) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::DropOwnership, None)
-            .await?;
-        let raw = request.into_inner().username;
-        if raw.trim() == ROOT_USER {
-            return Err(ServiceError::DeleteRoot);
-        }
-        // Deleting is idempotent; a name that breaks the rules cannot exist.
-        let Ok(name) = Username::parse(&raw, &self.limits) else {
-            return Ok(());
-        };
-        match self.catalog.delete_user(&name).await? {
-            Some(revision) => {
-                tracing::info!(user = %name, revision, "user deleted");
-                self.confirm(revision).await
-            }
-            None => Ok(()),
-        }
-    }
-
-    async fn list_cred_users(
-        &self,
-        request: Request<ListCredUsersRequest>,
-    ) -> Result<Vec<String>, ServiceError> {
-        self.authorize(&request, Privilege::SelectOwnership, None)
-            .await?;
-        Ok(self.catalog.list_users().await?)
-    }
-
-    async fn select_user(
-        &self,
-        request: Request<SelectUserRequest>,
-    ) -> Result<Vec<UserResult>, ServiceError> {
-        let own = request.get_ref().user.as_ref().map(|u| u.name.clone());
-        let privilege = match own {
-            Some(_) => Privilege::SelectUser,
-            None => Privilege::SelectOwnership,
-        };
-        self.authorize(&request, privilege, own.as_deref()).await?;
-        let body = request.into_inner();
-        let names = match &body.user {
-            Some(user) => vec![self.username(&user.name)?],
-            None => self
-                .catalog
-                .list_users()
-                .await?
-                .iter()
-                .filter_map(|n| Username::parse(n, &self.limits).ok())
-                .collect(),
-        };
-        let mut results = Vec::new();
-        for name in names {
-            let Some(stored) = self.catalog.get_user(&name).await?.value else {
-                continue;
-            };
-            let roles = match body.include_role_info {
-                true => self.catalog.user_roles(name.as_str()).await?,
-                false => Vec::new(),
-            };
-            results.push(UserResult {
-                user: Some(UserEntity {
-                    name: name.to_string(),
-                }),
-                roles: roles
-                    .into_iter()
-                    .map(|name| RoleEntity {
-                        name,
-                        description: String::new(),
-                    })
-                    .collect(),
-                description: stored.description.unwrap_or_default(),
-            });
-        }
-        Ok(results)
-    }
-
-    async fn select_role(
-        &self,
-        request: Request<SelectRoleRequest>,
-    ) -> Result<Vec<RoleResult>, ServiceError> {
-        self.authorize(&request, Privilege::SelectOwnership, None)
-            .await?;
-        let body = request.into_inner();
-        let roles = match &body.role {
-            Some(role) => {
-                let role = RoleName::parse(&role.name).map_err(ServiceError::InvalidRole)?;
-                match self.catalog.role_exists(&role).await? {
-                    true => vec![role.as_str().to_string()],
-                    false => Vec::new(),
-                }
-            }
-            None => self.catalog.list_roles().await?,
-        };
-        let mut results = Vec::new();
-        for role in roles {
-            let users = match body.include_user_info {
-                true => self.catalog.role_users(&role).await?,
-                false => Vec::new(),
-            };
-            results.push(RoleResult {
-                role: Some(RoleEntity {
-                    name: role,
-                    description: String::new(),
-                }),
-                users: users.into_iter().map(|name| UserEntity { name }).collect(),
-            });
-        }
-        Ok(results)
-    }
-
-    async fn create_role(&self, request: Request<CreateRoleRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::CreateOwnership, None)
-            .await?;
-        let raw = request
-            .into_inner()
-            .entity
-            .map(|e| e.name)
-            .unwrap_or_default();
-        let role = RoleName::parse(&raw).map_err(ServiceError::InvalidRole)?;
-        let revision = self.catalog.create_role(&role).await?;
-        self.confirm(revision).await
-    }
-
-    async fn drop_role(&self, request: Request<DropRoleRequest>) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::DropOwnership, None)
-            .await?;
-        let role =
-            RoleName::parse(&request.into_inner().role_name).map_err(ServiceError::InvalidRole)?;
-        let revision = self.catalog.drop_role(&role).await?;
-        self.confirm(revision).await
-    }
-
-    async fn operate_user_role(
-        &self,
-        request: Request<OperateUserRoleRequest>,
-    ) -> Result<(), ServiceError> {
-        self.authorize(&request, Privilege::ManageOwnership, None)
-            .await?;
-        let body = request.into_inner();
-        let user = self.username(&body.username)?;
-        let role = RoleName::parse(&body.role_name).map_err(ServiceError::InvalidRole)?;
-        let revision = match OperateUserRoleType::try_from(body.r#type) {
-            Ok(OperateUserRoleType::AddUserToRole) => {
-                self.catalog.add_user_to_role(&user, &role).await?
-            }
-            Ok(OperateUserRoleType::RemoveUserFromRole) => {
-                self.catalog.remove_user_from_role(&user, &role).await?
-            }
-            Err(_) => {
-                return Err(ServiceError::InvalidRole(format!(
-                    "unknown operate type {}",
-                    body.r#type
-                )));
-            }
-        };
-        self.confirm(revision).await
-    }
 }
 
 fn decode_base64(encoded: &str) -> Result<Vec<u8>, ServiceError> {
     base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|e| ServiceError::Base64(e.to_string()))
+        .map_err(ServiceError::Base64)
+}
+
+/// Runs `handler` on the request's caller and body.
+async fn handle<T, R>(
+    request: Request<T>,
+    handler: impl AsyncFnOnce(Caller, T) -> Result<R, ServiceError>,
+) -> Result<R, ServiceError> {
+    let (caller, body) = Caller::of(request)?;
+    handler(caller, body).await
 }
 
 /// A Status-only answer.
@@ -466,40 +263,38 @@ impl MilvusService for Api {
         &self,
         request: Request<CreateCredentialRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        reply(
-            Api::create_credential(self, request).await,
-            ErrorCode::CreateCredentialFailure,
-        )
+        let result = handle(request, async |caller, body| {
+            self.create_user(&caller, body).await
+        });
+        reply(result.await, ErrorCode::CreateCredentialFailure)
     }
 
     async fn update_credential(
         &self,
         request: Request<UpdateCredentialRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        reply(
-            Api::update_credential(self, request).await,
-            ErrorCode::UpdateCredentialFailure,
-        )
+        let result = handle(request, async |caller, body| {
+            self.update_user(&caller, body).await
+        });
+        reply(result.await, ErrorCode::UpdateCredentialFailure)
     }
 
     async fn delete_credential(
         &self,
         request: Request<DeleteCredentialRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        reply(
-            Api::delete_credential(self, request).await,
-            ErrorCode::DeleteCredentialFailure,
-        )
+        let result = handle(request, async |caller, body| {
+            self.delete_user(&caller, body).await
+        });
+        reply(result.await, ErrorCode::DeleteCredentialFailure)
     }
 
     async fn list_cred_users(
         &self,
         request: Request<ListCredUsersRequest>,
     ) -> Result<Response<ListCredUsersResponse>, tonic::Status> {
-        let (status, usernames) = outcome(
-            Api::list_cred_users(self, request).await,
-            ErrorCode::ListCredUsersFailure,
-        )?;
+        let result = handle(request, async |caller, _| self.list_users(&caller).await);
+        let (status, usernames) = outcome(result.await, ErrorCode::ListCredUsersFailure)?;
         Ok(Response::new(ListCredUsersResponse { status, usernames }))
     }
 
@@ -507,40 +302,40 @@ impl MilvusService for Api {
         &self,
         request: Request<CreateRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        reply(
-            Api::create_role(self, request).await,
-            ErrorCode::CreateRoleFailure,
-        )
+        let result = handle(request, async |caller, body| {
+            self.add_role(&caller, body).await
+        });
+        reply(result.await, ErrorCode::CreateRoleFailure)
     }
 
     async fn drop_role(
         &self,
         request: Request<DropRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        reply(
-            Api::drop_role(self, request).await,
-            ErrorCode::DropRoleFailure,
-        )
+        let result = handle(request, async |caller, body| {
+            self.remove_role(&caller, body).await
+        });
+        reply(result.await, ErrorCode::DropRoleFailure)
     }
 
     async fn operate_user_role(
         &self,
         request: Request<OperateUserRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        reply(
-            Api::operate_user_role(self, request).await,
-            ErrorCode::OperateUserRoleFailure,
-        )
+        let result = handle(request, async |caller, body| {
+            self.change_membership(&caller, body).await
+        });
+        reply(result.await, ErrorCode::OperateUserRoleFailure)
     }
 
     async fn select_role(
         &self,
         request: Request<SelectRoleRequest>,
     ) -> Result<Response<SelectRoleResponse>, tonic::Status> {
-        let (status, results) = outcome(
-            Api::select_role(self, request).await,
-            ErrorCode::SelectRoleFailure,
-        )?;
+        let result = handle(request, async |caller, body| {
+            self.describe_roles(&caller, body).await
+        });
+        let (status, results) = outcome(result.await, ErrorCode::SelectRoleFailure)?;
         Ok(Response::new(SelectRoleResponse { status, results }))
     }
 
@@ -548,10 +343,10 @@ impl MilvusService for Api {
         &self,
         request: Request<SelectUserRequest>,
     ) -> Result<Response<SelectUserResponse>, tonic::Status> {
-        let (status, results) = outcome(
-            Api::select_user(self, request).await,
-            ErrorCode::SelectUserFailure,
-        )?;
+        let result = handle(request, async |caller, body| {
+            self.describe_users(&caller, body).await
+        });
+        let (status, results) = outcome(result.await, ErrorCode::SelectUserFailure)?;
         Ok(Response::new(SelectUserResponse { status, results }))
     }
 }

@@ -10,7 +10,8 @@ use crate::meta::MetaError;
 use crate::password::{HashError, RuleError};
 use crate::proto::common::{ErrorCode, Status};
 
-/// Everything a handler can fail with. No variant carries a password or hash.
+/// Everything a handler can fail with. No variant carries a password or hash; errors from the
+/// modules below are kept as sources.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{0}: invalid parameter")]
@@ -19,8 +20,12 @@ pub enum ServiceError {
     InvalidPassword(RuleError),
     #[error("{0}: invalid parameter")]
     InvalidRole(String),
+    #[error(
+        "invalid description length: invalid parameter[{len} out of range 0 <= value <= {max}]"
+    )]
+    DescriptionTooLong { len: usize, max: usize },
     #[error("decode password fail: {0}")]
-    Base64(String),
+    Base64(#[source] base64::DecodeError),
     #[error("user already exists: {0}: invalid parameter")]
     UserExists(String),
     #[error("old password not correct for {0}: not authenticated")]
@@ -33,14 +38,20 @@ pub enum ServiceError {
     RoleExists(String),
     #[error("role [{0}] not found")]
     RoleNotFound(String),
+    /// Milvus's answer to taking a user out of a role that does not exist.
+    #[error("not found the role, maybe the role isn't existed or internal system error")]
+    NoSuchRole,
     #[error("the role[{0}] is a default role, which can't be dropped: privilege not permitted")]
     DefaultRole(String),
     #[error("there is no privilege group name [{0}] defined in system to operate")]
     GroupNotFound(String),
+    /// What changed: `user bob`, `role reader`.
     #[error("{0} was changed concurrently; read it again and retry")]
     Conflict(String),
     #[error("stored data is unreadable: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] CatalogError),
+    #[error("stored data is unreadable: {0}")]
+    BadHash(#[source] HashError),
     #[error("{privilege}: permission deny to {user} in the `{db}` database")]
     PermissionDenied {
         privilege: &'static str,
@@ -50,28 +61,28 @@ pub enum ServiceError {
     #[error("request is not authenticated")]
     Unauthenticated,
     #[error("credential store unavailable, retry: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] MetaError),
     #[error("credential store failed: {0}")]
-    Store(String),
-    #[error("too many password hash computations in progress; retry later")]
+    Store(#[source] MetaError),
+    /// The hash pool's queue is full; the text is the pool's own.
+    #[error("{}", HashError::Busy)]
     Busy,
     #[error("internal error: {0}")]
-    Internal(String),
-    #[error("{0}")]
+    Internal(#[source] HashError),
+    #[error(transparent)]
     NotConfirmed(CoherenceError),
 }
 
-/// The legacy `error_code` Milvus reports for a failed operation of this kind.
-pub type Failure = ErrorCode;
-
-/// Maps `err` to what pymilvus sees: `Err` is a gRPC error, `Ok` a failed `common.Status`.
-/// Also logs it at the level it deserves.
-pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::Status> {
+/// Maps `err` to what pymilvus sees: `Err` is a gRPC error, `Ok` a failed `common.Status`
+/// whose legacy `error_code` is `failure` (the one Milvus reports for a failed operation of
+/// this kind) unless the error has its own. Also logs it at the level it deserves.
+pub fn to_status(err: &ServiceError, failure: ErrorCode) -> Result<Status, tonic::Status> {
     let reason = err.to_string();
     let (code, legacy, input_error) = match err {
         ServiceError::InvalidName(_)
         | ServiceError::InvalidPassword(_)
-        | ServiceError::InvalidRole(_) => {
+        | ServiceError::InvalidRole(_)
+        | ServiceError::DescriptionTooLong { .. } => {
             tracing::debug!(%reason, "invalid input");
             (1100, ErrorCode::IllegalArgument, true)
         }
@@ -92,6 +103,7 @@ pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::
         | ServiceError::RoleExists(_)
         | ServiceError::RoleNotFound(_)
         | ServiceError::GroupNotFound(_)
+        | ServiceError::NoSuchRole
         | ServiceError::Conflict(_) => {
             tracing::debug!(%reason, "refused");
             (65535, failure, false)
@@ -100,7 +112,10 @@ pub fn to_status(err: &ServiceError, failure: Failure) -> Result<Status, tonic::
             tracing::warn!(%reason, "write not confirmed by every replica");
             (65535, failure, false)
         }
-        ServiceError::Corrupt(_) | ServiceError::Store(_) | ServiceError::Internal(_) => {
+        ServiceError::Corrupt(_)
+        | ServiceError::BadHash(_)
+        | ServiceError::Store(_)
+        | ServiceError::Internal(_) => {
             tracing::error!(%reason, "request failed");
             (65535, failure, false)
         }
@@ -138,12 +153,18 @@ impl From<CatalogError> for ServiceError {
             CatalogError::Meta(e) => e.into(),
             CatalogError::UserExists(name) => ServiceError::UserExists(name),
             CatalogError::UserNotFound(name) => ServiceError::UserNotFound(name),
-            CatalogError::Conflict(name) => ServiceError::Conflict(name),
+            CatalogError::UserConflict(name) => ServiceError::Conflict(format!("user {name}")),
+            CatalogError::RoleConflict(role) => ServiceError::Conflict(format!("role {role}")),
             CatalogError::RoleExists(role) => ServiceError::RoleExists(role),
             CatalogError::RoleNotFound(role) => ServiceError::RoleNotFound(role),
             CatalogError::DefaultRole(role) => ServiceError::DefaultRole(role),
             CatalogError::GroupNotFound(group) => ServiceError::GroupNotFound(group),
-            corrupt @ CatalogError::Corrupt { .. } => ServiceError::Corrupt(corrupt.to_string()),
+            CatalogError::GroupConflict(group) => {
+                ServiceError::Conflict(format!("privilege group {group}"))
+            }
+            corrupt @ (CatalogError::BadJson { .. }
+            | CatalogError::BadHash { .. }
+            | CatalogError::BadValue { .. }) => ServiceError::Corrupt(corrupt),
         }
     }
 }
@@ -151,10 +172,8 @@ impl From<CatalogError> for ServiceError {
 impl From<MetaError> for ServiceError {
     fn from(err: MetaError) -> Self {
         match err {
-            MetaError::Unavailable(_) | MetaError::WatchClosed => {
-                ServiceError::Unavailable(err.to_string())
-            }
-            MetaError::Etcd(_) | MetaError::Embedded { .. } => ServiceError::Store(err.to_string()),
+            MetaError::Unavailable(_) | MetaError::WatchClosed => ServiceError::Unavailable(err),
+            MetaError::Etcd(_) | MetaError::Embedded { .. } => ServiceError::Store(err),
         }
     }
 }
@@ -163,10 +182,8 @@ impl From<HashError> for ServiceError {
     fn from(err: HashError) -> Self {
         match err {
             HashError::Busy => ServiceError::Busy,
-            HashError::Malformed => ServiceError::Corrupt(err.to_string()),
-            HashError::Hashing(_) | HashError::TooWeak(_) => {
-                ServiceError::Internal(err.to_string())
-            }
+            HashError::Malformed => ServiceError::BadHash(err),
+            HashError::Hashing(_) | HashError::TooWeak(_) => ServiceError::Internal(err),
         }
     }
 }
@@ -233,11 +250,30 @@ mod tests {
             ok(1100, ErrorCode::IllegalArgument, "bad: invalid parameter"),
         );
         check(
-            E::Base64("illegal base64 data".into()),
+            E::Base64(base64::DecodeError::InvalidLength(5)),
             ok(
                 65535,
                 ErrorCode::CreateCredentialFailure,
-                "decode password fail: illegal base64 data",
+                "decode password fail: Invalid input length: 5",
+            ),
+        );
+        check(
+            E::DescriptionTooLong {
+                len: 1025,
+                max: 1024,
+            },
+            ok(
+                1100,
+                ErrorCode::IllegalArgument,
+                "invalid description length: invalid parameter[1025 out of range 0 <= value <= 1024]",
+            ),
+        );
+        check(
+            E::NoSuchRole,
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "not found the role, maybe the role isn't existed or internal system error",
             ),
         );
         check(
@@ -305,35 +341,54 @@ mod tests {
             ),
         );
         check(
-            E::Conflict("bob".into()),
+            CatalogError::UserConflict("bob".into()).into(),
             ok(
                 65535,
                 ErrorCode::CreateCredentialFailure,
-                "bob was changed concurrently; read it again and retry",
+                "user bob was changed concurrently; read it again and retry",
             ),
         );
         check(
-            E::Corrupt("k".into()),
+            CatalogError::RoleConflict("r".into()).into(),
             ok(
                 65535,
                 ErrorCode::CreateCredentialFailure,
-                "stored data is unreadable: k",
+                "role r was changed concurrently; read it again and retry",
             ),
         );
         check(
-            E::Store("s".into()),
+            E::Corrupt(CatalogError::BadHash {
+                key: "k".into(),
+                source: HashError::Malformed,
+            }),
             ok(
                 65535,
                 ErrorCode::CreateCredentialFailure,
-                "credential store failed: s",
+                "stored data is unreadable: stored value at k holds no valid hash: stored credential hash is invalid",
             ),
         );
         check(
-            E::Internal("i".into()),
+            HashError::Malformed.into(),
             ok(
                 65535,
                 ErrorCode::CreateCredentialFailure,
-                "internal error: i",
+                "stored data is unreadable: stored credential hash is invalid",
+            ),
+        );
+        check(
+            MetaError::Etcd("s".into()).into(),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "credential store failed: etcd request failed: s",
+            ),
+        );
+        check(
+            HashError::Hashing("i".into()).into(),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "internal error: password hashing failed: i",
             ),
         );
         let not_confirmed = CoherenceError::NotConfirmed {
@@ -364,17 +419,17 @@ mod tests {
             Err((tonic::Code::Unauthenticated, "request is not authenticated")),
         );
         check(
-            E::Unavailable("etcd".into()),
+            MetaError::Unavailable("down".into()).into(),
             Err((
                 tonic::Code::Unavailable,
-                "credential store unavailable, retry: etcd",
+                "credential store unavailable, retry: etcd is unavailable: down",
             )),
         );
         check(
-            E::Busy,
+            HashError::Busy.into(),
             Err((
                 tonic::Code::ResourceExhausted,
-                "too many password hash computations in progress; retry later",
+                "too many password hash computations are waiting; retry later",
             )),
         );
     }

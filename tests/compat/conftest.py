@@ -387,14 +387,30 @@ class Server:
         user: Optional[str] = ROOT_USER,
         password: Optional[str] = ROOT_PASSWORD,
         timeout: float = 30,
+        password_via: str = "env",
+        stdin: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
     ) -> subprocess.CompletedProcess:
+        """Runs `credstore ARGS --uri URI --user USER` with the caller's password in
+        CREDSTORE_PASSWORD (`password_via="env"`), as `--password` (`"flag"`), or as the first
+        line of standard input (`"stdin"`, before `stdin`). Never a terminal: nothing prompts."""
         cmd = [str(self.bin), *args, "--uri", self.uri]
         if user is not None:
             cmd += ["--user", user]
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDSTORE_")}
+        run_env.update(env or {})
+        text = stdin or ""
         if password is not None:
-            cmd += ["--password", password]
+            if password_via == "env":
+                run_env["CREDSTORE_PASSWORD"] = password
+            elif password_via == "flag":
+                cmd += ["--password", password]
+            elif password_via == "stdin":
+                text = password + "\n" + text
+            else:
+                raise ValueError(password_via)
         return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            cmd, capture_output=True, text=True, timeout=timeout, input=text, env=run_env
         )
 
 

@@ -1,5 +1,6 @@
 """The admin CLI of the same binary (`credstore user ...`, `credstore health`), which talks
-to a running server over the gRPC API; results are cross-checked with pymilvus."""
+to a running server over the gRPC API; results are cross-checked with pymilvus. Passwords go
+through the environment or standard input, never only the command line (`ps` shows it)."""
 
 import subprocess
 
@@ -41,28 +42,58 @@ def test_health(server, binary):
 
 def test_create_list_passwd_delete(server, clients):
     name, password = uname("cli"), pw()
-    _ok(server.cli("user", "create", name, "--new-password", password))
+    # The new password as a line of standard input, the caller's in CREDSTORE_PASSWORD.
+    _ok(server.cli("user", "create", name, stdin=password + "\n"))
     assert name in _names(_ok(server.cli("user", "list")))
     assert ROOT_USER in _names(_ok(server.cli("user", "list")))
     assert clients.can_connect(server, f"{name}:{password}")
     assert name in clients.make(server).list_users(timeout=T)
 
-    # root is a super user: no old password needed.
+    # root is a super user: no old password needed. The new one from CREDSTORE_NEW_PASSWORD.
     second = pw()
-    _ok(server.cli("user", "passwd", name, "--new-password", second))
+    _ok(server.cli("user", "passwd", name, env={"CREDSTORE_NEW_PASSWORD": second}))
     assert clients.can_connect(server, f"{name}:{second}")
     assert not clients.can_connect(server, f"{name}:{password}")
 
-    # The user changes their own password, proving the old one.
+    # The user changes their own password, proving the old one (their own login).
     third = pw()
-    _ok(server.cli("user", "passwd", name, "--new-password", third, "--old-password", second,
-                   user=name, password=second))
+    _ok(server.cli("user", "passwd", name, user=name, password=second, password_via="stdin",
+                   stdin=third + "\n"))
     assert clients.can_connect(server, f"{name}:{third}")
     assert not clients.can_connect(server, f"{name}:{second}")
 
     _ok(server.cli("user", "delete", name))
     assert name not in _names(_ok(server.cli("user", "list")))
     assert not clients.can_connect(server, f"{name}:{third}")
+
+
+def test_passwords_never_need_the_command_line(server, clients):
+    name, password, second = uname("cli"), pw(), pw()
+    # Everything on standard input: the caller's password, then the new one.
+    r = _ok(server.cli("user", "create", name, password_via="stdin", stdin=password + "\n"))
+    assert password not in r.args and ROOT_PASSWORD not in r.args, r.args
+    assert clients.can_connect(server, f"{name}:{password}")
+    # An explicit old password from the environment.
+    r = _ok(server.cli("user", "passwd", name, user=name, password=password,
+                       env={"CREDSTORE_NEW_PASSWORD": second,
+                            "CREDSTORE_OLD_PASSWORD": password}))
+    assert not any(p in r.args for p in (password, second)), r.args
+    assert clients.can_connect(server, f"{name}:{second}")
+    # No password anywhere and no terminal: an error, not a login without one.
+    r = _fails(server.cli("user", "list", password=None))
+    assert "password" in r.stderr, r.stderr
+    _ok(server.cli("user", "delete", name, password_via="stdin"))
+
+
+def test_old_flags_still_work(server, clients):
+    name, password = uname("cli"), pw()
+    _ok(server.cli("user", "create", name, "--new-password", password, password_via="flag"))
+    assert clients.can_connect(server, f"{name}:{password}")
+    second = pw()
+    _ok(server.cli("user", "passwd", name, "--new-password", second, "--old-password", password,
+                   user=name, password=password, password_via="flag"))
+    assert clients.can_connect(server, f"{name}:{second}")
+    _ok(server.cli("user", "delete", name, password_via="flag"))
 
 
 def test_list_prints_exactly_the_users(server, clients):
@@ -81,26 +112,26 @@ def test_cli_errors(server):
     # wrong admin password
     _fails(server.cli("user", "list", password="not-" + ROOT_PASSWORD))
     # invalid user name / too short password
-    _fails(server.cli("user", "create", "1bad-name", "--new-password", pw()))
-    _fails(server.cli("user", "create", name, "--new-password", "short"))
+    _fails(server.cli("user", "create", "1bad-name", stdin=pw() + "\n"))
+    _fails(server.cli("user", "create", name, stdin="short\n"))
     assert name not in _names(_ok(server.cli("user", "list")))
     # duplicate
-    _ok(server.cli("user", "create", name, "--new-password", password))
-    _fails(server.cli("user", "create", name, "--new-password", pw()))
+    _ok(server.cli("user", "create", name, stdin=password + "\n"))
+    _fails(server.cli("user", "create", name, stdin=pw() + "\n"))
     # delete root
     _fails(server.cli("user", "delete", ROOT_USER))
     # a normal user may not list users
     _fails(server.cli("user", "list", user=name, password=password))
     # a normal user must prove the old password
-    _fails(server.cli("user", "passwd", name, "--new-password", pw(), "--old-password",
-                      "wrong-old", user=name, password=password))
+    _fails(server.cli("user", "passwd", name, user=name, password=password, stdin=pw() + "\n",
+                      env={"CREDSTORE_OLD_PASSWORD": "wrong-old"}))
     _ok(server.cli("user", "delete", name))
 
 
 def test_cli_against_dead_server_fails(binary):
     r = subprocess.run(
         [str(binary), "user", "list", "--uri", f"http://127.0.0.1:{free_port()}",
-         "--user", ROOT_USER, "--password", ROOT_PASSWORD],
-        capture_output=True, text=True, timeout=60,
+         "--user", ROOT_USER],
+        capture_output=True, text=True, timeout=60, input=ROOT_PASSWORD + "\n",
     )
     _fails(r)

@@ -135,3 +135,28 @@ def test_limits_through_milvus_client(root):
     root.create_user(name, "p" * 256, timeout=T)
     assert name in root.list_users(timeout=T)
     root.drop_user(name, timeout=T)
+
+
+DESCRIPTION_LIMIT = 1024  # bytes; Milvus's proxy.maxUserDescriptionLength default
+
+
+def test_description_is_bounded(server, root, clients):
+    """A description over 1 KiB is a parameter error (1100) and stores nothing: not on create,
+    not on a description-only update, not with a password change."""
+    name, password = uname("desc"), pw()
+    too_long = "d" * (DESCRIPTION_LIMIT + 1)
+    with raises_milvus(1100, match="invalid description length"):
+        root.create_user(name, password, description=too_long, timeout=T)
+    assert name not in root.list_users(timeout=T)
+
+    root.create_user(name, password, description="d" * DESCRIPTION_LIMIT, timeout=T)
+    assert root.describe_user(name, timeout=T)["description"] == "d" * DESCRIPTION_LIMIT
+    with raises_milvus(1100, match="invalid description length"):
+        root.update_user(name, description=too_long, timeout=T)
+    second = pw()
+    with raises_milvus(1100, match="invalid description length"):
+        root.update_password(name, password, second, description=too_long, timeout=T)
+    assert root.describe_user(name, timeout=T)["description"] == "d" * DESCRIPTION_LIMIT
+    assert clients.can_connect(server, f"{name}:{password}")
+    assert not clients.can_connect(server, f"{name}:{second}")
+    root.drop_user(name, timeout=T)

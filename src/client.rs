@@ -1,0 +1,299 @@
+//! The client side of the gRPC API, for the admin CLI (`credstore user …`, `credstore health`),
+//! `credstore bench` and the Rust tests: a channel, the `authorization` header (attached in one
+//! place, [`Authorization::apply`]) and an authorized `MilvusServiceClient`; [`Admin`] wraps the
+//! user RPCs; [`read_secret`] reads a password from a prompt or standard input, so the CLI never
+//! needs one on its command line (where `ps` shows it).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use base64::Engine;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::common::Status;
+use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
+use crate::proto::milvus::*;
+
+/// A `MilvusServiceClient` that sends its [`Authorization`] with every call.
+pub type Client = MilvusServiceClient<InterceptedService<Channel, Authorization>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {uri}: {source}")]
+    Connect {
+        uri: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the authorization header must be visible ASCII")]
+    BadHeader,
+    #[error("server refused: {code:?}: {message}")]
+    Rpc { code: tonic::Code, message: String },
+    #[error("failed (code {code}): {reason}")]
+    Status { code: i32, reason: String },
+    #[error("cannot read a password: {0}")]
+    Input(#[source] std::io::Error),
+}
+
+/// The `authorization` header pymilvus sends: base64 of `user:password` (or none).
+/// `Debug` never shows it.
+#[derive(Clone, Default)]
+pub struct Authorization(Option<MetadataValue<Ascii>>);
+
+impl Authorization {
+    /// No header: for servers with authorization disabled, and for health checks.
+    pub fn none() -> Authorization {
+        Authorization(None)
+    }
+
+    /// `user` with `password`, as pymilvus encodes them.
+    pub fn credentials(user: &str, password: &str) -> Authorization {
+        let encoded = b64(&format!("{user}:{password}"));
+        // Base64 is visible ASCII, always a valid header value.
+        Authorization(encoded.parse().ok())
+    }
+
+    /// A header exactly as given (tests send malformed ones).
+    pub fn header(raw: &str) -> Result<Authorization, ClientError> {
+        raw.parse()
+            .map(|value| Authorization(Some(value)))
+            .map_err(|_| ClientError::BadHeader)
+    }
+
+    /// Puts the header on `request`: the one place it is attached.
+    pub fn apply<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
+}
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Authorization(<redacted>)"),
+            None => f.write_str("Authorization(none)"),
+        }
+    }
+}
+
+impl Interceptor for Authorization {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        Ok(self.apply(request))
+    }
+}
+
+/// A connected HTTP/2 channel to `uri` (connect timeout 5 s).
+pub async fn channel(uri: &str) -> Result<Channel, ClientError> {
+    let connect_err = |source| ClientError::Connect {
+        uri: uri.to_string(),
+        source,
+    };
+    Endpoint::from_shared(uri.to_string())
+        .map_err(connect_err)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(connect_err)
+}
+
+/// A client on `channel` sending `authorization` with every call.
+pub fn client(channel: Channel, authorization: Authorization) -> Client {
+    MilvusServiceClient::with_interceptor(channel, authorization)
+}
+
+/// Connects to `uri` and returns a client sending `authorization` with every call.
+pub async fn connect(uri: &str, authorization: Authorization) -> Result<Client, ClientError> {
+    Ok(client(channel(uri).await?, authorization))
+}
+
+fn b64(raw: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// Reads a secret: from the terminal without echo (after printing `prompt` on stderr) when
+/// standard input is one, else one line of standard input (without its line ending).
+pub fn read_secret(prompt: &str) -> Result<String, ClientError> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return read_line(&mut stdin.lock()).map_err(ClientError::Input);
+    }
+    let mut stderr = std::io::stderr();
+    let _ = write!(stderr, "{prompt}");
+    let _ = stderr.flush();
+    let secret = without_echo(|| read_line(&mut stdin.lock()));
+    let _ = writeln!(stderr);
+    secret.map_err(ClientError::Input)
+}
+
+/// One line, without its `\n` or `\r\n`; end of input with nothing read is an error.
+fn read_line(input: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "standard input ended before a password",
+        ));
+    }
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
+}
+
+/// Runs `read` with the terminal's echo off, restoring it afterwards.
+fn without_echo<T>(read: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let original = tcgetattr(&stdin)?;
+    let mut quiet = original.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet)?;
+    let result = read();
+    tcsetattr(&stdin, OptionalActions::Now, &original)?;
+    result
+}
+
+/// The user RPCs the admin CLI needs, over an authorized [`Client`].
+pub struct Admin {
+    client: Client,
+}
+
+impl Admin {
+    pub async fn connect(uri: &str, authorization: Authorization) -> Result<Admin, ClientError> {
+        Ok(Admin {
+            client: connect(uri, authorization).await?,
+        })
+    }
+
+    pub async fn create_user(&mut self, name: &str, password: &str) -> Result<(), ClientError> {
+        let request = CreateCredentialRequest {
+            username: name.into(),
+            password: b64(password),
+            ..Default::default()
+        };
+        check(
+            self.client
+                .create_credential(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
+    }
+
+    pub async fn change_password(
+        &mut self,
+        name: &str,
+        old: Option<&str>,
+        new: &str,
+    ) -> Result<(), ClientError> {
+        let request = UpdateCredentialRequest {
+            username: name.into(),
+            old_password: b64(old.unwrap_or_default()),
+            new_password: b64(new),
+            ..Default::default()
+        };
+        check(
+            self.client
+                .update_credential(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
+    }
+
+    pub async fn delete_user(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = DeleteCredentialRequest {
+            username: name.into(),
+            ..Default::default()
+        };
+        check(
+            self.client
+                .delete_credential(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
+    }
+
+    pub async fn list_users(&mut self) -> Result<Vec<String>, ClientError> {
+        let response = self
+            .client
+            .list_cred_users(ListCredUsersRequest::default())
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        check(response.status.unwrap_or_default())?;
+        Ok(response.usernames)
+    }
+
+    /// Whether the server answers at all; UNAUTHENTICATED counts as an answer.
+    pub async fn health(&mut self) -> Result<(), ClientError> {
+        match self.client.get_version(GetVersionRequest::default()).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(()),
+            Err(status) => Err(rpc(status)),
+        }
+    }
+}
+
+fn rpc(status: tonic::Status) -> ClientError {
+    ClientError::Rpc {
+        code: status.code(),
+        message: status.message().to_string(),
+    }
+}
+
+fn check(status: Status) -> Result<(), ClientError> {
+    match (status.code, status.error_code) {
+        (0, 0) => Ok(()),
+        (code, legacy) => Err(ClientError::Status {
+            code: if code != 0 { code } else { legacy },
+            reason: status.reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_line(input: &str, expected: Option<&str>) {
+        let got = read_line(&mut input.as_bytes()).ok();
+        assert_eq!(got.as_deref(), expected, "{input:?}");
+    }
+
+    #[test]
+    fn secrets_are_read_one_line_at_a_time() {
+        check_line("pw\n", Some("pw"));
+        check_line("pw\r\nnext\n", Some("pw"));
+        check_line("last", Some("last"));
+        check_line(" spaced \n", Some(" spaced "));
+        check_line("\n", Some(""));
+        check_line("", None);
+        let mut two = "first\nsecond\n".as_bytes();
+        assert_eq!(read_line(&mut two).unwrap(), "first");
+        assert_eq!(read_line(&mut two).unwrap(), "second");
+    }
+
+    #[test]
+    fn the_header_is_attached_and_never_shown() {
+        let auth = Authorization::credentials("root", "Milvus");
+        let request = auth.apply(tonic::Request::new(()));
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "cm9vdDpNaWx2dXM="
+        );
+        assert_eq!(format!("{auth:?}"), "Authorization(<redacted>)");
+        let none = Authorization::none().apply(tonic::Request::new(()));
+        assert!(none.metadata().get("authorization").is_none());
+        assert!(matches!(
+            Authorization::header("bad\nvalue"),
+            Err(ClientError::BadHeader)
+        ));
+    }
+}

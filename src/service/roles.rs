@@ -1,0 +1,105 @@
+//! Role handlers: create, drop and describe roles, and grant or take a role from a user.
+//! A request that changed nothing (granting a role the user holds, taking one they do not
+//! hold) answers at once: there is no write for the replicas to acknowledge.
+
+use crate::catalog::{CatalogError, RoleName};
+use crate::proto::milvus::{
+    CreateRoleRequest, DropRoleRequest, OperateUserRoleRequest, OperateUserRoleType, RoleEntity,
+    RoleResult, SelectRoleRequest, UserEntity,
+};
+use crate::service::status::ServiceError;
+use crate::service::{Api, Caller, Privilege};
+
+fn role_name(raw: &str) -> Result<RoleName, ServiceError> {
+    RoleName::parse(raw).map_err(ServiceError::InvalidRole)
+}
+
+impl Api {
+    pub(super) async fn add_role(
+        &self,
+        caller: &Caller,
+        body: CreateRoleRequest,
+    ) -> Result<(), ServiceError> {
+        self.require(caller, Privilege::CreateOwnership).await?;
+        let role = role_name(&body.entity.map(|e| e.name).unwrap_or_default())?;
+        let revision = self.catalog.create_role(&role).await?;
+        self.confirm(revision).await
+    }
+
+    pub(super) async fn remove_role(
+        &self,
+        caller: &Caller,
+        body: DropRoleRequest,
+    ) -> Result<(), ServiceError> {
+        self.require(caller, Privilege::DropOwnership).await?;
+        let role = role_name(&body.role_name)?;
+        let revision = self.catalog.drop_role(&role).await?;
+        self.confirm(revision).await
+    }
+
+    /// Grants a role to a user or takes it away (`OperateUserRole`).
+    pub(super) async fn change_membership(
+        &self,
+        caller: &Caller,
+        body: OperateUserRoleRequest,
+    ) -> Result<(), ServiceError> {
+        self.require(caller, Privilege::ManageOwnership).await?;
+        let user = self.username(&body.username)?;
+        let role = role_name(&body.role_name)?;
+        let revision = match OperateUserRoleType::try_from(body.r#type) {
+            Ok(OperateUserRoleType::AddUserToRole) => {
+                self.catalog.add_user_to_role(&user, &role).await?
+            }
+            Ok(OperateUserRoleType::RemoveUserFromRole) => self
+                .catalog
+                .remove_user_from_role(&user, &role)
+                .await
+                .map_err(|e| match e {
+                    // Milvus's answer for a role that does not exist, here.
+                    CatalogError::RoleNotFound(_) => ServiceError::NoSuchRole,
+                    other => other.into(),
+                })?,
+            Err(_) => {
+                return Err(ServiceError::InvalidRole(format!(
+                    "unknown operate type {}",
+                    body.r#type
+                )));
+            }
+        };
+        self.confirm_change(revision).await
+    }
+
+    /// One role (none if it does not exist) or all, with their members if asked.
+    pub(super) async fn describe_roles(
+        &self,
+        caller: &Caller,
+        body: SelectRoleRequest,
+    ) -> Result<Vec<RoleResult>, ServiceError> {
+        self.require(caller, Privilege::SelectOwnership).await?;
+        let roles = match &body.role {
+            Some(role) => {
+                let role = role_name(&role.name)?;
+                match self.catalog.role_exists(&role).await? {
+                    true => vec![role.as_str().to_string()],
+                    false => Vec::new(),
+                }
+            }
+            None => self.catalog.list_roles().await?,
+        };
+        let mut results = Vec::new();
+        for role in roles {
+            let users = match body.include_user_info {
+                true => self.catalog.role_users(&role).await?,
+                false => Vec::new(),
+            };
+            results.push(RoleResult {
+                role: Some(RoleEntity {
+                    name: role,
+                    description: String::new(),
+                }),
+                users: users.into_iter().map(|name| UserEntity { name }).collect(),
+            });
+        }
+        Ok(results)
+    }
+}
