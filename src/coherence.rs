@@ -1,35 +1,41 @@
 //! Cache coherence across replicas. Owns the only watches: the credential watch that drops
-//! cached passwords when a user changes, the session (an etcd lease) that tells writers
-//! which replicas are alive and how far each has applied the log, and the acknowledgement a
-//! writer waits for before telling its client a change is done.
+//! cached passwords when a user changes, the session (a key on a store lease) that tells
+//! writers which replicas are alive and how far each has applied the log, and the
+//! acknowledgement a writer waits for before telling its client a change is done.
+//! It must not speak gRPC or name a storage backend: leases come from `meta::Leases`.
 //!
 //! The protocol, for a change written at revision W:
 //! 1. every replica's watcher sees W, drops the user's cache entry, then records
 //!    `applied >= W` in its session key `{meta}/credstore/sessions/{id}`;
-//! 2. the writer watches all session keys and answers only when every live session shows
-//!    `applied >= W` (a session whose lease expired is deleted by etcd and no longer waited for),
-//!    or fails with `NotConfirmed` after `credstore.ackTimeoutMs`;
-//! 3. a replica trusts its cache only until its lease could have expired (see
-//!    `Authenticator::trust_until`); after that it refuses until it has re-registered and
-//!    dropped its whole cache;
+//! 2. the writer reads the session keys at a revision >= W (so every replica that existed at
+//!    W is in its view) and answers only when every live session shows `applied >= W`; a
+//!    session whose lease expired or was revoked is deleted by the store and no longer
+//!    waited for. It fails with `NotConfirmed` after `credstore.ackTimeoutMs`, which exceeds
+//!    the session TTL, so that happens only when the store itself cannot be reached;
+//! 3. a replica trusts its cache only while (a) its registration completed and its lease
+//!    cannot have expired (deadline a margin before the TTL, from the last renewal sent),
+//!    (b) its credential watch has caught up with the registration revision, and (c) that
+//!    watch answered an event or a progress request within a bound. Otherwise it answers
+//!    UNAVAILABLE (see `Authenticator::trust_until`);
 //! 4. a watch that broke resumes from `applied + 1`; if that was compacted, the whole cache
 //!    is dropped and the watch starts again from the current revision.
+//!
+//! [`Coherence`] is the cheap handle handlers clone (`confirm`, `applied`, `sessions`);
+//! [`CoherenceTasks`] owns the background tasks and ends the session on `shutdown`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::meta::{
-    EventKind, MetaError, MetaKv, Revision, Store, Watch, WatchMessage, etcd::map_err,
+    Event, EventKind, Lease, Leases, MetaError, Read, Revision, Store, Watch, WatchMessage,
 };
 
 #[derive(Clone, Debug)]
@@ -38,7 +44,10 @@ pub struct CoherenceConfig {
     pub replica_id: String,
     /// The address clients reach this replica at (informational, in the session).
     pub address: String,
+    /// Lease time-to-live of the session: how long a silent replica is still waited for.
     pub session_ttl: Duration,
+    /// How long a write waits for every live replica; longer than `session_ttl`, so a replica
+    /// cut off from the store is dropped (its lease expires) before a writer gives up.
     pub ack_timeout: Duration,
 }
 
@@ -55,6 +64,28 @@ pub enum CoherenceError {
     },
 }
 
+/// The handle on the running protocol; cheap to clone. Handlers use it to wait for their
+/// writes to be applied everywhere.
+pub struct Coherence<S = Store> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Coherence<S> {
+    fn clone(&self) -> Self {
+        Coherence {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// The background tasks (credential watch, session, sessions view). Owned by `server::run`,
+/// which calls [`CoherenceTasks::shutdown`]; dropping it stops the tasks without ending the
+/// session (its lease then expires on its own).
+pub struct CoherenceTasks<S: Leases + Clone + 'static = Store> {
+    inner: Arc<Inner<S>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
 /// What a replica publishes in its session key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SessionValue {
@@ -62,15 +93,275 @@ struct SessionValue {
     address: String,
 }
 
-/// State shared by the tasks and the writers.
-struct Shared {
+/// The one context every task and the handle share.
+struct Inner<S> {
+    /// The store the protocol runs on (the catalog's, or a fault-injecting wrapper in tests).
+    store: S,
+    /// Used only to tell which user a changed key belongs to.
+    catalog: Catalog,
+    /// The cache this replica keeps coherent.
+    auth: Authenticator,
+    credential_prefix: String,
+    sessions_prefix: String,
+    /// This replica's session key.
+    session_key: String,
+    address: String,
+    ttl: Duration,
+    ack_timeout: Duration,
+    /// How often the credential watch asks the store for progress.
+    progress_every: Duration,
+    /// A watch silent for longer than this is not trusted.
+    silence_bound: Duration,
     /// The newest revision whose credential changes this replica has applied.
     applied: watch::Sender<Revision>,
-    /// Live sessions (etcd only) and how far each has applied.
-    sessions: watch::Sender<BTreeMap<String, Revision>>,
+    /// The writer's view of the live sessions.
+    view: watch::Sender<SessionsView>,
+    /// The lease of the completed registration (revoked at shutdown).
+    lease: Mutex<Option<Lease>>,
+    gate: Gate,
+    /// Signalled after a re-registration: the credential watch reopens from the new
+    /// registration revision, so trust returns only once a watch from there answers.
+    resync: Notify,
 }
 
-impl Shared {
+/// Live sessions and how far each has applied, reflecting every change up to `revision`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SessionsView {
+    revision: Revision,
+    sessions: BTreeMap<String, Revision>,
+}
+
+impl SessionsView {
+    /// Applies watched changes newer than the view; returns whether anything changed.
+    fn apply(&mut self, prefix: &str, events: &[Event], at: Revision) -> bool {
+        let mut changed = false;
+        for event in events.iter().filter(|e| e.revision > self.revision) {
+            let Some(id) = event.key.strip_prefix(prefix) else {
+                continue;
+            };
+            changed = true;
+            match (&event.kind, parse_applied(&event.value)) {
+                (EventKind::Put, Some(applied)) => self.sessions.insert(id.to_string(), applied),
+                _ => self.sessions.remove(id),
+            };
+        }
+        if at > self.revision {
+            self.revision = at;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Replaces the view with a listing read at a newer revision.
+    fn replace(&mut self, listed: Read<BTreeMap<String, Revision>>) -> bool {
+        if listed.revision <= self.revision {
+            return false;
+        }
+        self.revision = listed.revision;
+        self.sessions = listed.value;
+        true
+    }
+
+    /// Sessions that have not yet applied `revision`.
+    fn pending(&self, revision: Revision) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, applied)| **applied < revision)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+impl Coherence<Store> {
+    /// Registers this replica's session, starts the tasks, and waits (at most one TTL) until
+    /// the credential watch has caught up, so the replica serves from the start.
+    pub async fn start(
+        catalog: Catalog,
+        auth: Authenticator,
+        config: CoherenceConfig,
+    ) -> Result<(Coherence, CoherenceTasks), CoherenceError> {
+        let store = catalog.store().clone();
+        Coherence::start_on(store, catalog, auth, config).await
+    }
+}
+
+impl<S: Leases + Clone + 'static> Coherence<S> {
+    /// [`Coherence::start`] on any store with leases (tests wrap one to inject faults).
+    pub(crate) async fn start_on(
+        store: S,
+        catalog: Catalog,
+        auth: Authenticator,
+        config: CoherenceConfig,
+    ) -> Result<(Coherence<S>, CoherenceTasks<S>), CoherenceError> {
+        let credential_prefix = catalog.credential_prefix().to_string();
+        let start = store.get(&credential_prefix).await?.revision;
+        let sessions_prefix = format!("{}sessions/", credstore_root(&catalog));
+        let ttl = config.session_ttl;
+        let progress_every = (ttl / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let inner = Arc::new(Inner {
+            session_key: format!("{sessions_prefix}{}", config.replica_id),
+            store,
+            catalog,
+            gate: Gate::new(auth.clone()),
+            auth,
+            credential_prefix,
+            sessions_prefix,
+            address: config.address,
+            ttl,
+            ack_timeout: config.ack_timeout,
+            progress_every,
+            silence_bound: progress_every * 3,
+            applied: watch::channel(start).0,
+            view: watch::channel(SessionsView::default()).0,
+            lease: Mutex::new(None),
+            resync: Notify::new(),
+        });
+        let registration = inner.register().await?;
+        if let Err(e) = inner.relist().await {
+            let _ = timeout(
+                inner.request_deadline(),
+                inner.store.revoke(&registration.lease),
+            )
+            .await;
+            return Err(e.into());
+        }
+        let mut tasks = CoherenceTasks {
+            inner: inner.clone(),
+            tasks: Vec::new(),
+        };
+        tasks
+            .tasks
+            .push(tokio::spawn(inner.clone().session_loop(registration)));
+        tasks
+            .tasks
+            .push(tokio::spawn(inner.clone().sessions_loop()));
+        tasks.tasks.push(tokio::spawn(inner.clone().watch_loop()));
+        let deadline = Instant::now() + ttl;
+        while !inner.auth.is_trusted() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok((Coherence { inner }, tasks))
+    }
+
+    /// The newest revision this replica has applied.
+    pub fn applied(&self) -> Revision {
+        self.inner.applied()
+    }
+
+    /// Live sessions and their applied revisions, as this replica last saw them.
+    pub fn sessions(&self) -> BTreeMap<String, Revision> {
+        self.inner.view.borrow().sessions.clone()
+    }
+
+    /// Waits until every replica that is live at `revision` or later has applied it (its
+    /// cache no longer holds anything older) or has lost its lease, or fails after the ack
+    /// timeout naming the replicas that have not.
+    pub async fn confirm(&self, revision: Revision) -> Result<(), CoherenceError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.ack_timeout;
+        let mut view = inner.view.subscribe();
+        // A first listing at once when the view is older than the write: a replica that
+        // registered just before it must not be missed. Later listings only back up the
+        // sessions watch (it may be reconnecting).
+        let mut relist_at = Instant::now();
+        loop {
+            let (pending, current) = {
+                let view = view.borrow_and_update();
+                (view.pending(revision), view.revision >= revision)
+            };
+            if current && pending.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return Err(not_confirmed(revision, pending, current));
+                    }
+                }
+                _ = sleep_until(relist_at) => {
+                    if let Ok(Err(e)) = timeout_at(deadline, inner.relist()).await {
+                        tracing::debug!(error = %e, "cannot list the sessions; retrying");
+                    }
+                    relist_at = Instant::now() + Duration::from_millis(500);
+                }
+                _ = sleep_until(deadline) => return Err(not_confirmed(revision, pending, current)),
+            }
+        }
+    }
+}
+
+/// A protocol request that got no answer: the store is as good as unreachable.
+fn timed_out(deadline: Duration) -> CoherenceError {
+    CoherenceError::Meta(MetaError::Unavailable(format!(
+        "no answer within {deadline:?}"
+    )))
+}
+
+fn not_confirmed(revision: Revision, pending: Vec<String>, current: bool) -> CoherenceError {
+    let replicas = match current {
+        true => pending,
+        false => vec!["(the sessions could not be read)".into()],
+    };
+    CoherenceError::NotConfirmed { revision, replicas }
+}
+
+impl<S: Leases + Clone + 'static> CoherenceTasks<S> {
+    /// Stops the tasks and revokes the session's lease (its key goes with it), so writers
+    /// waiting for this replica are released at once.
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            // Wait until the task is really gone, so the store it holds is released.
+            let _ = task.await;
+        }
+        self.inner.gate.unregistered();
+        let lease = self.inner.lease_slot().take();
+        if let Some(lease) = lease {
+            match timeout(Duration::from_secs(3), self.inner.store.revoke(&lease)).await {
+                Ok(Ok(())) => tracing::info!(session = %self.inner.session_key, "session ended"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not revoke the session lease; it will expire")
+                }
+                Err(_) => tracing::warn!("revoking the session lease timed out; it will expire"),
+            }
+        }
+    }
+}
+
+impl<S: Leases + Clone + 'static> Drop for CoherenceTasks<S> {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// `{meta}/credstore/`, next to the credential prefix `{meta}/root-coord/credential/`.
+fn credstore_root(catalog: &Catalog) -> String {
+    let meta = catalog
+        .credential_prefix()
+        .trim_end_matches("root-coord/credential/");
+    format!("{meta}credstore/")
+}
+
+fn parse_applied(value: &[u8]) -> Option<Revision> {
+    serde_json::from_slice::<SessionValue>(value)
+        .ok()
+        .map(|s| s.applied)
+}
+
+/// Stop trusting the cache a margin before the lease could expire on the store's side.
+fn trust_deadline(sent_at: Instant, ttl: Duration) -> Instant {
+    sent_at + ttl - (ttl / 5).max(Duration::from_millis(500))
+}
+
+/// A granted lease whose registration completed: the only kind whose renewal extends trust.
+struct Registration {
+    lease: Lease,
+    recorded: Revision,
+}
+
+impl<S: Leases + Clone + 'static> Inner<S> {
     fn applied(&self) -> Revision {
         *self.applied.borrow()
     }
@@ -84,447 +375,795 @@ impl Shared {
             newer
         })
     }
-}
 
-/// This replica's session: a key on a lease, rewritten as the applied revision moves.
-struct Session {
-    client: Client,
-    key: String,
-    address: String,
-    lease: AtomicI64,
-}
+    fn lease_slot(&self) -> MutexGuard<'_, Option<Lease>> {
+        // Only ever held for a swap; a poisoned lock would mean a panic there: a bug.
+        self.lease.lock().expect("session lease lock poisoned")
+    }
 
-impl Session {
-    async fn record(&self, applied: Revision) -> Result<(), MetaError> {
-        let value = serde_json::to_vec(&SessionValue {
+    /// Deadline of one store request made by the protocol itself.
+    fn request_deadline(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// Grants a lease, drops the whole cache, and publishes `applied` at the current
+    /// revision. Trust is restored only when all of it succeeded; a failure after the grant
+    /// revokes the new lease, so no keep-alive can ever renew a half-registered session.
+    async fn register(&self) -> Result<Registration, CoherenceError> {
+        self.gate.unregistered();
+        let deadline = self.request_deadline();
+        let sent_at = Instant::now();
+        let lease = timeout(deadline, self.store.lease(self.ttl))
+            .await
+            .map_err(|_| timed_out(deadline))??;
+        let completed = async {
+            let now = self.store.get(&self.credential_prefix).await?.revision;
+            self.auth.invalidate_all(now);
+            self.advance(now);
+            let applied = self.applied();
+            self.store
+                .put_on_lease(&lease, &self.session_key, self.session_value(applied))
+                .await?;
+            Ok::<_, MetaError>((now, applied))
+        };
+        let outcome = match timeout(deadline, completed).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(CoherenceError::Meta(e)),
+            Err(_) => Err(timed_out(deadline)),
+        };
+        let (registered_at, recorded) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                if let Ok(Err(revoke)) = timeout(deadline, self.store.revoke(&lease)).await {
+                    tracing::debug!(error = %revoke, "cannot revoke a half-registered lease");
+                }
+                return Err(e);
+            }
+        };
+        *self.lease_slot() = Some(lease.clone());
+        self.gate
+            .registered(registered_at, trust_deadline(sent_at, self.ttl));
+        tracing::info!(session = %self.session_key, lease = lease.id(), applied = registered_at, "session registered");
+        Ok(Registration { lease, recorded })
+    }
+
+    fn session_value(&self, applied: Revision) -> Vec<u8> {
+        serde_json::to_vec(&SessionValue {
             applied,
             address: self.address.clone(),
         })
-        .expect("session JSON serializes");
-        let options = PutOptions::new().with_lease(self.lease.load(Ordering::Acquire));
-        self.client
-            .clone()
-            .put(self.key.as_str(), value, Some(options))
-            .await
-            .map_err(map_err)?;
+        .expect("session JSON serializes")
+    }
+
+    /// One renewal; `None` when the lease is gone (the caller registers again).
+    async fn renew(&self, registration: Registration) -> Option<Registration> {
+        let sent_at = Instant::now();
+        let deadline = self.request_deadline();
+        match timeout(deadline, self.store.keep_alive(&registration.lease)).await {
+            Ok(Ok(true)) => {
+                self.gate.lease_renewed(trust_deadline(sent_at, self.ttl));
+                Some(registration)
+            }
+            Ok(Ok(false)) => {
+                tracing::warn!(session = %self.session_key, "session lease expired; dropping the cache and re-registering");
+                self.gate.unregistered();
+                self.lease_slot().take();
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "session keep-alive failed; the cache stays trusted until the lease could expire");
+                Some(registration)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?deadline,
+                    "session keep-alive got no answer; the cache stays trusted until the lease could expire"
+                );
+                Some(registration)
+            }
+        }
+    }
+
+    /// Ends the session because the credential watch is lost: revokes the lease (its key
+    /// goes, releasing writers that wait for this replica) and stops trusting the cache.
+    async fn leave(&self, registration: Registration) {
+        tracing::warn!(session = %self.session_key, "the credential watch is lost; leaving the cluster until it answers again");
+        self.gate.unregistered();
+        self.lease_slot().take();
+        let deadline = self.request_deadline();
+        match timeout(deadline, self.store.revoke(&registration.lease)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot revoke the session lease; it will expire")
+            }
+            Err(_) => tracing::warn!("revoking the session lease timed out; it will expire"),
+        }
+    }
+
+    /// Keeps the session: renews the lease every third of its TTL (registering again when it
+    /// was lost) and publishes the applied revision whenever it moves, retrying until the
+    /// store takes it — writers wait on this record.
+    async fn session_loop(self: Arc<Self>, registration: Registration) {
+        let mut current = Some(registration);
+        let mut applied = self.applied.subscribe();
+        let mut renew_at = Instant::now() + self.ttl / 3;
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let target = *applied.borrow_and_update();
+            let due = retry_at.is_none_or(|at| at <= Instant::now());
+            if let Some(registration) = current.as_mut()
+                && target > registration.recorded
+                && due
+            {
+                let deadline = self.request_deadline();
+                let put = self.store.put_on_lease(
+                    &registration.lease,
+                    &self.session_key,
+                    self.session_value(target),
+                );
+                match timeout(deadline, put).await {
+                    Ok(Ok(_)) => {
+                        registration.recorded = target;
+                        retry_at = None;
+                        backoff = Duration::from_millis(20);
+                    }
+                    failed => {
+                        let reason = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {deadline:?}"),
+                        };
+                        tracing::warn!(%reason, "cannot record the applied revision; retrying");
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                _ = sleep_until(renew_at) => {
+                    let following = self.gate.watch_live();
+                    current = match current.take() {
+                        // A replica that cannot follow the log leaves, so writers stop
+                        // waiting for it; it joins again once its watch answers.
+                        Some(registration) if !following => {
+                            self.leave(registration).await;
+                            None
+                        }
+                        Some(registration) => self.renew(registration).await,
+                        None => None,
+                    };
+                    if current.is_none() && following {
+                        current = match self.register().await {
+                            Ok(registration) => {
+                                self.resync.notify_one();
+                                Some(registration)
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "registering the session failed; will retry");
+                                None
+                            }
+                        };
+                    }
+                    renew_at = match current {
+                        Some(_) => Instant::now() + self.ttl / 3,
+                        None => Instant::now() + Duration::from_millis(500),
+                    };
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {}
+            }
+        }
+    }
+
+    /// Reads the session keys and replaces the view if the read is newer.
+    async fn relist(&self) -> Result<(), MetaError> {
+        let read = self.store.list(&self.sessions_prefix).await?;
+        let sessions = read
+            .value
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    kv.key.strip_prefix(&self.sessions_prefix)?.to_string(),
+                    parse_applied(&kv.value)?,
+                ))
+            })
+            .collect();
+        self.view.send_if_modified(|view| {
+            view.replace(Read {
+                value: sessions,
+                revision: read.revision,
+            })
+        });
         Ok(())
     }
-}
 
-/// The running protocol; dropping it stops its tasks, [`Coherence::shutdown`] also ends the
-/// session at once so writers stop waiting for this replica.
-pub struct Coherence {
-    shared: Arc<Shared>,
-    session: Option<Arc<Session>>,
-    tasks: Vec<JoinHandle<()>>,
-    ack_timeout: Duration,
-}
-
-impl Coherence {
-    /// Registers the session (etcd) and starts watching from the current revision.
-    pub async fn start(
-        catalog: Catalog,
-        auth: Authenticator,
-        config: CoherenceConfig,
-    ) -> Result<Coherence, CoherenceError> {
-        let store = catalog.store().clone();
-        let start = store.get(catalog.credential_prefix()).await?.revision;
-        let (applied, _) = watch::channel(start);
-        let (sessions, _) = watch::channel(BTreeMap::new());
-        let shared = Arc::new(Shared { applied, sessions });
-        let mut coherence = Coherence {
-            shared: shared.clone(),
-            session: None,
-            tasks: Vec::new(),
-            ack_timeout: config.ack_timeout,
-        };
-        if let Some(etcd) = store.etcd() {
-            let client = etcd.client();
-            let session = Arc::new(Session {
-                client: client.clone(),
-                key: format!("{}sessions/{}", sessions_root(&catalog), config.replica_id),
-                address: config.address.clone(),
-                lease: AtomicI64::new(0),
-            });
-            register(
-                &session,
-                &auth,
-                &shared,
-                &store,
-                &catalog,
-                config.session_ttl,
-            )
-            .await?;
-            coherence.session = Some(session.clone());
-            let listed = list_sessions(&store, &sessions_root(&catalog)).await?;
-            shared.sessions.send_replace(listed.value);
-            let keeper = keep_alive_loop(
-                session.clone(),
-                auth.clone(),
-                shared.clone(),
-                catalog.clone(),
-                config.session_ttl,
-            );
-            coherence.tasks.push(tokio::spawn(keeper));
-            coherence.tasks.push(tokio::spawn(sessions_loop(
-                store.clone(),
-                sessions_root(&catalog),
-                shared.clone(),
-                listed.revision,
-            )));
-            coherence
-                .tasks
-                .push(tokio::spawn(record_loop(session.clone(), shared.clone())));
-        }
-        coherence
-            .tasks
-            .push(tokio::spawn(status_loop(auth.clone(), shared.clone())));
-        let watcher = watch_loop(catalog, auth, shared);
-        coherence.tasks.push(tokio::spawn(watcher));
-        Ok(coherence)
-    }
-
-    /// The newest revision this replica has applied.
-    pub fn applied(&self) -> Revision {
-        self.shared.applied()
-    }
-
-    /// Live sessions and their applied revisions (etcd only).
-    pub fn sessions(&self) -> BTreeMap<String, Revision> {
-        self.shared.sessions.borrow().clone()
-    }
-
-    /// Waits until every live replica has applied `revision` (its cache no longer holds
-    /// anything older), or fails after the ack timeout naming the replicas that have not.
-    pub async fn confirm(&self, revision: Revision) -> Result<(), CoherenceError> {
-        let deadline = Instant::now() + self.ack_timeout;
-        if self.session.is_none() {
-            let mut applied = self.shared.applied.subscribe();
-            let waited =
-                tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= revision)).await;
-            return match waited {
-                Ok(Ok(_)) => Ok(()),
-                _ => Err(CoherenceError::NotConfirmed {
-                    revision,
-                    replicas: vec!["local".into()],
-                }),
-            };
-        }
-        let mut sessions = self.shared.sessions.subscribe();
+    /// Keeps the view of the sessions up to date from a watch (writers wait on it; `confirm`
+    /// lists the keys itself when the view is older than its write).
+    async fn sessions_loop(self: Arc<Self>) {
         loop {
-            let pending: Vec<String> = sessions
-                .borrow_and_update()
-                .iter()
-                .filter(|(_, a)| **a < revision)
-                .map(|(id, _)| id.clone())
-                .collect();
-            if pending.is_empty() {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, sessions.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(CoherenceError::NotConfirmed {
-                        revision,
-                        replicas: pending,
-                    });
+            let from = self.view.borrow().revision + 1;
+            let opened = timeout(
+                self.silence_bound,
+                self.store.watch(&self.sessions_prefix, from),
+            );
+            if let Ok(Ok(mut watch)) = opened.await {
+                loop {
+                    match watch.next().await {
+                        Ok(WatchMessage::Events { events, revision }) => {
+                            self.view.send_if_modified(|view| {
+                                view.apply(&self.sessions_prefix, &events, revision)
+                            });
+                        }
+                        Ok(WatchMessage::Progress { revision }) => {
+                            self.view
+                                .send_if_modified(|view| view.apply("", &[], revision));
+                        }
+                        Ok(WatchMessage::Compacted { .. }) | Err(_) => break,
+                    }
                 }
             }
-        }
-    }
-
-    /// Stops the tasks and revokes the session's lease (its key goes with it).
-    pub async fn shutdown(mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-            // Wait until the task is really gone, so the store it holds is released.
-            let _ = task.await;
-        }
-        if let Some(session) = self.session.take() {
-            let lease = session.lease.load(Ordering::Acquire);
-            if let Err(e) = session.client.clone().lease_revoke(lease).await {
-                tracing::warn!(error = %e, "could not revoke the session lease; it will expire");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Err(e) = self.relist().await {
+                tracing::debug!(error = %e, "cannot list the sessions; retrying");
             }
         }
     }
-}
 
-impl Drop for Coherence {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-fn sessions_root(catalog: &Catalog) -> String {
-    // The credential prefix is `{meta}/root-coord/credential/`; sessions live at `{meta}/credstore/`.
-    let meta = catalog
-        .credential_prefix()
-        .trim_end_matches("root-coord/credential/");
-    format!("{meta}credstore/")
-}
-
-/// Grants a lease, drops the whole cache, and publishes `applied` at the current revision.
-async fn register(
-    session: &Session,
-    auth: &Authenticator,
-    shared: &Shared,
-    store: &Store,
-    catalog: &Catalog,
-    ttl: Duration,
-) -> Result<(), CoherenceError> {
-    let granted_at = Instant::now();
-    let lease = session
-        .client
-        .clone()
-        .lease_grant(ttl.as_secs() as i64, None)
-        .await
-        .map_err(map_err)?;
-    session.lease.store(lease.id(), Ordering::Release);
-    let now = store.get(catalog.credential_prefix()).await?.revision;
-    auth.invalidate_all(now);
-    shared.advance(now);
-    session.record(shared.applied()).await?;
-    auth.trust_until(Some(trust_deadline(granted_at, ttl)));
-    tracing::info!(session = %session.key, lease = lease.id(), applied = now, "session registered");
-    Ok(())
-}
-
-/// Stop trusting the cache a margin before the lease could expire on etcd's side.
-fn trust_deadline(sent_at: Instant, ttl: Duration) -> Instant {
-    sent_at + ttl - (ttl / 5).max(Duration::from_millis(500))
-}
-
-/// Renews the lease every third of its TTL; a lost lease means re-registering from scratch.
-async fn keep_alive_loop(
-    session: Arc<Session>,
-    auth: Authenticator,
-    shared: Arc<Shared>,
-    catalog: Catalog,
-    ttl: Duration,
-) {
-    let store = catalog.store().clone();
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        let sent_at = Instant::now();
-        match keep_alive_once(&session).await {
-            Ok(true) => auth.trust_until(Some(trust_deadline(sent_at, ttl))),
-            Ok(false) => {
-                tracing::warn!(session = %session.key, "session lease expired; dropping the cache and re-registering");
-                auth.trust_until(Some(Instant::now()));
-                if let Err(e) = register(&session, &auth, &shared, &store, &catalog, ttl).await {
-                    tracing::warn!(error = %e, "re-registering the session failed; will retry");
+    /// Applies credential changes to the cache, in revision order, forever.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = Failures::default();
+        loop {
+            let from = self.applied() + 1;
+            let opened = timeout(
+                self.silence_bound,
+                self.store.watch(&self.credential_prefix, from),
+            )
+            .await;
+            let outcome = match opened {
+                // After repeated identical failures, only a delivered message restores trust:
+                // a stream that opens and then always fails the same way answers too.
+                Ok(Ok(watch)) => self.follow(watch, from, failures.count < 3).await,
+                Ok(Err(e)) => Followed::Failed(format!("cannot open the credential watch: {e}")),
+                Err(_) => Followed::Failed("opening the credential watch timed out".into()),
+            };
+            match outcome {
+                Followed::Delivered => {
+                    backoff = Duration::from_millis(50);
+                    failures = Failures::default();
+                }
+                Followed::Failed(reason) => {
+                    tracing::warn!(%reason, from, "credential watch interrupted; resuming");
+                    if failures.repeat(reason) {
+                        tracing::error!(
+                            times = failures.count,
+                            "the credential watch keeps failing the same way; the cache is not trusted until it delivers"
+                        );
+                        self.gate.watch_lost();
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "session keep-alive failed; the cache stays trusted until the lease could expire")
-            }
+            tokio::time::sleep(backoff).await;
+            // Short cap: while this replica's watch is down, writers wait for it.
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
-}
 
-/// One keep-alive round trip: `Ok(false)` when etcd says the lease is gone.
-async fn keep_alive_once(session: &Session) -> Result<bool, MetaError> {
-    let lease = session.lease.load(Ordering::Acquire);
-    // etcd-client sends one keep-alive and reads its answer before returning; an expired
-    // lease comes back as an error, not as a TTL of 0.
-    match session.client.clone().lease_keep_alive(lease).await {
-        Ok(_) => Ok(true),
-        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
-        Err(e) => Err(map_err(e)),
-    }
-}
-
-/// Publishes the applied revision in the session key whenever it moves, retrying until etcd
-/// takes it: writers wait on this record, so a lost one would stall every acknowledgement.
-async fn record_loop(session: Arc<Session>, shared: Arc<Shared>) {
-    let mut applied = shared.applied.subscribe();
-    let mut recorded = 0;
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        let target = *applied.borrow_and_update();
-        if target > recorded {
-            match session.record(target).await {
-                Ok(()) => {
-                    recorded = target;
-                    backoff = Duration::from_millis(20);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot record the applied revision; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+    /// Follows one watch stream (opened at `from`) until it breaks, goes silent for longer
+    /// than the bound, or a new registration asks for a fresh one. `answers_prove_life`:
+    /// whether raw answers (not passed on as messages) count as signs of life.
+    async fn follow(&self, mut watch: Watch, from: Revision, answers_prove_life: bool) -> Followed {
+        // The first ticks are immediate: a fresh watch proves at once that it is answering.
+        let mut progress = tokio::time::interval(self.progress_every);
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        let mut heard = Instant::now();
+        let mut answers = watch.answers();
+        // Once the stream answers at all, it has everything before `from` behind it.
+        let start = from - 1;
+        let mut delivered = false;
+        loop {
+            let silent_at = heard + self.silence_bound;
+            let message = tokio::select! {
+                message = watch.next() => message,
+                _ = progress.tick() => {
+                    let _ = timeout(self.progress_every, watch.request_progress()).await;
                     continue;
                 }
-            }
-        }
-        if applied.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Logs the replica's coherence state once a minute, for operators reading logs.
-async fn status_loop(auth: Authenticator, shared: Arc<Shared>) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let stats = auth.stats();
-        tracing::info!(
-            applied = shared.applied(),
-            live_sessions = shared.sessions.borrow().len(),
-            trusted = auth.is_trusted(),
-            cache_entries = stats.entries,
-            cache_hits = stats.hits,
-            cache_misses = stats.misses,
-            peak_hashes = auth.pool().peak_running(),
-            "status"
-        );
-    }
-}
-
-/// Applies credential changes to the cache, in revision order, forever.
-async fn watch_loop(catalog: Catalog, auth: Authenticator, shared: Arc<Shared>) {
-    let store = catalog.store().clone();
-    let prefix = catalog.credential_prefix().to_string();
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let from = shared.applied() + 1;
-        match store.watch(&prefix, from).await {
-            Ok(watch) => {
-                if follow(watch, &catalog, &auth, &shared).await {
-                    backoff = Duration::from_millis(50);
+                _ = check.tick() => {
+                    // etcd 3.4 answers progress requests during a replay, but they cannot be
+                    // passed on as progress; they still prove the stream is alive.
+                    if answers_prove_life && watch.answers() > answers {
+                        answers = watch.answers();
+                        heard = Instant::now();
+                        self.gate.watch_heard(start, heard + self.silence_bound);
+                    }
+                    continue;
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, from, "cannot open the credential watch; retrying")
-            }
+                _ = self.resync.notified() => return Followed::Delivered,
+                _ = sleep_until(silent_at) => {
+                    tracing::warn!(bound = ?self.silence_bound, "the credential watch went silent; not trusting the cache until it answers again");
+                    self.gate.watch_lost();
+                    // Dropped entries are reloaded at a revision no older than the resumed watch.
+                    self.auth.invalidate_all(self.applied());
+                    return Followed::Failed("silent".into());
+                }
+            };
+            let revision = match message {
+                Ok(WatchMessage::Events { events, revision }) => {
+                    for event in &events {
+                        if let Some(user) = self.catalog.user_of_key(&event.key) {
+                            self.auth.invalidate_user(user, event.revision);
+                        }
+                    }
+                    revision
+                }
+                Ok(WatchMessage::Progress { revision }) => revision,
+                Ok(WatchMessage::Compacted { compact_revision }) => {
+                    tracing::warn!(
+                        compact_revision,
+                        "credential watch fell behind a compaction; dropping the whole cache"
+                    );
+                    match self.store.get(&self.credential_prefix).await {
+                        Ok(read) => {
+                            self.auth.invalidate_all(read.revision);
+                            self.advance(read.revision);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot re-read after compaction; retrying")
+                        }
+                    }
+                    return Followed::Delivered;
+                }
+                Err(e) => {
+                    return match delivered {
+                        true => Followed::Delivered,
+                        false => Followed::Failed(format!("credential watch broke: {e}")),
+                    };
+                }
+            };
+            delivered = true;
+            self.advance(revision);
+            answers = watch.answers();
+            heard = Instant::now();
+            self.gate
+                .watch_heard(revision.max(start), heard + self.silence_bound);
         }
-        tokio::time::sleep(backoff).await;
-        // Short cap: while this replica's watch is down, writers wait for it.
-        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 
-/// Follows one watch stream until it breaks; returns whether it delivered anything.
-async fn follow(
-    mut watch: Watch,
-    catalog: &Catalog,
-    auth: &Authenticator,
-    shared: &Shared,
-) -> bool {
-    let mut progress = tokio::time::interval(Duration::from_secs(5));
-    let mut delivered = false;
-    loop {
-        let message = tokio::select! {
-            message = watch.next() => message,
-            _ = progress.tick() => {
-                let _ = watch.request_progress().await;
-                continue;
-            }
+/// How one watch stream ended.
+enum Followed {
+    /// It delivered something before it broke (a fresh start, not a repeated failure).
+    Delivered,
+    Failed(String),
+}
+
+/// Consecutive identical watch failures.
+#[derive(Default)]
+struct Failures {
+    last: String,
+    count: u32,
+}
+
+impl Failures {
+    /// Records a failure; true once the same one has happened three times in a row.
+    fn repeat(&mut self, reason: String) -> bool {
+        if reason == self.last {
+            self.count += 1;
+        } else {
+            self.last = reason;
+            self.count = 1;
+        }
+        self.count >= 3
+    }
+}
+
+/// Decides until when this replica may answer and hands that deadline to the authenticator:
+/// the earlier of what the session's lease and the credential watch's liveness allow, and
+/// "not at all" before a registration completed and the watch caught up with it.
+struct Gate {
+    auth: Authenticator,
+    state: Mutex<GateState>,
+}
+
+struct GateState {
+    /// The revision of the completed registration, if there is one.
+    registered_at: Option<Revision>,
+    lease_until: Instant,
+    /// The newest revision the credential watch has confirmed.
+    followed: Revision,
+    watch_until: Instant,
+}
+
+impl Gate {
+    fn new(auth: Authenticator) -> Gate {
+        let now = Instant::now();
+        let gate = Gate {
+            auth,
+            state: Mutex::new(GateState {
+                registered_at: None,
+                lease_until: now,
+                followed: 0,
+                watch_until: now,
+            }),
         };
-        match message {
-            Ok(WatchMessage::Events { events, revision }) => {
-                delivered = true;
-                for event in &events {
-                    if let Some(user) = catalog.user_of_key(&event.key) {
-                        auth.invalidate_user(user, event.revision);
-                    }
-                }
-                shared.advance(revision);
-            }
-            Ok(WatchMessage::Progress { revision }) => {
-                delivered = true;
-                shared.advance(revision);
-            }
-            Ok(WatchMessage::Compacted { compact_revision }) => {
-                tracing::warn!(
-                    compact_revision,
-                    "credential watch fell behind a compaction; dropping the whole cache"
-                );
-                match catalog.store().get(catalog.credential_prefix()).await {
-                    Ok(read) => {
-                        auth.invalidate_all(read.revision);
-                        shared.advance(read.revision);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot re-read after compaction; retrying")
-                    }
-                }
-                return delivered;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "credential watch broke; resuming");
-                return delivered;
-            }
-        }
+        gate.update(|_| {});
+        gate
+    }
+
+    fn update(&self, change: impl FnOnce(&mut GateState)) {
+        // Held only for these few assignments; poisoning would mean a panic in them: a bug.
+        let mut state = self.state.lock().expect("trust gate lock poisoned");
+        change(&mut state);
+        let until = match state.registered_at {
+            Some(at) if state.followed >= at => state.lease_until.min(state.watch_until),
+            _ => Instant::now(),
+        };
+        self.auth.trust_until(Some(until));
+    }
+
+    fn registered(&self, at: Revision, lease_until: Instant) {
+        self.update(|s| {
+            s.registered_at = Some(at);
+            s.lease_until = lease_until;
+        });
+    }
+
+    fn unregistered(&self) {
+        self.update(|s| s.registered_at = None);
+    }
+
+    fn lease_renewed(&self, until: Instant) {
+        self.update(|s| s.lease_until = until);
+    }
+
+    fn watch_heard(&self, followed: Revision, until: Instant) {
+        self.update(|s| {
+            s.followed = s.followed.max(followed);
+            s.watch_until = until;
+        });
+    }
+
+    /// Whether the credential watch has answered within its bound.
+    fn watch_live(&self) -> bool {
+        let state = self.state.lock().expect("trust gate lock poisoned");
+        state.watch_until > Instant::now()
+    }
+
+    fn watch_lost(&self) {
+        self.update(|s| s.watch_until = Instant::now());
     }
 }
 
-async fn list_sessions(
-    store: &Store,
-    root: &str,
-) -> Result<crate::meta::Read<BTreeMap<String, Revision>>, MetaError> {
-    let prefix = format!("{root}sessions/");
-    let read = store.list(&prefix).await?;
-    let sessions = read
-        .value
-        .iter()
-        .filter_map(|kv| {
-            Some((
-                kv.key.strip_prefix(&prefix)?.to_string(),
-                parse_applied(&kv.value)?,
-            ))
-        })
-        .collect();
-    Ok(crate::meta::Read {
-        value: sessions,
-        revision: read.revision,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-fn parse_applied(value: &[u8]) -> Option<Revision> {
-    serde_json::from_slice::<SessionValue>(value)
-        .ok()
-        .map(|s| s.applied)
-}
+    use super::*;
+    use crate::auth::AuthenticatorConfig;
+    use crate::hash_pool::HashPool;
+    use crate::meta::{EmbeddedKv, KeyValue, MetaKv, Txn, TxnOutcome};
+    use crate::password::{HashScheme, Hasher, Limits, Password, Username};
 
-/// Keeps `shared.sessions` equal to the live session keys (writers wait on it).
-async fn sessions_loop(store: Store, root: String, shared: Arc<Shared>, mut revision: Revision) {
-    let prefix = format!("{root}sessions/");
-    loop {
-        if let Ok(mut watch) = store.watch(&prefix, revision + 1).await {
-            loop {
-                match watch.next().await {
-                    Ok(WatchMessage::Events {
-                        events,
-                        revision: at,
-                    }) => {
-                        shared.sessions.send_modify(|sessions| {
-                            for event in events {
-                                let Some(id) = event.key.strip_prefix(&prefix) else {
-                                    continue;
-                                };
-                                match (event.kind, parse_applied(&event.value)) {
-                                    (EventKind::Put, Some(applied)) => {
-                                        sessions.insert(id.to_string(), applied)
-                                    }
-                                    _ => sessions.remove(id),
-                                };
-                            }
-                        });
-                        revision = at;
-                    }
-                    Ok(WatchMessage::Progress { revision: at }) => revision = revision.max(at),
-                    Ok(WatchMessage::Compacted { .. }) | Err(_) => break,
-                }
+    /// Faults a test switches on and off while the protocol runs.
+    #[derive(Default)]
+    struct Faults {
+        /// Keep-alives say the lease is gone (as after it lapsed).
+        expire: AtomicBool,
+        /// Writes on a lease (the session record) fail.
+        fail_lease_put: AtomicBool,
+        /// Opening a watch on the credential prefix fails.
+        fail_credential_watch: AtomicBool,
+        /// A watch on the sessions prefix opens but never delivers.
+        stall_sessions_watch: AtomicBool,
+    }
+
+    /// A store that fails on cue, around the real embedded store.
+    #[derive(Clone)]
+    struct Faulty {
+        inner: Store,
+        faults: Arc<Faults>,
+    }
+
+    fn injected() -> MetaError {
+        MetaError::Unavailable("injected fault".into())
+    }
+
+    impl MetaKv for Faulty {
+        async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
+            self.inner.get(key).await
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
+            self.inner.list(prefix).await
+        }
+
+        async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
+            self.inner.list_keys(prefix).await
+        }
+
+        async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
+            self.inner.txn(txn).await
+        }
+
+        async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, MetaError> {
+            let faults = &self.faults;
+            if prefix.ends_with("credential/")
+                && faults.fail_credential_watch.load(Ordering::Acquire)
+            {
+                return Err(injected());
+            }
+            if prefix.ends_with("sessions/") && faults.stall_sessions_watch.load(Ordering::Acquire)
+            {
+                return self
+                    .inner
+                    .watch("nothing-is-ever-written-here/", from)
+                    .await;
+            }
+            self.inner.watch(prefix, from).await
+        }
+    }
+
+    impl Leases for Faulty {
+        async fn lease(&self, ttl: Duration) -> Result<Lease, MetaError> {
+            self.inner.lease(ttl).await
+        }
+
+        async fn keep_alive(&self, lease: &Lease) -> Result<bool, MetaError> {
+            match self.faults.expire.load(Ordering::Acquire) {
+                true => Ok(false),
+                false => self.inner.keep_alive(lease).await,
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok(listed) = list_sessions(&store, &root).await {
-            shared.sessions.send_replace(listed.value);
-            revision = listed.revision;
+
+        async fn put_on_lease(
+            &self,
+            lease: &Lease,
+            key: &str,
+            value: Vec<u8>,
+        ) -> Result<Revision, MetaError> {
+            match self.faults.fail_lease_put.load(Ordering::Acquire) {
+                true => Err(injected()),
+                false => self.inner.put_on_lease(lease, key, value).await,
+            }
         }
+
+        async fn revoke(&self, lease: &Lease) -> Result<(), MetaError> {
+            self.inner.revoke(lease).await
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        catalog: Catalog,
+        pool: HashPool,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
+        let catalog = Catalog::new(store.clone(), "t/meta");
+        let scheme = HashScheme::Argon2id {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let pool = HashPool::new(Hasher::new(scheme), 2, 8, 0);
+        Fixture {
+            _dir: dir,
+            store,
+            catalog,
+            pool,
+        }
+    }
+
+    impl Fixture {
+        async fn create(&self, user: &str, password: &str) -> Revision {
+            let hash = self
+                .pool
+                .hash(Password::new(password.as_bytes().to_vec(), &Limits::default()).unwrap())
+                .await
+                .unwrap();
+            let name = Username::parse(user, &Limits::default()).unwrap();
+            self.catalog.create_user(&name, &hash, None).await.unwrap()
+        }
+
+        async fn replica(
+            &self,
+            id: &str,
+            faults: &Arc<Faults>,
+            ack_timeout: Duration,
+        ) -> (Authenticator, Coherence<Faulty>, CoherenceTasks<Faulty>) {
+            let config = AuthenticatorConfig {
+                enabled: true,
+                super_users: vec![],
+                limits: Limits::default(),
+                cache_capacity: 100,
+                cache_ttl: None,
+            };
+            let auth = Authenticator::new(config, self.catalog.clone(), self.pool.clone())
+                .await
+                .unwrap();
+            let store = Faulty {
+                inner: self.store.clone(),
+                faults: faults.clone(),
+            };
+            let config = CoherenceConfig {
+                replica_id: id.into(),
+                address: "test".into(),
+                session_ttl: Duration::from_secs(3),
+                ack_timeout,
+            };
+            let (coherence, tasks) =
+                Coherence::start_on(store, self.catalog.clone(), auth.clone(), config)
+                    .await
+                    .unwrap();
+            (auth, coherence, tasks)
+        }
+    }
+
+    /// 9.4: a registration that failed after its lease was granted must not let a later
+    /// keep-alive restore trust over a cache that was never flushed for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_half_done_registration_never_restores_trust() {
+        let run = async {
+            let fx = fixture().await;
+            fx.create("alice", "password1").await;
+            let faults = Arc::new(Faults::default());
+            let (auth, _coherence, tasks) = fx.replica("r1", &faults, Duration::from_secs(5)).await;
+            assert!(auth.is_trusted(), "trusted once registered");
+            assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+
+            // The lease lapses, and every re-registration fails at the session record.
+            faults.fail_lease_put.store(true, Ordering::Release);
+            faults.expire.store(true, Ordering::Release);
+            let until = Instant::now() + Duration::from_secs(3);
+            while auth.is_trusted() {
+                assert!(Instant::now() < until, "trust never lapsed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Keep-alives work again (any granted lease would be renewed), the record still fails.
+            faults.expire.store(false, Ordering::Release);
+            let watch_until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < watch_until {
+                assert!(
+                    !auth.is_trusted(),
+                    "trust came back without a completed registration"
+                );
+                assert!(matches!(
+                    auth.verify("alice", b"password1").await,
+                    Err(crate::auth::AuthError::Unavailable(_))
+                ));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The record works again: the replica registers, flushed, and serves.
+            faults.fail_lease_put.store(false, Ordering::Release);
+            let until = Instant::now() + Duration::from_secs(5);
+            while !auth.is_trusted() {
+                assert!(Instant::now() < until, "trust never came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                !auth.is_cached("alice"),
+                "re-registration flushed the cache"
+            );
+            assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+            tasks.shutdown().await;
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("within the limit");
+    }
+
+    /// 9.5: a replica that registered before a write is waited for, even when the writer's
+    /// sessions watch has not told it about that replica.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_registered_before_a_write_is_never_skipped() {
+        let run = async {
+            let fx = fixture().await;
+            let writer_faults = Arc::new(Faults::default());
+            writer_faults
+                .stall_sessions_watch
+                .store(true, Ordering::Release);
+            let (_, writer, writer_tasks) = fx
+                .replica("writer", &writer_faults, Duration::from_millis(1500))
+                .await;
+            // The newcomer has registered (its session key is on a lease) but has not
+            // applied anything yet: exactly what a replica looks like while it starts.
+            let registered_at = fx.store.get("t/meta/").await.unwrap().revision;
+            let lease = fx.store.lease(Duration::from_secs(10)).await.unwrap();
+            let value = serde_json::to_vec(&SessionValue {
+                applied: registered_at,
+                address: "newcomer".into(),
+            })
+            .unwrap();
+            fx.store
+                .put_on_lease(&lease, "t/meta/credstore/sessions/newcomer", value)
+                .await
+                .unwrap();
+            assert!(
+                !writer.sessions().contains_key("newcomer"),
+                "the writer's own view has not seen the newcomer (its watch is stalled)"
+            );
+            let written = fx.create("bob", "password1").await;
+            match writer.confirm(written).await {
+                Err(CoherenceError::NotConfirmed { replicas, .. }) => assert_eq!(
+                    replicas,
+                    vec!["newcomer".to_string()],
+                    "the writer waits for the newcomer only"
+                ),
+                other => panic!("acknowledged without the newcomer: {other:?}"),
+            }
+            // The newcomer's session ends (a clean stop revokes it): the write is confirmed.
+            fx.store.revoke(&lease).await.unwrap();
+            writer
+                .confirm(written)
+                .await
+                .expect("confirmed once the newcomer's session ended");
+            writer_tasks.shutdown().await;
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("within the limit");
+    }
+
+    /// A replica whose credential watch is lost (while its lease is fine) leaves the
+    /// cluster, so writers are not held until their ack timeout; it joins again once its
+    /// watch answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_cannot_follow_the_log_releases_writers() {
+        let run = async {
+            let fx = fixture().await;
+            let writer_faults = Arc::new(Faults::default());
+            let (_, writer, writer_tasks) = fx
+                .replica("writer", &writer_faults, Duration::from_secs(5))
+                .await;
+            let lost_faults = Arc::new(Faults::default());
+            let (lost_auth, lost, lost_tasks) = fx
+                .replica("lost", &lost_faults, Duration::from_secs(5))
+                .await;
+            assert!(lost_auth.is_trusted());
+            // Its watch breaks and cannot be opened again.
+            lost_faults
+                .fail_credential_watch
+                .store(true, Ordering::Release);
+            lost.inner.resync.notify_one();
+            let written = fx.create("carl", "password1").await;
+            let asked = Instant::now();
+            writer
+                .confirm(written)
+                .await
+                .expect("confirmed once the lost replica left");
+            assert!(
+                asked.elapsed() < Duration::from_secs(4),
+                "the writer waited {:?}",
+                asked.elapsed()
+            );
+            assert!(
+                !lost_auth.is_trusted(),
+                "a replica that left does not serve"
+            );
+            assert!(!writer.sessions().contains_key("lost"));
+            // The watch opens again: the replica rejoins and serves.
+            lost_faults
+                .fail_credential_watch
+                .store(false, Ordering::Release);
+            let until = Instant::now() + Duration::from_secs(5);
+            while !lost_auth.is_trusted() {
+                assert!(Instant::now() < until, "never rejoined");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lost_tasks.shutdown().await;
+            writer_tasks.shutdown().await;
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("within the limit");
     }
 }

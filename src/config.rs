@@ -231,7 +231,9 @@ pub struct CredstoreConfig {
     pub password: PasswordConfig,
     pub cache: CacheConfig,
     pub session: SessionConfig,
-    /// How long a credential write waits for every live replica to apply it.
+    /// How long a credential write waits for every live replica to apply it; 0 (the default)
+    /// means the session TTL plus half of it (at least 2 s more), so a replica cut off from
+    /// etcd is dropped (its lease expires) before a writer gives up.
     pub ack_timeout_ms: u64,
     /// Deadline of each etcd request.
     pub etcd_timeout_ms: u64,
@@ -247,7 +249,7 @@ impl Default for CredstoreConfig {
             password: PasswordConfig::default(),
             cache: CacheConfig::default(),
             session: SessionConfig::default(),
-            ack_timeout_ms: 5_000,
+            ack_timeout_ms: 0,
             etcd_timeout_ms: 5_000,
             failed_auth_delay_ms: 250,
         }
@@ -459,6 +461,13 @@ impl Config {
         if self.credstore.session.ttl_seconds < 2 {
             return bad("credstore.session.ttlSeconds", "must be at least 2");
         }
+        let ack = self.credstore.ack_timeout_ms;
+        if ack != 0 && ack <= self.credstore.session.ttl_seconds.saturating_mul(1000) {
+            return bad(
+                "credstore.ackTimeoutMs",
+                "must exceed credstore.session.ttlSeconds (a write waits for a cut-off replica's lease to expire); leave it unset for the session TTL plus a margin",
+            );
+        }
         let allow_weak = self.credstore.password.allow_weak_parameters;
         if let Err(e) = self.hash_scheme().check_strength(allow_weak) {
             return bad("credstore.password", &e.to_string());
@@ -609,7 +618,13 @@ impl Config {
     }
 
     pub fn ack_timeout(&self) -> Duration {
-        Duration::from_millis(self.credstore.ack_timeout_ms)
+        match self.credstore.ack_timeout_ms {
+            0 => {
+                let ttl = Duration::from_secs(self.credstore.session.ttl_seconds);
+                ttl + (ttl / 2).max(Duration::from_secs(2))
+            }
+            ms => Duration::from_millis(ms),
+        }
     }
 }
 
@@ -741,6 +756,31 @@ mod tests {
         std::fs::write(&path, yaml).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load(Some(&path), env, &Overrides::default())
+    }
+
+    #[test]
+    fn ack_timeout_outlasts_the_session_ttl() {
+        let derived = |yaml: &str| load(yaml, &[]).unwrap().ack_timeout();
+        assert_eq!(derived(""), Duration::from_secs(15));
+        assert_eq!(
+            derived("credstore:\n  session:\n    ttlSeconds: 60\n"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            derived("credstore:\n  session:\n    ttlSeconds: 2\n"),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            derived("credstore:\n  ackTimeoutMs: 20000\n"),
+            Duration::from_secs(20)
+        );
+        let err = load("credstore:\n  ackTimeoutMs: 5000\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("credstore.ackTimeoutMs")
+                && text.contains("credstore.session.ttlSeconds"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,18 +4,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
-use crate::auth::{AuthLayer, Authenticator, AuthenticatorConfig};
+use crate::auth::{AuthLayer, AuthStats, Authenticator, AuthenticatorConfig};
 use crate::catalog::{Catalog, CatalogError};
-use crate::coherence::{Coherence, CoherenceConfig, CoherenceError};
+use crate::coherence::{Coherence, CoherenceConfig, CoherenceError, CoherenceTasks};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
-use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, MetaError, Store, etcd::EtcdTls};
+use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, EtcdTls, MetaError, Revision, Store};
 use crate::password::{HashError, Hasher};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::service::Api;
@@ -42,7 +41,10 @@ pub enum ServerError {
 pub struct State {
     pub catalog: Catalog,
     pub auth: Authenticator,
-    pub coherence: Arc<Coherence>,
+    /// The handle handlers clone to wait for their writes to be applied everywhere.
+    pub coherence: Coherence,
+    /// The coherence tasks; `run` shuts them down (ending the session) after serving.
+    coherence_tasks: CoherenceTasks,
     config: Config,
 }
 
@@ -81,12 +83,13 @@ impl State {
             session_ttl: config.session_ttl(),
             ack_timeout: config.ack_timeout(),
         };
-        let coherence =
-            Arc::new(Coherence::start(catalog.clone(), auth.clone(), coherence_config).await?);
+        let (coherence, coherence_tasks) =
+            Coherence::start(catalog.clone(), auth.clone(), coherence_config).await?;
         Ok(State {
             catalog,
             auth,
             coherence,
+            coherence_tasks,
             config,
         })
     }
@@ -130,10 +133,81 @@ fn replica_id(address: SocketAddr) -> String {
     )
 }
 
+/// One reading of a replica's state, shared by the ready, periodic and stopped log lines.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The newest revision whose credential changes this replica has applied.
+    pub applied: Revision,
+    /// Live replicas (sessions) this replica knows of, itself included.
+    pub live_sessions: usize,
+    /// Whether the cache may answer (lease held, watch live and caught up).
+    pub trusted: bool,
+    pub cache: AuthStats,
+    pub peak_hashes: usize,
+}
+
+impl Snapshot {
+    pub fn of(auth: &Authenticator, coherence: &Coherence) -> Snapshot {
+        Snapshot {
+            applied: coherence.applied(),
+            live_sessions: coherence.sessions().len(),
+            trusted: auth.is_trusted(),
+            cache: auth.stats(),
+            peak_hashes: auth.pool().peak_running(),
+        }
+    }
+
+    fn log(&self, message: &str) {
+        tracing::info!(
+            applied = self.applied,
+            live_sessions = self.live_sessions,
+            trusted = self.trusted,
+            cache_entries = self.cache.entries,
+            cache_hits = self.cache.hits,
+            cache_misses = self.cache.misses,
+            peak_hashes = self.peak_hashes,
+            "{message}"
+        );
+    }
+}
+
+/// Logs a [`Snapshot`] once a minute, for operators reading logs.
+async fn status_loop(auth: Authenticator, coherence: Coherence) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        Snapshot::of(&auth, &coherence).log("status");
+    }
+}
+
+/// Most requests one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+/// Clients queue further requests on their side, where their own deadline covers the wait.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Largest header block a request may send. Milvus clients send a few short headers (the
+/// `authorization` header is refused past 1 KiB anyway); hyper's default is 16 MiB.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// How long any one request may take, from the moment the server starts it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepted connections, each with `TCP_NODELAY` set. tonic sets it only on listeners it
+/// binds itself; `run` takes a bound listener, so it is set here.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    // Nagle's algorithm holding back a small response until the client's delayed ACK costs
+    // ~40 ms per answer on a request/response protocol.
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight requests and
-/// ends the session. The middleware stack, outermost first:
-/// 1. per-request timeout — nothing, not even a stuck store read, holds a slot forever;
-/// 2. per-connection concurrency limit — one client cannot queue unbounded work;
+/// ends the session. The transport knobs and the middleware stack, outermost first:
+/// 1. HTTP/2 limits per connection — at most [`MAX_STREAMS_PER_CONNECTION`] requests open
+///    at once and [`MAX_HEADER_LIST_BYTES`] of headers each, so one connection cannot hold
+///    unbounded memory; a request over the stream limit waits on the client, inside its own
+///    deadline, never in a server queue that the request timeout would not cover (tonic's
+///    `concurrency_limit_per_connection` waits *outside* its timeout, so it is not used);
+/// 2. per-request timeout — nothing, not even a stuck store read, holds a stream forever;
 /// 3. authentication — before routing, so no handler runs unauthenticated (hashing inside
 ///    it is bounded separately by the hash pool).
 pub async fn run(
@@ -142,43 +216,49 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let address = listener.local_addr().map_err(ServerError::Listener)?;
-    let api = Api::new(
-        state.catalog.clone(),
-        state.auth.clone(),
-        state.coherence.clone(),
-        state.config.limits(),
-    );
-    let stats = state.auth.stats();
-    tracing::info!(
-        applied = state.coherence.applied(),
-        sessions = state.coherence.sessions().len(),
-        cache_entries = stats.entries,
-        authorization = state.config.common.security.authorization_enabled,
-        "credstore ready on {address}"
-    );
-    tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(60))
-        .concurrency_limit_per_connection(1024)
-        .layer(AuthLayer::new(
-            state.auth.clone(),
-            state.config.failed_auth_delay(),
-        ))
+    let State {
+        catalog,
+        auth,
+        coherence,
+        coherence_tasks,
+        config,
+    } = state;
+    let api = Api::new(catalog, auth.clone(), coherence.clone(), config.limits());
+    Snapshot::of(&auth, &coherence).log(&format!(
+        "credstore ready on {address} (authorization {})",
+        config.common.security.authorization_enabled
+    ));
+    let status = tokio::spawn(status_loop(auth.clone(), coherence.clone()));
+    let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .timeout(REQUEST_TIMEOUT)
+        .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()))
         .add_service(MilvusServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    let stats = state.auth.stats();
-    tracing::info!(
-        cache_hits = stats.hits,
-        cache_misses = stats.misses,
-        cache_entries = stats.entries,
-        peak_hashes = state.auth.pool().peak_running(),
-        "stopped serving; ending the session"
-    );
-    match Arc::try_unwrap(state.coherence) {
-        Ok(coherence) => coherence.shutdown().await,
-        Err(_) => tracing::warn!(
-            "coherence still shared at shutdown; the session lease will expire on its own"
-        ),
-    }
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await;
+    status.abort();
+    Snapshot::of(&auth, &coherence).log("stopped serving; ending the session");
+    coherence_tasks.shutdown().await;
+    served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let stream = accepted.next().await.unwrap().unwrap();
+        assert!(
+            stream.nodelay().unwrap(),
+            "TCP_NODELAY is set on accepted sockets"
+        );
+    }
 }

@@ -35,7 +35,7 @@ fn configs_built_as_values_load_as_the_old_templates_did() {
     let endpoints = "127.0.0.1:2379,127.0.0.1:2380";
     for extra in [
         "",
-        "  ackTimeoutMs: 8000\n",
+        "  ackTimeoutMs: 18000\n",
         "  session:\n    ttlSeconds: 3\n",
         "  etcdTimeoutMs: 1000\n",
     ] {

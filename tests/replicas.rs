@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use common::proxy::Proxy;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use credstore::proto::common::Status;
@@ -544,15 +544,12 @@ async fn frozen_replica_never_accepts_a_password_revoked_while_it_slept() {
     let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let etcd = blocking(common::Etcd::start);
     let root = common::unique_root("frozen");
-    // B's lease lasts 3 s; A waits up to 8 s for acknowledgements, so it outlives B's lease.
+    // B's lease lasts 3 s; A waits up to its default ack timeout (its own TTL, 10 s, plus a
+    // margin), so it outlives B's lease.
     let [a, b, c] = start_replicas(
         &etcd.endpoint(),
         &root,
-        [
-            "  ackTimeoutMs: 8000\n",
-            "  session:\n    ttlSeconds: 3\n",
-            "",
-        ],
+        ["", "  session:\n    ttlSeconds: 3\n", ""],
     );
     let mut admin = Admin::connect(&a).await;
     let (pb, pc) = (Probe::connect("B", &b).await, Probe::connect("C", &c).await);
@@ -797,91 +794,6 @@ async fn etcd_restart_under_load_loses_no_invalidation() {
         "writes failed with a non-retryable error while etcd restarted: {unclear:#?}"
     );
     tally.assert_clean();
-}
-
-/// A TCP proxy in front of etcd for one replica: `cut` drops every connection through it and
-/// refuses new ones (the replica's watch breaks, etcd stays up for everyone else), `restore`
-/// lets connections through again.
-struct Proxy {
-    port: u16,
-    shared: Arc<ProxyShared>,
-}
-
-#[derive(Default)]
-struct ProxyShared {
-    cut: AtomicBool,
-    closed: AtomicBool,
-    /// Both ends of every open connection, to shut them down on `cut`.
-    links: Mutex<Vec<TcpStream>>,
-}
-
-impl Proxy {
-    fn start(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy binds");
-        let port = listener.local_addr().expect("bound").port();
-        let shared = Arc::new(ProxyShared::default());
-        let accepting = shared.clone();
-        std::thread::spawn(move || {
-            for inbound in listener.incoming() {
-                if accepting.closed.load(Ordering::Acquire) {
-                    return;
-                }
-                let Ok(inbound) = inbound else { continue };
-                // Checked and recorded under the lock `cut` takes, so no connection slips past a cut.
-                let mut links = accepting.links.lock().unwrap();
-                if accepting.cut.load(Ordering::Acquire) {
-                    continue;
-                }
-                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                for stream in [&inbound, &outbound] {
-                    let _ = stream.set_nodelay(true);
-                    links.push(stream.try_clone().expect("socket clones"));
-                }
-                pump(
-                    inbound.try_clone().expect("socket clones"),
-                    outbound.try_clone().expect("socket clones"),
-                );
-                pump(outbound, inbound);
-            }
-        });
-        Proxy { port, shared }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        let mut links = self.shared.links.lock().unwrap();
-        self.shared.cut.store(true, Ordering::Release);
-        for stream in links.drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn restore(&self) {
-        self.shared.cut.store(false, Ordering::Release);
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.flush();
-        let _ = to.shutdown(Shutdown::Both);
-        let _ = from.shutdown(Shutdown::Both);
-    });
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.cut();
-        // Wake the accept loop so it sees `closed`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
 }
 
 /// The revision at which `key` was last written (0: absent).

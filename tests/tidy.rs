@@ -77,7 +77,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     ),
     (
         "coherence",
-        &["rbac", "auth", "catalog", "meta", "password"],
+        &["rbac", "auth", "catalog", "meta", "password", "hash_pool"],
     ),
     ("rbac", &["auth", "catalog", "meta", "password"]),
     ("auth", &["catalog", "meta", "password", "hash_pool"]),
@@ -107,16 +107,7 @@ const MATRIX: &[(&str, &[&str])] = &[
 
 /// External crates only some files may name: (crate, the paths under `src/` that may).
 const CRATE_OWNERS: &[(&str, &[&str])] = &[
-    (
-        "etcd_client",
-        &[
-            "src/meta/",
-            // TEMPORARY: coherence still takes leases through etcd_client directly; the
-            // `Lease` abstraction in meta (issue 8, item 1) removes this. The integrator
-            // deletes this line when that lands.
-            "src/coherence.rs",
-        ],
-    ),
+    ("etcd_client", &["src/meta/"]),
     ("redb", &["src/meta/"]),
     ("argon2", &["src/password.rs"]),
     ("bcrypt", &["src/password.rs"]),

@@ -4,11 +4,14 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
+use crate::meta::lease::Lease;
 use crate::meta::{
     Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome,
     Watch, WatchMessage,
@@ -17,6 +20,9 @@ use crate::meta::{
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
+/// Keys written on a lease, with the lease's id: swept when the file is next opened (a
+/// process that ended without revoking took its leases with it).
+const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 /// How many recent changes a watch can resume from; older start revisions read as compacted.
 const HISTORY: usize = 16_384;
 
@@ -67,6 +73,7 @@ impl EmbeddedKv {
                 }
             }
         };
+        let revision = sweep_leased(&write, revision).map_err(|e| err(e.to_string()))?;
         write.commit().map_err(|e| err(e.to_string()))?;
         let (revision_tx, _) = watch::channel(revision);
         let history = History {
@@ -296,6 +303,103 @@ impl MetaKv for EmbeddedKv {
             changed: self.inner.revision_tx.subscribe(),
             progress_requested: false,
         }))
+    }
+}
+
+/// Deletes every key left on a lease by an earlier process, at one new revision.
+fn sweep_leased(
+    write: &redb::WriteTransaction,
+    revision: Revision,
+) -> Result<Revision, redb::Error> {
+    let mut leased = write.open_table(LEASED)?;
+    let keys: Vec<String> = leased
+        .iter()?
+        .map(|entry| entry.map(|(key, _)| key.value().to_string()))
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Ok(revision);
+    }
+    let mut kv = write.open_table(KV)?;
+    for key in &keys {
+        kv.remove(key.as_str())?;
+        leased.remove(key.as_str())?;
+    }
+    write.open_table(META)?.insert(REVISION_KEY, revision + 1)?;
+    Ok(revision + 1)
+}
+
+/// Leases in one process: the keys of a lease are recorded in the `leased` table, so a revoke
+/// deletes them and the next open sweeps what a stopped process left behind.
+impl EmbeddedKv {
+    pub(crate) fn lease_grant(&self, ttl: Duration) -> Lease {
+        static NEXT: AtomicI64 = AtomicI64::new(1);
+        Lease::new(NEXT.fetch_add(1, Ordering::Relaxed), ttl)
+    }
+
+    pub(crate) async fn lease_put(
+        &self,
+        lease: &Lease,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<Revision, MetaError> {
+        if lease.is_revoked() {
+            return Err(MetaError::Embedded {
+                path: self.inner.path.display().to_string(),
+                reason: format!("lease {} was revoked", lease.id()),
+            });
+        }
+        // Recorded before the write: a crash in between leaves a record to sweep, never an
+        // unrecorded key that would outlive its process.
+        let (id, owned) = (lease.id(), key.to_string());
+        self.blocking(move |inner| {
+            let write = inner.db.begin_write()?;
+            write.open_table(LEASED)?.insert(owned.as_str(), id)?;
+            write.commit()?;
+            Ok(())
+        })
+        .await?;
+        let outcome = self
+            .txn(Txn::default().then(Op::Put(key.to_string(), value)))
+            .await?;
+        Ok(outcome.revision)
+    }
+
+    pub(crate) async fn lease_revoke(&self, lease: &Lease) -> Result<(), MetaError> {
+        lease.mark_revoked();
+        let id = lease.id();
+        let keys = self
+            .blocking(move |inner| {
+                let read = inner.db.begin_read()?;
+                let leased = read.open_table(LEASED)?;
+                let mut keys = Vec::new();
+                for entry in leased.iter()? {
+                    let (key, owner) = entry?;
+                    if owner.value() == id {
+                        keys.push(key.value().to_string());
+                    }
+                }
+                Ok(keys)
+            })
+            .await?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = keys
+            .iter()
+            .fold(Txn::default(), |txn, key| txn.then(Op::Delete(key.clone())));
+        self.txn(txn).await?;
+        self.blocking(move |inner| {
+            let write = inner.db.begin_write()?;
+            {
+                let mut leased = write.open_table(LEASED)?;
+                for key in &keys {
+                    leased.remove(key.as_str())?;
+                }
+            }
+            write.commit()?;
+            Ok(())
+        })
+        .await
     }
 }
 

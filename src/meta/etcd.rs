@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
-    TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
+    PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
 };
+
+use crate::meta::lease::Lease;
 
 use crate::meta::{
     Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome,
@@ -43,7 +45,10 @@ impl EtcdKv {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(options.request_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            // Every request (watches and lease keep-alives included) is refused by a member
+            // that has lost its leader, instead of being served from a stale, isolated member.
+            .with_require_leader(true);
         if let Some((user, password)) = &options.auth {
             connect = connect
                 .with_user(user.clone(), password.clone())
@@ -70,7 +75,8 @@ impl EtcdKv {
         Ok(kv)
     }
 
-    /// The underlying client, for leases and sessions (see `coherence`).
+    /// The underlying client, for tests that drive etcd directly (compaction). The server
+    /// itself goes through `MetaKv` and `Leases` only.
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -246,6 +252,7 @@ impl MetaKv for EtcdKv {
             from,
             synced: false,
             created_at: None,
+            answers: 0,
         }))
     }
 }
@@ -263,6 +270,8 @@ pub struct EtcdWatch {
     synced: bool,
     /// The store revision when etcd created the watch.
     created_at: Option<Revision>,
+    /// Responses received, including those not passed on (a sign of life while replaying).
+    answers: u64,
 }
 
 impl EtcdWatch {
@@ -271,6 +280,7 @@ impl EtcdWatch {
             let Some(response) = self.stream.message().await.map_err(map_err)? else {
                 return Err(MetaError::WatchClosed);
             };
+            self.answers += 1;
             // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
             if response.compact_revision() > 0 {
                 return Ok(WatchMessage::Compacted {
@@ -329,5 +339,67 @@ impl EtcdWatch {
 
     pub(crate) async fn request_progress(&mut self) -> Result<(), MetaError> {
         self.stream.request_progress().await.map_err(map_err)
+    }
+
+    pub(crate) fn answers(&self) -> u64 {
+        self.answers
+    }
+}
+
+/// Leases on etcd (see `meta::lease`).
+impl EtcdKv {
+    pub(crate) async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
+        let seconds = ttl.as_secs().max(1) as i64;
+        let response = retry_unsent(|| {
+            let mut client = self.client.clone();
+            async move { client.lease_grant(seconds, None).await }
+        })
+        .await
+        .map_err(map_err)?;
+        Ok(Lease::new(
+            response.id(),
+            Duration::from_secs(seconds as u64),
+        ))
+    }
+
+    pub(crate) async fn lease_keep_alive(&self, lease: &Lease) -> Result<bool, MetaError> {
+        // etcd-client sends one keep-alive and reads its answer before returning; an expired
+        // lease comes back as an error, not as a TTL of 0.
+        match self.client.clone().lease_keep_alive(lease.id()).await {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    pub(crate) async fn lease_put(
+        &self,
+        lease: &Lease,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<Revision, MetaError> {
+        let options = PutOptions::new().with_lease(lease.id());
+        let response = retry_unsent(|| {
+            let (mut client, value, options) =
+                (self.client.clone(), value.clone(), options.clone());
+            async move { client.put(key, value, Some(options)).await }
+        })
+        .await
+        .map_err(map_err)?;
+        Ok(header_revision(response.header()))
+    }
+
+    pub(crate) async fn lease_revoke(&self, lease: &Lease) -> Result<(), MetaError> {
+        lease.mark_revoked();
+        match self.client.clone().lease_revoke(lease.id()).await {
+            Ok(_) => Ok(()),
+            // Already gone (expired): nothing left to end.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::NotFound =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_err(e)),
+        }
     }
 }

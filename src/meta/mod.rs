@@ -6,12 +6,14 @@
 //! process. [`Store`] picks one at start-up. Nothing here knows users or gRPC.
 
 mod embedded;
-pub(crate) mod etcd;
+mod etcd;
+mod lease;
 
 use std::future::Future;
 
 pub use embedded::EmbeddedKv;
-pub use etcd::{EtcdKv, EtcdOptions};
+pub use etcd::{EtcdKv, EtcdOptions, EtcdTls};
+pub use lease::{Lease, Leases};
 
 /// An etcd-style revision: every write to the store raises it by one.
 pub type Revision = i64;
@@ -163,6 +165,16 @@ impl Watch {
         }
     }
 
+    /// How many answers etcd has sent on this stream, including ones not passed on as
+    /// messages (etcd 3.4 progress answers while history is replayed): proof the stream is
+    /// alive. Always 0 for the embedded store, whose progress answers are messages.
+    pub fn answers(&self) -> u64 {
+        match self {
+            Watch::Etcd(w) => w.answers(),
+            Watch::Embedded(_) => 0,
+        }
+    }
+
     /// Asks for a `Progress` message carrying the current revision.
     pub async fn request_progress(&mut self) -> Result<(), MetaError> {
         match self {
@@ -179,16 +191,6 @@ impl Watch {
 pub enum Store {
     Etcd(EtcdKv),
     Embedded(EmbeddedKv),
-}
-
-impl Store {
-    /// The etcd client when this store is etcd (sessions and leases live only there).
-    pub fn etcd(&self) -> Option<&EtcdKv> {
-        match self {
-            Store::Etcd(kv) => Some(kv),
-            Store::Embedded(_) => None,
-        }
-    }
 }
 
 impl MetaKv for Store {

@@ -89,7 +89,7 @@ pub struct Api {
     /// For the hash pool (hashing new passwords, checking old ones) and the health answer.
     auth: Authenticator,
     /// Every write waits for its acknowledgement by every live replica.
-    coherence: Arc<Coherence>,
+    coherence: Coherence,
     /// Milvus's name and password rules.
     limits: Limits,
     /// `Connect`'s identifier: only needs to differ between connections.
@@ -97,12 +97,7 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(
-        catalog: Catalog,
-        auth: Authenticator,
-        coherence: Arc<Coherence>,
-        limits: Limits,
-    ) -> Api {
+    pub fn new(catalog: Catalog, auth: Authenticator, coherence: Coherence, limits: Limits) -> Api {
         // Identifiers only need to differ between connections; start somewhere unguessable-ish.
         let mut seed = [0u8; 4];
         let _ = getrandom::fill(&mut seed);

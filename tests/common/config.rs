@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! let yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &root)
-//!     .set("credstore.ackTimeoutMs", 8000)
+//!     .set("credstore.ackTimeoutMs", 18000)
 //!     .yaml();
 //! ```
 

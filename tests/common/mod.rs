@@ -24,8 +24,8 @@
 mod client;
 mod config;
 mod etcd;
+pub mod proxy;
 mod replica;
-// `proxy.rs` (a cuttable TCP proxy) is added by the proxy tests; re-export it here too.
 
 // A test binary that uses no name of a part would warn about its re-export.
 #[allow(unused_imports)]

@@ -135,3 +135,49 @@ def test_cli_against_dead_server_fails(binary):
         capture_output=True, text=True, timeout=60, input=ROOT_PASSWORD + "\n",
     )
     _fails(r)
+
+
+def test_prompts_on_a_terminal_without_echo(server, clients, binary):
+    """With a terminal on standard input and no password anywhere else, the CLI prompts for
+    each password and the terminal does not echo what is typed."""
+    import os
+    import pty
+    import select
+    import termios
+    import time
+
+    name, password = uname("cli"), pw()
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDSTORE_")}
+    proc = subprocess.Popen(
+        [str(binary), "user", "create", name, "--uri", server.uri, "--user", ROOT_USER],
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    os.close(slave)
+    try:
+        # Type only once the CLI has turned echo off: both lines are then taken without echo.
+        deadline = time.monotonic() + 20
+        while termios.tcgetattr(master)[3] & termios.ECHO:
+            assert time.monotonic() < deadline, "the CLI never turned echo off"
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        os.write(master, f"{ROOT_PASSWORD}\n{password}\n".encode())
+        out, err = proc.communicate(timeout=30)
+        echoed = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            echoed += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert b"Password for root: " in err and f"New password for {name}: ".encode() in err, err
+    assert ROOT_PASSWORD.encode() not in echoed and password.encode() not in echoed, echoed
+    assert clients.can_connect(server, f"{name}:{password}")
+    _ok(server.cli("user", "delete", name))
