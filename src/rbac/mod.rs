@@ -10,6 +10,7 @@ pub mod methods;
 pub mod policies;
 pub mod policy;
 pub mod privileges;
+pub mod validate;
 
 pub use methods::{MethodRule, NameError};
 pub use policies::{Policies, PolicyChange};

@@ -8,7 +8,7 @@ use crate::proto::milvus::{
     RoleResult, SelectRoleRequest, UserEntity,
 };
 use crate::service::status::ServiceError;
-use crate::service::{Api, Caller, Privilege};
+use crate::service::{Api, Caller};
 
 fn role_name(raw: &str) -> Result<RoleName, ServiceError> {
     RoleName::parse(raw).map_err(ServiceError::InvalidRole)
@@ -20,7 +20,7 @@ impl Api {
         caller: &Caller,
         body: CreateRoleRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::CreateOwnership).await?;
+        self.require(caller, "CreateRole", "*").await?;
         let role = role_name(&body.entity.map(|e| e.name).unwrap_or_default())?;
         let revision = self.catalog.create_role(&role).await?;
         self.confirm(revision).await
@@ -31,7 +31,7 @@ impl Api {
         caller: &Caller,
         body: DropRoleRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::DropOwnership).await?;
+        self.require(caller, "DropRole", "*").await?;
         let role = role_name(&body.role_name)?;
         let revision = self.catalog.drop_role(&role).await?;
         self.confirm(revision).await
@@ -43,7 +43,7 @@ impl Api {
         caller: &Caller,
         body: OperateUserRoleRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::ManageOwnership).await?;
+        self.require(caller, "OperateUserRole", "*").await?;
         let user = self.username(&body.username)?;
         let role = role_name(&body.role_name)?;
         let revision = match OperateUserRoleType::try_from(body.r#type) {
@@ -75,7 +75,7 @@ impl Api {
         caller: &Caller,
         body: SelectRoleRequest,
     ) -> Result<Vec<RoleResult>, ServiceError> {
-        self.require(caller, Privilege::SelectOwnership).await?;
+        self.require(caller, "SelectRole", "*").await?;
         let roles = match &body.role {
             Some(role) => {
                 let role = role_name(&role.name)?;

@@ -9,6 +9,8 @@ use crate::coherence::CoherenceError;
 use crate::meta::MetaError;
 use crate::password::{HashError, RuleError};
 use crate::proto::common::{ErrorCode, Status};
+use crate::rbac::Privilege;
+use crate::rbac::validate::Refusal;
 
 /// Everything a handler can fail with. No variant carries a password or hash; errors from the
 /// modules below are kept as sources.
@@ -45,6 +47,9 @@ pub enum ServiceError {
     DefaultRole(String),
     #[error("there is no privilege group name [{0}] defined in system to operate")]
     GroupNotFound(String),
+    /// A grant, role or privilege-group request Milvus refuses, in its words.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// What changed: `user bob`, `role reader`.
     #[error("{0} was changed concurrently; read it again and retry")]
     Conflict(String),
@@ -52,9 +57,9 @@ pub enum ServiceError {
     Corrupt(#[source] CatalogError),
     #[error("stored data is unreadable: {0}")]
     BadHash(#[source] HashError),
-    #[error("{privilege}: permission deny to {user} in the `{db}` database")]
+    #[error("{}: permission deny to {user} in the `{db}` database", privilege.metastore_name())]
     PermissionDenied {
-        privilege: &'static str,
+        privilege: Privilege,
         user: String,
         db: String,
     },
@@ -105,6 +110,14 @@ pub fn to_status(err: &ServiceError, failure: ErrorCode) -> Result<Status, tonic
         | ServiceError::GroupNotFound(_)
         | ServiceError::NoSuchRole
         | ServiceError::Conflict(_) => {
+            tracing::debug!(%reason, "refused");
+            (65535, failure, false)
+        }
+        ServiceError::Refused(refusal) if refusal.is_input_error() => {
+            tracing::debug!(%reason, "invalid input");
+            (1100, ErrorCode::IllegalArgument, true)
+        }
+        ServiceError::Refused(_) => {
             tracing::debug!(%reason, "refused");
             (65535, failure, false)
         }
