@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::password::{HashScheme, Limits, Password};
+use crate::rbac::BuiltinGroups;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -483,6 +484,11 @@ impl Config {
         }
         self.root_password()?;
         Ok(())
+    }
+
+    /// The built-in privilege groups: Milvus's defaults (overrides are not read yet).
+    pub fn builtin_groups(&self) -> Result<BuiltinGroups, ConfigError> {
+        Ok(BuiltinGroups::default())
     }
 
     /// Milvus's name and password limits.

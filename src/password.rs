@@ -3,10 +3,28 @@
 //! (`proxy.maxUsernameLength`, `proxy.minPasswordLength`, `proxy.maxPasswordLength`) live here.
 //!
 //! Hashing is CPU-heavy and blocking: callers go through `hash_pool::HashPool`.
+//!
+//! Two ways to read a name: [`Username::parse`] trims surrounding white space first, as
+//! Milvus's `ValidateUsername` does for the admin RPCs, and [`Username::parse_exact`] accepts
+//! only the canonical spelling — the login path uses it, so `" alice"`, `"alice\n"` or
+//! `"alice\u{3000}"` in an `authorization` header are refused rather than mapped to `alice`.
+//!
+//! Secrets: [`Password`] and [`PasswordHash`] wipe their bytes when dropped (`zeroize`), and
+//! neither prints them in `Debug`. In bcrypt mode a password over 72 bytes is refused when it
+//! would be written ([`HashError::BcryptTooLong`], Go's text) and never matches when verified —
+//! nothing is ever silently truncated.
 
 use std::fmt;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use zeroize::Zeroize;
+
+/// The largest argon2id parameters a stored hash may carry: (memory KiB, iterations, lanes) —
+/// far above any configuration (OWASP's is 19456 KiB, 2, 1), far below a denial of service.
+pub const MAX_STORED_ARGON2: (u32, u32, u32) = (1 << 20, 64, 16);
+
+/// The most bytes bcrypt reads from a password; Go's bcrypt refuses longer ones.
+pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
 
 /// Milvus's limits on names and passwords.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,9 +74,18 @@ pub enum RuleError {
 pub struct Username(String);
 
 impl Username {
-    /// Validates `raw` after trimming surrounding white space, as Milvus does.
+    /// Validates `raw` after trimming surrounding white space, as Milvus does for the names in
+    /// admin requests (CreateCredential, UpdateCredential, …).
     pub fn parse(raw: &str, limits: &Limits) -> Result<Username, RuleError> {
-        let name = raw.trim();
+        Username::parse_exact(raw.trim(), limits)
+    }
+
+    /// Validates `raw` as it is: the canonical spelling only. Any surrounding white space (of
+    /// any Unicode kind) is refused, never trimmed: this is how the name in an `authorization`
+    /// header is read, so one user has exactly one spelling that is verified, cached,
+    /// coalesced, MAC'ed, reported and invalidated (as in Milvus 2.4, where `" alice"` at login
+    /// looks up a key that does not exist).
+    pub fn parse_exact(name: &str, limits: &Limits) -> Result<Username, RuleError> {
         let Some(first) = name.chars().next() else {
             return Err(RuleError::EmptyName);
         };
@@ -99,15 +126,17 @@ impl fmt::Display for Username {
     }
 }
 
-/// A password that meets the length rules. It has no `Display`, and its `Debug` is redacted.
+/// A password that meets the length rules. It has no `Display`, its `Debug` is redacted, and
+/// its bytes are overwritten with zeros when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(Vec<u8>);
 
 impl Password {
-    /// Checks the length in bytes against the configured bounds.
-    pub fn new(raw: Vec<u8>, limits: &Limits) -> Result<Password, RuleError> {
+    /// Checks the length in bytes against the configured bounds. A refused `raw` is wiped too.
+    pub fn new(mut raw: Vec<u8>, limits: &Limits) -> Result<Password, RuleError> {
         let len = raw.len();
         if len < limits.min_password_len || len > limits.max_password_len {
+            raw.zeroize();
             return Err(RuleError::PasswordLength {
                 len,
                 min: limits.min_password_len,
@@ -128,15 +157,33 @@ impl fmt::Debug for Password {
     }
 }
 
-/// A stored hash in PHC (`$argon2id$…`) or bcrypt (`$2a$…`) form.
+impl Drop for Password {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// A stored hash in PHC (`$argon2id$…`) or bcrypt (`$2a$…`) form. `Debug` prints no hash
+/// bytes, and the string is wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHash(String);
 
 impl PasswordHash {
-    /// Accepts the hash forms credstore can verify.
+    /// Accepts the hash forms credstore can verify: argon2id in PHC form, and bcrypt as Go
+    /// (Milvus) and the `bcrypt` crate write it — `$2a$`/`$2b$`/`$2y$`, a two-digit cost in
+    /// 4..=31, 22 salt and 31 hash characters of bcrypt's base64 alphabet.
+    ///
+    /// A stored value is input too: argon2id parameters beyond [`MAX_STORED_ARGON2`] (memory
+    /// KiB, iterations, lanes) are refused, so a hostile record cannot make one verification
+    /// allocate gigabytes or run for minutes.
     pub fn parse(raw: &str) -> Result<PasswordHash, HashError> {
         if raw.starts_with("$argon2id$") {
-            argon2::PasswordHash::new(raw).map_err(|_| HashError::Malformed)?;
+            let parsed = argon2::PasswordHash::new(raw).map_err(|_| HashError::Malformed)?;
+            let params = Params::try_from(&parsed).map_err(|_| HashError::Malformed)?;
+            let (m, t, p) = MAX_STORED_ARGON2;
+            if params.m_cost() > m || params.t_cost() > t || params.p_cost() > p {
+                return Err(HashError::Malformed);
+            }
         } else if !is_bcrypt(raw) {
             return Err(HashError::Malformed);
         }
@@ -154,8 +201,21 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
+impl Drop for PasswordHash {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 fn is_bcrypt(raw: &str) -> bool {
-    ["$2a$", "$2b$", "$2y$"].iter().any(|p| raw.starts_with(p)) && raw.len() == 60
+    let bytes = raw.as_bytes();
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'/';
+    bytes.len() == 60
+        && ["$2a$", "$2b$", "$2y$"].iter().any(|p| raw.starts_with(p))
+        && bytes[6] == b'$'
+        && bcrypt_cost(raw).is_some_and(|cost| (4..=31).contains(&cost))
+        && bytes[4..6].iter().all(u8::is_ascii_digit)
+        && bytes[7..].iter().all(alphabet)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +230,10 @@ pub enum HashError {
     TooWeak(String),
     #[error("too many password hash computations are waiting; retry later")]
     Busy,
+    /// Go's `bcrypt.ErrPasswordTooLong`, wrapped as Milvus's proxy wraps it on
+    /// CreateCredential/UpdateCredential.
+    #[error("encrypt password failed: bcrypt: password length exceeds 72 bytes")]
+    BcryptTooLong,
 }
 
 /// The algorithm new hashes are written with.
@@ -240,6 +304,10 @@ impl Hasher {
                 Ok(PasswordHash(hash.to_string()))
             }
             HashScheme::Bcrypt { cost } => {
+                // The crate would hash the first 72 bytes; Go (and so Milvus) refuses instead.
+                if password.as_bytes().len() > BCRYPT_MAX_PASSWORD_BYTES {
+                    return Err(HashError::BcryptTooLong);
+                }
                 let parts = bcrypt::hash_with_result(password.as_bytes(), *cost)
                     .map_err(|e| HashError::Hashing(e.to_string()))?;
                 Ok(PasswordHash(
@@ -253,8 +321,9 @@ impl Hasher {
     /// Takes raw bytes because a login's password has not passed the length rules.
     pub fn verify(&self, hash: &PasswordHash, password: &[u8]) -> Result<bool, HashError> {
         if is_bcrypt(&hash.0) {
-            // Go's bcrypt refuses passwords over 72 bytes instead of truncating them.
-            if password.len() > 72 {
+            // Go's bcrypt refuses passwords over 72 bytes instead of truncating them; so do we,
+            // so a long password never matches on its 72-byte prefix.
+            if password.len() > BCRYPT_MAX_PASSWORD_BYTES {
                 return Ok(false);
             }
             return bcrypt::verify(password, &hash.0).map_err(|_| HashError::Malformed);
@@ -439,6 +508,79 @@ mod tests {
         assert!(!argon.verify(&parsed, &[b'M'; 73]).unwrap());
     }
 
+    /// Issue 9.13: in bcrypt mode a password over 72 bytes is refused when written (Go's text,
+    /// as Milvus's proxy wraps it), and a long candidate never matches on its 72-byte prefix.
+    #[test]
+    fn bcrypt_never_truncates() {
+        let bcrypt_hasher = Hasher::new(HashScheme::Bcrypt { cost: 4 });
+        let limits = Limits::default();
+        let long = Password::new(vec![b'p'; 100], &limits).unwrap();
+        let err = bcrypt_hasher.hash(&long).unwrap_err();
+        assert!(matches!(err, HashError::BcryptTooLong));
+        assert_eq!(
+            err.to_string(),
+            "encrypt password failed: bcrypt: password length exceeds 72 bytes"
+        );
+        let exactly = Password::new(vec![b'p'; 72], &limits).unwrap();
+        let hash = bcrypt_hasher.hash(&exactly).unwrap();
+        assert!(bcrypt_hasher.verify(&hash, &[b'p'; 72]).unwrap());
+        // 73 and 100 bytes share the hashed 72-byte prefix; the crate alone would accept them.
+        assert!(bcrypt::verify([b'p'; 100], hash.as_str()).unwrap());
+        assert!(!bcrypt_hasher.verify(&hash, &[b'p'; 73]).unwrap());
+        assert!(!bcrypt_hasher.verify(&hash, &[b'p'; 100]).unwrap());
+        // argon2id has no such limit.
+        assert!(weak().hash(&long).is_ok());
+    }
+
+    #[test]
+    fn debug_prints_no_secret_or_hash_bytes() {
+        let password = Password::new(b"hunter22-secret".to_vec(), &Limits::default()).unwrap();
+        let hash = weak().hash(&password).unwrap();
+        let printed = format!("{password:?} {hash:?} {:?}", Some(&hash));
+        assert!(!printed.contains("hunter22"), "{printed}");
+        assert!(!printed.contains("argon2"), "{printed}");
+        let salt_and_hash = hash.as_str().rsplit('$').take(2).collect::<Vec<_>>();
+        for part in salt_and_hash {
+            assert!(!printed.contains(part), "{printed}");
+        }
+        let milvus = PasswordHash::parse(MILVUS_ROOT_HASH).unwrap();
+        assert_eq!(format!("{milvus:?}"), "PasswordHash(<redacted>)");
+    }
+
+    /// A `$2a$10$` value in the form Go's bcrypt (so Milvus) writes.
+    const MILVUS_ROOT_HASH: &str = "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+
+    #[test]
+    fn exact_names_refuse_what_parse_trims() {
+        let limits = Limits::default();
+        assert_eq!(
+            Username::parse_exact("alice", &limits).unwrap().as_str(),
+            "alice"
+        );
+        for variant in [
+            " alice",
+            "alice ",
+            "\talice",
+            "alice\n",
+            "\r\nalice",
+            "\u{a0}alice",
+            "alice\u{3000}",
+            "\u{2003}alice",
+            "\u{85}alice",
+        ] {
+            assert!(
+                Username::parse_exact(variant, &limits).is_err(),
+                "{variant:?}"
+            );
+            // The admin RPCs trim as Milvus does: the same canonical name.
+            assert_eq!(
+                Username::parse(variant, &limits).unwrap().as_str(),
+                "alice",
+                "{variant:?}"
+            );
+        }
+    }
+
     #[test]
     fn rehash_policy_follows_parameters() {
         let password = Password::new(b"secret1".to_vec(), &Limits::default()).unwrap();
@@ -454,7 +596,22 @@ mod tests {
 
     #[test]
     fn malformed_hashes_are_refused() {
-        for raw in ["", "plain", "$argon2id$v=19$garbage", "$2a$10$short"] {
+        let good = MILVUS_ROOT_HASH;
+        assert!(PasswordHash::parse(good).is_ok());
+        let cost_99 = good.replace("$10$", "$99$");
+        let cost_plus = good.replace("$10$", "$+9$");
+        let bad_char = format!("{}!", &good[..59]);
+        let non_ascii = format!("{}é", &good[..58]);
+        for raw in [
+            "",
+            "plain",
+            "$argon2id$v=19$garbage",
+            "$2a$10$short",
+            &cost_99,
+            &cost_plus,
+            &bad_char,
+            &non_ascii,
+        ] {
             assert!(PasswordHash::parse(raw).is_err(), "{raw:?}");
         }
     }

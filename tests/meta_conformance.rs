@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::ops::Bound::{Excluded, Included};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use credstore::meta::{
@@ -16,6 +19,14 @@ async fn etcd_store(etcd: &common::Etcd) -> Store {
         ..Default::default()
     };
     Store::Etcd(EtcdKv::connect(&options).await.expect("etcd connects"))
+}
+
+/// An etcd store whose listings read 3 keys per request, so that they span many pages.
+async fn etcd_store_small_pages(etcd: &common::Etcd) -> Store {
+    match etcd_store(etcd).await {
+        Store::Etcd(kv) => Store::Etcd(kv.with_page_size(3)),
+        Store::Embedded(_) => unreachable!(),
+    }
 }
 
 fn embedded_store(dir: &tempfile::TempDir) -> Store {
@@ -213,25 +224,150 @@ async fn watch_from_revision(kv: &Store, root: &str) {
     }
 }
 
+/// A read's revision belongs to the same snapshot as its value: while one writer rewrites
+/// a key, no read may pair a value with a revision at which that key already held a newer
+/// one (an old verifier carrying a new revision would be cached as current for good).
+async fn reads_pair_values_with_their_own_revision(kv: &Store, root: &str) {
+    let key = format!("{root}/snap/k");
+    let prefix = format!("{root}/snap/");
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (kv, key, done) = (kv.clone(), key.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut written = std::collections::BTreeMap::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            for i in 0..3000u32 {
+                if tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                let value = i.to_string().into_bytes();
+                let outcome = kv.txn(put(&key, &i.to_string())).await.unwrap();
+                written.insert(outcome.revision, value);
+            }
+            done.store(true, Ordering::Relaxed);
+            written
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|reader| {
+            let (kv, key, prefix, done) = (kv.clone(), key.clone(), prefix.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    // (read revision, value's mod_revision, value)
+                    let read = if reader == 0 {
+                        let read = kv.get(&key).await.unwrap();
+                        read.value.map(|v| (read.revision, v.mod_revision, v.value))
+                    } else {
+                        let read = kv.list(&prefix).await.unwrap();
+                        let value = read.value.into_iter().next();
+                        value.map(|v| (read.revision, v.mod_revision, v.value))
+                    };
+                    reads.extend(read);
+                }
+                reads
+            })
+        })
+        .collect();
+    let written = writer.await.unwrap();
+    let mut checked = 0;
+    for reader in readers {
+        for (revision, mod_revision, value) in reader.await.unwrap() {
+            checked += 1;
+            assert!(mod_revision <= revision, "a value newer than its read");
+            assert_eq!(
+                written.get(&mod_revision),
+                Some(&value),
+                "the value read is the one written at its mod_revision"
+            );
+            let newer = written
+                .range((Excluded(mod_revision), Included(revision)))
+                .next();
+            assert!(
+                newer.is_none(),
+                "read at revision {revision} returned the value of {mod_revision}, \
+                 but the key was rewritten at {:?}",
+                newer.map(|(r, _)| r)
+            );
+        }
+    }
+    assert!(checked > 100, "only {checked} reads overlapped the writer");
+}
+
+/// Listings longer than a page: every key, in order, and one consistent snapshot even while
+/// a writer adds keys at both ends of the range in each transaction.
+async fn listing_spans_pages(kv: &Store, root: &str) {
+    let prefix = format!("{root}/pages/");
+    for i in 0..25 {
+        kv.txn(put(&format!("{prefix}m{i:03}"), "v")).await.unwrap();
+    }
+    let listed = kv.list(&prefix).await.unwrap();
+    let expected: Vec<String> = (0..25).map(|i| format!("{prefix}m{i:03}")).collect();
+    let keys: Vec<String> = listed.value.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, expected);
+    assert!(
+        listed
+            .value
+            .iter()
+            .all(|kv| kv.mod_revision <= listed.revision)
+    );
+    assert_eq!(kv.list_keys(&prefix).await.unwrap().value, expected);
+
+    let writer = {
+        let (kv, prefix) = (kv.clone(), prefix.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let txn = Txn::default()
+                    .then(Op::Put(format!("{prefix}a{i:03}"), vec![]))
+                    .then(Op::Put(format!("{prefix}z{i:03}"), vec![]));
+                kv.txn(txn).await.unwrap();
+            }
+        })
+    };
+    let mut listings = 0;
+    while !writer.is_finished() || listings == 0 {
+        let keys = kv.list_keys(&prefix).await.unwrap().value;
+        let count = |p: &str| {
+            keys.iter()
+                .filter(|k| k.starts_with(&format!("{prefix}{p}")))
+                .count()
+        };
+        assert_eq!(count("m"), 25);
+        assert_eq!(count("a"), count("z"), "a listing mixes two revisions");
+        listings += 1;
+    }
+    writer.await.unwrap();
+}
+
 async fn suite(kv: Store, root: &str) {
     get_put_list_delete(&kv, root).await;
     create_if_absent_and_cas(&kv, root).await;
     concurrent_creates_one_winner(&kv, root).await;
     watch_from_revision(&kv, root).await;
+    reads_pair_values_with_their_own_revision(&kv, root).await;
+    listing_spans_pages(&kv, root).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_etcd() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
-    suite(etcd_store(&etcd).await, &common::unique_root("conf")).await;
+    let store = etcd_store_small_pages(&etcd).await;
+    within(suite(store, &common::unique_root("conf"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_embedded() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let dir = tempfile::tempdir().unwrap();
-    suite(embedded_store(&dir), &common::unique_root("conf")).await;
+    within(suite(embedded_store(&dir), &common::unique_root("conf"))).await;
+}
+
+/// The time limit of one conformance run.
+async fn within(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the conformance suite finishes within 60 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,4 +435,134 @@ async fn etcd_down_is_a_clear_unavailable_error() {
         matches!(err, credstore::meta::MetaError::Unavailable(_)),
         "{err:?}"
     );
+}
+
+/// The embedded store keeps a bounded number of bytes of history: a watcher that falls
+/// further behind is told `Compacted` (and re-lists, as after an etcd compaction), while a
+/// watcher that keeps up still sees every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_history_is_bounded_by_bytes() {
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = EmbeddedKv::open_with_history_bytes(&dir.path().join("kv.redb"), 16 * 1024)
+            .expect("embedded store opens");
+        let kv = Store::Embedded(kv);
+        let start = kv.get("p/").await.unwrap().revision;
+        let mut behind = kv.watch("p/", start + 1).await.unwrap();
+        let mut current = kv.watch("p/", start + 1).await.unwrap();
+        let big = "x".repeat(4096);
+        let mut last = start;
+        for i in 0..32 {
+            last = kv.txn(put(&format!("p/{i}"), &big)).await.unwrap().revision;
+            match current.next().await.unwrap() {
+                WatchMessage::Events { events, .. } => {
+                    assert_eq!(events.len(), 1);
+                    assert_eq!(events[0].revision, last);
+                }
+                other => panic!(
+                    "a watcher that keeps up sees every change, got {}",
+                    summary(&other)
+                ),
+            }
+        }
+        match behind.next().await.unwrap() {
+            WatchMessage::Compacted { compact_revision } => {
+                assert!(compact_revision > start && compact_revision < last)
+            }
+            other => panic!(
+                "128 KiB written into a 16 KiB history, got {}",
+                summary(&other)
+            ),
+        }
+        // Resuming from the newest revision still works.
+        let mut resumed = kv.watch("p/", last).await.unwrap();
+        match resumed.next().await.unwrap() {
+            WatchMessage::Events { events, .. } => assert_eq!(events[0].revision, last),
+            other => panic!(
+                "the newest revision is always kept, got {}",
+                summary(&other)
+            ),
+        }
+    })
+    .await;
+}
+
+/// A watch whose replay is larger than gRPC's default 4 MiB message limit delivers it (it
+/// used to fail the same way on every reopen), and a listing of that much data works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_replays_more_than_4_mib() {
+    within(async {
+        let etcd = common::Etcd::start();
+        let kv = etcd_store(&etcd).await;
+        let prefix = format!("{}/big/", common::unique_root("big"));
+        let start = kv.get(&prefix).await.unwrap().revision;
+        // etcd's default --max-request-bytes is 1.5 MiB: one 1 MiB value per write.
+        let value = "v".repeat(1024 * 1024);
+        let mut last = start;
+        for i in 0..6 {
+            last = kv
+                .txn(put(&format!("{prefix}{i}"), &value))
+                .await
+                .unwrap()
+                .revision;
+        }
+        let mut watch = kv.watch(&prefix, start + 1).await.unwrap();
+        let mut seen = 0;
+        while seen < 6 {
+            match tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("the replay arrives")
+                .expect("the replay is not refused")
+            {
+                WatchMessage::Events { events, revision } => {
+                    assert!(events.iter().all(|e| e.value.len() == value.len()));
+                    seen += events.len();
+                    assert!(revision <= last);
+                }
+                WatchMessage::Progress { .. } => {}
+                other => panic!("unexpected {}", summary(&other)),
+            }
+        }
+        assert_eq!(seen, 6);
+        let listed = kv.list(&prefix).await.expect("a 6 MiB listing");
+        assert_eq!(listed.value.len(), 6);
+    })
+    .await;
+}
+
+/// A watch message without its (possibly huge) values.
+fn summary(message: &WatchMessage) -> String {
+    match message {
+        WatchMessage::Events { events, revision } => format!(
+            "{} events up to revision {revision}: {:?}",
+            events.len(),
+            events
+                .iter()
+                .map(|e| (&e.key, e.revision))
+                .collect::<Vec<_>>()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A listing whose first page would exceed the client's 64 MiB message limit (70 values of
+/// 1 MiB) is read again in smaller pages instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_listing_over_the_message_limit_is_paged_down() {
+    within(async {
+        let etcd = common::Etcd::start();
+        let kv = etcd_store(&etcd).await;
+        let prefix = format!("{}/huge/", common::unique_root("huge"));
+        let value = "v".repeat(1024 * 1024);
+        for i in 0..70 {
+            kv.txn(put(&format!("{prefix}{i:02}"), &value))
+                .await
+                .unwrap();
+        }
+        let listed = kv.list(&prefix).await.expect("a 70 MiB listing");
+        assert_eq!(listed.value.len(), 70);
+        assert!(listed.value.iter().all(|kv| kv.value.len() == value.len()));
+        assert_eq!(kv.list_keys(&prefix).await.unwrap().value.len(), 70);
+    })
+    .await;
 }

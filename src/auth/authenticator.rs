@@ -1,32 +1,35 @@
-//! `Authenticator`: is this the user's password? The answer comes from a per-replica cache of
-//! verified passwords when it can, from etcd and a hash verification when it must.
+//! `Authenticator`: is this the user's password? The flow — parse the header's name into the
+//! canonical [`Username`] once, at the edge; answer from the [`CredentialCache`] when it can;
+//! otherwise read the user from the store and verify the hash in the bounded pool, then cache.
 //!
-//! The cache keeps, per user, an HMAC-SHA256 (random per-process key) of user and password
-//! and the store revision the user was read at — never the password, never an unkeyed hash.
-//! A hit is one HMAC and a constant-time comparison. Misses for the same user and password
-//! are coalesced into one store read and one hash verification. Watch-driven invalidation
-//! (see `coherence`) calls [`Authenticator::invalidate_user`]; a load that read the store
-//! before an invalidation it raced with is not inserted (see `insert_unless_stale`).
+//! The name is parsed with [`Username::parse_exact`]: a header name with surrounding white space
+//! of any kind (`" alice"`, `"\talice"`, `"alice\n"`, U+00A0, U+3000…) or any other character
+//! outside the rules is refused with UNAUTHENTICATED after the same hash work as a wrong
+//! password; it is never trimmed. So the name that is verified, cached, coalesced, MAC'ed,
+//! put into [`Authenticated`] and invalidated is always the same canonical spelling.
+//!
+//! Misses for the same user and password are coalesced into one store read and one hash
+//! verification; the coalescing key carries the user's invalidation watermark, so a request
+//! that arrives after an invalidation never joins a load that may have read the record before
+//! it. The cache itself (entries, per-user watermarks, trust deadline) lives in `cache`.
+//!
+//! Secrets: the HMAC key schedule and every verifier are wiped when dropped (`zeroize`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use hmac::{Hmac, KeyInit, Mac};
 use moka::future::Cache;
-use moka::ops::compute::Op;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
 
-use crate::auth::{AuthError, Authenticated};
+use crate::auth::cache::{CredentialCache, Verified, Verifier};
+use crate::auth::{AuthError, AuthStats, Authenticated};
 use crate::catalog::{Catalog, CatalogError};
 use crate::hash_pool::HashPool;
 use crate::meta::Revision;
 use crate::password::{HashError, Limits, Password, PasswordHash, Username};
-
-type Verifier = [u8; 32];
 
 /// What the authenticator needs besides the catalog and the hash pool.
 #[derive(Clone, Debug)]
@@ -38,21 +41,6 @@ pub struct AuthenticatorConfig {
     pub cache_ttl: Option<Duration>,
 }
 
-/// Counters for status lines and metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AuthStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub entries: u64,
-    pub rehashed: u64,
-}
-
-#[derive(Clone, Debug)]
-struct Verified {
-    verifier: Verifier,
-    revision: Revision,
-}
-
 /// Verifies credentials; cheap to clone (shared state).
 #[derive(Clone)]
 pub struct Authenticator {
@@ -61,23 +49,20 @@ pub struct Authenticator {
 
 struct Inner {
     config: AuthenticatorConfig,
+    /// Where user records are read on a miss.
     catalog: Catalog,
+    /// The only place hashes are verified (bounded, low priority).
     pool: HashPool,
-    /// HMAC-SHA256 keyed with 32 random bytes drawn at start; never leaves the process.
+    /// HMAC-SHA256 keyed with 32 random bytes drawn at start; never leaves the process, and
+    /// its key schedule is wiped on drop.
     mac: Hmac<Sha256>,
+    /// Verified against when the user does not exist, so that costs as much as a wrong password.
     dummy: PasswordHash,
-    /// Synchronous: a hit is answered without awaiting anything.
-    verified: moka::sync::Cache<String, Verified>,
+    /// Verified passwords, watermarks and trust: the handle `coherence` drives.
+    cache: CredentialCache,
     /// Only for coalescing: concurrent misses with the same (user, verifier, watermark)
     /// share one load.
-    loading: Cache<(String, Verifier, Revision), Verified>,
-    /// The newest revision at which any cached user was invalidated.
-    invalidated: AtomicI64,
-    /// Until when this replica may answer (see [`Authenticator::trust_until`]).
-    trust: Trust,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    rehashed: AtomicU64,
+    loading: Cache<(Username, Verifier, Revision), Verified>,
 }
 
 impl Authenticator {
@@ -91,13 +76,11 @@ impl Authenticator {
         let dummy = tokio::task::spawn_blocking(move || hasher.dummy_hash())
             .await
             .map_err(|e| HashError::Hashing(e.to_string()))?;
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| HashError::Hashing(e.to_string()))?;
-        let mut builder = moka::sync::Cache::builder().max_capacity(config.cache_capacity);
-        if let Some(ttl) = config.cache_ttl {
-            builder = builder.time_to_live(ttl);
-        }
-        let verified = builder.build();
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(key.as_mut_slice()).map_err(|e| HashError::Hashing(e.to_string()))?;
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_slice())
+            .map_err(|e| HashError::Hashing(e.to_string()))?;
+        let cache = CredentialCache::new(config.cache_capacity, config.cache_ttl);
         let loading = Cache::builder()
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(60))
@@ -106,16 +89,10 @@ impl Authenticator {
             config,
             catalog,
             pool,
-            mac: <Hmac<Sha256> as KeyInit>::new_from_slice(&key)
-                .expect("HMAC takes any key length"),
+            mac,
             dummy,
-            verified,
+            cache,
             loading,
-            invalidated: AtomicI64::new(0),
-            trust: Trust::forever(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            rehashed: AtomicU64::new(0),
         };
         Ok(Authenticator {
             inner: Arc::new(inner),
@@ -126,90 +103,115 @@ impl Authenticator {
         &self.inner.pool
     }
 
+    /// The cache handle (entries, invalidation watermarks, trust deadline).
+    pub fn cache(&self) -> &CredentialCache {
+        &self.inner.cache
+    }
+
     /// Authenticates the `authorization` header of a request.
     pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<Authenticated, AuthError> {
         if !self.inner.config.enabled {
             return Ok(Authenticated::unchecked());
         }
         let credentials = crate::auth::parse_header(header)?;
-        let user = credentials.user();
-        self.verify(user, credentials.password()).await?;
-        let super_user = self.inner.config.super_users.iter().any(|s| s == user);
+        let Some(user) = credentials.username(&self.inner.config.limits) else {
+            return self.refuse_name(credentials.password()).await;
+        };
+        self.verify_user(&user, credentials.password()).await?;
+        let super_user = self
+            .inner
+            .config
+            .super_users
+            .iter()
+            .any(|s| s == user.as_str());
         Ok(Authenticated::user(user, super_user))
     }
 
-    /// Whether `password` is `user`'s password. Unknown users cost the same as wrong passwords.
+    /// Whether `password` is `user`'s password, `user` spelled exactly (see the module doc).
+    /// Unknown users and non-canonical names cost the same as wrong passwords.
     pub async fn verify(&self, user: &str, password: &[u8]) -> Result<(), AuthError> {
-        if !self.inner.trust.holds() {
-            return Err(AuthError::Unavailable(
-                "replica is re-syncing with etcd".into(),
-            ));
+        match Username::parse_exact(user, &self.inner.config.limits) {
+            Ok(user) => self.verify_user(&user, password).await,
+            Err(_) => self.refuse_name(password).await.map(|_| ()),
         }
+    }
+
+    /// Whether `password` is `user`'s password.
+    pub async fn verify_user(&self, user: &Username, password: &[u8]) -> Result<(), AuthError> {
+        self.check_trust()?;
         let verifier = self.verifier(user, password);
-        if self.is_hit(user, &verifier) {
+        if self.inner.cache.is_hit(user, &verifier) {
             return Ok(());
         }
         // Boxed so the hot path's future stays small; the slow path costs milliseconds anyway.
         Box::pin(self.verify_slow(user, password, verifier)).await
     }
 
-    /// The hot path: no await, no allocation, one constant-time comparison.
-    fn is_hit(&self, user: &str, verifier: &Verifier) -> bool {
-        let hit = self
-            .inner
-            .verified
-            .get(user)
-            .is_some_and(|entry| bool::from(entry.verifier.ct_eq(verifier)));
-        if hit {
-            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+    fn check_trust(&self) -> Result<(), AuthError> {
+        match self.inner.cache.is_trusted() {
+            true => Ok(()),
+            false => Err(AuthError::Unavailable(
+                "replica is re-syncing with etcd".into(),
+            )),
         }
-        hit
+    }
+
+    /// A name that cannot exist: refused after the work of a wrong password.
+    async fn refuse_name(&self, password: &[u8]) -> Result<Authenticated, AuthError> {
+        self.check_trust()?;
+        self.inner.cache.record_miss();
+        self.deny_unknown(password).await?;
+        Err(AuthError::Denied)
     }
 
     async fn verify_slow(
         &self,
-        user: &str,
+        user: &Username,
         password: &[u8],
         verifier: Verifier,
     ) -> Result<(), AuthError> {
-        self.inner.misses.fetch_add(1, Ordering::Relaxed);
-        // The invalidation watermark is part of the key: a request that arrives after an
-        // invalidation never joins a load that may have read the record before it.
-        let seen = self.inner.invalidated.load(Ordering::Acquire);
-        let key = (user.to_string(), verifier, seen);
+        self.inner.cache.record_miss();
+        let key = (
+            user.clone(),
+            verifier.clone(),
+            self.inner.cache.watermark(user),
+        );
         let load = self.load(user, password, verifier);
         let result = self.inner.loading.try_get_with(key.clone(), load).await;
         self.inner.loading.invalidate(&key).await;
         result.map(|_| ()).map_err(|e| (*e).clone())
     }
 
-    fn verifier(&self, user: &str, password: &[u8]) -> Verifier {
+    fn verifier(&self, user: &Username, password: &[u8]) -> Verifier {
         // Cloning the keyed state skips re-deriving the inner and outer pads per request.
         let mut mac = self.inner.mac.clone();
-        mac.update(user.as_bytes());
+        mac.update(user.as_str().as_bytes());
         mac.update(&[0]);
         mac.update(password);
-        mac.finalize().into_bytes().into()
+        // The tag is wiped when `tag` drops; only the verifier keeps a copy.
+        let tag = mac.finalize();
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(tag.as_bytes());
+        Verifier::new(*bytes)
     }
 
     /// The slow path: read the user, verify the hash (bounded pool), maybe rehash, cache.
     async fn load(
         &self,
-        user: &str,
+        user: &Username,
         password: &[u8],
         verifier: Verifier,
     ) -> Result<Verified, AuthError> {
-        let Ok(name) = Username::parse(user, &self.inner.config.limits) else {
-            return self.deny_unknown(password).await;
-        };
+        let _load = self.inner.cache.begin_load();
         let read = self
             .inner
             .catalog
-            .get_user(&name)
+            .get_user(user)
             .await
             .map_err(store_error)?;
         let Some(stored) = read.value else {
-            return self.deny_unknown(password).await;
+            self.deny_unknown(password).await?;
+            return Err(AuthError::Denied);
         };
         let matches = self
             .inner
@@ -221,17 +223,17 @@ impl Authenticator {
             return Err(AuthError::Denied);
         }
         if self.inner.pool.hasher().needs_rehash(&stored.hash) {
-            self.rehash(&name, &stored, password).await;
+            self.rehash(user, &stored, password).await;
         }
         let entry = Verified {
             verifier,
             revision: read.revision,
         };
-        self.insert_unless_stale(user, entry.clone());
+        self.inner.cache.insert_unless_stale(user, entry.clone());
         Ok(entry)
     }
 
-    async fn deny_unknown(&self, password: &[u8]) -> Result<Verified, AuthError> {
+    async fn deny_unknown(&self, password: &[u8]) -> Result<(), AuthError> {
         // Spend the same work as a real verification so timing does not reveal who exists.
         let _ = self
             .inner
@@ -239,7 +241,7 @@ impl Authenticator {
             .verify(self.inner.dummy.clone(), password.to_vec())
             .await
             .map_err(hash_error)?;
-        Err(AuthError::Denied)
+        Ok(())
     }
 
     /// Rewrites a legacy or weaker hash in the configured scheme (compare-and-swap on the
@@ -265,97 +267,39 @@ impl Authenticator {
         };
         match result {
             Ok(_) => {
-                self.inner.rehashed.fetch_add(1, Ordering::Relaxed);
+                self.inner.cache.record_rehash();
                 tracing::info!(user = %name, "rehashed stored password to the configured scheme");
             }
             Err(reason) => tracing::debug!(user = %name, %reason, "rehash skipped"),
         }
     }
 
-    /// Caches `entry` unless an invalidation newer than its read has been applied. Runs under
-    /// moka's per-key lock, as does [`Self::invalidate_user`], so the two cannot interleave.
-    fn insert_unless_stale(&self, user: &str, entry: Verified) {
-        let invalidated = &self.inner.invalidated;
-        self.inner
-            .verified
-            .entry(user.to_string())
-            .and_compute_with(
-                |_| match invalidated.load(Ordering::Acquire) > entry.revision {
-                    true => Op::Nop,
-                    false => Op::Put(entry),
-                },
-            );
-    }
-
     /// Forgets `user`'s verified password because their record changed at `revision`.
     pub fn invalidate_user(&self, user: &str, revision: Revision) {
-        let invalidated = &self.inner.invalidated;
-        self.inner
-            .verified
-            .entry(user.to_string())
-            .and_compute_with(|_| {
-                invalidated.fetch_max(revision, Ordering::AcqRel);
-                Op::<Verified>::Remove
-            });
+        self.inner.cache.invalidate_user(user, revision);
     }
 
     /// Forgets everything (a compacted watch, a re-sync): entries read before `revision` go.
     pub fn invalidate_all(&self, revision: Revision) {
-        self.inner.invalidated.fetch_max(revision, Ordering::AcqRel);
-        self.inner.verified.invalidate_all();
+        self.inner.cache.invalidate_all(revision);
     }
 
-    /// Answers only until `deadline` (`None`: indefinitely). `coherence` moves the deadline
-    /// forward with every confirmed lease keep-alive, so a replica that was frozen or cut off
-    /// refuses (UNAVAILABLE) from the moment its lease may have expired, even before any of
-    /// its tasks has run again. The clock is monotonic and keeps running while stopped.
+    /// See [`CredentialCache::trust_until`].
     pub fn trust_until(&self, deadline: Option<Instant>) {
-        self.inner.trust.set(deadline);
+        self.inner.cache.trust_until(deadline);
     }
 
     pub fn is_trusted(&self) -> bool {
-        self.inner.trust.holds()
+        self.inner.cache.is_trusted()
     }
 
     pub fn stats(&self) -> AuthStats {
-        AuthStats {
-            hits: self.inner.hits.load(Ordering::Relaxed),
-            misses: self.inner.misses.load(Ordering::Relaxed),
-            entries: self.inner.verified.entry_count(),
-            rehashed: self.inner.rehashed.load(Ordering::Relaxed),
-        }
+        self.inner.cache.stats()
     }
 
     /// Whether a verified entry for `user` is cached (for tests and status).
     pub fn is_cached(&self, user: &str) -> bool {
-        self.inner.verified.get(user).is_some()
-    }
-}
-
-/// A deadline readable without a lock: milliseconds after `base`, `u64::MAX` for never.
-struct Trust {
-    base: Instant,
-    until_ms: AtomicU64,
-}
-
-impl Trust {
-    fn forever() -> Trust {
-        Trust {
-            base: Instant::now(),
-            until_ms: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    fn set(&self, deadline: Option<Instant>) {
-        let ms = match deadline {
-            None => u64::MAX,
-            Some(at) => at.saturating_duration_since(self.base).as_millis() as u64,
-        };
-        self.until_ms.store(ms, Ordering::Release);
-    }
-
-    fn holds(&self) -> bool {
-        (self.base.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+        self.inner.cache.is_cached(user)
     }
 }
 
@@ -385,19 +329,18 @@ mod tests {
     use crate::meta::{EmbeddedKv, MetaKv, Store};
     use crate::password::{HashScheme, Hasher};
 
-    async fn setup(dir: &tempfile::TempDir) -> (Authenticator, Catalog) {
+    fn name(raw: &str) -> Username {
+        Username::parse_exact(raw, &Limits::default()).unwrap()
+    }
+
+    async fn setup_with(dir: &tempfile::TempDir, pool: HashPool) -> (Authenticator, Catalog) {
         let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
         let catalog = Catalog::new(store, "t/meta");
-        let scheme = HashScheme::Argon2id {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let pool = HashPool::new(Hasher::new(scheme), 1, 8, 0);
-        let password = Password::new(b"password1".to_vec(), &Limits::default()).unwrap();
-        let hash = pool.hash(password).await.unwrap();
-        let name = Username::parse("alice", &Limits::default()).unwrap();
-        catalog.create_user(&name, &hash, None).await.unwrap();
+        for user in ["alice", "bob"] {
+            let password = Password::new(b"password1".to_vec(), &Limits::default()).unwrap();
+            let hash = pool.hash(password).await.unwrap();
+            catalog.create_user(&name(user), &hash, None).await.unwrap();
+        }
         let config = AuthenticatorConfig {
             enabled: true,
             super_users: vec![],
@@ -413,32 +356,143 @@ mod tests {
         )
     }
 
+    fn weak_pool(concurrent: usize, queued: usize) -> HashPool {
+        let scheme = HashScheme::Argon2id {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        HashPool::new(Hasher::new(scheme), concurrent, queued, 0)
+    }
+
+    async fn setup(dir: &tempfile::TempDir) -> (Authenticator, Catalog) {
+        setup_with(dir, weak_pool(1, 8)).await
+    }
+
+    fn header(raw: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
     /// The race moka alone loses: a load read the user at revision H, the watcher applies an
     /// invalidation at H+1, then the load tries to insert. It must not reinstate the entry.
     #[tokio::test]
     async fn a_load_older_than_an_applied_invalidation_is_not_cached() {
         let dir = tempfile::tempdir().unwrap();
         let (auth, catalog) = setup(&dir).await;
+        let cache = auth.cache();
         let read_at = catalog.store().get("t/meta").await.unwrap().revision;
-        let verifier = auth.verifier("alice", b"password1");
+        let alice = name("alice");
+        let verifier = auth.verifier(&alice, b"password1");
+        let load = cache.begin_load();
         auth.invalidate_user("alice", read_at + 1);
-        auth.insert_unless_stale(
-            "alice",
-            Verified {
-                verifier,
-                revision: read_at,
-            },
-        );
+        let stale = Verified {
+            verifier: verifier.clone(),
+            revision: read_at,
+        };
+        assert!(!cache.insert_unless_stale(&alice, stale));
         assert!(!auth.is_cached("alice"), "a stale load was reinstated");
         // A load that read after the invalidation is cached.
-        auth.insert_unless_stale(
-            "alice",
-            Verified {
-                verifier,
-                revision: read_at + 1,
-            },
-        );
+        let fresh = Verified {
+            verifier: verifier.clone(),
+            revision: read_at + 1,
+        };
+        assert!(cache.insert_unless_stale(&alice, fresh));
         assert!(auth.is_cached("alice"));
+        drop(load);
+        // invalidate_all is the global epoch: it refuses every older load.
+        let load = cache.begin_load();
+        auth.invalidate_all(read_at + 2);
+        let bob_stale = Verified {
+            verifier: auth.verifier(&name("bob"), b"password1"),
+            revision: read_at + 1,
+        };
+        assert!(!cache.insert_unless_stale(&name("bob"), bob_stale));
+        assert!(!auth.is_cached("alice"));
+        drop(load);
+    }
+
+    /// Issue 9.7: a write to bob while alice's load is in flight does not stop alice's result
+    /// from being cached (one global watermark used to refuse it).
+    #[tokio::test]
+    async fn a_write_to_another_user_during_a_load_does_not_stop_caching() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, catalog) = setup(&dir).await;
+        let cache = auth.cache();
+        let read_at = catalog.store().get("t/meta").await.unwrap().revision;
+        let alice = name("alice");
+        let load = cache.begin_load();
+        // bob changes after alice's record was read, before her load inserts.
+        auth.invalidate_user("bob", read_at + 1);
+        let entry = Verified {
+            verifier: auth.verifier(&alice, b"password1"),
+            revision: read_at,
+        };
+        assert!(cache.insert_unless_stale(&alice, entry), "alice refused");
+        assert!(auth.is_cached("alice"));
+        drop(load);
+    }
+
+    /// The same, end to end: alice's load has read her record and waits for the (single)
+    /// hashing thread when bob's record is rewritten and invalidated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_bob_while_alices_load_is_in_flight_still_caches_alice() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = HashPool::new(
+            Hasher::new(HashScheme::Argon2id {
+                memory_kib: 8192,
+                iterations: 4,
+                parallelism: 1,
+            }),
+            1,
+            8,
+            0,
+        );
+        let (auth, catalog) = setup_with(&dir, pool.clone()).await;
+        // Occupy the one hashing thread (a slow hash: its parameters travel in the string) so
+        // alice's verification waits in the queue.
+        let slow = Hasher::new(HashScheme::Argon2id {
+            memory_kib: 1024,
+            iterations: 200,
+            parallelism: 1,
+        });
+        let slow_hash = tokio::task::spawn_blocking(move || {
+            slow.hash(&Password::new(b"password1".to_vec(), &Limits::default()).unwrap())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let blocker = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.verify(slow_hash, b"password1".to_vec()).await })
+        };
+        while pool.stats().running == 0 {
+            tokio::task::yield_now().await;
+        }
+        let login = {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.verify("alice", b"password1").await })
+        };
+        // Queued means alice's record has been read.
+        while pool.stats().queued == 0 {
+            assert!(
+                !login.is_finished(),
+                "alice's login did not wait for the blocker"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let bob = catalog.get_user(&name("bob")).await.unwrap().value.unwrap();
+        let revision = catalog
+            .replace_user(&name("bob"), &bob.with_description(Some("x".into())))
+            .await
+            .unwrap();
+        auth.invalidate_user("bob", revision);
+        assert_eq!(login.await.unwrap(), Ok(()));
+        assert!(blocker.await.unwrap().unwrap());
+        assert!(
+            auth.is_cached("alice"),
+            "a write to bob stopped alice from being cached"
+        );
     }
 
     #[tokio::test]
@@ -465,10 +519,59 @@ mod tests {
         assert_eq!((stats.hits, stats.misses), (1, 4));
     }
 
+    /// Issue 9.1: a header name is canonical or refused. Variants of a cached user's name are
+    /// not trimmed to it, cost a hash like a wrong password, and change nothing in the cache.
+    #[tokio::test]
+    async fn variant_spellings_are_refused_not_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = setup(&dir).await;
+        let ok = auth
+            .authenticate(Some(header("alice:password1").as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(ok.name(), Some("alice"));
+        assert_eq!(ok.username(), Some(&name("alice")));
+        let before = auth.stats();
+        let completed = auth.pool().stats().completed;
+        let variants = [
+            " alice",
+            "alice ",
+            "\talice",
+            "alice\n",
+            "\u{a0}alice",
+            "alice\u{3000}",
+            "\u{2028}alice",
+            "\u{feff}alice",
+            "ALICE",
+            "alice\0",
+        ];
+        for variant in variants {
+            let got = auth
+                .authenticate(Some(header(&format!("{variant}:password1")).as_bytes()))
+                .await;
+            assert_eq!(got, Err(AuthError::Denied), "{variant:?}");
+            assert_eq!(
+                auth.verify(variant, b"password1").await,
+                Err(AuthError::Denied),
+                "{variant:?}"
+            );
+        }
+        let after = auth.stats();
+        assert_eq!(after.entries, before.entries);
+        assert_eq!(after.hits, before.hits, "no variant hit alice's entry");
+        assert_eq!(
+            auth.pool().stats().completed - completed,
+            2 * variants.len() as u64,
+            "each refusal costs one hash, as a wrong password does"
+        );
+        assert!(auth.is_cached("alice"));
+    }
+
     #[tokio::test]
     async fn concurrent_misses_for_one_password_share_one_verification() {
         let dir = tempfile::tempdir().unwrap();
         let (auth, _) = setup(&dir).await;
+        let before = auth.pool().stats().completed;
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let auth = auth.clone();
@@ -480,6 +583,7 @@ mod tests {
         }
         // One hash pool slot, 8 queued: without coalescing most of the 16 would be refused.
         assert_eq!(auth.pool().peak_running(), 1);
+        assert_eq!(auth.pool().stats().completed - before, 1);
     }
 
     #[tokio::test]
@@ -494,5 +598,67 @@ mod tests {
         ));
         auth.trust_until(None);
         assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+    }
+
+    /// Issue 9.10 through the authenticator: 300 wrong-password logins whose callers went away
+    /// once their hash was queued (a client resetting each stream) leave nothing in front of
+    /// the next real cache-miss login.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_wrong_password_logins_leave_no_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        // Default-like parameters: a few tens of ms per hash; one thread, the default queue.
+        let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 256, 0);
+        let (auth, _) = setup_with(&dir, pool.clone()).await;
+        let started = std::time::Instant::now();
+        assert_eq!(auth.verify("bob", b"password1").await, Ok(()));
+        let one_hash = started.elapsed();
+        let mut admitted = 0u64;
+        for i in 0..300 {
+            let before = pool.stats().admitted;
+            let wrong = format!("wrong-{i}");
+            let mut login = std::pin::pin!(auth.verify("alice", wrong.as_bytes()));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut login => break,
+                    _ = tokio::time::sleep(Duration::from_micros(200)) => {
+                        if pool.stats().admitted > before {
+                            admitted += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let stats = pool.stats();
+        assert!(
+            stats.running + stats.queued <= 1 + 256,
+            "bounded while cancelled: {stats:?}"
+        );
+        let before = pool.stats();
+        let started = std::time::Instant::now();
+        assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
+        let elapsed = started.elapsed();
+        let after = pool.stats();
+        eprintln!(
+            "one hash {one_hash:?}; 300 cancelled logins ({admitted} admitted); then a valid \
+             cache-miss login took {elapsed:?}; pool {after:?}"
+        );
+        assert_eq!(after.queued, 0, "{after:?}");
+        assert_eq!(
+            after.skipped + after.completed,
+            after.admitted,
+            "every admitted job was computed or skipped, none is left: {after:?}"
+        );
+        assert!(after.skipped > 0, "{after:?}");
+        assert!(
+            after.completed - before.completed <= 2,
+            "the valid login waited for at most the job already running: {before:?} -> {after:?}"
+        );
+        // Backstop: a couple of hash times (the job running when it arrived, then its own).
+        assert!(
+            elapsed < one_hash * 6 + Duration::from_secs(1),
+            "{elapsed:?} vs one hash {one_hash:?}"
+        );
     }
 }

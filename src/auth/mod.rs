@@ -4,27 +4,41 @@
 //! request's extensions; failure is answered by the layer and the handler never runs.
 //!
 //! Authorization (what the caller may do) is decided by `service`, from `Authenticated`.
+//!
+//! Identity rule: the header's name is parsed once, here at the edge, into the canonical
+//! [`Username`] with [`Username::parse_exact`]; a name with surrounding white space of any
+//! Unicode kind is refused (UNAUTHENTICATED, after the work of a wrong password), never
+//! trimmed. The header's decoded bytes are wiped when [`Credentials`] is dropped, and its
+//! `Debug` prints no password.
+//!
+//! `cache` holds the verified-password cache, its invalidation watermarks and the trust
+//! deadline; `authenticator` the flow; `layer` the tower plumbing.
 
 mod authenticator;
+mod cache;
 mod layer;
 
 use base64::Engine;
+use zeroize::Zeroize;
 
-pub use authenticator::{AuthStats, Authenticator, AuthenticatorConfig};
+use crate::password::{Limits, Username};
+
+pub use authenticator::{Authenticator, AuthenticatorConfig};
+pub use cache::{AuthStats, CredentialCache};
 pub use layer::{AuthLayer, AuthService};
 
 /// The identity a request was authenticated as. Only this module can create one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authenticated {
     /// `None` when authorization is disabled: every operation is allowed, as in Milvus.
-    user: Option<String>,
+    user: Option<Username>,
     super_user: bool,
 }
 
 impl Authenticated {
-    pub(crate) fn user(name: &str, super_user: bool) -> Authenticated {
+    pub(crate) fn user(name: Username, super_user: bool) -> Authenticated {
         Authenticated {
-            user: Some(name.to_string()),
+            user: Some(name),
             super_user,
         }
     }
@@ -38,7 +52,12 @@ impl Authenticated {
 
     /// The verified username, or `None` when authorization is disabled.
     pub fn name(&self) -> Option<&str> {
-        self.user.as_deref()
+        self.user.as_ref().map(Username::as_str)
+    }
+
+    /// The verified canonical name, or `None` when authorization is disabled.
+    pub fn username(&self) -> Option<&Username> {
+        self.user.as_ref()
     }
 
     /// Listed in `common.security.superUsers`: may reset passwords without the old one.
@@ -88,7 +107,8 @@ const MAX_HEADER_LEN: usize = 1024;
 const MAX_DECODED_LEN: usize = MAX_HEADER_LEN / 4 * 3;
 
 /// A decoded `authorization` header: user and password in one fixed buffer (no allocation
-/// on the hot path). The password is never printed (`Debug` is redacted).
+/// on the hot path). The password is never printed (`Debug` is redacted), and the buffer is
+/// wiped when dropped.
 pub struct Credentials {
     decoded: [u8; MAX_DECODED_LEN],
     len: usize,
@@ -96,9 +116,16 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The name exactly as sent (not yet validated: use [`Credentials::username`]).
     pub fn user(&self) -> &str {
         // Checked to be UTF-8 when parsed.
         std::str::from_utf8(&self.decoded[..self.colon]).unwrap_or_default()
+    }
+
+    /// The name as the one canonical [`Username`], or `None` if it is not exactly a valid name
+    /// (surrounding white space included: it is refused, not trimmed).
+    pub fn username(&self, limits: &Limits) -> Option<Username> {
+        Username::parse_exact(self.user(), limits).ok()
     }
 
     pub fn password(&self) -> &[u8] {
@@ -106,9 +133,19 @@ impl Credentials {
     }
 }
 
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        self.decoded.zeroize();
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <redacted>)", self.user())
+        // The raw name may be anything a client sent; `{:?}` escapes it.
+        f.debug_struct("Credentials")
+            .field("user", &self.user())
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -119,20 +156,22 @@ pub fn parse_header(value: Option<&[u8]>) -> Result<Credentials, AuthError> {
     if raw.len() > MAX_HEADER_LEN {
         return Err(AuthError::BadToken);
     }
-    let mut decoded = [0u8; MAX_DECODED_LEN];
-    let len = base64::engine::general_purpose::STANDARD
-        .decode_slice(raw, &mut decoded)
+    // Built first so that the buffer is wiped on every return below.
+    let mut credentials = Credentials {
+        decoded: [0u8; MAX_DECODED_LEN],
+        len: 0,
+        colon: 0,
+    };
+    credentials.len = base64::engine::general_purpose::STANDARD
+        .decode_slice(raw, &mut credentials.decoded)
         .map_err(|_| AuthError::BadToken)?;
-    let colon = decoded[..len]
+    credentials.colon = credentials.decoded[..credentials.len]
         .iter()
         .position(|b| *b == b':')
         .ok_or(AuthError::ApiKey)?;
-    std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthError::Denied)?;
-    Ok(Credentials {
-        decoded,
-        len,
-        colon,
-    })
+    std::str::from_utf8(&credentials.decoded[..credentials.colon])
+        .map_err(|_| AuthError::Denied)?;
+    Ok(credentials)
 }
 
 #[cfg(test)]
@@ -158,6 +197,34 @@ mod tests {
         // "abcdef": no colon, an API key.
         check(Some("YWJjZGVm"), Err(AuthError::ApiKey));
         check(Some(&"A".repeat(2000)), Err(AuthError::BadToken));
+    }
+
+    #[test]
+    fn credentials_debug_prints_no_password() {
+        let credentials = parse_header(Some(b"Ym9iOnMzOmNyZXQ=")).unwrap();
+        let printed = format!("{credentials:?}");
+        assert_eq!(
+            printed,
+            r#"Credentials { user: "bob", password: "<redacted>" }"#
+        );
+        assert!(!printed.contains("s3:cret"));
+        let identity =
+            Authenticated::user(credentials.username(&Limits::default()).unwrap(), false);
+        assert_eq!(identity.name(), Some("bob"));
+    }
+
+    #[test]
+    fn header_names_are_canonical_or_refused() {
+        use base64::Engine;
+        let encode = |raw: &str| base64::engine::general_purpose::STANDARD.encode(raw);
+        let limits = Limits::default();
+        let parsed = parse_header(Some(encode("alice:pw").as_bytes())).unwrap();
+        assert_eq!(parsed.username(&limits).unwrap().as_str(), "alice");
+        for variant in [" alice", "alice\t", "\u{3000}alice", "al ice", ""] {
+            let parsed = parse_header(Some(encode(&format!("{variant}:pw")).as_bytes())).unwrap();
+            assert_eq!(parsed.user(), variant);
+            assert_eq!(parsed.username(&limits), None, "{variant:?}");
+        }
     }
 
     #[test]

@@ -137,9 +137,32 @@ impl Catalog {
         format!("{}root-coord/privilege-group/", self.meta_root())
     }
 
-    /// Every prefix whose changes alter some role's policy (for the coherence watch).
-    pub fn policy_prefixes(&self) -> [String; 2] {
-        [self.credential_prefix().to_string(), self.group_prefix()]
+    /// What the coherence watch follows: `{meta}/root-coord/`, which holds every credential
+    /// key and the privilege groups (other keys there are seen and ignored).
+    pub fn watch_prefix(&self) -> String {
+        format!("{}root-coord/", self.meta_root())
+    }
+
+    /// Milvus's default grants of `public` (`proxy.enablePublicPrivilege`), written once:
+    /// DescribeCollection and ListAliases on Global `*`, IndexDetail on Collection `*`, db `*`,
+    /// grantor root. Existing grants are left as they are.
+    pub async fn ensure_public_grants(&self) -> Result<(), CatalogError> {
+        let public = RoleName::parse(crate::catalog::PUBLIC_ROLE).expect("a valid role name");
+        let grants = [
+            ("Global", "PrivilegeDescribeCollection"),
+            ("Global", "PrivilegeListAliases"),
+            ("Collection", "PrivilegeIndexDetail"),
+        ];
+        for (object, privilege) in grants {
+            let target = GrantTarget {
+                object: object.to_string(),
+                db: "*".to_string(),
+                name: "*".to_string(),
+            };
+            self.grant_privilege(&public, &target, privilege, crate::catalog::ROOT_USER)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Grants `privilege` on `target` to `role` (which must exist, checked in the same

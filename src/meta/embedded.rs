@@ -25,6 +25,10 @@ const REVISION_KEY: &str = "revision";
 const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 /// How many recent changes a watch can resume from; older start revisions read as compacted.
 const HISTORY: usize = 16_384;
+/// How many bytes of recent changes (keys, values and per-event overhead) are kept for
+/// watches. A watcher that falls further behind gets `Compacted` and re-lists, as it would
+/// after an etcd compaction, so a stream of large values cannot grow memory without bound.
+pub const HISTORY_BYTES: usize = 32 * 1024 * 1024;
 
 /// A handle on the embedded store; clones share it.
 #[derive(Clone)]
@@ -43,11 +47,29 @@ struct Inner {
 struct History {
     events: VecDeque<Event>,
     first_kept: Revision,
+    /// The sum of [`event_bytes`] over `events`.
+    bytes: usize,
+    /// The most `bytes` kept (the newest revision's events are always kept).
+    max_bytes: usize,
+}
+
+/// What one kept event costs: its key and value plus the fixed size of an `Event`.
+fn event_bytes(event: &Event) -> usize {
+    std::mem::size_of::<Event>() + event.key.len() + event.value.len()
 }
 
 impl EmbeddedKv {
     /// Opens (or creates) the store file at `path`; parent directories are created.
     pub fn open(path: &Path) -> Result<EmbeddedKv, MetaError> {
+        EmbeddedKv::open_with_history_bytes(path, HISTORY_BYTES)
+    }
+
+    /// [`EmbeddedKv::open`] keeping at most `history_bytes` of changes for watches to
+    /// resume from (see [`HISTORY_BYTES`]).
+    pub fn open_with_history_bytes(
+        path: &Path,
+        history_bytes: usize,
+    ) -> Result<EmbeddedKv, MetaError> {
         let err = |reason: String| MetaError::Embedded {
             path: path.display().to_string(),
             reason,
@@ -79,6 +101,8 @@ impl EmbeddedKv {
         let history = History {
             events: VecDeque::new(),
             first_kept: revision + 1,
+            bytes: 0,
+            max_bytes: history_bytes,
         };
         let inner = Inner {
             db,
@@ -153,11 +177,22 @@ impl Inner {
         }
         write.open_table(META)?.insert(REVISION_KEY, next)?;
         write.commit()?;
+        history.bytes += events.iter().map(event_bytes).sum::<usize>();
         history.events.extend(events);
-        while history.events.len() > HISTORY {
-            if let Some(dropped) = history.events.pop_front() {
-                history.first_kept = dropped.revision + 1;
+        // Whole revisions are dropped, oldest first, but never the one just written.
+        while history.events.len() > HISTORY || history.bytes > history.max_bytes {
+            let Some(oldest) = history.events.front().map(|e| e.revision) else {
+                break;
+            };
+            if oldest >= next {
+                break;
             }
+            while history.events.front().is_some_and(|e| e.revision == oldest) {
+                if let Some(dropped) = history.events.pop_front() {
+                    history.bytes -= event_bytes(&dropped);
+                }
+            }
+            history.first_kept = oldest + 1;
         }
         self.revision_tx.send_replace(next);
         Ok(TxnOutcome {
@@ -188,6 +223,16 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
         create_revision: word(0),
         mod_revision: word(8),
     }
+}
+
+/// The revision of a read snapshot, from the snapshot itself: reading the live counter
+/// instead could pair an old value with a newer revision (a write committing in between).
+fn snapshot_revision(read: &redb::ReadTransaction) -> Result<Revision, redb::Error> {
+    Ok(read
+        .open_table(META)?
+        .get(REVISION_KEY)?
+        .map(|g| g.value())
+        .unwrap_or(1))
 }
 
 fn read_key(
@@ -264,7 +309,7 @@ impl MetaKv for EmbeddedKv {
         let key = key.to_string();
         self.blocking(move |inner| {
             let read = inner.db.begin_read()?;
-            let revision = inner.current_revision();
+            let revision = snapshot_revision(&read)?;
             let value = read_key(&read.open_table(KV)?, &key)?;
             Ok(Read { value, revision })
         })
@@ -275,7 +320,7 @@ impl MetaKv for EmbeddedKv {
         let prefix = prefix.to_string();
         self.blocking(move |inner| {
             let read = inner.db.begin_read()?;
-            let revision = inner.current_revision();
+            let revision = snapshot_revision(&read)?;
             let value = keys_with_prefix(&read.open_table(KV)?, &prefix)?;
             Ok(Read { value, revision })
         })

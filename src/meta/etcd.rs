@@ -4,16 +4,41 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
-    PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient,
+    PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, WatchClient, WatchOptions, WatchStream,
 };
 
 use crate::meta::lease::Lease;
 
 use crate::meta::{
     Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome,
-    Watch, WatchMessage,
+    Watch, WatchMessage, prefix_end,
 };
+
+/// The largest gRPC message the KV and watch clients accept or send. tonic's default of
+/// 4 MiB is below what etcd legitimately answers: one watch response replays up to 1000
+/// revisions, each up to etcd's `--max-request-bytes` (1.5 MiB by default), and a replay
+/// over the limit failed the same way on every reopen, wedging the watch for good.
+/// Listings are paged (see [`PAGE_BYTES`]), so they stay far below it.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most keys one range request of `list`/`list_keys` asks for. Every page is read at
+/// the first page's revision, so a listing is one consistent snapshot however long it is.
+/// Pages are large because etcd 3.4 walks the whole rest of the range's index for every
+/// page: a million keys listed 10 000 at a time took 13–37 s, 100 000 at a time 3–4 s
+/// (BENCHMARKS.md, "Listing at scale").
+pub const DEFAULT_PAGE_SIZE: usize = 100_000;
+
+/// About how many bytes one page should carry: after the first page (at most
+/// [`FIRST_PAGE`] keys) the page size follows the average size of the keys and values seen,
+/// so neither the client nor etcd ever builds a response much larger than this.
+pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most keys in the first page of a listing, before any size is known.
+const FIRST_PAGE: usize = 1_000;
+
+/// How often a listing starts over when etcd compacted its revision between two pages.
+const LISTING_ATTEMPTS: usize = 3;
 
 /// How to reach etcd.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +62,10 @@ pub struct EtcdTls {
 #[derive(Clone)]
 pub struct EtcdKv {
     client: Client,
+    /// `client`'s KV and watch clients with [`MAX_MESSAGE_BYTES`] limits.
+    kv: KvClient,
+    watch: WatchClient,
+    page_size: usize,
 }
 
 impl EtcdKv {
@@ -69,10 +98,26 @@ impl EtcdKv {
         let client = Client::connect(endpoints, Some(connect))
             .await
             .map_err(map_err)?;
-        let kv = EtcdKv { client };
+        let kv = EtcdKv {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            client,
+            page_size: DEFAULT_PAGE_SIZE,
+        };
         // The client connects lazily; one request proves etcd is there.
         kv.client.clone().status().await.map_err(map_err)?;
         Ok(kv)
+    }
+
+    /// The same handle reading listings `page_size` keys per request (at least 1).
+    pub fn with_page_size(mut self, page_size: usize) -> EtcdKv {
+        self.page_size = page_size.max(1);
+        self
     }
 
     /// The underlying client, for tests that drive etcd directly (compaction). The server
@@ -146,25 +191,110 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map(|h| h.revision()).unwrap_or_default()
 }
 
+/// etcd answered that the revision asked for is compacted away.
+fn is_compacted(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::OutOfRange && s.message().contains("compacted"))
+}
+
+/// The answer was over the client's message limit (too many large values in one page).
+fn is_too_large(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("too large"))
+}
+
 impl EtcdKv {
     /// One range read, resent if it never reached etcd.
     async fn range(
         &self,
-        key: &str,
+        key: impl Into<Vec<u8>> + Clone,
         options: Option<GetOptions>,
-    ) -> Result<etcd_client::GetResponse, MetaError> {
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
         retry_unsent(|| {
-            let (mut client, options) = (self.client.clone(), options.clone());
-            async move { client.get(key, options).await }
+            let (mut kv, key, options) = (self.kv.clone(), key.clone(), options.clone());
+            async move { kv.get(key, options).await }
         })
         .await
-        .map_err(map_err)
+    }
+
+    /// Every key under `prefix`, read in pages of at most `page_size` keys and about
+    /// [`PAGE_BYTES`], all pages at the revision of the first. A compaction of that
+    /// revision mid-way starts the listing over (a few times, then it is an error); a page
+    /// over the message limit is asked for again in halves.
+    async fn list_paged<T>(
+        &self,
+        prefix: &str,
+        keys_only: bool,
+        convert: impl Fn(&etcd_client::KeyValue) -> T,
+    ) -> Result<Read<Vec<T>>, MetaError> {
+        let end = prefix_end(prefix);
+        let mut attempt = 0;
+        'listing: loop {
+            attempt += 1;
+            let mut start = match prefix.is_empty() {
+                true => vec![0],
+                false => prefix.as_bytes().to_vec(),
+            };
+            let mut at: Option<Revision> = None;
+            let mut page = self.page_size.min(FIRST_PAGE);
+            let mut out = Vec::new();
+            loop {
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(i64::try_from(page).unwrap_or(i64::MAX));
+                if keys_only {
+                    options = options.with_keys_only();
+                }
+                if let Some(revision) = at {
+                    options = options.with_revision(revision);
+                }
+                let response = match self.range(start.clone(), Some(options)).await {
+                    Ok(response) => response,
+                    Err(e) if is_too_large(&e) && page > 1 => {
+                        page /= 2;
+                        continue;
+                    }
+                    Err(e) if is_compacted(&e) && at.is_some() => {
+                        if attempt < LISTING_ATTEMPTS {
+                            tracing::debug!(prefix, "listing's revision compacted; starting over");
+                            continue 'listing;
+                        }
+                        return Err(MetaError::Etcd(format!(
+                            "listing {prefix}: etcd compacted the listing's revision \
+                             {attempt} times while it was being read: {e}"
+                        )));
+                    }
+                    Err(e) => return Err(map_err(e)),
+                };
+                let revision = *at.get_or_insert(header_revision(response.header()));
+                let more = response.more();
+                let kvs = response.kvs();
+                if let Some(last) = kvs.last() {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                let empty = kvs.is_empty();
+                let bytes: usize = kvs
+                    .iter()
+                    .map(|kv| kv.key().len() + kv.value().len() + 32)
+                    .sum();
+                if let Some(average) = bytes.checked_div(kvs.len()) {
+                    page = (PAGE_BYTES / average.max(1)).clamp(1, self.page_size);
+                }
+                out.extend(kvs.iter().map(&convert));
+                if !more || empty {
+                    return Ok(Read {
+                        value: out,
+                        revision,
+                    });
+                }
+            }
+        }
     }
 }
 
 impl MetaKv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
-        let response = self.range(key, None).await?;
+        let response = self.range(key, None).await.map_err(map_err)?;
         Ok(Read {
             value: response.kvs().first().map(to_kv),
             revision: header_revision(response.header()),
@@ -172,31 +302,14 @@ impl MetaKv for EtcdKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
-        let response = self
-            .range(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        Ok(Read {
-            value: response.kvs().iter().map(to_kv).collect(),
-            revision: header_revision(response.header()),
-        })
+        self.list_paged(prefix, false, to_kv).await
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
-        let response = self
-            .range(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        let keys = response
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect();
-        Ok(Read {
-            value: keys,
-            revision: header_revision(response.header()),
+        self.list_paged(prefix, true, |kv| {
+            String::from_utf8_lossy(kv.key()).into_owned()
         })
+        .await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
@@ -225,8 +338,8 @@ impl MetaKv for EtcdKv {
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops);
         let response = retry_unsent(|| {
-            let (mut client, request) = (self.client.clone(), request.clone());
-            async move { client.txn(request).await }
+            let (mut kv, request) = (self.kv.clone(), request.clone());
+            async move { kv.txn(request).await }
         })
         .await
         .map_err(map_err)?;
@@ -242,8 +355,8 @@ impl MetaKv for EtcdKv {
             .with_start_revision(from)
             .with_progress_notify();
         let stream = retry_unsent(|| {
-            let (mut client, options) = (self.client.clone(), options.clone());
-            async move { client.watch(prefix, Some(options)).await }
+            let (mut watch, options) = (self.watch.clone(), options.clone());
+            async move { watch.watch(prefix, Some(options)).await }
         })
         .await
         .map_err(map_err)?;

@@ -18,7 +18,9 @@ pub enum Refusal {
     BadObject,
     #[error("the privilege entity in the grant entity is nil")]
     NoPrivilege,
-    #[error("invalid name {0}: the first character must be an underscore or a letter, then letters, digits, underscores or dollar signs, at most 255")]
+    #[error(
+        "invalid name {0}: the first character must be an underscore or a letter, then letters, digits, underscores or dollar signs, at most 255"
+    )]
     BadName(String),
     #[error("can not operate the custom privilege group [{0}]")]
     CustomGroupInV1(String),
@@ -38,9 +40,13 @@ pub enum Refusal {
     BadGroupName(String),
     #[error("privilege group name [{0}] is defined by users")]
     GroupExists(String),
-    #[error("privilege group name [{0}] is defined by built in privileges or privilege groups in system")]
+    #[error(
+        "privilege group name [{0}] is defined by built in privileges or privilege groups in system"
+    )]
     GroupIsBuiltin(String),
-    #[error("privilege group [{group}] is used by role [{role}], Use REVOKE API to revoke it first")]
+    #[error(
+        "privilege group [{group}] is used by role [{role}], Use REVOKE API to revoke it first"
+    )]
     GroupInUse { group: String, role: String },
     #[error("privileges are not the same privilege level")]
     MixedLevels,
@@ -214,9 +220,15 @@ mod tests {
     #[test]
     fn v2_object_types_and_levels() {
         assert_eq!(v2_privilege("Insert", false), Ok(ObjectType::Collection));
-        assert_eq!(v2_privilege("CollectionReadOnly", false), Ok(ObjectType::Global));
+        assert_eq!(
+            v2_privilege("CollectionReadOnly", false),
+            Ok(ObjectType::Global)
+        );
         assert_eq!(v2_privilege("mine", true), Ok(ObjectType::Global));
-        assert!(matches!(v2_privilege("Bogus", false), Err(Refusal::UnknownPrivilege(_))));
+        assert!(matches!(
+            v2_privilege("Bogus", false),
+            Err(Refusal::UnknownPrivilege(_))
+        ));
         let first = |p| Privilege::from_api(p);
         assert!(group_scope("ClusterAdmin", first("BackupRBAC"), "*", "*").is_ok());
         assert!(group_scope("ClusterAdmin", first("BackupRBAC"), "db1", "*").is_err());
@@ -228,11 +240,23 @@ mod tests {
     #[test]
     fn group_names_and_levels() {
         assert!(new_group_name("readers").is_ok());
-        assert!(matches!(new_group_name("ClusterAdmin"), Err(Refusal::GroupIsBuiltin(_))));
-        assert!(matches!(new_group_name("Query"), Err(Refusal::GroupIsBuiltin(_))));
-        assert!(matches!(new_group_name("1x"), Err(Refusal::BadGroupName(_))));
+        assert!(matches!(
+            new_group_name("ClusterAdmin"),
+            Err(Refusal::GroupIsBuiltin(_))
+        ));
+        assert!(matches!(
+            new_group_name("Query"),
+            Err(Refusal::GroupIsBuiltin(_))
+        ));
+        assert!(matches!(
+            new_group_name("1x"),
+            Err(Refusal::BadGroupName(_))
+        ));
         let p = |n| Privilege::from_api(n).unwrap();
         assert!(same_level(&[p("Query"), p("Insert")]).is_ok());
-        assert_eq!(same_level(&[p("Query"), p("CreateOwnership")]), Err(Refusal::MixedLevels));
+        assert_eq!(
+            same_level(&[p("Query"), p("CreateOwnership")]),
+            Err(Refusal::MixedLevels)
+        );
     }
 }

@@ -7,8 +7,8 @@ use crate::catalog::{DEFAULT_DB, GrantTarget, RoleName, StoredGrant};
 use crate::proto::milvus::{
     GrantEntity, GrantorEntity, ObjectEntity, OperatePrivilegeGroupRequest,
     OperatePrivilegeGroupType, OperatePrivilegeRequest, OperatePrivilegeType,
-    OperatePrivilegeV2Request, PrivilegeEntity, PrivilegeGroupInfo, RoleEntity,
-    SelectGrantRequest, UserEntity,
+    OperatePrivilegeV2Request, PrivilegeEntity, PrivilegeGroupInfo, RoleEntity, SelectGrantRequest,
+    UserEntity,
 };
 use crate::rbac::privileges::{self, BUILTIN_GROUP_NAMES, ObjectType, Privilege};
 use crate::rbac::validate::{self, Refusal};
@@ -187,7 +187,11 @@ impl Api {
         let role = entity.role.ok_or(Refusal::NoGrantRole)?;
         let role = role_name(&role.name)?;
         let holds = match caller.who.name() {
-            Some(user) => self.policies.user_roles(user).await?.contains(&role.as_str().to_string()),
+            Some(user) => self
+                .policies
+                .user_roles(user)
+                .await?
+                .contains(&role.as_str().to_string()),
             None => true,
         };
         if !holds {
@@ -222,7 +226,11 @@ impl Api {
     }
 
     /// `CreatePrivilegeGroup`.
-    pub(super) async fn add_group(&self, caller: &Caller, name: String) -> Result<(), ServiceError> {
+    pub(super) async fn add_group(
+        &self,
+        caller: &Caller,
+        name: String,
+    ) -> Result<(), ServiceError> {
         self.require(caller, "CreatePrivilegeGroup", "*").await?;
         validate::new_group_name(&name)?;
         match self.catalog.create_privilege_group(&name).await? {
@@ -258,8 +266,12 @@ impl Api {
         caller: &Caller,
     ) -> Result<Vec<PrivilegeGroupInfo>, ServiceError> {
         self.require(caller, "ListPrivilegeGroups", "*").await?;
-        let entities =
-            |names: Vec<String>| names.into_iter().map(|name| PrivilegeEntity { name }).collect();
+        let entities = |names: Vec<String>| {
+            names
+                .into_iter()
+                .map(|name| PrivilegeEntity { name })
+                .collect()
+        };
         let mut groups: Vec<PrivilegeGroupInfo> = self
             .catalog
             .privilege_groups()
@@ -271,7 +283,11 @@ impl Api {
             })
             .collect();
         for name in BUILTIN_GROUP_NAMES {
-            let members = self.policies.builtin_groups().members(name).unwrap_or_default();
+            let members = self
+                .policies
+                .builtin_groups()
+                .members(name)
+                .unwrap_or_default();
             groups.push(PrivilegeGroupInfo {
                 group_name: name.to_string(),
                 privileges: entities(members.iter().map(|p| p.api_name().to_string()).collect()),
@@ -334,7 +350,10 @@ impl Api {
     /// The members of custom group `name`, if it is one.
     async fn custom_group(&self, name: &str) -> Result<Option<Vec<String>>, ServiceError> {
         let groups = self.catalog.privilege_groups().await?;
-        Ok(groups.into_iter().find(|g| g.name == name).map(|g| g.privileges))
+        Ok(groups
+            .into_iter()
+            .find(|g| g.name == name)
+            .map(|g| g.privileges))
     }
 
     async fn is_custom_group(&self, name: &str) -> Result<bool, ServiceError> {

@@ -21,9 +21,9 @@ use crate::coherence::Coherence;
 use crate::meta::Revision;
 use crate::password::{Limits, Password, Username};
 use crate::proto::common::{ErrorCode, ServerInfo, Status};
-use crate::rbac::{self, Check, MethodRule, Policies};
 use crate::proto::milvus::milvus_service_server::MilvusService;
 use crate::proto::milvus::*;
+use crate::rbac::{self, Check, MethodRule, Policies};
 use status::{ServiceError, to_status};
 
 pub use users::MAX_DESCRIPTION_LEN;

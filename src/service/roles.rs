@@ -2,11 +2,12 @@
 //! A request that changed nothing (granting a role the user holds, taking one they do not
 //! hold) answers at once: there is no write for the replicas to acknowledge.
 
-use crate::catalog::{CatalogError, RoleName};
+use crate::catalog::{CatalogError, DEFAULT_ROLES, RoleName};
 use crate::proto::milvus::{
     CreateRoleRequest, DropRoleRequest, OperateUserRoleRequest, OperateUserRoleType, RoleEntity,
     RoleResult, SelectRoleRequest, UserEntity,
 };
+use crate::rbac::validate::Refusal;
 use crate::service::status::ServiceError;
 use crate::service::{Api, Caller};
 
@@ -22,6 +23,10 @@ impl Api {
     ) -> Result<(), ServiceError> {
         self.require(caller, "CreateRole", "*").await?;
         let role = role_name(&body.entity.map(|e| e.name).unwrap_or_default())?;
+        // Milvus counts `admin` and `public` too (`proxy.maxRoleNum`).
+        if self.catalog.list_roles().await?.len() >= self.max_roles {
+            return Err(Refusal::TooManyRoles(self.max_roles).into());
+        }
         let revision = self.catalog.create_role(&role).await?;
         self.confirm(revision).await
     }
@@ -33,6 +38,14 @@ impl Api {
     ) -> Result<(), ServiceError> {
         self.require(caller, "DropRole", "*").await?;
         let role = role_name(&body.role_name)?;
+        // A role with grants goes only with `force_drop` (its grants go with it).
+        let builtin = DEFAULT_ROLES.contains(&role.as_str());
+        if !builtin
+            && !body.force_drop
+            && !self.catalog.role_grants(role.as_str()).await?.is_empty()
+        {
+            return Err(Refusal::RoleHasGrants.into());
+        }
         let revision = self.catalog.drop_role(&role).await?;
         self.confirm(revision).await
     }

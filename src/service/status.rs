@@ -196,7 +196,9 @@ impl From<HashError> for ServiceError {
         match err {
             HashError::Busy => ServiceError::Busy,
             HashError::Malformed => ServiceError::BadHash(err),
-            HashError::Hashing(_) | HashError::TooWeak(_) => ServiceError::Internal(err),
+            HashError::Hashing(_) | HashError::TooWeak(_) | HashError::BcryptTooLong => {
+                ServiceError::Internal(err)
+            }
         }
     }
 }
@@ -418,7 +420,7 @@ mod tests {
         );
         check(
             E::PermissionDenied {
-                privilege: "PrivilegeCreateOwnership",
+                privilege: Privilege::from_api("CreateOwnership").unwrap(),
                 user: "bob".into(),
                 db: "default".into(),
             },
