@@ -6,10 +6,14 @@
 //! Every write is a transaction with a condition, so racing writers never overwrite each other.
 //! Knows nothing of gRPC, caches or hashing algorithms.
 
+mod grants;
+
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{Compare, KeyValue, MetaError, MetaKv, Op, Read, Revision, Store, Txn};
 use crate::password::{HashError, PasswordHash, Username};
+
+pub use grants::{ChangedKey, DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
 
 /// The built-in role whose members manage users and roles.
 pub const ADMIN_ROLE: &str = "admin";
@@ -44,6 +48,12 @@ pub enum CatalogError {
     RoleNotFound(String),
     #[error("the role[{0}] is a default role, which can't be dropped")]
     DefaultRole(String),
+    #[error("there is no privilege group name [{0}] defined in system to operate")]
+    GroupNotFound(String),
+    #[error("privilege group {0} was changed concurrently; retry")]
+    GroupConflict(String),
+    #[error("stored value at {key} is unreadable: {reason}")]
+    BadValue { key: String, reason: String },
     #[error("stored value at {key} is not a user record: {source}")]
     BadJson {
         key: String,
@@ -391,6 +401,16 @@ impl Catalog {
             let Some(current) = self.kv.get(&key).await?.value else {
                 return Err(CatalogError::RoleNotFound(role.as_str().to_string()));
             };
+            // Grants first: a grant written after `current` was read rewrites the role key,
+            // so the final compare fails and the next attempt deletes that grant too.
+            for batch in self
+                .role_grant_deletions(role.as_str())
+                .await?
+                .chunks(MAX_TXN_OPS)
+            {
+                let txn = batch.iter().cloned().fold(Txn::default(), Txn::then);
+                self.kv.txn(txn).await?;
+            }
             let mut mappings = self.role_mappings(role.as_str()).await?;
             // The last step holds one compare and one delete for the role key itself.
             let last = mappings.len().min(MAX_TXN_OPS - 1);

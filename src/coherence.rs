@@ -37,6 +37,7 @@ use crate::catalog::Catalog;
 use crate::meta::{
     Event, EventKind, Lease, Leases, MetaError, Read, Revision, Store, Watch, WatchMessage,
 };
+use crate::rbac::{Policies, PolicyChange};
 
 #[derive(Clone, Debug)]
 pub struct CoherenceConfig {
@@ -99,8 +100,11 @@ struct Inner<S> {
     store: S,
     /// Used only to tell which user a changed key belongs to.
     catalog: Catalog,
-    /// The cache this replica keeps coherent.
+    /// The password cache this replica keeps coherent.
     auth: Authenticator,
+    /// The authorization cache (roles, grants, groups) kept coherent by the same watch.
+    policies: Policies,
+    /// What the watch follows: every credential key and the privilege groups.
     credential_prefix: String,
     sessions_prefix: String,
     /// This replica's session key.
@@ -178,10 +182,11 @@ impl Coherence<Store> {
     pub async fn start(
         catalog: Catalog,
         auth: Authenticator,
+        policies: Policies,
         config: CoherenceConfig,
     ) -> Result<(Coherence, CoherenceTasks), CoherenceError> {
         let store = catalog.store().clone();
-        Coherence::start_on(store, catalog, auth, config).await
+        Coherence::start_on(store, catalog, auth, policies, config).await
     }
 }
 
@@ -191,9 +196,10 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
         store: S,
         catalog: Catalog,
         auth: Authenticator,
+        policies: Policies,
         config: CoherenceConfig,
     ) -> Result<(Coherence<S>, CoherenceTasks<S>), CoherenceError> {
-        let credential_prefix = catalog.credential_prefix().to_string();
+        let credential_prefix = catalog.watch_prefix();
         let start = store.get(&credential_prefix).await?.revision;
         let sessions_prefix = format!("{}sessions/", credstore_root(&catalog));
         let ttl = config.session_ttl;
@@ -204,6 +210,7 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             catalog,
             gate: Gate::new(auth.clone()),
             auth,
+            policies,
             credential_prefix,
             sessions_prefix,
             address: config.address,
@@ -399,6 +406,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
         let completed = async {
             let now = self.store.get(&self.credential_prefix).await?.revision;
             self.auth.invalidate_all(now);
+            self.policies.invalidate_all();
             self.advance(now);
             let applied = self.applied();
             self.store
@@ -690,6 +698,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                     self.gate.watch_lost();
                     // Dropped entries are reloaded at a revision no older than the resumed watch.
                     self.auth.invalidate_all(self.applied());
+                    self.policies.invalidate_all();
                     return Followed::Failed("silent".into());
                 }
             };
@@ -698,6 +707,10 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                     for event in &events {
                         if let Some(user) = self.catalog.user_of_key(&event.key) {
                             self.auth.invalidate_user(user, event.revision);
+                        }
+                        let changed = self.catalog.classify_key(&event.key);
+                        if let Some(change) = changed.and_then(PolicyChange::of) {
+                            self.policies.invalidate(&change);
                         }
                     }
                     revision
@@ -711,6 +724,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                     match self.store.get(&self.credential_prefix).await {
                         Ok(read) => {
                             self.auth.invalidate_all(read.revision);
+                            self.policies.invalidate_all();
                             self.advance(read.revision);
                         }
                         Err(e) => {
@@ -857,7 +871,7 @@ mod tests {
         expire: AtomicBool,
         /// Writes on a lease (the session record) fail.
         fail_lease_put: AtomicBool,
-        /// Opening a watch on the credential prefix fails.
+        /// Opening the credential watch (`{meta}/root-coord/`) fails.
         fail_credential_watch: AtomicBool,
         /// A watch on the sessions prefix opens but never delivers.
         stall_sessions_watch: AtomicBool,
@@ -893,7 +907,7 @@ mod tests {
 
         async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, MetaError> {
             let faults = &self.faults;
-            if prefix.ends_with("credential/")
+            if prefix.ends_with("root-coord/")
                 && faults.fail_credential_watch.load(Ordering::Acquire)
             {
                 return Err(injected());
@@ -1000,8 +1014,9 @@ mod tests {
                 session_ttl: Duration::from_secs(3),
                 ack_timeout,
             };
+            let policies = Policies::new(self.catalog.clone(), Default::default(), 100);
             let (coherence, tasks) =
-                Coherence::start_on(store, self.catalog.clone(), auth.clone(), config)
+                Coherence::start_on(store, self.catalog.clone(), auth.clone(), policies, config)
                     .await
                     .unwrap();
             (auth, coherence, tasks)

@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::password::{HashScheme, Limits, Password};
+use crate::rbac::BuiltinGroups;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -184,6 +185,10 @@ pub struct ProxyConfig {
     pub max_username_length: usize,
     pub min_password_length: usize,
     pub max_password_length: usize,
+    /// Most roles, counting `admin` and `public` (Milvus's `proxy.maxRoleNum`).
+    pub max_role_num: usize,
+    /// Whether `public` gets Milvus's default grants at first start.
+    pub enable_public_privilege: bool,
 }
 
 impl Default for ProxyConfig {
@@ -194,6 +199,8 @@ impl Default for ProxyConfig {
             max_username_length: limits.max_username_len,
             min_password_length: limits.min_password_len,
             max_password_length: limits.max_password_len,
+            max_role_num: 10,
+            enable_public_privilege: true,
         }
     }
 }
@@ -211,6 +218,8 @@ pub struct SecurityConfig {
     pub authorization_enabled: bool,
     pub super_users: StringList,
     pub default_root_password: Secret,
+    /// When set, `root` passes privilege checks only through its roles, as any user.
+    pub root_should_bind_role: bool,
 }
 
 impl Default for SecurityConfig {
@@ -219,6 +228,7 @@ impl Default for SecurityConfig {
             authorization_enabled: true,
             super_users: StringList::default(),
             default_root_password: Secret::new("Milvus"),
+            root_should_bind_role: false,
         }
     }
 }
@@ -474,6 +484,11 @@ impl Config {
         }
         self.root_password()?;
         Ok(())
+    }
+
+    /// The built-in privilege groups: Milvus's defaults (overrides are not read yet).
+    pub fn builtin_groups(&self) -> Result<BuiltinGroups, ConfigError> {
+        Ok(BuiltinGroups::default())
     }
 
     /// Milvus's name and password limits.

@@ -14,5 +14,6 @@ pub mod hash_pool;
 pub mod meta;
 pub mod password;
 pub mod proto;
+pub mod rbac;
 pub mod server;
 pub mod service;

@@ -17,7 +17,8 @@ use crate::hash_pool::HashPool;
 use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, EtcdTls, MetaError, Revision, Store};
 use crate::password::{HashError, Hasher};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
-use crate::service::Api;
+use crate::rbac::Policies;
+use crate::service::{Api, ApiSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -45,6 +46,8 @@ pub struct State {
     pub coherence: Coherence,
     /// The coherence tasks; `run` shuts them down (ending the session) after serving.
     coherence_tasks: CoherenceTasks,
+    /// Roles and grants, cached per replica; invalidated by the coherence watch.
+    pub policies: Policies,
     config: Config,
 }
 
@@ -62,6 +65,9 @@ impl State {
             settings.niceness,
         );
         catalog.ensure_default_roles().await?;
+        if config.proxy.enable_public_privilege {
+            catalog.ensure_public_grants().await?;
+        }
         let root_password = config.root_password()?;
         let created = catalog
             .ensure_root(async || Ok::<_, ServerError>(pool.hash(root_password).await?))
@@ -83,13 +89,24 @@ impl State {
             session_ttl: config.session_ttl(),
             ack_timeout: config.ack_timeout(),
         };
-        let (coherence, coherence_tasks) =
-            Coherence::start(catalog.clone(), auth.clone(), coherence_config).await?;
+        let policies = Policies::new(
+            catalog.clone(),
+            config.builtin_groups()?,
+            config.credstore.cache.capacity,
+        );
+        let (coherence, coherence_tasks) = Coherence::start(
+            catalog.clone(),
+            auth.clone(),
+            policies.clone(),
+            coherence_config,
+        )
+        .await?;
         Ok(State {
             catalog,
             auth,
             coherence,
             coherence_tasks,
+            policies,
             config,
         })
     }
@@ -221,9 +238,15 @@ pub async fn run(
         auth,
         coherence,
         coherence_tasks,
+        policies,
         config,
     } = state;
-    let api = Api::new(catalog, auth.clone(), coherence.clone(), config.limits());
+    let settings = ApiSettings {
+        limits: config.limits(),
+        root_binds_role: config.common.security.root_should_bind_role,
+        max_roles: config.proxy.max_role_num,
+    };
+    let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings);
     Snapshot::of(&auth, &coherence).log(&format!(
         "credstore ready on {address} (authorization {})",
         config.common.security.authorization_enabled

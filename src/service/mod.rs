@@ -4,6 +4,7 @@
 //! `status::to_status` only. Authorization — the two decisions a handler asks for — lives
 //! here too; handlers never read headers.
 
+mod grants;
 mod roles;
 pub mod status;
 mod users;
@@ -15,39 +16,23 @@ use base64::Engine;
 use tonic::{Request, Response};
 
 use crate::auth::{Authenticated, Authenticator};
-use crate::catalog::{ADMIN_ROLE, Catalog, ROOT_USER};
+use crate::catalog::{Catalog, ROOT_USER};
 use crate::coherence::Coherence;
 use crate::meta::Revision;
 use crate::password::{Limits, Password, Username};
 use crate::proto::common::{ErrorCode, ServerInfo, Status};
 use crate::proto::milvus::milvus_service_server::MilvusService;
 use crate::proto::milvus::*;
+use crate::rbac::{self, Check, MethodRule, Policies};
 use status::{ServiceError, to_status};
 
 pub use users::MAX_DESCRIPTION_LEN;
 
-/// Milvus's privilege names for the operations credstore serves.
-#[derive(Clone, Copy, Debug)]
-enum Privilege {
-    CreateOwnership,
-    DropOwnership,
-    SelectOwnership,
-    ManageOwnership,
-    UpdateUser,
-    SelectUser,
-}
-
-impl Privilege {
-    fn name(self) -> &'static str {
-        match self {
-            Privilege::CreateOwnership => "PrivilegeCreateOwnership",
-            Privilege::DropOwnership => "PrivilegeDropOwnership",
-            Privilege::SelectOwnership => "PrivilegeSelectOwnership",
-            Privilege::ManageOwnership => "PrivilegeManageOwnership",
-            Privilege::UpdateUser => "PrivilegeUpdateUser",
-            Privilege::SelectUser => "PrivilegeSelectUser",
-        }
-    }
+/// The privilege-table entry of a method credstore serves. Every such method is annotated
+/// in Milvus's proto (`owned_methods_are_annotated` checks it), so a miss is a bug.
+fn owned_rule(method: &str) -> &'static MethodRule {
+    rbac::methods::rule(method)
+        .unwrap_or_else(|| panic!("{method} has no entry in the privilege table"))
 }
 
 /// Who is calling, and the database they named (Milvus's `dbname` header; it only appears in
@@ -90,14 +75,34 @@ pub struct Api {
     auth: Authenticator,
     /// Every write waits for its acknowledgement by every live replica.
     coherence: Coherence,
+    /// Each user's roles and each role's grants, cached and kept coherent like passwords.
+    policies: Policies,
     /// Milvus's name and password rules.
     limits: Limits,
+    /// `common.security.rootShouldBindRole`: root is checked like any user.
+    root_binds_role: bool,
+    /// `proxy.maxRoleNum`: most roles, `admin` and `public` included.
+    max_roles: usize,
     /// `Connect`'s identifier: only needs to differ between connections.
     next_identifier: Arc<AtomicI64>,
 }
 
+/// The settings handlers need besides the shared components.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub limits: Limits,
+    pub root_binds_role: bool,
+    pub max_roles: usize,
+}
+
 impl Api {
-    pub fn new(catalog: Catalog, auth: Authenticator, coherence: Coherence, limits: Limits) -> Api {
+    pub fn new(
+        catalog: Catalog,
+        auth: Authenticator,
+        coherence: Coherence,
+        policies: Policies,
+        settings: ApiSettings,
+    ) -> Api {
         // Identifiers only need to differ between connections; start somewhere unguessable-ish.
         let mut seed = [0u8; 4];
         let _ = getrandom::fill(&mut seed);
@@ -106,25 +111,36 @@ impl Api {
             catalog,
             auth,
             coherence,
-            limits,
+            policies,
+            limits: settings.limits,
+            root_binds_role: settings.root_binds_role,
+            max_roles: settings.max_roles,
             next_identifier: Arc::new(AtomicI64::new(start)),
         }
     }
 
-    /// Decision one: may the caller use `privilege`? Root and members of `admin` may; so may
-    /// everyone when authorization is disabled. Otherwise PERMISSION_DENIED in Milvus's words.
-    async fn require(&self, caller: &Caller, privilege: Privilege) -> Result<(), ServiceError> {
+    /// Decision one: may the caller do what `method` needs (its entry in Milvus's privilege
+    /// table) on the object `name`? Root may (unless `common.security.rootShouldBindRole`);
+    /// so may everyone when authorization is disabled; otherwise the caller's roles decide
+    /// (`admin` passes, `public` is implicit). Denied: PERMISSION_DENIED in Milvus's words.
+    async fn require(&self, caller: &Caller, method: &str, name: &str) -> Result<(), ServiceError> {
         let Some(user) = caller.who.name() else {
             return Ok(());
         };
-        if user == ROOT_USER {
+        if user == ROOT_USER && !self.root_binds_role {
             return Ok(());
         }
-        let roles = self.catalog.user_roles(user).await?;
-        match roles.iter().any(|role| role == ADMIN_ROLE) {
+        let rule = owned_rule(method);
+        let check = Check {
+            object: rule.object,
+            privilege: rule.privilege,
+            db: &caller.db,
+            name,
+        };
+        match self.policies.allows(user, &check).await? {
             true => Ok(()),
             false => Err(ServiceError::PermissionDenied {
-                privilege: privilege.name(),
+                privilege: rule.privilege,
                 user: user.to_string(),
                 db: caller.db.clone(),
             }),
@@ -132,18 +148,18 @@ impl Api {
     }
 
     /// Decision two: a user acting on their own record (`target`, as sent) needs no
-    /// privilege; anyone else needs `privilege` (decision one).
+    /// privilege; anyone else needs what `method` needs on `target` (decision one).
     async fn require_self_or(
         &self,
         caller: &Caller,
         target: &str,
-        privilege: Privilege,
+        method: &str,
     ) -> Result<(), ServiceError> {
         let own = Username::parse(target, &self.limits)
             .is_ok_and(|target| caller.who.name() == Some(target.as_str()));
         match own {
             true => Ok(()),
-            false => self.require(caller, privilege).await,
+            false => self.require(caller, method, target.trim()).await,
         }
     }
 
@@ -343,5 +359,78 @@ impl MilvusService for Api {
         });
         let (status, results) = outcome(result.await, ErrorCode::SelectUserFailure)?;
         Ok(Response::new(SelectUserResponse { status, results }))
+    }
+    async fn operate_privilege(
+        &self,
+        request: Request<OperatePrivilegeRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.operate_privilege(&caller, body).await
+        });
+        reply(result.await, ErrorCode::OperatePrivilegeFailure)
+    }
+
+    async fn operate_privilege_v2(
+        &self,
+        request: Request<OperatePrivilegeV2Request>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.operate_privilege_v2(&caller, body).await
+        });
+        reply(result.await, ErrorCode::OperatePrivilegeFailure)
+    }
+
+    async fn select_grant(
+        &self,
+        request: Request<SelectGrantRequest>,
+    ) -> Result<Response<SelectGrantResponse>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.select_grants(&caller, body).await
+        });
+        let (status, entities) = outcome(result.await, ErrorCode::SelectGrantFailure)?;
+        Ok(Response::new(SelectGrantResponse { status, entities }))
+    }
+
+    async fn create_privilege_group(
+        &self,
+        request: Request<CreatePrivilegeGroupRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.add_group(&caller, body.group_name).await
+        });
+        reply(result.await, ErrorCode::CreatePrivilegeGroupFailure)
+    }
+
+    async fn drop_privilege_group(
+        &self,
+        request: Request<DropPrivilegeGroupRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.remove_group(&caller, body.group_name).await
+        });
+        reply(result.await, ErrorCode::DropPrivilegeGroupFailure)
+    }
+
+    async fn list_privilege_groups(
+        &self,
+        request: Request<ListPrivilegeGroupsRequest>,
+    ) -> Result<Response<ListPrivilegeGroupsResponse>, tonic::Status> {
+        let result = handle(request, async |caller, _| self.list_groups(&caller).await);
+        let (status, privilege_groups) =
+            outcome(result.await, ErrorCode::ListPrivilegeGroupsFailure)?;
+        Ok(Response::new(ListPrivilegeGroupsResponse {
+            status,
+            privilege_groups,
+        }))
+    }
+
+    async fn operate_privilege_group(
+        &self,
+        request: Request<OperatePrivilegeGroupRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.change_group(&caller, body).await
+        });
+        reply(result.await, ErrorCode::OperatePrivilegeGroupFailure)
     }
 }

@@ -2,13 +2,14 @@
 //! A request that changed nothing (granting a role the user holds, taking one they do not
 //! hold) answers at once: there is no write for the replicas to acknowledge.
 
-use crate::catalog::{CatalogError, RoleName};
+use crate::catalog::{CatalogError, DEFAULT_ROLES, RoleName};
 use crate::proto::milvus::{
     CreateRoleRequest, DropRoleRequest, OperateUserRoleRequest, OperateUserRoleType, RoleEntity,
     RoleResult, SelectRoleRequest, UserEntity,
 };
+use crate::rbac::validate::Refusal;
 use crate::service::status::ServiceError;
-use crate::service::{Api, Caller, Privilege};
+use crate::service::{Api, Caller};
 
 fn role_name(raw: &str) -> Result<RoleName, ServiceError> {
     RoleName::parse(raw).map_err(ServiceError::InvalidRole)
@@ -20,8 +21,12 @@ impl Api {
         caller: &Caller,
         body: CreateRoleRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::CreateOwnership).await?;
+        self.require(caller, "CreateRole", "*").await?;
         let role = role_name(&body.entity.map(|e| e.name).unwrap_or_default())?;
+        // Milvus counts `admin` and `public` too (`proxy.maxRoleNum`).
+        if self.catalog.list_roles().await?.len() >= self.max_roles {
+            return Err(Refusal::TooManyRoles(self.max_roles).into());
+        }
         let revision = self.catalog.create_role(&role).await?;
         self.confirm(revision).await
     }
@@ -31,8 +36,16 @@ impl Api {
         caller: &Caller,
         body: DropRoleRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::DropOwnership).await?;
+        self.require(caller, "DropRole", "*").await?;
         let role = role_name(&body.role_name)?;
+        // A role with grants goes only with `force_drop` (its grants go with it).
+        let builtin = DEFAULT_ROLES.contains(&role.as_str());
+        if !builtin
+            && !body.force_drop
+            && !self.catalog.role_grants(role.as_str()).await?.is_empty()
+        {
+            return Err(Refusal::RoleHasGrants.into());
+        }
         let revision = self.catalog.drop_role(&role).await?;
         self.confirm(revision).await
     }
@@ -43,7 +56,7 @@ impl Api {
         caller: &Caller,
         body: OperateUserRoleRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::ManageOwnership).await?;
+        self.require(caller, "OperateUserRole", "*").await?;
         let user = self.username(&body.username)?;
         let role = role_name(&body.role_name)?;
         let revision = match OperateUserRoleType::try_from(body.r#type) {
@@ -75,7 +88,7 @@ impl Api {
         caller: &Caller,
         body: SelectRoleRequest,
     ) -> Result<Vec<RoleResult>, ServiceError> {
-        self.require(caller, Privilege::SelectOwnership).await?;
+        self.require(caller, "SelectRole", "*").await?;
         let roles = match &body.role {
             Some(role) => {
                 let role = role_name(&role.name)?;

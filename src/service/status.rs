@@ -9,6 +9,8 @@ use crate::coherence::CoherenceError;
 use crate::meta::MetaError;
 use crate::password::{HashError, RuleError};
 use crate::proto::common::{ErrorCode, Status};
+use crate::rbac::Privilege;
+use crate::rbac::validate::Refusal;
 
 /// Everything a handler can fail with. No variant carries a password or hash; errors from the
 /// modules below are kept as sources.
@@ -43,6 +45,11 @@ pub enum ServiceError {
     NoSuchRole,
     #[error("the role[{0}] is a default role, which can't be dropped: privilege not permitted")]
     DefaultRole(String),
+    #[error("there is no privilege group name [{0}] defined in system to operate")]
+    GroupNotFound(String),
+    /// A grant, role or privilege-group request Milvus refuses, in its words.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// What changed: `user bob`, `role reader`.
     #[error("{0} was changed concurrently; read it again and retry")]
     Conflict(String),
@@ -50,9 +57,9 @@ pub enum ServiceError {
     Corrupt(#[source] CatalogError),
     #[error("stored data is unreadable: {0}")]
     BadHash(#[source] HashError),
-    #[error("{privilege}: permission deny to {user} in the `{db}` database")]
+    #[error("{}: permission deny to {user} in the `{db}` database", privilege.metastore_name())]
     PermissionDenied {
-        privilege: &'static str,
+        privilege: Privilege,
         user: String,
         db: String,
     },
@@ -100,8 +107,17 @@ pub fn to_status(err: &ServiceError, failure: ErrorCode) -> Result<Status, tonic
         | ServiceError::UserNotFound(_)
         | ServiceError::RoleExists(_)
         | ServiceError::RoleNotFound(_)
+        | ServiceError::GroupNotFound(_)
         | ServiceError::NoSuchRole
         | ServiceError::Conflict(_) => {
+            tracing::debug!(%reason, "refused");
+            (65535, failure, false)
+        }
+        ServiceError::Refused(refusal) if refusal.is_input_error() => {
+            tracing::debug!(%reason, "invalid input");
+            (1100, ErrorCode::IllegalArgument, true)
+        }
+        ServiceError::Refused(_) => {
             tracing::debug!(%reason, "refused");
             (65535, failure, false)
         }
@@ -155,9 +171,13 @@ impl From<CatalogError> for ServiceError {
             CatalogError::RoleExists(role) => ServiceError::RoleExists(role),
             CatalogError::RoleNotFound(role) => ServiceError::RoleNotFound(role),
             CatalogError::DefaultRole(role) => ServiceError::DefaultRole(role),
-            corrupt @ (CatalogError::BadJson { .. } | CatalogError::BadHash { .. }) => {
-                ServiceError::Corrupt(corrupt)
+            CatalogError::GroupNotFound(group) => ServiceError::GroupNotFound(group),
+            CatalogError::GroupConflict(group) => {
+                ServiceError::Conflict(format!("privilege group {group}"))
             }
+            corrupt @ (CatalogError::BadJson { .. }
+            | CatalogError::BadHash { .. }
+            | CatalogError::BadValue { .. }) => ServiceError::Corrupt(corrupt),
         }
     }
 }
@@ -320,6 +340,14 @@ mod tests {
             ),
         );
         check(
+            E::GroupNotFound("g".into()),
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "there is no privilege group name [g] defined in system to operate",
+            ),
+        );
+        check(
             E::DefaultRole("admin".into()),
             ok(
                 1401,
@@ -392,7 +420,7 @@ mod tests {
         );
         check(
             E::PermissionDenied {
-                privilege: "PrivilegeCreateOwnership",
+                privilege: Privilege::from_api("CreateOwnership").unwrap(),
                 user: "bob".into(),
                 db: "default".into(),
             },

@@ -9,7 +9,7 @@ use crate::proto::milvus::{
     UpdateCredentialRequest, UserEntity, UserResult,
 };
 use crate::service::status::ServiceError;
-use crate::service::{Api, Caller, Privilege, decode_base64};
+use crate::service::{Api, Caller, decode_base64};
 
 /// The longest user description accepted, in bytes (Milvus's `proxy.maxUserDescriptionLength`
 /// default). Any user may set their own description without the old password, so without a
@@ -33,7 +33,7 @@ impl Api {
         caller: &Caller,
         body: CreateCredentialRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::CreateOwnership).await?;
+        self.require(caller, "CreateCredential", "*").await?;
         let name = self.username(&body.username)?;
         let password = self.password(&body.password)?;
         check_description(body.description.as_deref())?;
@@ -54,7 +54,7 @@ impl Api {
         body: UpdateCredentialRequest,
     ) -> Result<(), ServiceError> {
         if !caller.is_super_user() {
-            self.require_self_or(caller, &body.username, Privilege::UpdateUser)
+            self.require_self_or(caller, &body.username, "UpdateCredential")
                 .await?;
         }
         check_description(body.description.as_deref())?;
@@ -124,7 +124,7 @@ impl Api {
         caller: &Caller,
         body: DeleteCredentialRequest,
     ) -> Result<(), ServiceError> {
-        self.require(caller, Privilege::DropOwnership).await?;
+        self.require(caller, "DeleteCredential", "*").await?;
         if body.username.trim() == ROOT_USER {
             return Err(ServiceError::DeleteRoot);
         }
@@ -140,7 +140,7 @@ impl Api {
     }
 
     pub(super) async fn list_users(&self, caller: &Caller) -> Result<Vec<String>, ServiceError> {
-        self.require(caller, Privilege::SelectOwnership).await?;
+        self.require(caller, "ListCredUsers", "*").await?;
         Ok(self.catalog.list_users().await?)
     }
 
@@ -153,12 +153,12 @@ impl Api {
     ) -> Result<Vec<UserResult>, ServiceError> {
         let names = match &body.user {
             Some(user) => {
-                self.require_self_or(caller, &user.name, Privilege::SelectUser)
+                self.require_self_or(caller, &user.name, "SelectUser")
                     .await?;
                 vec![self.username(&user.name)?]
             }
             None => {
-                self.require(caller, Privilege::SelectUser).await?;
+                self.require(caller, "SelectUser", "*").await?;
                 self.catalog
                     .list_users()
                     .await?

@@ -700,6 +700,14 @@ def _drop_test_users(request: pytest.FixtureRequest) -> Iterator[None]:
             for u in c.list_users(timeout=T):
                 if u not in (ROOT_USER, "foo"):
                     c.drop_user(u, timeout=T)
+            # Roles and privilege groups too: Milvus's role limit (proxy.maxRoleNum) is 10.
+            for r in c.list_roles(timeout=T):
+                if r not in ("admin", "public"):
+                    c.drop_role(r, force_drop=True, timeout=T)
+            for g in c.list_privilege_groups(timeout=T):
+                name = g["privilege_group"]
+                if name[0].islower():  # test groups; the built-in ones are capitalised
+                    c.drop_privilege_group(name, timeout=T)
         except Exception:  # noqa: BLE001
             pass
         finally:

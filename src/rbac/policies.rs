@@ -1,0 +1,194 @@
+//! `Policies`: the per-replica cache of authorization state — each user's roles, each role's
+//! expanded policy, the custom privilege groups — and the decision for one request.
+//!
+//! A decision on cached state is a few in-memory lookups (no etcd read). A miss reads the
+//! catalog; a read error is returned to the caller (fail closed: never an empty policy that
+//! denies everything, never a partial one that allows too much). Invalidation comes from the
+//! same watch as passwords (`coherence` calls [`Policies::invalidate`] for every changed
+//! key): a load that started before an invalidation it raced with is not cached (an epoch
+//! recorded before the read must still be current when the result is inserted).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::catalog::{Catalog, CatalogError, ChangedKey, StoredGrant};
+use crate::rbac::policy::{ADMIN_ROLE, Check, CustomGroups, Grant, PUBLIC_ROLE, RolePolicy};
+use crate::rbac::privileges::{BuiltinGroups, ObjectType};
+
+/// What a changed key means for the cached authorization state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// `user-role-mapping/{user}/…` or `users/{user}`: the user's roles.
+    User(String),
+    /// `roles/{role}` or `grantee-privileges/{role}/…`: one role's policy.
+    Role(String),
+    /// `grantee-id/…` or a privilege group: any role's policy may have changed.
+    All,
+}
+
+/// The cached authorization state of one replica; cheap to clone.
+#[derive(Clone)]
+pub struct Policies {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    builtin: BuiltinGroups,
+    user_roles: moka::sync::Cache<String, Arc<Vec<String>>>,
+    roles: moka::sync::Cache<String, Arc<RolePolicy>>,
+    groups: RwLock<Option<Arc<CustomGroups>>>,
+    /// Bumped by every invalidation; a load inserts only if it is unchanged since its read.
+    epoch: AtomicU64,
+}
+
+impl Policies {
+    pub fn new(catalog: Catalog, builtin: BuiltinGroups, capacity: u64) -> Policies {
+        let inner = Inner {
+            catalog,
+            builtin,
+            user_roles: moka::sync::Cache::new(capacity),
+            roles: moka::sync::Cache::new(capacity),
+            groups: RwLock::new(None),
+            epoch: AtomicU64::new(0),
+        };
+        Policies {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn builtin_groups(&self) -> &BuiltinGroups {
+        &self.inner.builtin
+    }
+
+    /// Whether `user` may do `check`: `admin` among their roles passes; otherwise one of
+    /// their roles or the implicit `public` must allow it.
+    pub async fn allows(&self, user: &str, check: &Check<'_>) -> Result<bool, CatalogError> {
+        let roles = self.user_roles(user).await?;
+        if roles.iter().any(|r| r == ADMIN_ROLE) {
+            return Ok(true);
+        }
+        let implicit = (!roles.iter().any(|r| r == PUBLIC_ROLE)).then_some(PUBLIC_ROLE);
+        for role in roles.iter().map(String::as_str).chain(implicit) {
+            if self.role_policy(role).await?.allows(check) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The roles granted to `user` (cached).
+    pub async fn user_roles(&self, user: &str) -> Result<Arc<Vec<String>>, CatalogError> {
+        if let Some(roles) = self.inner.user_roles.get(user) {
+            return Ok(roles);
+        }
+        let epoch = self.epoch();
+        let roles = Arc::new(self.inner.catalog.user_roles(user).await?);
+        self.insert_if_current(epoch, || {
+            self.inner
+                .user_roles
+                .insert(user.to_string(), roles.clone())
+        });
+        Ok(roles)
+    }
+
+    /// One role's expanded policy (cached; a role without grants has an empty policy).
+    pub async fn role_policy(&self, role: &str) -> Result<Arc<RolePolicy>, CatalogError> {
+        if let Some(policy) = self.inner.roles.get(role) {
+            return Ok(policy);
+        }
+        let epoch = self.epoch();
+        let groups = self.custom_groups(epoch).await?;
+        let stored = self.inner.catalog.role_grants(role).await?;
+        let grants: Vec<Grant> = stored.iter().filter_map(to_grant).collect();
+        let policy = Arc::new(RolePolicy::build(&grants, &self.inner.builtin, &groups));
+        if !policy.unresolved().is_empty() {
+            tracing::warn!(role, unresolved = ?policy.unresolved(), "grants of unknown privileges grant nothing");
+        }
+        self.insert_if_current(epoch, || {
+            self.inner.roles.insert(role.to_string(), policy.clone())
+        });
+        Ok(policy)
+    }
+
+    async fn custom_groups(&self, epoch: u64) -> Result<Arc<CustomGroups>, CatalogError> {
+        if let Some(groups) = self.read_groups().clone() {
+            return Ok(groups);
+        }
+        let stored = self.inner.catalog.privilege_groups().await?;
+        let groups: CustomGroups = stored.into_iter().map(|g| (g.name, g.privileges)).collect();
+        let groups = Arc::new(groups);
+        self.insert_if_current(epoch, || {
+            *self.inner.groups.write().unwrap_or_else(|e| e.into_inner()) = Some(groups.clone())
+        });
+        Ok(groups)
+    }
+
+    fn read_groups(&self) -> std::sync::RwLockReadGuard<'_, Option<Arc<CustomGroups>>> {
+        self.inner.groups.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Runs `insert` unless an invalidation happened since `epoch` was read. The insert and a
+    /// racing invalidation are ordered by the epoch: an invalidation bumps it before clearing,
+    /// so an insert that passes the check is cleared by any invalidation that follows.
+    fn insert_if_current(&self, epoch: u64, insert: impl FnOnce()) {
+        if self.epoch() == epoch {
+            insert();
+            if self.epoch() != epoch {
+                // An invalidation ran between the check and the insert: start over empty.
+                self.clear();
+            }
+        }
+    }
+
+    /// Applies a changed key's meaning to the cache.
+    pub fn invalidate(&self, change: &PolicyChange) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        match change {
+            PolicyChange::User(user) => self.inner.user_roles.invalidate(user),
+            PolicyChange::Role(role) => self.inner.roles.invalidate(role),
+            PolicyChange::All => self.clear(),
+        }
+    }
+
+    /// Drops everything (a re-sync or a compacted watch).
+    pub fn invalidate_all(&self) {
+        self.invalidate(&PolicyChange::All);
+    }
+
+    fn clear(&self) {
+        self.inner.user_roles.invalidate_all();
+        self.inner.roles.invalidate_all();
+        *self.inner.groups.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl PolicyChange {
+    /// The meaning of a changed catalog key; `None` when it does not affect authorization.
+    pub fn of(key: ChangedKey<'_>) -> Option<PolicyChange> {
+        match key {
+            ChangedKey::User(user) | ChangedKey::Mapping { user, .. } => {
+                Some(PolicyChange::User(user.to_string()))
+            }
+            ChangedKey::Role(role) | ChangedKey::Grantee { role } => {
+                Some(PolicyChange::Role(role.to_string()))
+            }
+            ChangedKey::GranteeId | ChangedKey::PrivilegeGroup => Some(PolicyChange::All),
+        }
+    }
+}
+
+/// A stored grant as the policy sees it; `None` for an object type this build does not know
+/// (it grants nothing).
+fn to_grant(stored: &StoredGrant) -> Option<Grant> {
+    Some(Grant {
+        object: ObjectType::parse(&stored.target.object)?,
+        db: stored.target.db.clone(),
+        name: stored.target.name.clone(),
+        privilege: stored.privilege.clone(),
+    })
+}
