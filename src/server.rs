@@ -18,6 +18,8 @@ use crate::hash_pool::HashPool;
 use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, MetaError, Store, etcd::EtcdTls};
 use crate::password::{HashError, Hasher, Password};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
+use crate::proxy::{ProxyError, ProxyLayer};
+use crate::rbac::{BuiltinGroups, Policies};
 use crate::service::Api;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub enum ServerError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
 
 /// Everything a running replica holds.
@@ -48,6 +52,8 @@ pub struct State {
     pub catalog: Catalog,
     pub auth: Authenticator,
     pub coherence: Arc<Coherence>,
+    pub policies: Policies,
+    proxy: ProxyLayer,
     config: Config,
 }
 
@@ -117,10 +123,19 @@ impl State {
         };
         let coherence =
             Arc::new(Coherence::start(catalog.clone(), auth.clone(), coherence_config).await?);
+        let policies = Policies::new(
+            catalog.clone(),
+            BuiltinGroups::default(),
+            config.credstore.cache.capacity,
+        );
+        let proxy =
+            ProxyLayer::from_config(&config.credstore.upstream.options(), policies.clone())?;
         Ok(State {
             catalog,
             auth,
             coherence,
+            policies,
+            proxy,
             config,
         })
     }
@@ -214,7 +229,11 @@ pub async fn run(
             state.auth.clone(),
             state.config.failed_auth_delay(),
         ))
-        .add_service(MilvusServiceServer::new(api))
+        // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
+        .add_service(tower::Layer::layer(
+            &state.proxy,
+            MilvusServiceServer::new(api),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     let stats = state.auth.stats();
