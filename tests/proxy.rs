@@ -35,6 +35,8 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Calls whose handler was dropped before it answered (the caller went away).
+    abandoned: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -71,6 +73,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Upstream {
             .to_string();
         let handler = Handler {
             seen: self.seen.clone(),
+            abandoned: self.abandoned.clone(),
             method,
         };
         Box::pin(async move {
@@ -83,7 +86,25 @@ impl tower::Service<http::Request<tonic::body::Body>> for Upstream {
 
 struct Handler {
     seen: Arc<Mutex<Vec<Seen>>>,
+    abandoned: Arc<Mutex<Vec<String>>>,
     method: String,
+}
+
+/// Records its method in `abandoned` when dropped unless disarmed.
+struct Abandoned(Option<(Arc<Mutex<Vec<String>>>, String)>);
+
+impl Abandoned {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some((abandoned, method)) = self.0.take() {
+            abandoned.lock().unwrap().push(method);
+        }
+    }
 }
 
 impl tower::Service<Request<Bytes>> for Handler {
@@ -105,8 +126,9 @@ impl tower::Service<Request<Bytes>> for Handler {
             body: request.get_ref().clone(),
         });
         let method = self.method.clone();
+        let mut guard = Abandoned(Some((self.abandoned.clone(), method.clone())));
         Box::pin(async move {
-            match method.as_str() {
+            let answer = match method.as_str() {
                 "Flush" => {
                     let mut status = Status::with_details(
                         Code::Aborted,
@@ -129,7 +151,9 @@ impl tower::Service<Request<Bytes>> for Handler {
                         .insert("x-upstream", "echo".parse().unwrap());
                     Ok(response)
                 }
-            }
+            };
+            guard.disarm();
+            answer
         })
     }
 }
@@ -275,7 +299,7 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
         "a default deadline is sent when the client has none"
     );
 
-    // The client's deadline is propagated and enforced.
+    // The client's deadline is propagated and enforced, and the upstream call is cancelled.
     let started = Instant::now();
     let late = call(
         uri,
@@ -296,6 +320,14 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
         "{:?}",
         started.elapsed()
     );
+    common::eventually("the upstream call was cancelled", async || {
+        upstream
+            .abandoned
+            .lock()
+            .unwrap()
+            .contains(&"GetMetrics".to_string())
+    })
+    .await;
     let timeout = upstream.seen()[1]
         .metadata
         .get("grpc-timeout")
