@@ -192,10 +192,21 @@ struct Credstore {
 
 async fn start_credstore(upstream: &Running, token: &str) -> Credstore {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = common::TestConfig::new()
+    let base = common::TestConfig::new()
         .weak_hashing()
         .set("etcd.data.dir", dir.path().display().to_string())
-        .set("credstore.failedAuthDelayMs", 0)
+        .set("credstore.failedAuthDelayMs", 0);
+    start_credstore_with(upstream, token, base, dir).await
+}
+
+/// credstore in-process with `base` (its store), forwarding to `upstream` with `token`.
+async fn start_credstore_with(
+    upstream: &Running,
+    token: &str,
+    base: common::TestConfig,
+    dir: tempfile::TempDir,
+) -> Credstore {
+    let yaml = base
         .set(
             "credstore.upstream.uri",
             format!("http://{}", upstream.address),
@@ -461,4 +472,47 @@ async fn an_unreachable_upstream_is_unavailable() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_cannot_be_loaded_is_unavailable() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    let mut etcd = common::Etcd::start();
+    let upstream = Upstream::default();
+    let running = start_upstream(upstream.clone()).await;
+    let base = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root("proxy"))
+        // Cached logins stay trusted well past the etcd outage below; policy reads give up
+        // after 2 s.
+        .set("credstore.session.ttlSeconds", 60)
+        .set("credstore.etcdTimeoutMs", 2000);
+    let credstore = start_credstore_with(&running, "", base, tempfile::tempdir().unwrap()).await;
+    let uri = &credstore.uri;
+    let mut root = common::client(uri, "root", "Milvus").await;
+    let created = root
+        .create_credential(CreateCredentialRequest {
+            username: "bob".into(),
+            password: common::b64("password1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.code, 0, "{created:?}");
+    // bob's password is verified (and cached) by a call that reads no policy: an unknown
+    // method is refused before authorization.
+    let unknown = call(uri, "NoSuchMethod", Vec::new(), "bob:password1", "", None)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unimplemented);
+
+    etcd.kill();
+    let status = call(uri, "Insert", insert_body(0), "bob:password1", "", None)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("authorization policy"),
+        "{status:?}"
+    );
+    assert!(upstream.seen().is_empty(), "nothing was forwarded");
 }
