@@ -322,6 +322,8 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
     )
     .await
     .unwrap_err();
+    // DEADLINE_EXCEEDED from credstore, or CANCELLED from this client's own channel, which
+    // enforces the same deadline; never UNAVAILABLE (pymilvus would retry it).
     assert!(
         matches!(late.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{late:?}"

@@ -191,6 +191,15 @@ impl Service<http::Request<tonic::body::Body>> for Link {
 fn unavailable(e: tonic::transport::Error) -> Status {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(&e);
+    // The channel enforces the `grpc-timeout` it sends: that is the caller's deadline
+    // passing, not the upstream going away (and pymilvus must not retry it).
+    let mut cause = source;
+    while let Some(error) = cause {
+        if error.is::<tonic::TimeoutExpired>() {
+            return Status::deadline_exceeded("the upstream did not answer within the deadline");
+        }
+        cause = error.source();
+    }
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !reason.contains(&cause_text) {
