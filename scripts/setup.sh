@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need on a fresh Debian machine with a Rust
 # toolchain: etcd (Debian's etcd-server), a `protoc` for etcd-client's build script (the
-# pure-Rust protox, into the git-ignored .tools/), and pymilvus in a virtualenv (.venv/).
+# pure-Rust protox, into the git-ignored .tools/), and pymilvus and Milvus Lite (the proxy
+# tests' upstream) in a virtualenv (.venv/).
 # Idempotent: each step is skipped when its result is already there.
 #
 #   scripts/setup.sh build   only what `cargo build` needs (protox)
@@ -24,9 +25,16 @@ if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1 || 
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server etcd-client openssl >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymilvus, pytest, bcrypt' 2>/dev/null; then
-  echo "setup: creating .venv with pymilvus"
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
+# The venv is (re)installed whenever tests/compat/requirements.txt changes: a stamp inside
+# .venv records the hash of the requirements it was installed from.
+requirements=tests/compat/requirements.txt
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+stamp=.venv/.requirements.sha256
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+    || ! .venv/bin/python -c 'import pymilvus, pytest, bcrypt, milvus_lite' 2>/dev/null; then
+  echo "setup: installing $requirements into .venv (pymilvus, pytest, milvus-lite)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$want" > "$stamp"
 fi
 echo "setup: ready (etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'))"

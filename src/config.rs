@@ -250,6 +250,8 @@ pub struct CredstoreConfig {
     /// A failed authentication is answered after this long (throttles password guessing and
     /// floods of bad logins at no CPU cost).
     pub failed_auth_delay_ms: u64,
+    /// The Milvus that calls credstore does not own are forwarded to (the proxy tier).
+    pub upstream: UpstreamConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -262,6 +264,7 @@ impl Default for CredstoreConfig {
             ack_timeout_ms: 0,
             etcd_timeout_ms: 5_000,
             failed_auth_delay_ms: 250,
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -274,6 +277,63 @@ pub enum HashAlgorithm {
     Argon2id,
     /// For etcd shared with Milvus itself, which can only read bcrypt.
     Bcrypt,
+}
+
+/// `credstore.upstream`: where forwarded calls go and how. `Debug` never shows the token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    /// `http://host:port` of the upstream Milvus; empty: no upstream (those calls stay
+    /// UNIMPLEMENTED).
+    pub uri: String,
+    /// `user:password` credstore presents upstream; empty: no `authorization` header.
+    pub token: String,
+    /// Largest request or response message forwarded (Milvus's gRPC default: 256 MiB).
+    pub max_message_bytes: u64,
+    /// Deadline of a forwarded call whose client sent no `grpc-timeout`.
+    pub timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            uri: String::new(),
+            token: String::new(),
+            max_message_bytes: 256 * 1024 * 1024,
+            // Below the server's 60 s per-request limit, so the caller sees this deadline.
+            timeout_ms: 55_000,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// The proxy tier's view of this section.
+    pub fn options(&self) -> crate::proxy::Upstream {
+        crate::proxy::Upstream {
+            uri: self.uri.trim().to_string(),
+            token: self.token.clone(),
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            default_timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("uri", &self.uri)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -923,6 +983,29 @@ mod tests {
             &[],
             "etcd.ssl.tlsCACert",
         );
+    }
+
+    #[test]
+    fn upstream_keys_and_a_hidden_token() {
+        let config = load(
+            "credstore:\n  upstream:\n    uri: http://m:19530\n    maxMessageBytes: 1024\n",
+            &[
+                ("CREDSTORE_UPSTREAM_TOKEN", "root:s3cret"),
+                ("CREDSTORE_UPSTREAM_TIMEOUTMS", "1500"),
+            ],
+        )
+        .unwrap();
+        let options = config.credstore.upstream.options();
+        assert_eq!(options.uri, "http://m:19530");
+        assert_eq!(options.token, "root:s3cret");
+        assert_eq!(options.max_message_bytes, 1024);
+        assert_eq!(options.default_timeout, Duration::from_millis(1500));
+        for debug in [format!("{config:?}"), format!("{options:?}")] {
+            assert!(!debug.contains("s3cret"), "{debug}");
+        }
+        let defaults = Config::default().credstore.upstream;
+        assert_eq!(defaults.max_message_bytes, 256 << 20);
+        assert!(defaults.uri.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod hash_pool;
 pub mod meta;
 pub mod password;
 pub mod proto;
+pub mod proxy;
 pub mod rbac;
 pub mod server;
 pub mod service;

@@ -40,6 +40,9 @@ enum Command {
         /// etcd endpoints, comma-separated (overrides etcd.endpoints).
         #[arg(long)]
         etcd_endpoints: Option<String>,
+        /// Upstream Milvus for calls credstore does not own (overrides credstore.upstream.uri).
+        #[arg(long)]
+        upstream: Option<String>,
     },
     /// Manage users on a running server.
     User {
@@ -134,7 +137,8 @@ fn main() -> ExitCode {
                 config,
                 listen,
                 etcd_endpoints,
-            } => serve(config, listen, etcd_endpoints).await,
+                upstream,
+            } => serve(config, listen, etcd_endpoints, upstream).await,
             Command::User { connection, action } => user(connection, action).await,
             Command::Bench { config, json } => bench(config, json).await,
             Command::Health { uri } => Admin::connect(&uri, Authorization::none())
@@ -157,12 +161,16 @@ async fn serve(
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
     etcd_endpoints: Option<String>,
+    upstream: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::load(
+    let mut config = Config::load(
         config.as_deref(),
         std::env::vars(),
         &Overrides { etcd_endpoints },
     )?;
+    if let Some(uri) = upstream {
+        config.credstore.upstream.uri = uri;
+    }
     if config.credstore.password.allow_weak_parameters {
         tracing::warn!(
             "credstore.password.allowWeakParameters is on: hashes may be weaker than OWASP's minimum"

@@ -17,6 +17,7 @@ use crate::hash_pool::HashPool;
 use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, EtcdTls, MetaError, Revision, Store};
 use crate::password::{HashError, Hasher};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
+use crate::proxy::{ProxyError, ProxyLayer};
 use crate::rbac::Policies;
 use crate::service::{Api, ApiSettings};
 
@@ -36,6 +37,8 @@ pub enum ServerError {
     Listener(#[source] std::io::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
 
 /// Everything a running replica holds.
@@ -48,6 +51,8 @@ pub struct State {
     coherence_tasks: CoherenceTasks,
     /// Roles and grants, cached per replica; invalidated by the coherence watch.
     pub policies: Policies,
+    /// Routes calls credstore does not own to the upstream Milvus, if one is configured.
+    proxy: ProxyLayer,
     config: Config,
 }
 
@@ -101,12 +106,15 @@ impl State {
             coherence_config,
         )
         .await?;
+        let proxy =
+            ProxyLayer::from_config(&config.credstore.upstream.options(), policies.clone())?;
         Ok(State {
             catalog,
             auth,
             coherence,
             coherence_tasks,
             policies,
+            proxy,
             config,
         })
     }
@@ -239,6 +247,7 @@ pub async fn run(
         coherence,
         coherence_tasks,
         policies,
+        proxy,
         config,
     } = state;
     let settings = ApiSettings {
@@ -257,7 +266,8 @@ pub async fn run(
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .timeout(REQUEST_TIMEOUT)
         .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()))
-        .add_service(MilvusServiceServer::new(api))
+        // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
+        .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     status.abort();

@@ -1,0 +1,151 @@
+//! Which `MilvusService` methods credstore answers itself, which it forwards, and which it
+//! refuses. A method is known when `rbac::methods` has a privilege rule for it or it is in
+//! [`UNANNOTATED`] (Milvus methods without a `privilege_ext_obj`, listed from pymilvus's
+//! descriptors); anything else is refused with UNIMPLEMENTED and never forwarded.
+
+use crate::rbac::methods::rule;
+
+/// The gRPC service every forwarded method belongs to.
+pub const SERVICE: &str = "milvus.proto.milvus.MilvusService";
+
+/// Methods credstore owns: users, roles, grants and privilege groups are never forwarded
+/// (the upstream would act on its own users), and Connect/GetVersion/CheckHealth are answered
+/// by credstore. Owned methods credstore does not implement yet answer UNIMPLEMENTED.
+pub const OWNED: &[&str] = &[
+    "Connect",
+    "GetVersion",
+    "CheckHealth",
+    "CreateCredential",
+    "UpdateCredential",
+    "DeleteCredential",
+    "ListCredUsers",
+    "SelectUser",
+    "AddUserTags",
+    "DeleteUserTags",
+    "GetUserTags",
+    "ListUsersWithTag",
+    "CreateRole",
+    "AlterRole",
+    "DropRole",
+    "OperateUserRole",
+    "SelectRole",
+    "OperatePrivilege",
+    "OperatePrivilegeV2",
+    "SelectGrant",
+    "BackupRBAC",
+    "RestoreRBAC",
+    "CreatePrivilegeGroup",
+    "DropPrivilegeGroup",
+    "ListPrivilegeGroups",
+    "OperatePrivilegeGroup",
+];
+
+/// Milvus methods with no privilege annotation (pymilvus 3.0.2's descriptors), less the
+/// owned ones: forwarded for root and `admin` only.
+pub const UNANNOTATED: &[&str] = &[
+    "AllocTimestamp",
+    "CalcDistance",
+    "ComputePhraseMatchSlop",
+    "DescribePrewarmTask",
+    "DescribeSegmentIndexData",
+    "Dummy",
+    "GetCompactionState",
+    "GetCompactionStateWithPlans",
+    "GetComponentStates",
+    "GetFlushAllState",
+    "GetImportState",
+    "GetMetrics",
+    "GetPersistentSegmentInfo",
+    "GetQuerySegmentInfo",
+    "GetRefreshExternalCollectionProgress",
+    "GetReplicas",
+    "GetReplicateInfo",
+    "GetRestoreSnapshotState",
+    "HasCollection",
+    "ListDatabases",
+    "ListImportTasks",
+    "ListIndexedSegment",
+    "ListRefreshExternalCollectionJobs",
+    "RegisterLink",
+    "ReplicateMessage",
+    "RunAnalyzer",
+    "ShowCollections",
+];
+
+/// Streaming methods: the forwarder is unary only, so these are refused.
+pub const STREAMING: &[&str] = &["CreateReplicateStream", "DumpMessages"];
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// credstore's own service answers.
+    Own,
+    /// Authorized, then forwarded upstream; the method name.
+    Forward(&'a str),
+    /// Refused with UNIMPLEMENTED: unknown, streaming, or no upstream configured.
+    Refuse,
+}
+
+/// The route of a request path when an upstream is (or is not) configured.
+pub fn route(path: &str, upstream: bool) -> Route<'_> {
+    let method = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(SERVICE))
+        .and_then(|p| p.strip_prefix('/'));
+    let Some(method) = method else {
+        return Route::Refuse;
+    };
+    if OWNED.contains(&method) || !upstream {
+        return Route::Own;
+    }
+    if STREAMING.contains(&method) {
+        return Route::Refuse;
+    }
+    match rule(method).is_some() || UNANNOTATED.contains(&method) {
+        true => Route::Forward(method),
+        false => Route::Refuse,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(path: &str, upstream: bool, expected: Route<'_>) {
+        assert_eq!(
+            route(path, upstream),
+            expected,
+            "{path} upstream={upstream}"
+        );
+    }
+
+    #[test]
+    fn routes() {
+        let p = |m: &str| format!("/{SERVICE}/{m}");
+        check(&p("CreateCredential"), true, Route::Own);
+        check(&p("Connect"), true, Route::Own);
+        check(&p("OperatePrivilege"), true, Route::Own);
+        check(&p("Insert"), true, Route::Forward("Insert"));
+        check(
+            &p("ShowCollections"),
+            true,
+            Route::Forward("ShowCollections"),
+        );
+        check(&p("Insert"), false, Route::Own);
+        check(&p("NoSuchMethod"), true, Route::Refuse);
+        check(&p("DumpMessages"), true, Route::Refuse);
+        check("/other.Service/Insert", true, Route::Refuse);
+        check(&format!("/{SERVICE}Extra/Insert"), true, Route::Refuse);
+    }
+
+    #[test]
+    fn owned_methods_are_never_forwarded_and_lists_do_not_overlap() {
+        for m in OWNED {
+            assert_eq!(route(&format!("/{SERVICE}/{m}"), true), Route::Own, "{m}");
+        }
+        for m in UNANNOTATED.iter().chain(STREAMING) {
+            assert!(rule(m).is_none(), "{m} has a rule; drop it from the list");
+            assert!(!OWNED.contains(m), "{m}");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The proxy tier: credstore in front of a Milvus. Calls credstore does not own are
+//! authenticated (by `auth`, outside), authorized by RBAC ([`gate`]) and forwarded as bytes
+//! ([`codec`], [`forwarder`]) to the upstream in `credstore.upstream`; [`router`] decides per
+//! method ([`methods`]) and [`limit`] bounds what one request may make credstore buffer.
+//!
+//! Must not: decode whole forwarded messages, send the caller's credentials upstream, or
+//! forward a call that was not authorized.
+
+pub mod codec;
+pub mod forwarder;
+pub mod gate;
+pub mod limit;
+pub mod methods;
+pub mod router;
+
+pub use codec::RawCodec;
+pub use forwarder::Forwarder;
+pub use gate::Gate;
+pub use router::{Proxy, ProxyLayer, Router};
+
+use std::time::Duration;
+
+use crate::rbac::Policies;
+
+/// Where forwarded calls go and how (from `credstore.upstream`). `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `http://host:port`; empty: no upstream.
+    pub uri: String,
+    /// `user:password` presented upstream; empty: no `authorization` header.
+    pub token: String,
+    /// Largest request or response message forwarded.
+    pub max_message_bytes: usize,
+    /// Deadline of a call whose client sent no `grpc-timeout`.
+    pub default_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("uri", &self.uri)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("default_timeout", &self.default_timeout)
+            .finish()
+    }
+}
+
+/// Why the proxy tier could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("credstore.upstream.uri {uri:?}: https upstreams are not supported yet; use http://")]
+    TlsNotSupported { uri: String },
+    #[error("credstore.upstream.uri {uri:?}: {reason}")]
+    Uri { uri: String, reason: String },
+    #[error("credstore.upstream.token {0}")]
+    Token(String),
+}
+
+impl ProxyLayer {
+    /// The layer for `config`: forwarding when `config.uri` is set, authorized by `policies`.
+    pub fn from_config(config: &Upstream, policies: Policies) -> Result<ProxyLayer, ProxyError> {
+        if config.uri.trim().is_empty() {
+            return Ok(ProxyLayer::new(None));
+        }
+        let proxy = Proxy {
+            forwarder: Forwarder::new(config)?,
+            gate: Gate::new(policies),
+            max_message_bytes: config.max_message_bytes,
+        };
+        tracing::info!(upstream = %config.uri.trim(), "forwarding calls credstore does not own");
+        Ok(ProxyLayer::new(Some(proxy)))
+    }
+}

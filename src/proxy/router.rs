@@ -1,0 +1,160 @@
+//! [`ProxyLayer`] / [`Router`]: the tower layer around the generated `MilvusServiceServer`,
+//! inside the auth layer (every request here is authenticated). Methods credstore owns go to
+//! the inner service; with an upstream configured, every other known method is read (size
+//! bounded), authorized by the [`Gate`] and forwarded by the [`Forwarder`]; unknown and
+//! streaming methods are refused with UNIMPLEMENTED. Without an upstream everything goes to
+//! the inner service, which answers UNIMPLEMENTED for what it does not implement.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::Body;
+use prost::bytes::Bytes;
+use tonic::codegen::{StdError, http};
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+use tower::{Layer, Service};
+
+use crate::auth::Authenticated;
+use crate::proxy::codec::RawCodec;
+use crate::proxy::forwarder::Forwarder;
+use crate::proxy::gate::Gate;
+use crate::proxy::limit::Bounded;
+use crate::proxy::methods::{Route, route};
+
+/// What forwarding needs; absent when no upstream is configured.
+pub struct Proxy {
+    pub forwarder: Forwarder,
+    pub gate: Gate,
+    pub max_message_bytes: usize,
+}
+
+/// Installs a [`Router`] around a service.
+#[derive(Clone)]
+pub struct ProxyLayer {
+    proxy: Option<Arc<Proxy>>,
+}
+
+impl ProxyLayer {
+    /// `None`: no upstream; the inner service answers everything.
+    pub fn new(proxy: Option<Proxy>) -> ProxyLayer {
+        ProxyLayer {
+            proxy: proxy.map(Arc::new),
+        }
+    }
+}
+
+impl<S> Layer<S> for ProxyLayer {
+    type Service = Router<S>;
+
+    fn layer(&self, inner: S) -> Router<S> {
+        Router {
+            inner,
+            proxy: self.proxy.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Router<S> {
+    inner: S,
+    proxy: Option<Arc<Proxy>>,
+}
+
+impl<S: NamedService> NamedService for Router<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for Router<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<StdError> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        match (route(path, self.proxy.is_some()), &self.proxy) {
+            (Route::Own, _) | (Route::Forward(_), None) => {
+                // The clone is not ready yet; keep the ready one for this call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(request).await })
+            }
+            (Route::Forward(method), Some(proxy)) => {
+                let call = Call {
+                    proxy: proxy.clone(),
+                    method: Arc::from(method),
+                };
+                let limit = proxy.max_message_bytes;
+                Box::pin(async move {
+                    let request = request.map(|body| Bounded::new(body, limit));
+                    let mut grpc = tonic::server::Grpc::new(RawCodec)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit);
+                    Ok(grpc.unary(call, request).await)
+                })
+            }
+            (Route::Refuse, _) => {
+                tracing::debug!(path, "unknown or unsupported method");
+                let status = Status::unimplemented(format!("unknown method {path}"));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// One forwarded call, once its message has been read: authorize, then forward.
+struct Call {
+    proxy: Arc<Proxy>,
+    method: Arc<str>,
+}
+
+impl Service<Request<Bytes>> for Call {
+    type Response = Response<Bytes>;
+    type Error = Status;
+    type Future = BoxFuture<Response<Bytes>, Status>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let proxy = self.proxy.clone();
+        let method = self.method.clone();
+        Box::pin(async move {
+            let caller = request
+                .extensions()
+                .get::<Authenticated>()
+                .cloned()
+                .ok_or_else(|| Status::unauthenticated("request is not authenticated"))?;
+            let db = request
+                .metadata()
+                .get("dbname")
+                .and_then(|v| v.to_str().ok())
+                .filter(|d| !d.is_empty())
+                .unwrap_or("default")
+                .to_string();
+            proxy
+                .gate
+                .authorize(&caller, &method, &db, request.get_ref())
+                .await?;
+            proxy.forwarder.forward(&method, request).await
+        })
+    }
+}
