@@ -159,8 +159,21 @@ impl Catalog {
                 db: "*".to_string(),
                 name: "*".to_string(),
             };
-            self.grant_privilege(&public, &target, privilege, crate::catalog::ROOT_USER)
-                .await?;
+            // Replicas starting together race here; a lost race is retried (the grant is then
+            // found and nothing is written).
+            let mut attempts = 0;
+            loop {
+                let granted = self
+                    .grant_privilege(&public, &target, privilege, crate::catalog::ROOT_USER)
+                    .await;
+                match granted {
+                    Err(CatalogError::RoleConflict(_)) if attempts < 16 => attempts += 1,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }
