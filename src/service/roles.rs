@@ -11,6 +11,15 @@ use crate::rbac::validate::Refusal;
 use crate::service::status::ServiceError;
 use crate::service::{Api, Caller};
 
+/// Milvus's rootcoord words for a missing user or role in role operations.
+fn milvus_not_found(err: CatalogError) -> ServiceError {
+    match err {
+        CatalogError::RoleNotFound(_) => ServiceError::NoSuchRole,
+        CatalogError::UserNotFound(_) => ServiceError::NoSuchUser,
+        other => other.into(),
+    }
+}
+
 fn role_name(raw: &str) -> Result<RoleName, ServiceError> {
     RoleName::parse(raw).map_err(ServiceError::InvalidRole)
 }
@@ -46,7 +55,11 @@ impl Api {
         {
             return Err(Refusal::RoleHasGrants.into());
         }
-        let revision = self.catalog.drop_role(&role).await?;
+        let revision = self
+            .catalog
+            .drop_role(&role)
+            .await
+            .map_err(milvus_not_found)?;
         self.confirm(revision).await
     }
 
@@ -60,18 +73,16 @@ impl Api {
         let user = self.username(&body.username)?;
         let role = role_name(&body.role_name)?;
         let revision = match OperateUserRoleType::try_from(body.r#type) {
-            Ok(OperateUserRoleType::AddUserToRole) => {
-                self.catalog.add_user_to_role(&user, &role).await?
-            }
+            Ok(OperateUserRoleType::AddUserToRole) => self
+                .catalog
+                .add_user_to_role(&user, &role)
+                .await
+                .map_err(milvus_not_found)?,
             Ok(OperateUserRoleType::RemoveUserFromRole) => self
                 .catalog
                 .remove_user_from_role(&user, &role)
                 .await
-                .map_err(|e| match e {
-                    // Milvus's answer for a role that does not exist, here.
-                    CatalogError::RoleNotFound(_) => ServiceError::NoSuchRole,
-                    other => other.into(),
-                })?,
+                .map_err(milvus_not_found)?,
             Err(_) => {
                 return Err(ServiceError::InvalidRole(format!(
                     "unknown operate type {}",

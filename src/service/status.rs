@@ -43,6 +43,9 @@ pub enum ServiceError {
     /// Milvus's answer to taking a user out of a role that does not exist.
     #[error("not found the role, maybe the role isn't existed or internal system error")]
     NoSuchRole,
+    /// Milvus's answer to a role operation naming a user that does not exist.
+    #[error("not found the user, maybe the user isn't existed or internal system error")]
+    NoSuchUser,
     #[error("the role[{0}] is a default role, which can't be dropped: privilege not permitted")]
     DefaultRole(String),
     #[error("there is no privilege group name [{0}] defined in system to operate")]
@@ -95,20 +98,26 @@ pub fn to_status(err: &ServiceError, failure: ErrorCode) -> Result<Status, tonic
             tracing::debug!(%reason, "refused");
             (1100, failure, true)
         }
+        // Milvus answers these with the legacy UnexpectedError whatever the operation
+        // (checked against Milvus 2.3.5: tests/compat/test_differential.py).
         ServiceError::WrongOldPassword(_) => {
             tracing::debug!(%reason, "refused");
-            (1400, failure, false)
+            (1400, ErrorCode::UnexpectedError, false)
         }
         ServiceError::DeleteRoot | ServiceError::DefaultRole(_) => {
             tracing::debug!(%reason, "refused");
-            (1401, failure, false)
+            (1401, ErrorCode::UnexpectedError, false)
         }
-        ServiceError::Base64(_)
-        | ServiceError::UserNotFound(_)
+        ServiceError::Base64(_) => {
+            tracing::debug!(%reason, "refused");
+            (65535, ErrorCode::UnexpectedError, false)
+        }
+        ServiceError::UserNotFound(_)
         | ServiceError::RoleExists(_)
         | ServiceError::RoleNotFound(_)
         | ServiceError::GroupNotFound(_)
         | ServiceError::NoSuchRole
+        | ServiceError::NoSuchUser
         | ServiceError::Conflict(_) => {
             tracing::debug!(%reason, "refused");
             (65535, failure, false)
@@ -268,7 +277,7 @@ mod tests {
             E::Base64(base64::DecodeError::InvalidLength(5)),
             ok(
                 65535,
-                ErrorCode::CreateCredentialFailure,
+                ErrorCode::UnexpectedError,
                 "decode password fail: Invalid input length: 5",
             ),
         );
@@ -292,6 +301,14 @@ mod tests {
             ),
         );
         check(
+            E::NoSuchUser,
+            ok(
+                65535,
+                ErrorCode::CreateCredentialFailure,
+                "not found the user, maybe the user isn't existed or internal system error",
+            ),
+        );
+        check(
             E::UserExists("bob".into()),
             ok(
                 1100,
@@ -303,7 +320,7 @@ mod tests {
             E::WrongOldPassword("bob".into()),
             ok(
                 1400,
-                ErrorCode::CreateCredentialFailure,
+                ErrorCode::UnexpectedError,
                 "old password not correct for bob: not authenticated",
             ),
         );
@@ -311,7 +328,7 @@ mod tests {
             E::DeleteRoot,
             ok(
                 1401,
-                ErrorCode::CreateCredentialFailure,
+                ErrorCode::UnexpectedError,
                 "root user cannot be deleted: privilege not permitted",
             ),
         );
@@ -351,7 +368,7 @@ mod tests {
             E::DefaultRole("admin".into()),
             ok(
                 1401,
-                ErrorCode::CreateCredentialFailure,
+                ErrorCode::UnexpectedError,
                 "the role[admin] is a default role, which can't be dropped: privilege not permitted",
             ),
         );
