@@ -1,8 +1,11 @@
-"""Differential test: the same user, role and grant calls against a real Milvus 2.3.5
-standalone (the `milvus` package from PyPI, authorization on) and against credstore, compared
-answer by answer: success or failure, `code`, legacy `error_code` and text. Every difference
-that remains is listed in DIFFERENCES with its reason (and in the README); any other
-difference fails the test.
+"""Against a real Milvus 2.3.5 standalone (the `milvus` PyPI package, authorization on):
+
+1. differential: the same user, role and grant calls against Milvus and against credstore,
+   compared answer by answer (success or failure, `code`, legacy `error_code`, text); every
+   difference that remains is listed in DIFFERENCES with its reason (and in the README), any
+   other difference fails the test;
+2. the proxy tier in front of it: credstore presents root's token upstream, a credstore-only
+   user works through credstore and cannot log in to Milvus, a denied call never reaches it.
 
 Milvus's embedded etcd is moved off 2379/2380 with ETCD_CONFIG_PATH, every port is a free one,
 and the process is stopped by pid (SIGKILL after a short grace: its graceful stop is long).
@@ -23,7 +26,7 @@ import pytest
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, free_port
+from conftest import ROOT_PASSWORD, ROOT_USER, T, free_port, raises_rpc
 
 REPO = Path(__file__).resolve().parents[2]
 MILVUS = REPO / ".venv" / "bin" / "milvus-server"
@@ -181,3 +184,28 @@ def test_user_role_and_grant_answers_match_milvus_2_3_5(milvus, start_server):
     # The listed differences are real: a fixed one must leave the list.
     stale = [n for n in DIFFERENCES if theirs[n] == ours[n]]
     assert not stale, f"no longer different, remove from DIFFERENCES: {stale}"
+
+
+def test_credstore_in_front_of_milvus_2_3_5(milvus, start_server):
+    """The proxy tier on a real Milvus with authentication: credstore presents root's token
+    upstream; a credstore-only user works through credstore and cannot log in to Milvus."""
+    upstream = {"uri": milvus, "token": f"{ROOT_USER}:{ROOT_PASSWORD}"}
+    s = start_server(super_users=None, overrides={"credstore": {"upstream": upstream}})
+    root = MilvusClient(uri=s.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
+    root.create_user("proxied", "password1")
+    root.create_user("nobody_special", "password1")
+    root.grant_role("proxied", "admin")
+    proxied = MilvusClient(uri=s.uri, token="proxied:password1", timeout=T)
+    proxied.create_collection("through_credstore", dimension=4)
+    assert "through_credstore" in proxied.list_collections()
+    direct_root = MilvusClient(uri=milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
+    assert "through_credstore" in direct_root.list_collections(), "written upstream"
+    assert "proxied" not in direct_root.list_users(), "credstore's users stay in credstore"
+    with pytest.raises(MilvusException):
+        MilvusClient(uri=milvus, token="proxied:password1", timeout=T).list_collections()
+    plain = MilvusClient(uri=s.uri, token="nobody_special:password1", timeout=T)
+    with raises_rpc(grpc.StatusCode.PERMISSION_DENIED, match="PrivilegeDropCollection"):
+        plain.drop_collection("through_credstore")
+    assert "through_credstore" in direct_root.list_collections(), "the upstream never saw it"
+    proxied.drop_collection("through_credstore")
+    assert "through_credstore" not in direct_root.list_collections()
