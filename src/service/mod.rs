@@ -319,6 +319,17 @@ impl MilvusService for Api {
         reply(result.await, ErrorCode::CreateRoleFailure)
     }
 
+    async fn alter_role(
+        &self,
+        request: Request<AlterRoleRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.change_role(&caller, body).await
+        });
+        // Milvus has no legacy code of its own for AlterRole failures.
+        reply(result.await, ErrorCode::UnexpectedError)
+    }
+
     async fn drop_role(
         &self,
         request: Request<DropRoleRequest>,
