@@ -4,6 +4,7 @@
 //! `status::to_status` only. Authorization — the two decisions a handler asks for — lives
 //! here too; handlers never read headers.
 
+mod backup;
 mod grants;
 mod roles;
 pub mod status;
@@ -328,6 +329,28 @@ impl MilvusService for Api {
         });
         // Milvus has no legacy code of its own for AlterRole failures.
         reply(result.await, ErrorCode::UnexpectedError)
+    }
+
+    async fn backup_rbac(
+        &self,
+        request: Request<BackupRbacMetaRequest>,
+    ) -> Result<Response<BackupRbacMetaResponse>, tonic::Status> {
+        let result = handle(request, async |caller, _| self.backup_rbac(&caller).await);
+        let (status, meta) = outcome(result.await, ErrorCode::OperatePrivilegeFailure)?;
+        Ok(Response::new(BackupRbacMetaResponse {
+            status,
+            rbac_meta: Some(meta),
+        }))
+    }
+
+    async fn restore_rbac(
+        &self,
+        request: Request<RestoreRbacMetaRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.restore_rbac(&caller, body.rbac_meta).await
+        });
+        reply(result.await, ErrorCode::OperatePrivilegeFailure)
     }
 
     async fn drop_role(
