@@ -2,7 +2,9 @@
 //!
 //! Keys live under `{etcd.rootPath}/{etcd.metaSubPath}/root-coord/credential/`: `users/{name}`
 //! holds JSON `{"encrypted_password": "<hash>"}` (plus `description`, and any field Milvus
-//! wrote, kept as it was); `roles/{role}` and `user-role-mapping/{user}/{role}` are empty.
+//! wrote, kept as it was); `roles/{role}` holds JSON `{"description": "<d>"}` as Milvus master
+//! writes it (an empty value, as Milvus ≤ 2.6 and the built-in roles have, reads as no
+//! description); `user-role-mapping/{user}/{role}` is empty.
 //! Every write is a transaction with a condition, so racing writers never overwrite each other.
 //! Knows nothing of gRPC, caches or hashing algorithms.
 
@@ -343,6 +345,41 @@ impl Catalog {
             .is_some())
     }
 
+    /// `role`'s description (`None`: no such role). A legacy empty value, or one that is not
+    /// Milvus's JSON, has none.
+    pub async fn role_description(&self, role: &str) -> Result<Option<String>, CatalogError> {
+        let read = self.kv.get(&self.role_key(role)).await?;
+        Ok(read.value.map(|kv| description_of(&kv.value)))
+    }
+
+    /// `AlterRole`: replaces the description of an existing role, keeping any other field a
+    /// newer Milvus wrote in the value.
+    pub async fn alter_role(
+        &self,
+        role: &RoleName,
+        description: &str,
+    ) -> Result<Revision, CatalogError> {
+        let key = self.role_key(role.as_str());
+        let Some(current) = self.kv.get(&key).await?.value else {
+            return Err(CatalogError::RoleNotFound(role.as_str().to_string()));
+        };
+        let value = match serde_json::from_slice::<serde_json::Value>(&current.value) {
+            Ok(serde_json::Value::Object(mut fields)) => {
+                fields.insert("description".into(), description.into());
+                serde_json::to_vec(&fields).expect("a JSON object serializes")
+            }
+            _ => role_value(description),
+        };
+        let txn = Txn::default()
+            .when(Compare::ModRevision(key.clone(), current.mod_revision))
+            .then(Op::Put(key, value));
+        let outcome = self.kv.txn(txn).await?;
+        match outcome.succeeded {
+            true => Ok(outcome.revision),
+            false => Err(CatalogError::RoleConflict(role.as_str().to_string())),
+        }
+    }
+
     /// The users holding `role`.
     pub async fn role_users(&self, role: &str) -> Result<Vec<String>, CatalogError> {
         let prefix = format!("{}user-role-mapping/", self.prefix);
@@ -369,10 +406,19 @@ impl Catalog {
     }
 
     pub async fn create_role(&self, role: &RoleName) -> Result<Revision, CatalogError> {
+        self.create_role_described(role, "").await
+    }
+
+    /// Creates `role` with `description`, stored as Milvus master does.
+    pub async fn create_role_described(
+        &self,
+        role: &RoleName,
+        description: &str,
+    ) -> Result<Revision, CatalogError> {
         let key = self.role_key(role.as_str());
         let txn = Txn::default()
             .when(Compare::Absent(key.clone()))
-            .then(Op::Put(key, Vec::new()));
+            .then(Op::Put(key, role_value(description)));
         let outcome = self.kv.txn(txn).await?;
         match outcome.succeeded {
             true => Ok(outcome.revision),
@@ -564,8 +610,36 @@ fn decode_user(kv: &KeyValue) -> Result<StoredUser, CatalogError> {
     })
 }
 
+/// A role's value as Milvus master writes it: `{"description":"<d>"}`, the field present even
+/// when empty (`model.MarshalRoleModel`).
+fn role_value(description: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "description": description }))
+        .expect("a JSON object serializes")
+}
+
+/// The description in a role's value: none for Milvus ≤ 2.6's empty value or anything else
+/// that is not Milvus's JSON.
+fn description_of(value: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| v.get("description")?.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn role_values_are_milvus_master_json_and_legacy_reads() {
+        assert_eq!(super::role_value(""), br#"{"description":""}"#);
+        assert_eq!(
+            super::description_of(&super::role_value("a \"b\"")),
+            "a \"b\""
+        );
+        assert_eq!(super::description_of(b""), "");
+        assert_eq!(super::description_of(b"not json"), "");
+        assert_eq!(super::description_of(br#"{"description":7}"#), "");
+    }
+
     use proptest::prelude::*;
 
     use super::*;

@@ -220,6 +220,43 @@ pub struct SecurityConfig {
     pub default_root_password: Secret,
     /// When set, `root` passes privilege checks only through its roles, as any user.
     pub root_should_bind_role: bool,
+    /// `common.security.rbac.*`: the built-in privilege groups' overrides.
+    pub rbac: RbacConfig,
+}
+
+/// `common.security.rbac`: Milvus's overrides of the 9 built-in privilege groups, read only
+/// when `overrideBuiltInPrivilegeGroups.enabled` is set. A list left empty keeps the group's
+/// default members (Milvus's default value of each key is that list).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct RbacConfig {
+    pub override_built_in_privilege_groups: Enabled,
+    pub cluster: GroupTiers,
+    pub database: GroupTiers,
+    pub collection: GroupTiers,
+}
+
+/// `{ enabled: bool }`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Enabled {
+    pub enabled: bool,
+}
+
+/// `readonly` / `readwrite` / `admin` of one level (cluster, database, collection).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupTiers {
+    pub readonly: GroupMembers,
+    pub readwrite: GroupMembers,
+    pub admin: GroupMembers,
+}
+
+/// `privileges`: a comma list (or YAML list) of privilege names, API spelling.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupMembers {
+    pub privileges: StringList,
 }
 
 impl Default for SecurityConfig {
@@ -229,6 +266,7 @@ impl Default for SecurityConfig {
             super_users: StringList::default(),
             default_root_password: Secret::new("Milvus"),
             root_should_bind_role: false,
+            rbac: RbacConfig::default(),
         }
     }
 }
@@ -543,12 +581,45 @@ impl Config {
             return bad("credstore.password", &e.to_string());
         }
         self.root_password()?;
+        self.builtin_groups()?;
         Ok(())
     }
 
-    /// The built-in privilege groups: Milvus's defaults (overrides are not read yet).
+    /// The built-in privilege groups: Milvus's defaults, each replaced by its
+    /// `common.security.rbac.<level>.<tier>.privileges` when
+    /// `common.security.rbac.overrideBuiltInPrivilegeGroups.enabled` is set and the list is not
+    /// empty. An unknown privilege name is an error naming the key.
     pub fn builtin_groups(&self) -> Result<BuiltinGroups, ConfigError> {
-        Ok(BuiltinGroups::default())
+        let mut groups = BuiltinGroups::default();
+        let rbac = &self.common.security.rbac;
+        if !rbac.override_built_in_privilege_groups.enabled {
+            return Ok(groups);
+        }
+        let levels = [
+            ("cluster", "Cluster", &rbac.cluster),
+            ("database", "Database", &rbac.database),
+            ("collection", "Collection", &rbac.collection),
+        ];
+        for (level, group_level, tiers) in levels {
+            let tiers = [
+                ("readonly", "ReadOnly", &tiers.readonly),
+                ("readwrite", "ReadWrite", &tiers.readwrite),
+                ("admin", "Admin", &tiers.admin),
+            ];
+            for (tier, group_tier, members) in tiers {
+                if members.privileges.0.is_empty() {
+                    continue;
+                }
+                let group = format!("{group_level}{group_tier}");
+                groups
+                    .set(&group, &members.privileges.0)
+                    .map_err(|e| ConfigError::Key {
+                        key: format!("common.security.rbac.{level}.{tier}.privileges"),
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(groups)
     }
 
     /// Milvus's name and password limits.
@@ -831,6 +902,64 @@ mod tests {
         std::fs::write(&path, yaml).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load(Some(&path), env, &Overrides::default())
+    }
+
+    #[test]
+    fn builtin_groups_are_overridden_by_milvus_keys() {
+        use crate::rbac::Privilege;
+        let names = |groups: &BuiltinGroups, group: &str| -> Vec<&'static str> {
+            let members = groups.members(group).expect("a built-in group");
+            members.iter().map(|p| p.api_name()).collect()
+        };
+        let defaults = BuiltinGroups::default();
+        let overrides = "common:\n  security:\n    rbac:\n      cluster:\n        readonly:\n          privileges: ListDatabases, SelectUser\n      collection:\n        admin:\n          privileges: [Query, Search]\n";
+        // Without the switch, the lists are ignored (as Milvus does).
+        let off = load(overrides, &[]).unwrap().builtin_groups().unwrap();
+        assert_eq!(off, defaults);
+        let on =
+            format!("{overrides}      overrideBuiltInPrivilegeGroups:\n        enabled: true\n");
+        let groups = load(&on, &[]).unwrap().builtin_groups().unwrap();
+        assert_eq!(
+            names(&groups, "ClusterReadOnly"),
+            ["ListDatabases", "SelectUser"]
+        );
+        assert_eq!(names(&groups, "CollectionAdmin"), ["Query", "Search"]);
+        // Groups not overridden keep Milvus's defaults.
+        assert_eq!(
+            groups.members("ClusterAdmin"),
+            defaults.members("ClusterAdmin")
+        );
+        assert!(
+            groups
+                .members("ClusterReadWrite")
+                .unwrap()
+                .contains(&Privilege::from_api("FlushAll").unwrap())
+        );
+        // Through the environment too, with Milvus's variable names.
+        let env = [
+            (
+                "COMMON_SECURITY_RBAC_OVERRIDEBUILTINPRIVILEGEGROUPS_ENABLED",
+                "true",
+            ),
+            (
+                "COMMON_SECURITY_RBAC_DATABASE_READWRITE_PRIVILEGES",
+                "ShowCollections,AlterDatabase",
+            ),
+        ];
+        let from_env = load("", &env).unwrap().builtin_groups().unwrap();
+        assert_eq!(
+            names(&from_env, "DatabaseReadWrite"),
+            ["ShowCollections", "AlterDatabase"]
+        );
+        // An unknown privilege stops start-up with an error naming the key.
+        let bad = format!(
+            "{on}      database:\n        admin:\n          privileges: CreateCollection, Bogus\n"
+        );
+        let err = load(&bad, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("common.security.rbac.database.admin.privileges") && err.contains("Bogus"),
+            "{err}"
+        );
     }
 
     #[test]

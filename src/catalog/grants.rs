@@ -145,7 +145,7 @@ impl Catalog {
 
     /// Milvus's default grants of `public` (`proxy.enablePublicPrivilege`), written once:
     /// DescribeCollection and ListAliases on Global `*`, IndexDetail on Collection `*`, db `*`,
-    /// grantor root. Existing grants are left as they are.
+    /// grantor root. Existing grants are left as they are; safe when replicas start together.
     pub async fn ensure_public_grants(&self) -> Result<(), CatalogError> {
         let public = RoleName::parse(crate::catalog::PUBLIC_ROLE).expect("a valid role name");
         let grants = [
@@ -159,17 +159,18 @@ impl Catalog {
                 db: "*".to_string(),
                 name: "*".to_string(),
             };
-            // Replicas starting together race here; a lost race is retried (the grant is then
-            // found and nothing is written).
+            // Replicas starting together on a fresh etcd all write these grants, and each
+            // grant rewrites the role key: a conflict means another replica wrote meanwhile,
+            // so read again (the next attempt finds the grant, or writes it).
             let mut attempts = 0;
             loop {
-                let granted = self
+                match self
                     .grant_privilege(&public, &target, privilege, crate::catalog::ROOT_USER)
-                    .await;
-                match granted {
-                    Err(CatalogError::RoleConflict(_)) if attempts < 16 => attempts += 1,
-                    other => {
-                        other?;
+                    .await
+                {
+                    Err(CatalogError::RoleConflict(_)) if attempts < 20 => attempts += 1,
+                    outcome => {
+                        outcome?;
                         break;
                     }
                 }

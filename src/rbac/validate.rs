@@ -56,6 +56,21 @@ pub enum Refusal {
     RoleHasGrants,
     #[error("unable to create role because the number of roles has reached the limit: {0}")]
     TooManyRoles(usize),
+    // RestoreRBAC (Milvus's `CheckIfRBACRestorable` texts, and credstore's hash check).
+    #[error("rbac meta is empty")]
+    EmptyRbacMeta,
+    #[error("role [{0}] already exists")]
+    RestoreRoleExists(String),
+    #[error("privilege group [{0}] already exists")]
+    RestoreGroupExists(String),
+    #[error("privilege [{0}] does not exist")]
+    RestorePrivilegeUnknown(String),
+    #[error("user [{0}] already exists")]
+    RestoreUserExists(String),
+    #[error("role [{0}] does not exist")]
+    RestoreRoleMissing(String),
+    #[error("user [{user}]: the password is not a password hash credstore can verify: {reason}")]
+    RestoreBadHash { user: String, reason: String },
 }
 
 impl Refusal {

@@ -4,6 +4,7 @@
 //! `status::to_status` only. Authorization — the two decisions a handler asks for — lives
 //! here too; handlers never read headers.
 
+mod backup;
 mod grants;
 mod roles;
 pub mod status;
@@ -317,6 +318,39 @@ impl MilvusService for Api {
             self.add_role(&caller, body).await
         });
         reply(result.await, ErrorCode::CreateRoleFailure)
+    }
+
+    async fn alter_role(
+        &self,
+        request: Request<AlterRoleRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.change_role(&caller, body).await
+        });
+        // Milvus has no legacy code of its own for AlterRole failures.
+        reply(result.await, ErrorCode::UnexpectedError)
+    }
+
+    async fn backup_rbac(
+        &self,
+        request: Request<BackupRbacMetaRequest>,
+    ) -> Result<Response<BackupRbacMetaResponse>, tonic::Status> {
+        let result = handle(request, async |caller, _| self.backup_rbac(&caller).await);
+        let (status, meta) = outcome(result.await, ErrorCode::OperatePrivilegeFailure)?;
+        Ok(Response::new(BackupRbacMetaResponse {
+            status,
+            rbac_meta: Some(meta),
+        }))
+    }
+
+    async fn restore_rbac(
+        &self,
+        request: Request<RestoreRbacMetaRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        let result = handle(request, async |caller, body| {
+            self.restore_rbac(&caller, body.rbac_meta).await
+        });
+        reply(result.await, ErrorCode::OperatePrivilegeFailure)
     }
 
     async fn drop_role(

@@ -1,11 +1,12 @@
-//! Role handlers: create, drop and describe roles, and grant or take a role from a user.
+//! Role handlers: create, alter (the description), drop and describe roles, and grant or take
+//! a role from a user.
 //! A request that changed nothing (granting a role the user holds, taking one they do not
 //! hold) answers at once: there is no write for the replicas to acknowledge.
 
 use crate::catalog::{CatalogError, DEFAULT_ROLES, RoleName};
 use crate::proto::milvus::{
-    CreateRoleRequest, DropRoleRequest, OperateUserRoleRequest, OperateUserRoleType, RoleEntity,
-    RoleResult, SelectRoleRequest, UserEntity,
+    AlterRoleRequest, CreateRoleRequest, DropRoleRequest, OperateUserRoleRequest,
+    OperateUserRoleType, RoleEntity, RoleResult, SelectRoleRequest, UserEntity,
 };
 use crate::rbac::validate::Refusal;
 use crate::service::status::ServiceError;
@@ -31,12 +32,28 @@ impl Api {
         body: CreateRoleRequest,
     ) -> Result<(), ServiceError> {
         self.require(caller, "CreateRole", "*").await?;
-        let role = role_name(&body.entity.map(|e| e.name).unwrap_or_default())?;
+        let entity = body.entity.unwrap_or_default();
+        let role = role_name(&entity.name)?;
         // Milvus counts `admin` and `public` too (`proxy.maxRoleNum`).
         if self.catalog.list_roles().await?.len() >= self.max_roles {
             return Err(Refusal::TooManyRoles(self.max_roles).into());
         }
-        let revision = self.catalog.create_role(&role).await?;
+        let revision = self
+            .catalog
+            .create_role_described(&role, &entity.description)
+            .await?;
+        self.confirm(revision).await
+    }
+
+    /// `AlterRole` (pymilvus 3.0 `alter_role`): sets an existing role's description.
+    pub(super) async fn change_role(
+        &self,
+        caller: &Caller,
+        body: AlterRoleRequest,
+    ) -> Result<(), ServiceError> {
+        self.require(caller, "AlterRole", "*").await?;
+        let role = role_name(&body.role_name)?;
+        let revision = self.catalog.alter_role(&role, &body.description).await?;
         self.confirm(revision).await
     }
 
@@ -116,10 +133,14 @@ impl Api {
                 true => self.catalog.role_users(&role).await?,
                 false => Vec::new(),
             };
+            // A role dropped since it was listed is left out.
+            let Some(description) = self.catalog.role_description(&role).await? else {
+                continue;
+            };
             results.push(RoleResult {
                 role: Some(RoleEntity {
                     name: role,
-                    description: String::new(),
+                    description,
                 }),
                 users: users.into_iter().map(|name| UserEntity { name }).collect(),
             });

@@ -192,3 +192,26 @@ def test_orm_role_flow(server, root):
         assert not role.is_exist()
     finally:
         connections.disconnect(alias)
+
+
+def test_role_descriptions_and_alter_role(server, root, clients):
+    """pymilvus 3.0 sends RoleEntity.description on create_role and AlterRole on alter_role;
+    describe_role reads the description back through SelectRole."""
+    described, plain = rname(), rname()
+    root.create_role(described, description="reads things", timeout=T)
+    root.create_role(plain, timeout=T)
+    assert root.describe_role(described, timeout=T)["description"] == "reads things"
+    assert root.describe_role(plain, timeout=T)["description"] == ""
+    root.alter_role(plain, "now described", timeout=T)
+    assert root.describe_role(plain, timeout=T)["description"] == "now described"
+    root.alter_role(described, "", timeout=T)
+    assert root.describe_role(described, timeout=T)["description"] == ""
+    # The built-in roles (a legacy empty value) have none.
+    assert root.describe_role("public", timeout=T)["description"] == ""
+    with raises_milvus(65535, match="not found"):
+        root.alter_role(rname(), "nobody", timeout=T)
+    user, password = uname(), pw()
+    root.create_user(user, password, timeout=T)
+    me = clients.make(server, user=user, password=password)
+    with raises_rpc(DENIED, match="PrivilegeCreateOwnership"):
+        me.alter_role(plain, "mine now", timeout=T)
