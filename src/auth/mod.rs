@@ -21,7 +21,7 @@ mod layer;
 use base64::Engine;
 use zeroize::Zeroize;
 
-use crate::password::{Limits, Username};
+use crate::password::{HashError, Limits, Username};
 
 pub use authenticator::{Authenticator, AuthenticatorConfig};
 pub use cache::{AuthStats, CredentialCache};
@@ -77,7 +77,8 @@ pub enum AuthError {
     ApiKey,
     #[error("auth check failure, please check username and password are correct")]
     Denied,
-    #[error("too many password verifications in progress; retry later")]
+    /// The hash pool's queue is full; the text is the pool's own (one busy condition, one text).
+    #[error("{}", HashError::Busy)]
     Busy,
     #[error("credential store unavailable: {0}")]
     Unavailable(String),
