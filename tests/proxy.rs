@@ -9,6 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use credstore::client::Authorization;
 use credstore::config::{Config, Overrides};
 use credstore::proto::milvus::CreateCredentialRequest;
 use credstore::proxy::RawCodec;
@@ -249,9 +250,10 @@ async fn call(
         .unwrap();
     let mut client = tonic::client::Grpc::new(channel);
     client.ready().await.unwrap();
-    let mut request = Request::new(Bytes::from(body));
+    let (user, password) = credentials.split_once(':').expect("user:password");
+    let mut request =
+        Authorization::credentials(user, password).apply(Request::new(Bytes::from(body)));
     let metadata = request.metadata_mut();
-    metadata.insert("authorization", common::b64(credentials).parse().unwrap());
     metadata.insert("dbname", db.parse().unwrap());
     metadata.insert("x-client", "kept".parse().unwrap());
     if let Some(timeout) = timeout {
