@@ -325,19 +325,10 @@ impl UpstreamConfig {
 }
 
 impl std::fmt::Debug for UpstreamConfig {
+    /// The proxy tier's view, which hides the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("uri", &self.uri)
-            .field(
-                "token",
-                &if self.token.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("timeout_ms", &self.timeout_ms)
+        f.debug_tuple("UpstreamConfig")
+            .field(&self.options())
             .finish()
     }
 }
