@@ -234,6 +234,21 @@ async fn start_credstore_with(
     }
 }
 
+/// Creates user bob (password `password1`, no role) as root.
+async fn create_bob(uri: &str) {
+    let mut root = common::client(uri, "root", "Milvus").await;
+    let created = root
+        .create_credential(CreateCredentialRequest {
+            username: "bob".into(),
+            password: common::b64("password1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.code, 0, "{created:?}");
+}
+
 /// Calls `method` through credstore with raw bytes, as `user:password` and `dbname`.
 async fn call(
     uri: &str,
@@ -380,17 +395,7 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
         .unwrap_err();
     assert_eq!(garbled.code(), Code::InvalidArgument, "{garbled:?}");
 
-    let mut root = common::client(uri, "root", "Milvus").await;
-    let created = root
-        .create_credential(CreateCredentialRequest {
-            username: "bob".into(),
-            password: common::b64("password1"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.code, 0, "{created:?}");
+    create_bob(uri).await;
     let denied = call(uri, "Insert", insert_body(0), "bob:password1", "db7", None)
         .await
         .unwrap_err();
@@ -491,17 +496,7 @@ async fn a_policy_that_cannot_be_loaded_is_unavailable() {
         .set("credstore.etcdTimeoutMs", 2000);
     let credstore = start_credstore_with(&running, "", base, tempfile::tempdir().unwrap()).await;
     let uri = &credstore.uri;
-    let mut root = common::client(uri, "root", "Milvus").await;
-    let created = root
-        .create_credential(CreateCredentialRequest {
-            username: "bob".into(),
-            password: common::b64("password1"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.code, 0, "{created:?}");
+    create_bob(uri).await;
     // bob's password is verified (and cached) by a call that reads no policy: an unknown
     // method is refused before authorization.
     let unknown = call(uri, "NoSuchMethod", Vec::new(), "bob:password1", "", None)
