@@ -274,11 +274,16 @@ impl Catalog {
     /// Every username, from the keys (values are not decoded).
     pub async fn list_users(&self) -> Result<Vec<String>, CatalogError> {
         let prefix = self.users_prefix();
-        let read = self.kv.list_keys(&prefix).await?;
+        self.names_under(&prefix).await
+    }
+
+    /// The last path segment of every key under `prefix` (values are not read).
+    async fn names_under(&self, prefix: &str) -> Result<Vec<String>, CatalogError> {
+        let read = self.kv.list_keys(prefix).await?;
         Ok(read
             .value
             .iter()
-            .filter_map(|key| key.strip_prefix(prefix.as_str()).map(str::to_string))
+            .filter_map(|key| key.strip_prefix(prefix).map(str::to_string))
             .collect())
     }
 
@@ -317,23 +322,13 @@ impl Catalog {
     /// The roles granted to `user`.
     pub async fn user_roles(&self, user: &str) -> Result<Vec<String>, CatalogError> {
         let prefix = self.mapping_prefix(user);
-        let read = self.kv.list_keys(&prefix).await?;
-        Ok(read
-            .value
-            .iter()
-            .filter_map(|key| key.strip_prefix(prefix.as_str()).map(str::to_string))
-            .collect())
+        self.names_under(&prefix).await
     }
 
     /// Every role name.
     pub async fn list_roles(&self) -> Result<Vec<String>, CatalogError> {
         let prefix = format!("{}roles/", self.prefix);
-        let read = self.kv.list_keys(&prefix).await?;
-        Ok(read
-            .value
-            .iter()
-            .filter_map(|key| key.strip_prefix(prefix.as_str()).map(str::to_string))
-            .collect())
+        self.names_under(&prefix).await
     }
 
     pub async fn role_exists(&self, role: &RoleName) -> Result<bool, CatalogError> {

@@ -6,11 +6,12 @@
 //! The environment is passed in as a value, never read here, so tests need no `set_var`.
 //! An unknown key or a bad value is an error naming the key.
 //!
-//! `Config` is the file's shape; the settings components need are derived from it here,
-//! typed and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::limits`],
-//! [`Config::cache_ttl`], [`Config::session_ttl`], …), so `server` only wires. This module sits
-//! below every component and imports none of them. Secrets (the etcd password, the default
-//! root password, a TLS key) are redacted in `Debug`.
+//! `Config` is the file's shape; each component's settings are derived from it here, typed
+//! and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::authenticator`],
+//! [`Config::coherence`], [`Config::limits`], …), so `server` only wires. This module sits
+//! above the components (it names their settings types); none of them reads it. The password
+//! defaults and minimums are `password`'s constants, not repeated here. Secrets (the etcd
+//! password, the default root password, a TLS key) are redacted in `Debug`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,7 +21,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::password::{HashScheme, Limits, Password};
+use crate::auth::AuthenticatorConfig;
+use crate::coherence::CoherenceConfig;
+use crate::meta::{EtcdOptions, EtcdTls};
+use crate::password::{
+    HashScheme, Limits, MAX_BCRYPT_COST, MAX_STORED_ARGON2, MIN_ARGON2, MIN_BCRYPT_COST, Password,
+};
 use crate::rbac::BuiltinGroups;
 
 #[derive(Debug, thiserror::Error)]
@@ -357,19 +363,10 @@ impl UpstreamConfig {
 }
 
 impl std::fmt::Debug for UpstreamConfig {
+    /// The proxy tier's view, which hides the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("uri", &self.uri)
-            .field(
-                "token",
-                &if self.token.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("timeout_ms", &self.timeout_ms)
+        f.debug_tuple("UpstreamConfig")
+            .field(&self.options())
             .finish()
     }
 }
@@ -415,30 +412,14 @@ pub struct Argon2Config {
     pub parallelism: u32,
 }
 
-/// OWASP's minimum bcrypt cost. FIXME: `password` should export it (and the argon2id
-/// minimum) as constants that `HashScheme::default`, `check_strength` and `TooWeak` share.
-const MIN_BCRYPT_COST: u32 = 10;
-
 impl Default for Argon2Config {
-    /// OWASP's first recommendation, as `password` defines it (its default scheme).
+    /// OWASP's first recommendation, as `password` defines it.
     fn default() -> Self {
-        match HashScheme::default() {
-            HashScheme::Argon2id {
-                memory_kib,
-                iterations,
-                parallelism,
-            } => Argon2Config {
-                memory_kib,
-                iterations,
-                parallelism,
-            },
-            // Not reached (the default scheme is argon2id); zeros fail the strength check at
-            // start-up rather than run weak.
-            HashScheme::Bcrypt { .. } => Argon2Config {
-                memory_kib: 0,
-                iterations: 0,
-                parallelism: 0,
-            },
+        let (memory_kib, iterations, parallelism) = MIN_ARGON2;
+        Argon2Config {
+            memory_kib,
+            iterations,
+            parallelism,
         }
     }
 }
@@ -580,6 +561,27 @@ impl Config {
         if let Err(e) = self.hash_scheme().check_strength(allow_weak) {
             return bad("credstore.password", &e.to_string());
         }
+        // Hashes above what `PasswordHash::parse` accepts could be written but never verified.
+        let password = &self.credstore.password;
+        let (m, t, p) = MAX_STORED_ARGON2;
+        for (key, value, max) in [
+            ("memoryKiB", password.argon2.memory_kib, m),
+            ("iterations", password.argon2.iterations, t),
+            ("parallelism", password.argon2.parallelism, p),
+        ] {
+            if value > max {
+                return bad(
+                    &format!("credstore.password.argon2.{key}"),
+                    &format!("must be at most {max}, or credstore could not read its own hashes"),
+                );
+            }
+        }
+        if self.credstore.password.bcrypt_cost > MAX_BCRYPT_COST {
+            return bad(
+                "credstore.password.bcryptCost",
+                &format!("must be at most {MAX_BCRYPT_COST}"),
+            );
+        }
         self.root_password()?;
         self.builtin_groups()?;
         Ok(())
@@ -669,6 +671,28 @@ impl Config {
         }
     }
 
+    /// The authenticator's settings (authorization switch, super users, cache).
+    pub fn authenticator(&self) -> AuthenticatorConfig {
+        AuthenticatorConfig {
+            enabled: self.common.security.authorization_enabled,
+            super_users: self.common.security.super_users.0.clone(),
+            limits: self.limits(),
+            cache_capacity: self.credstore.cache.capacity,
+            cache_ttl: self.cache_ttl(),
+        }
+    }
+
+    /// Coherence's settings for the replica named `replica_id` that clients reach at
+    /// `address` (both known only once the server has bound its listener).
+    pub fn coherence(&self, replica_id: String, address: SocketAddr) -> CoherenceConfig {
+        CoherenceConfig {
+            replica_id,
+            address: address.to_string(),
+            session_ttl: self.session_ttl(),
+            ack_timeout: self.ack_timeout(),
+        }
+    }
+
     /// Lease time-to-live of this replica's session.
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.credstore.session.ttl_seconds)
@@ -702,26 +726,26 @@ impl Config {
                 let client_cert_key_pem = match (&etcd.ssl.tls_cert, &etcd.ssl.tls_key) {
                     (Some(cert), Some(key)) => Some((
                         read("etcd.ssl.tlsCert", cert)?,
-                        SecretBytes(read("etcd.ssl.tlsKey", key)?),
+                        read("etcd.ssl.tlsKey", key)?,
                     )),
                     _ => None,
                 };
-                Some(EtcdPem {
+                Some(EtcdTls {
                     ca_pem,
                     client_cert_key_pem,
                 })
             }
         };
-        let auth = match etcd.auth.enabled {
-            true => etcd.auth.user_name.clone().zip(etcd.auth.password.clone()),
-            false => None,
+        let auth = match (etcd.auth.enabled, &etcd.auth.user_name, &etcd.auth.password) {
+            (true, Some(user), Some(password)) => Some((user.clone(), password.expose().into())),
+            _ => None,
         };
-        Ok(StoreConfig::Etcd {
+        Ok(StoreConfig::Etcd(EtcdOptions {
             endpoints: etcd.endpoints.0.clone(),
             auth,
             tls,
             request_timeout: Duration::from_millis(self.credstore.etcd_timeout_ms),
-        })
+        }))
     }
 
     /// `common.security.defaultRootPassword`, checked against the password rules.
@@ -787,38 +811,13 @@ pub struct HashPoolConfig {
     pub niceness: i32,
 }
 
-/// The store to open.
+/// The store to open. `Debug` shows no secret (`EtcdOptions` redacts them).
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
     /// A redb file for a single process.
     Embedded { path: PathBuf },
-    /// An etcd cluster.
-    Etcd {
-        endpoints: Vec<String>,
-        /// etcd's own authentication: user and password.
-        auth: Option<(String, Secret)>,
-        tls: Option<EtcdPem>,
-        /// Deadline of each etcd request.
-        request_timeout: Duration,
-    },
-}
-
-/// PEM contents for etcd over TLS: the CA certificate, and a client certificate and key for
-/// mutual TLS.
-#[derive(Clone, Debug)]
-pub struct EtcdPem {
-    pub ca_pem: Vec<u8>,
-    pub client_cert_key_pem: Option<(Vec<u8>, SecretBytes)>,
-}
-
-/// Secret bytes (a private key): `Debug` prints only their length.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretBytes(pub Vec<u8>);
-
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<redacted {} bytes>", self.0.len())
-    }
+    /// An etcd cluster: endpoints, etcd's own authentication, TLS files read, request deadline.
+    Etcd(EtcdOptions),
 }
 
 /// The YAML text of the file at `path` as a JSON tree; an empty file is an empty map.
@@ -1179,17 +1178,14 @@ mod tests {
                 assert!(!shown.contains(secret), "{secret} shown in {shown}");
             }
         }
-        let StoreConfig::Etcd { auth, tls, .. } = store else {
+        let StoreConfig::Etcd(options) = store else {
             panic!("etcd configured");
         };
-        assert_eq!(
-            auth.map(|(u, p)| (u, p.expose().to_string())),
-            Some(("u".into(), "etcd-secret-pw".into()))
-        );
-        let tls = tls.expect("TLS configured");
+        assert_eq!(options.auth, Some(("u".into(), "etcd-secret-pw".into())));
+        let tls = options.tls.expect("TLS configured");
         assert_eq!(tls.ca_pem, b"CA-PEM");
         assert_eq!(
-            tls.client_cert_key_pem.map(|(_, key)| key.0),
+            tls.client_cert_key_pem.map(|(_, key)| key),
             Some(b"PRIVATE-KEY-PEM".to_vec())
         );
     }
@@ -1213,6 +1209,18 @@ mod tests {
         );
         assert_eq!(config.cache_ttl(), Some(Duration::from_secs(30)));
         assert_eq!(config.session_ttl(), Duration::from_secs(4));
+        let auth = config.authenticator();
+        assert!(auth.enabled);
+        assert_eq!(auth.super_users, Vec::<String>::new());
+        assert_eq!(auth.limits, Limits::default());
+        assert_eq!(auth.cache_capacity, 100_000);
+        assert_eq!(auth.cache_ttl, Some(Duration::from_secs(30)));
+        let address = "127.0.0.1:19530".parse().unwrap();
+        let coherence = config.coherence("r-1".into(), address);
+        assert_eq!(coherence.replica_id, "r-1");
+        assert_eq!(coherence.address, "127.0.0.1:19530");
+        assert_eq!(coherence.session_ttl, Duration::from_secs(4));
+        assert_eq!(coherence.ack_timeout, config.ack_timeout());
         assert_eq!(Config::default().cache_ttl(), None);
         assert!(Config::default().hash_pool().concurrent >= 1);
         let StoreConfig::Embedded { path } = Config::default().store().unwrap() else {
@@ -1223,6 +1231,50 @@ mod tests {
         assert_eq!(
             load("", &env).unwrap().credstore.password.algorithm,
             HashAlgorithm::Bcrypt
+        );
+    }
+
+    #[test]
+    fn hash_parameters_credstore_could_not_read_back_are_refused() {
+        let (m, t, p) = MAX_STORED_ARGON2;
+        let argon2 = |m: u32, t: u32, p: u32| {
+            format!(
+                "credstore:\n  password:\n    argon2: {{memoryKiB: {m}, iterations: {t}, parallelism: {p}}}\n"
+            )
+        };
+        assert!(
+            load(&argon2(m, t, p), &[]).is_ok(),
+            "the largest readable is accepted"
+        );
+        check_error(
+            &argon2(m + 1, t, p),
+            &[],
+            "credstore.password.argon2.memoryKiB",
+        );
+        check_error(
+            &argon2(m, t + 1, p),
+            &[],
+            "credstore.password.argon2.iterations",
+        );
+        check_error(
+            &argon2(m, t, p + 1),
+            &[],
+            "credstore.password.argon2.parallelism",
+        );
+        check_error(
+            "credstore:\n  password: {algorithm: bcrypt, bcryptCost: 32}\n",
+            &[],
+            "credstore.password.bcryptCost",
+        );
+        let defaults = Config::default().credstore.password;
+        assert_eq!(defaults.bcrypt_cost, MIN_BCRYPT_COST);
+        assert_eq!(
+            (
+                defaults.argon2.memory_kib,
+                defaults.argon2.iterations,
+                defaults.argon2.parallelism
+            ),
+            MIN_ARGON2
         );
     }
 

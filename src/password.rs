@@ -19,8 +19,21 @@ use std::fmt;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use zeroize::Zeroize;
 
+/// OWASP's first recommendation for argon2id, (memory KiB, iterations, lanes): the default
+/// scheme and the weakest one credstore writes without `allowWeakParameters`. The one place
+/// this number lives ([`HashScheme::default`], [`HashScheme::check_strength`],
+/// [`HashError::TooWeak`] and `config` read it).
+pub const MIN_ARGON2: (u32, u32, u32) = (19_456, 2, 1);
+
+/// OWASP's minimum bcrypt cost (also Go's `bcrypt.DefaultCost`, which Milvus writes).
+pub const MIN_BCRYPT_COST: u32 = 10;
+
+/// The largest bcrypt cost a hash may carry (bcrypt's own limit).
+pub const MAX_BCRYPT_COST: u32 = 31;
+
 /// The largest argon2id parameters a stored hash may carry: (memory KiB, iterations, lanes) —
-/// far above any configuration (OWASP's is 19456 KiB, 2, 1), far below a denial of service.
+/// far above any configuration (OWASP's is [`MIN_ARGON2`]), far below a denial of service.
+/// `config` refuses to write above it, so every hash credstore writes can be read back.
 pub const MAX_STORED_ARGON2: (u32, u32, u32) = (1 << 20, 64, 16);
 
 /// The most bytes bcrypt reads from a password; Go's bcrypt refuses longer ones.
@@ -213,7 +226,7 @@ fn is_bcrypt(raw: &str) -> bool {
     bytes.len() == 60
         && ["$2a$", "$2b$", "$2y$"].iter().any(|p| raw.starts_with(p))
         && bytes[6] == b'$'
-        && bcrypt_cost(raw).is_some_and(|cost| (4..=31).contains(&cost))
+        && bcrypt_cost(raw).is_some_and(|cost| (4..=MAX_BCRYPT_COST).contains(&cost))
         && bytes[4..6].iter().all(u8::is_ascii_digit)
         && bytes[7..].iter().all(alphabet)
 }
@@ -225,7 +238,11 @@ pub enum HashError {
     #[error("password hashing failed: {0}")]
     Hashing(String),
     #[error(
-        "hash parameters {0} are weaker than the minimum (argon2id m=19456 KiB, t=2, p=1; bcrypt cost 10)"
+        "hash parameters {0} are weaker than the minimum (argon2id m={m} KiB, t={t}, p={p}; bcrypt cost {cost})",
+        m = MIN_ARGON2.0,
+        t = MIN_ARGON2.1,
+        p = MIN_ARGON2.2,
+        cost = MIN_BCRYPT_COST
     )]
     TooWeak(String),
     #[error("too many password hash computations are waiting; retry later")]
@@ -250,10 +267,11 @@ pub enum HashScheme {
 
 impl Default for HashScheme {
     fn default() -> Self {
+        let (memory_kib, iterations, parallelism) = MIN_ARGON2;
         HashScheme::Argon2id {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
+            memory_kib,
+            iterations,
+            parallelism,
         }
     }
 }
@@ -266,8 +284,11 @@ impl HashScheme {
                 memory_kib,
                 iterations,
                 parallelism,
-            } => *memory_kib >= 19_456 && *iterations >= 2 && *parallelism >= 1,
-            HashScheme::Bcrypt { cost } => *cost >= 10,
+            } => {
+                let (m, t, p) = MIN_ARGON2;
+                *memory_kib >= m && *iterations >= t && *parallelism >= p
+            }
+            HashScheme::Bcrypt { cost } => *cost >= MIN_BCRYPT_COST,
         };
         match strong || allow_weak {
             true => Ok(()),

@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::{AuthLayer, AuthStats, Authenticator, AuthenticatorConfig};
+use crate::auth::{AuthLayer, AuthStats, Authenticator};
 use crate::catalog::{Catalog, CatalogError};
-use crate::coherence::{Coherence, CoherenceConfig, CoherenceError, CoherenceTasks};
+use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
-use crate::meta::{EmbeddedKv, EtcdKv, EtcdOptions, EtcdTls, MetaError, Revision, Store};
+use crate::meta::{EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::password::{HashError, Hasher};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer};
@@ -80,20 +80,7 @@ impl State {
         if created {
             tracing::info!("created user root with common.security.defaultRootPassword");
         }
-        let auth_config = AuthenticatorConfig {
-            enabled: config.common.security.authorization_enabled,
-            super_users: config.common.security.super_users.0.clone(),
-            limits: config.limits(),
-            cache_capacity: config.credstore.cache.capacity,
-            cache_ttl: config.cache_ttl(),
-        };
-        let auth = Authenticator::new(auth_config, catalog.clone(), pool).await?;
-        let coherence_config = CoherenceConfig {
-            replica_id: replica_id(address),
-            address: address.to_string(),
-            session_ttl: config.session_ttl(),
-            ack_timeout: config.ack_timeout(),
-        };
+        let auth = Authenticator::new(config.authenticator(), catalog.clone(), pool).await?;
         let policies = Policies::new(
             catalog.clone(),
             config.builtin_groups()?,
@@ -103,7 +90,7 @@ impl State {
             catalog.clone(),
             auth.clone(),
             policies.clone(),
-            coherence_config,
+            config.coherence(replica_id(address), address),
         )
         .await?;
         let proxy =
@@ -126,22 +113,9 @@ async fn open_store(config: &Config) -> Result<Store, ServerError> {
             tracing::info!(path = %path.display(), "using the embedded store");
             Ok(Store::Embedded(EmbeddedKv::open(&path)?))
         }
-        StoreConfig::Etcd {
-            endpoints,
-            auth,
-            tls,
-            request_timeout,
-        } => {
+        StoreConfig::Etcd(options) => {
+            let endpoints = &options.endpoints;
             tracing::info!(?endpoints, root = %config.meta_root(), "connecting to etcd");
-            let options = EtcdOptions {
-                endpoints,
-                auth: auth.map(|(user, password)| (user, password.expose().to_string())),
-                tls: tls.map(|pem| EtcdTls {
-                    ca_pem: pem.ca_pem,
-                    client_cert_key_pem: pem.client_cert_key_pem.map(|(cert, key)| (cert, key.0)),
-                }),
-                request_timeout,
-            };
             Ok(Store::Etcd(EtcdKv::connect(&options).await?))
         }
     }

@@ -9,19 +9,11 @@ use std::time::Duration;
 use credstore::auth::{AuthError, Authenticator, AuthenticatorConfig};
 use credstore::catalog::{Catalog, CatalogError, RoleName};
 use credstore::hash_pool::HashPool;
-use credstore::meta::{EtcdKv, EtcdOptions, MetaKv, Op, Store, Txn};
+use credstore::meta::{MetaKv, Op, Txn};
 use credstore::password::{HashScheme, Hasher, Limits, Password, PasswordHash, Username};
 
-async fn catalog(endpoint: &str, root: &str) -> Catalog {
-    let options = EtcdOptions {
-        endpoints: vec![endpoint.to_string()],
-        request_timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    Catalog::new(
-        Store::Etcd(EtcdKv::connect(&options).await.expect("etcd connects")),
-        &format!("{root}/meta"),
-    )
+async fn catalog(etcd: &common::Etcd, root: &str) -> Catalog {
+    Catalog::new(etcd.store().await, &format!("{root}/meta"))
 }
 
 fn pool() -> HashPool {
@@ -52,7 +44,7 @@ async fn users_live_under_milvus_keys_as_json() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("layout");
-    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let catalog = catalog(&etcd, &root).await;
     let pool = pool();
     catalog
         .create_user(
@@ -89,7 +81,7 @@ async fn users_live_under_milvus_keys_as_json() {
 async fn concurrent_creates_have_one_winner() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
-    let catalog = catalog(&etcd.endpoint(), &common::unique_root("race")).await;
+    let catalog = catalog(&etcd, &common::unique_root("race")).await;
     let hash = hash(&pool(), "password1").await;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -113,7 +105,7 @@ async fn concurrent_creates_have_one_winner() {
 async fn a_lost_compare_and_swap_is_reported_not_applied() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
-    let catalog = catalog(&etcd.endpoint(), &common::unique_root("cas")).await;
+    let catalog = catalog(&etcd, &common::unique_root("cas")).await;
     let pool = pool();
     catalog
         .create_user(&name("carol"), &hash(&pool, "password1").await, None)
@@ -155,7 +147,7 @@ async fn delete_removes_role_mappings_in_the_same_transaction() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("del");
-    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let catalog = catalog(&etcd, &root).await;
     catalog.ensure_default_roles().await.unwrap();
     let admin = RoleName::parse("admin").unwrap();
     catalog
@@ -194,7 +186,7 @@ async fn delete_removes_role_mappings_in_the_same_transaction() {
 async fn root_is_created_once_and_never_overwritten() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
-    let catalog = catalog(&etcd.endpoint(), &common::unique_root("root")).await;
+    let catalog = catalog(&etcd, &common::unique_root("root")).await;
     let pool = pool();
     // A hashing failure is reported as it is, and nothing is stored.
     let failed = catalog
@@ -240,7 +232,7 @@ async fn restarting_etcd_loses_nothing() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let mut etcd = common::Etcd::start();
     let root = common::unique_root("restart");
-    let catalog_before = catalog(&etcd.endpoint(), &root).await;
+    let catalog_before = catalog(&etcd, &root).await;
     for user in ["u1", "u2", "u3"] {
         catalog_before
             .create_user(&name(user), &hash(&pool(), "password1").await, None)
@@ -249,7 +241,7 @@ async fn restarting_etcd_loses_nothing() {
     }
     etcd.restart();
     etcd.wait_healthy();
-    let catalog_after = catalog(&etcd.endpoint(), &root).await;
+    let catalog_after = catalog(&etcd, &root).await;
     assert_eq!(
         catalog_after.list_users().await.unwrap(),
         ["u1", "u2", "u3"]
@@ -280,7 +272,7 @@ async fn no_value_in_etcd_holds_a_plaintext_password() {
             .await
             .unwrap();
     }
-    let everything = catalog(&etcd.endpoint(), &root)
+    let everything = catalog(&etcd, &root)
         .await
         .store()
         .list("")
@@ -310,7 +302,7 @@ async fn milvus_bcrypt_hash_verifies_and_is_rehashed_to_argon2id() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let etcd = common::Etcd::start();
     let root = common::unique_root("bcrypt");
-    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let catalog = catalog(&etcd, &root).await;
     // Written the way Milvus writes it: Go's bcrypt, cost 10, `$2a$`, JSON with time_tick.
     let legacy = bcrypt::hash_with_result("legacy-pass", 10)
         .unwrap()
@@ -368,7 +360,7 @@ async fn memberships(catalog: &Catalog, root: &str, role: &str) -> Vec<String> {
 async fn dropping_a_role_held_by_more_than_a_transaction_of_users_works() {
     let etcd = common::Etcd::start();
     let root = common::unique_root("bigrole");
-    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let catalog = catalog(&etcd, &root).await;
     let body = async {
         let role = RoleName::parse("crowd").unwrap();
         catalog.create_role(&role).await.unwrap();
@@ -408,7 +400,7 @@ async fn dropping_a_role_held_by_more_than_a_transaction_of_users_works() {
 async fn grants_racing_drop_role_leave_no_orphan_membership() {
     let etcd = common::Etcd::start();
     let root = common::unique_root("race");
-    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let catalog = catalog(&etcd, &root).await;
     let body = async {
         let hash = hash(&pool(), "password1").await;
         let users: Vec<Username> = (0..16).map(|i| name(&format!("racer{i}"))).collect();
@@ -462,7 +454,7 @@ async fn grants_racing_drop_role_leave_no_orphan_membership() {
 async fn membership_changes_that_change_nothing_write_nothing() {
     let etcd = common::Etcd::start();
     let root = common::unique_root("noop");
-    let catalog = catalog(&etcd.endpoint(), &root).await;
+    let catalog = catalog(&etcd, &root).await;
     let body = async {
         let role = RoleName::parse("reader").unwrap();
         catalog.create_role(&role).await.unwrap();

@@ -7,18 +7,12 @@ mod common;
 use std::time::Duration;
 
 use credstore::catalog::{Catalog, CatalogError, GrantTarget, RoleName, grantee_id};
-use credstore::meta::{EtcdKv, EtcdOptions, MetaKv, Op, Store, Txn};
+use credstore::meta::{MetaKv, Op, Txn};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 async fn catalog(etcd: &common::Etcd, root: &str) -> Catalog {
-    let options = EtcdOptions {
-        endpoints: vec![format!("127.0.0.1:{}", etcd.client_port)],
-        request_timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    let kv = EtcdKv::connect(&options).await.expect("etcd connects");
-    Catalog::new(Store::Etcd(kv), &format!("{root}/meta"))
+    Catalog::new(etcd.store().await, &format!("{root}/meta"))
 }
 
 fn target(object: &str, db: &str, name: &str) -> GrantTarget {

@@ -682,10 +682,8 @@ async fn methods_credstore_does_not_serve_are_unimplemented() {
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/milvus.proto.milvus.MilvusService/HasCollection",
     );
-    let mut request = tonic::Request::new(GetVersionRequest {});
-    request
-        .metadata_mut()
-        .insert("authorization", common::b64("root:Milvus").parse().unwrap());
+    let request = credstore::client::Authorization::credentials("root", "Milvus")
+        .apply(tonic::Request::new(GetVersionRequest {}));
     let codec = tonic_prost::ProstCodec::<GetVersionRequest, GetVersionResponse>::default();
     let err = grpc.unary(request, path, codec).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
@@ -787,12 +785,7 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
     assert!(login_works(&server.uri, "tina", "password1").await);
     server.shutdown().await;
     // The user really is in that etcd (read over its plain listener).
-    let options = credstore::meta::EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
-        request_timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    let kv = credstore::meta::EtcdKv::connect(&options).await.unwrap();
+    let kv = etcd.kv().await;
     let key = format!("{root}/meta/root-coord/credential/users/tina");
     assert!(
         credstore::meta::MetaKv::get(&kv, &key)

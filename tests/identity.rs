@@ -7,15 +7,14 @@
 
 mod common;
 
+use common::{Login, Probe};
+
 use std::time::Duration;
 
 use credstore::proto::common::Status;
-use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
 use credstore::proto::milvus::{
-    CreateCredentialRequest, DeleteCredentialRequest, GetVersionRequest, UpdateCredentialRequest,
+    CreateCredentialRequest, DeleteCredentialRequest, UpdateCredentialRequest,
 };
-use tonic::Code;
-use tonic::transport::Channel;
 
 /// Spellings of `alice` that must never authenticate as (or instead of) alice.
 const VARIANTS: [&str; 8] = [
@@ -31,46 +30,6 @@ const VARIANTS: [&str; 8] = [
 
 /// The whole test may take this long; a hung RPC fails it instead of holding CI.
 const LIMIT: Duration = Duration::from_secs(180);
-
-#[derive(Debug, PartialEq, Eq)]
-enum Login {
-    Accepted,
-    Rejected,
-    Other(String),
-}
-
-/// One connection to a replica; each login sends its own header.
-struct Probe {
-    name: &'static str,
-    channel: Channel,
-}
-
-impl Probe {
-    async fn connect(name: &'static str, replica: &common::Replica) -> Probe {
-        let channel = Channel::from_shared(replica.uri())
-            .expect("a valid URI")
-            .connect()
-            .await
-            .expect("replica reachable");
-        Probe { name, channel }
-    }
-
-    async fn login(&self, user: &str, password: &str) -> Login {
-        let mut request = tonic::Request::new(GetVersionRequest {});
-        let header = common::b64(&format!("{user}:{password}"))
-            .parse()
-            .expect("base64 is ASCII");
-        request.metadata_mut().insert("authorization", header);
-        match MilvusServiceClient::new(self.channel.clone())
-            .get_version(request)
-            .await
-        {
-            Ok(_) => Login::Accepted,
-            Err(status) if status.code() == Code::Unauthenticated => Login::Rejected,
-            Err(status) => Login::Other(format!("{:?}: {}", status.code(), status.message())),
-        }
-    }
-}
 
 fn assert_ok(reply: Result<tonic::Response<Status>, tonic::Status>, what: &str) {
     let status = reply.unwrap_or_else(|e| panic!("{what}: {e}")).into_inner();

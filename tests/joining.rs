@@ -11,27 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use credstore::proto::common::Status;
-use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
-use credstore::proto::milvus::{
-    CreateCredentialRequest, GetVersionRequest, UpdateCredentialRequest,
-};
+use credstore::proto::milvus::{CreateCredentialRequest, UpdateCredentialRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-async fn login(channel: &Channel, user: &str, password: &str) -> Result<(), Code> {
-    let mut request = tonic::Request::new(GetVersionRequest {});
-    let header = common::b64(&format!("{user}:{password}"))
-        .parse()
-        .expect("base64 is ASCII");
-    request.metadata_mut().insert("authorization", header);
-    MilvusServiceClient::new(channel.clone())
-        .get_version(request)
-        .await
-        .map(|_| ())
-        .map_err(|status| status.code())
-}
 
 fn succeeded(status: &Status) -> bool {
     status.code == 0 && status.error_code == 0
@@ -87,7 +71,7 @@ async fn joining() {
                 assert!(succeeded(&reply), "change {rounds}: {reply:?}");
                 let probes = joined.lock().unwrap().clone();
                 for (name, channel) in &probes {
-                    match login(channel, "jo", &old).await {
+                    match common::login(channel, "jo", &old).await {
                         Ok(()) => {
                             stale.push(format!("change {rounds}: {name} accepted the old password"))
                         }
@@ -97,7 +81,7 @@ async fn joining() {
                         }
                     }
                     // Caches the new password, so the next change has something to invalidate.
-                    let _ = login(channel, "jo", &new).await;
+                    let _ = common::login(channel, "jo", &new).await;
                 }
                 old = new;
                 if *done_rx.borrow_and_update() {
@@ -117,11 +101,7 @@ async fn joining() {
         let replica = tokio::task::spawn_blocking(move || common::Replica::start(&config))
             .await
             .expect("replica starts");
-        let channel = Channel::from_shared(replica.uri())
-            .unwrap()
-            .connect()
-            .await
-            .expect("replica reachable");
+        let channel = common::channel(&replica.uri()).await;
         joined
             .lock()
             .unwrap()

@@ -8,19 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use credstore::meta::{
-    EmbeddedKv, EtcdKv, EtcdOptions, EventKind, Leases, MetaKv, Store, WatchMessage,
-};
+use credstore::meta::{EmbeddedKv, EventKind, Leases, MetaKv, Store, WatchMessage};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn etcd_store(etcd: &common::Etcd) -> Store {
-    let options = EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
-        request_timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    Store::Etcd(EtcdKv::connect(&options).await.expect("etcd connects"))
+    etcd.store().await
 }
 
 fn embedded_store(dir: &tempfile::TempDir) -> Store {

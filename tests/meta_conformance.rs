@@ -8,17 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use credstore::meta::{
-    Compare, EmbeddedKv, EtcdKv, EtcdOptions, EventKind, MetaKv, Op, Store, Txn, WatchMessage,
-};
+use credstore::meta::{Compare, EmbeddedKv, EventKind, MetaKv, Op, Store, Txn, WatchMessage};
 
 async fn etcd_store(etcd: &common::Etcd) -> Store {
-    let options = EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
-        request_timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    Store::Etcd(EtcdKv::connect(&options).await.expect("etcd connects"))
+    etcd.store().await
 }
 
 /// An etcd store whose listings read 3 keys per request, so that they span many pages.

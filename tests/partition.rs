@@ -13,40 +13,14 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use credstore::proto::common::Status;
-use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
-use credstore::proto::milvus::{
-    CreateCredentialRequest, GetVersionRequest, UpdateCredentialRequest,
-};
+use credstore::proto::milvus::{CreateCredentialRequest, UpdateCredentialRequest};
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Every test here ends within this, whatever hangs.
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// The session TTL the replicas run with (the default).
 const TTL: Duration = Duration::from_secs(10);
-
-/// GetVersion as `user`: Ok, or the gRPC code it failed with.
-async fn login(channel: &Channel, user: &str, password: &str) -> Result<(), Code> {
-    let mut request = tonic::Request::new(GetVersionRequest {});
-    let header = common::b64(&format!("{user}:{password}"))
-        .parse()
-        .expect("base64 is ASCII");
-    request.metadata_mut().insert("authorization", header);
-    MilvusServiceClient::new(channel.clone())
-        .get_version(request)
-        .await
-        .map(|_| ())
-        .map_err(|status| status.code())
-}
-
-async fn channel(replica: &common::Replica) -> Channel {
-    Channel::from_shared(replica.uri())
-        .expect("a valid URI")
-        .connect()
-        .await
-        .expect("replica reachable")
-}
 
 async fn create(admin: &mut common::Client, user: &str, password: &str) -> Status {
     admin
@@ -100,12 +74,19 @@ async fn partitioned_replica() {
     let a = start(common::config_yaml(&etcd.endpoint(), &root, ""));
     let b = start(common::config_yaml(&proxy.endpoint(), &root, ""));
     let mut admin = common::client(&a.uri(), "root", "Milvus").await;
-    let (ca, cb) = (channel(&a).await, channel(&b).await);
+    let (ca, cb) = (
+        common::channel(&a.uri()).await,
+        common::channel(&b.uri()).await,
+    );
     assert_ok(&create(&mut admin, "pat", "pat-old").await, "create pat");
     assert_ok(&create(&mut admin, "una", "una-pw").await, "create una");
     for (user, password) in [("pat", "pat-old"), ("una", "una-pw")] {
         for _ in 0..2 {
-            assert_eq!(login(&cb, user, password).await, Ok(()), "{user} warm on B");
+            assert_eq!(
+                common::login(&cb, user, password).await,
+                Ok(()),
+                "{user} warm on B"
+            );
         }
     }
 
@@ -121,44 +102,44 @@ async fn partitioned_replica() {
     );
     // Right after the acknowledgement: B refuses the old password (it stopped trusting its
     // cache before its lease could expire), and refuses even an unchanged cached user.
-    let old_on_b = login(&cb, "pat", "pat-old").await;
+    let old_on_b = common::login(&cb, "pat", "pat-old").await;
     assert!(
         old_on_b.is_err(),
         "B accepted the old password after the ack"
     );
     assert_eq!(
-        login(&cb, "una", "una-pw").await,
+        common::login(&cb, "una", "una-pw").await,
         Err(Code::Unavailable),
         "B past its trust deadline answers UNAVAILABLE for an unchanged cached user"
     );
     assert_eq!(
-        login(&ca, "pat", "pat-old").await,
+        common::login(&ca, "pat", "pat-old").await,
         Err(Code::Unauthenticated)
     );
-    assert_eq!(login(&ca, "pat", "pat-new").await, Ok(()));
+    assert_eq!(common::login(&ca, "pat", "pat-new").await, Ok(()));
 
     proxy.heal();
     common::eventually(
         "B accepts the new password after the partition heals",
         async || {
-            let old = login(&cb, "pat", "pat-old").await;
+            let old = common::login(&cb, "pat", "pat-old").await;
             assert!(old.is_err(), "B accepted the old password after healing");
-            login(&cb, "pat", "pat-new").await.is_ok()
+            common::login(&cb, "pat", "pat-new").await.is_ok()
         },
     )
     .await;
     assert_eq!(
-        login(&cb, "pat", "pat-old").await,
+        common::login(&cb, "pat", "pat-old").await,
         Err(Code::Unauthenticated)
     );
-    assert_eq!(login(&cb, "una", "una-pw").await, Ok(()));
+    assert_eq!(common::login(&cb, "una", "una-pw").await, Ok(()));
     // B counts again: the next change waits for it and B refuses at once.
     assert_ok(
         &change(&mut admin, "pat", "pat-new", "pat-newer").await,
         "change via A after B re-joined",
     );
     assert_eq!(
-        login(&cb, "pat", "pat-new").await,
+        common::login(&cb, "pat", "pat-new").await,
         Err(Code::Unauthenticated)
     );
 }
@@ -229,13 +210,17 @@ async fn silent_watch() {
         "  session:\n    ttlSeconds: 60\n",
     ));
     let mut admin = common::client(&a.uri(), "root", "Milvus").await;
-    let cb = channel(&b).await;
+    let cb = common::channel(&b.uri()).await;
     assert_ok(
         &create(&mut admin, "quinn", "quinn-pw").await,
         "create quinn",
     );
     for _ in 0..2 {
-        assert_eq!(login(&cb, "quinn", "quinn-pw").await, Ok(()), "warm on B");
+        assert_eq!(
+            common::login(&cb, "quinn", "quinn-pw").await,
+            Ok(()),
+            "warm on B"
+        );
     }
 
     proxy.partition();
@@ -243,7 +228,7 @@ async fn silent_watch() {
     // The watch answers progress requests every 2 s; three missed answers stop trust.
     let bound = Duration::from_secs(15);
     loop {
-        match login(&cb, "quinn", "quinn-pw").await {
+        match common::login(&cb, "quinn", "quinn-pw").await {
             Err(Code::Unavailable) => break,
             Ok(()) => assert!(
                 cut.elapsed() < bound,
@@ -260,7 +245,7 @@ async fn silent_watch() {
     );
     proxy.heal();
     common::eventually("B serves again once its watch answers", async || {
-        login(&cb, "quinn", "quinn-pw").await.is_ok()
+        common::login(&cb, "quinn", "quinn-pw").await.is_ok()
     })
     .await;
 }

@@ -9,6 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use credstore::client::Authorization;
 use credstore::config::{Config, Overrides};
 use credstore::proto::milvus::CreateCredentialRequest;
 use credstore::proxy::RawCodec;
@@ -233,6 +234,21 @@ async fn start_credstore_with(
     }
 }
 
+/// Creates user bob (password `password1`, no role) as root.
+async fn create_bob(uri: &str) {
+    let mut root = common::client(uri, "root", "Milvus").await;
+    let created = root
+        .create_credential(CreateCredentialRequest {
+            username: "bob".into(),
+            password: common::b64("password1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.code, 0, "{created:?}");
+}
+
 /// Calls `method` through credstore with raw bytes, as `user:password` and `dbname`.
 async fn call(
     uri: &str,
@@ -249,9 +265,10 @@ async fn call(
         .unwrap();
     let mut client = tonic::client::Grpc::new(channel);
     client.ready().await.unwrap();
-    let mut request = Request::new(Bytes::from(body));
+    let (user, password) = credentials.split_once(':').expect("user:password");
+    let mut request =
+        Authorization::credentials(user, password).apply(Request::new(Bytes::from(body)));
     let metadata = request.metadata_mut();
-    metadata.insert("authorization", common::b64(credentials).parse().unwrap());
     metadata.insert("dbname", db.parse().unwrap());
     metadata.insert("x-client", "kept".parse().unwrap());
     if let Some(timeout) = timeout {
@@ -378,17 +395,7 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
         .unwrap_err();
     assert_eq!(garbled.code(), Code::InvalidArgument, "{garbled:?}");
 
-    let mut root = common::client(uri, "root", "Milvus").await;
-    let created = root
-        .create_credential(CreateCredentialRequest {
-            username: "bob".into(),
-            password: common::b64("password1"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.code, 0, "{created:?}");
+    create_bob(uri).await;
     let denied = call(uri, "Insert", insert_body(0), "bob:password1", "db7", None)
         .await
         .unwrap_err();
@@ -489,17 +496,7 @@ async fn a_policy_that_cannot_be_loaded_is_unavailable() {
         .set("credstore.etcdTimeoutMs", 2000);
     let credstore = start_credstore_with(&running, "", base, tempfile::tempdir().unwrap()).await;
     let uri = &credstore.uri;
-    let mut root = common::client(uri, "root", "Milvus").await;
-    let created = root
-        .create_credential(CreateCredentialRequest {
-            username: "bob".into(),
-            password: common::b64("password1"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.code, 0, "{created:?}");
+    create_bob(uri).await;
     // bob's password is verified (and cached) by a call that reads no policy: an unknown
     // method is refused before authorization.
     let unknown = call(uri, "NoSuchMethod", Vec::new(), "bob:password1", "", None)

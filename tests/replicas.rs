@@ -14,69 +14,17 @@
 mod common;
 
 use common::proxy::Proxy;
+use common::{Login, Probe};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use credstore::proto::common::Status;
-use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
 use credstore::proto::milvus::{
-    CreateCredentialRequest, DeleteCredentialRequest, GetVersionRequest, ListCredUsersRequest,
-    UpdateCredentialRequest,
+    CreateCredentialRequest, DeleteCredentialRequest, ListCredUsersRequest, UpdateCredentialRequest,
 };
 use tonic::Code;
-use tonic::transport::Channel;
-
-/// What one authenticated request got back.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Login {
-    Accepted,
-    /// UNAUTHENTICATED: the replica says user or password is wrong.
-    Rejected,
-    /// UNAVAILABLE: the replica will not answer now (re-syncing, etcd away); clients retry.
-    Unavailable,
-    Other(String),
-}
-
-/// One connection to a replica that can send anybody's credentials (a header per request), so
-/// a check costs one request and no new connection.
-#[derive(Clone)]
-struct Probe {
-    name: &'static str,
-    channel: Channel,
-}
-
-impl Probe {
-    async fn connect(name: &'static str, replica: &common::Replica) -> Probe {
-        let channel = Channel::from_shared(replica.uri())
-            .expect("a valid URI")
-            .connect()
-            .await
-            .expect("replica reachable");
-        Probe { name, channel }
-    }
-
-    /// GetVersion, the cheapest authenticated call.
-    async fn login(&self, user: &str, password: &str) -> Login {
-        let mut request = tonic::Request::new(GetVersionRequest {});
-        let header = common::b64(&format!("{user}:{password}"))
-            .parse()
-            .expect("base64 is ASCII");
-        request.metadata_mut().insert("authorization", header);
-        match MilvusServiceClient::new(self.channel.clone())
-            .get_version(request)
-            .await
-        {
-            Ok(_) => Login::Accepted,
-            Err(status) => match status.code() {
-                Code::Unauthenticated => Login::Rejected,
-                Code::Unavailable => Login::Unavailable,
-                code => Login::Other(format!("{code:?}: {}", status.message())),
-            },
-        }
-    }
-}
 
 /// root's client on one replica, for the writes.
 struct Admin(common::Client);

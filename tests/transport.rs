@@ -13,7 +13,6 @@ use credstore::proto::milvus::GetVersionRequest;
 use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
 use credstore::server::{self, MAX_STREAMS_PER_CONNECTION, State};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -48,26 +47,13 @@ async fn many_streams_on_one_connection() {
     ));
 
     // One channel is one HTTP/2 connection.
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("server reachable");
+    let channel = common::channel(&format!("http://{address}")).await;
     let requests = 3 * MAX_STREAMS_PER_CONNECTION as usize - 20;
     let started = Instant::now();
     let calls: Vec<_> = (0..requests)
         .map(|_| {
             let channel = channel.clone();
-            tokio::spawn(async move {
-                let mut request = tonic::Request::new(GetVersionRequest {});
-                let header = common::b64("nobody:wrong-password").parse().unwrap();
-                request.metadata_mut().insert("authorization", header);
-                MilvusServiceClient::new(channel)
-                    .get_version(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(|status| status.code())
-            })
+            tokio::spawn(async move { common::login(&channel, "nobody", "wrong-password").await })
         })
         .collect();
     let mut answers = Vec::new();
@@ -96,18 +82,13 @@ async fn many_streams_on_one_connection() {
     );
 
     // A header block over MAX_HEADER_LIST_BYTES is refused before any handler runs.
-    let mut request = tonic::Request::new(GetVersionRequest {});
-    let header = common::b64("nobody:wrong-password").parse().unwrap();
-    request.metadata_mut().insert("authorization", header);
+    let mut request = credstore::client::Authorization::credentials("nobody", "wrong-password")
+        .apply(tonic::Request::new(GetVersionRequest {}));
     let big = "x".repeat(2 * server::MAX_HEADER_LIST_BYTES as usize);
     request
         .metadata_mut()
         .insert("x-padding", big.parse().unwrap());
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("server reachable");
+    let channel = common::channel(&format!("http://{address}")).await;
     let refused = MilvusServiceClient::new(channel)
         .get_version(request)
         .await

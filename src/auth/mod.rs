@@ -21,11 +21,26 @@ mod layer;
 use base64::Engine;
 use zeroize::Zeroize;
 
-use crate::password::{Limits, Username};
+use crate::password::{HashError, Limits, Username};
 
 pub use authenticator::{Authenticator, AuthenticatorConfig};
 pub use cache::{AuthStats, CredentialCache};
 pub use layer::{AuthLayer, AuthService};
+
+/// Who sent `request` (put there by [`AuthLayer`]; `None` if it did not pass through it) and
+/// the database it names in Milvus's `dbname` header (absent or empty: `default`). The
+/// service and the proxy tier both read a request's caller here.
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<(Authenticated, String)> {
+    let who = request.extensions().get::<Authenticated>().cloned()?;
+    let db = request
+        .metadata()
+        .get("dbname")
+        .and_then(|v| v.to_str().ok())
+        .filter(|d| !d.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    Some((who, db))
+}
 
 /// The identity a request was authenticated as. Only this module can create one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +92,8 @@ pub enum AuthError {
     ApiKey,
     #[error("auth check failure, please check username and password are correct")]
     Denied,
-    #[error("too many password verifications in progress; retry later")]
+    /// The hash pool's queue is full; the text is the pool's own (one busy condition, one text).
+    #[error("{}", HashError::Busy)]
     Busy,
     #[error("credential store unavailable: {0}")]
     Unavailable(String),

@@ -40,8 +40,8 @@ const FIRST_PAGE: usize = 1_000;
 /// How often a listing starts over when etcd compacted its revision between two pages.
 const LISTING_ATTEMPTS: usize = 3;
 
-/// How to reach etcd.
-#[derive(Clone, Debug, Default)]
+/// How to reach etcd. `Debug` never shows the password or the TLS key.
+#[derive(Clone, Default)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// etcd's own authentication (user, password).
@@ -52,10 +52,41 @@ pub struct EtcdOptions {
     pub request_timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
+/// PEM contents for etcd over TLS. `Debug` shows the sizes of the certificates, never the key.
+#[derive(Clone)]
 pub struct EtcdTls {
     pub ca_pem: Vec<u8>,
     pub client_cert_key_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field(
+                "auth",
+                &self.auth.as_ref().map(|(user, _)| (user, "<redacted>")),
+            )
+            .field("tls", &self.tls)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pem = |bytes: &Vec<u8>| format!("<{} bytes>", bytes.len());
+        f.debug_struct("EtcdTls")
+            .field("ca_pem", &pem(&self.ca_pem))
+            .field(
+                "client_cert_key_pem",
+                &self
+                    .client_cert_key_pem
+                    .as_ref()
+                    .map(|(cert, key)| (pem(cert), format!("<redacted {} bytes>", key.len()))),
+            )
+            .finish()
+    }
 }
 
 /// A cheap-to-clone handle on an etcd cluster.
@@ -519,6 +550,33 @@ impl EtcdKv {
                 Ok(())
             }
             Err(e) => Err(map_err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_the_password_nor_the_key() {
+        let options = EtcdOptions {
+            endpoints: vec!["e:2379".into()],
+            auth: Some(("etcd-user".into(), "etcd-secret-pw".into())),
+            tls: Some(EtcdTls {
+                ca_pem: b"CA-PEM".to_vec(),
+                client_cert_key_pem: Some((b"CERT-PEM".to_vec(), b"PRIVATE-KEY-PEM".to_vec())),
+            }),
+            request_timeout: Duration::from_secs(5),
+        };
+        for shown in [format!("{options:?}"), format!("{options:#?}")] {
+            for secret in ["etcd-secret-pw", "PRIVATE-KEY-PEM"] {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+            assert!(
+                shown.contains("etcd-user") && shown.contains("e:2379"),
+                "{shown}"
+            );
         }
     }
 }

@@ -17,7 +17,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tower::{Layer, Service};
 
-use crate::auth::Authenticated;
+use crate::auth;
 use crate::proxy::codec::RawCodec;
 use crate::proxy::forwarder::Forwarder;
 use crate::proxy::gate::Gate;
@@ -138,18 +138,8 @@ impl Service<Request<Bytes>> for Call {
         let proxy = self.proxy.clone();
         let method = self.method.clone();
         Box::pin(async move {
-            let caller = request
-                .extensions()
-                .get::<Authenticated>()
-                .cloned()
+            let (caller, db) = auth::caller(&request)
                 .ok_or_else(|| Status::unauthenticated("request is not authenticated"))?;
-            let db = request
-                .metadata()
-                .get("dbname")
-                .and_then(|v| v.to_str().ok())
-                .filter(|d| !d.is_empty())
-                .unwrap_or("default")
-                .to_string();
             proxy
                 .gate
                 .authorize(&caller, &method, &db, request.get_ref())

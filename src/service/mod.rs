@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use base64::Engine;
 use tonic::{Request, Response};
 
-use crate::auth::{Authenticated, Authenticator};
+use crate::auth::{self, Authenticated, Authenticator};
 use crate::catalog::{Catalog, ROOT_USER};
 use crate::coherence::Coherence;
 use crate::meta::Revision;
@@ -47,18 +47,7 @@ struct Caller {
 impl Caller {
     /// Splits a request into its caller and its body.
     fn of<T>(request: Request<T>) -> Result<(Caller, T), ServiceError> {
-        let who = request
-            .extensions()
-            .get::<Authenticated>()
-            .cloned()
-            .ok_or(ServiceError::Unauthenticated)?;
-        let db = request
-            .metadata()
-            .get("dbname")
-            .and_then(|v| v.to_str().ok())
-            .filter(|d| !d.is_empty())
-            .unwrap_or("default")
-            .to_string();
+        let (who, db) = auth::caller(&request).ok_or(ServiceError::Unauthenticated)?;
         Ok((Caller { who, db }, request.into_inner()))
     }
 

@@ -141,6 +141,24 @@ impl Etcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// A client of this member through `credstore::meta` (5 s per request), for tests that
+    /// drive the store or the catalog directly.
+    pub async fn kv(&self) -> credstore::meta::EtcdKv {
+        let options = credstore::meta::EtcdOptions {
+            endpoints: vec![self.endpoint()],
+            request_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        credstore::meta::EtcdKv::connect(&options)
+            .await
+            .expect("etcd connects")
+    }
+
+    /// [`Etcd::kv`] as a `Store`.
+    pub async fn store(&self) -> credstore::meta::Store {
+        credstore::meta::Store::Etcd(self.kv().await)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("etcd.log")
     }
