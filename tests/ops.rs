@@ -386,3 +386,134 @@ async fn rolling_restart_loses_no_call() {
     assert!(failures.is_empty(), "failed calls: {failures:#?}");
     assert!(served > 100, "the load ran: {served} calls");
 }
+
+/// Load behind a balancer that sends calls only to replicas whose gRPC health said SERVING
+/// (checked every 50 ms) and never retries: the drain alone must keep every call whole. With
+/// `drainMs: 0` a replica stops the moment it reports NOT_SERVING, and calls routed to it in
+/// between fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_behind_a_health_checking_balancer() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
+    let etcd = common::Etcd::start();
+    let yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root("balanced"))
+        .set("credstore.shutdown.drainMs", 1000)
+        .yaml();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let yaml = yaml.clone();
+        replicas.push(Some(
+            tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
+                .await
+                .unwrap(),
+        ));
+    }
+    // (uri, last health answer was SERVING)
+    let pool: Arc<Mutex<Vec<(String, bool)>>> = Arc::new(Mutex::new(
+        replicas
+            .iter()
+            .flatten()
+            .map(|r| (r.uri(), false))
+            .collect(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let uris: Vec<String> = pool
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                for uri in uris {
+                    let serving = matches!(
+                        tokio::time::timeout(Duration::from_millis(200), health(&uri, "")).await,
+                        Ok(Ok(status)) if status == ServingStatus::Serving as i32
+                    );
+                    for entry in pool.lock().unwrap().iter_mut() {
+                        if entry.0 == uri {
+                            entry.1 = serving;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let served = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for worker in 0..4u64 {
+        let (pool, stop, served, failures) =
+            (pool.clone(), stop.clone(), served.clone(), failures.clone());
+        clients.push(tokio::spawn(async move {
+            let mut cached: Vec<(String, LoadClient)> = Vec::new();
+            let mut n = worker;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let healthy: Vec<String> = pool
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, serving)| *serving)
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                let Some(uri) = healthy.get((n as usize) % healthy.len().max(1)).cloned() else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let mut client = match cached.iter().find(|(u, _)| *u == uri) {
+                    Some((_, client)) => client.clone(),
+                    None => {
+                        let client = lazy_client(&uri);
+                        cached.push((uri.clone(), client.clone()));
+                        client
+                    }
+                };
+                let mut request = tonic::Request::new(GetVersionRequest {});
+                request.set_timeout(Duration::from_secs(5));
+                match client.get_version(request).await {
+                    Ok(_) => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(status) => failures.lock().unwrap().push(format!(
+                        "{uri}: {:?} {}",
+                        status.code(),
+                        status.message()
+                    )),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+
+    for (i, slot) in replicas.iter_mut().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let replica = slot.take().unwrap();
+        let status = tokio::task::spawn_blocking(move || replica.stop())
+            .await
+            .unwrap();
+        assert!(status.success(), "replica {i} exits cleanly: {status:?}");
+        let yaml = yaml.clone();
+        let restarted = tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
+            .await
+            .unwrap();
+        pool.lock().unwrap()[i] = (restarted.uri(), false);
+        *slot = Some(restarted);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    checker.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    let served = served.load(Ordering::Relaxed);
+    eprintln!(
+        "balanced rolling restart: {served} calls served, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    assert!(served > 100, "the load ran: {served} calls");
+}
