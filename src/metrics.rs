@@ -133,6 +133,14 @@ impl Metrics {
         self.inner.hash_seconds.observe(took.as_secs_f64());
     }
 
+    /// What the hash pool calls with each job's duration. It holds only the histogram: the
+    /// whole `Metrics` reads the authenticator, which owns the pool, and that cycle would
+    /// keep the store (and an embedded store's file lock) alive after the server stops.
+    pub fn hash_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
+        let histogram = self.inner.hash_seconds.clone();
+        move |took| histogram.observe(took.as_secs_f64())
+    }
+
     /// The exposition text (OpenMetrics, which Prometheus reads), see [`Metrics::CONTENT_TYPE`].
     pub fn render(&self) -> String {
         let mut text = String::new();

@@ -327,9 +327,8 @@ pub async fn run(
     let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings);
     let readiness = Readiness::new(auth.clone());
     let metrics = Metrics::new(reading(auth.clone(), coherence.clone()));
-    let hashes = metrics.clone();
     auth.pool()
-        .observe_durations(Box::new(move |took| hashes.hash_took(took)));
+        .observe_durations(Box::new(metrics.hash_observer()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_listener = match http_listener(address, config.credstore.http.port).await {
         Ok(listener) => listener,
