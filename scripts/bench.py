@@ -69,7 +69,7 @@ class Server:
         path.write_text(
             f"etcd:\n  endpoints: \"{endpoint}\"\n  rootPath: {root}\n"
             f"common:\n  security:\n    authorizationEnabled: {'true' if auth else 'false'}\n"
-            f"credstore:\n{password}{extra}")
+            f"credstore:\n  http:\n    port: 0\n{password}{extra}")
         self.started = time.time()
         self.proc = subprocess.Popen([BIN, "serve", "--config", str(path), "--listen", "127.0.0.1:0"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

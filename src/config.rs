@@ -296,6 +296,10 @@ pub struct CredstoreConfig {
     pub failed_auth_delay_ms: u64,
     /// The Milvus that calls credstore does not own are forwarded to (the proxy tier).
     pub upstream: UpstreamConfig,
+    /// Metrics and health probes over HTTP.
+    pub http: HttpConfig,
+    /// How a replica stops (SIGTERM).
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -309,7 +313,37 @@ impl Default for CredstoreConfig {
             etcd_timeout_ms: 5_000,
             failed_auth_delay_ms: 250,
             upstream: UpstreamConfig::default(),
+            http: HttpConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct HttpConfig {
+    /// Port of the metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`), on the
+    /// gRPC listener's host; 0 serves none. 9091 is Milvus's own.
+    pub port: u16,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { port: 9091 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct ShutdownConfig {
+    /// On SIGTERM, how long the replica keeps serving while it reports NOT_SERVING (gRPC
+    /// health) and 503 (`/readyz`), so load balancers stop sending before it stops.
+    pub drain_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_ms: 2_000 }
     }
 }
 

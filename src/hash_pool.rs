@@ -75,7 +75,12 @@ struct Queue {
     admitted: AtomicU64,
     completed: AtomicU64,
     skipped: AtomicU64,
+    /// Told how long each computed job took (metrics); set at most once.
+    observer: std::sync::OnceLock<Observer>,
 }
+
+/// Called on a hashing thread with the duration of each computed job.
+pub type Observer = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 impl Queue {
     /// Nothing panics while holding the lock, but a poisoned queue is still a valid queue.
@@ -137,6 +142,7 @@ impl HashPool {
             admitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            observer: std::sync::OnceLock::new(),
         });
         for i in 0..concurrent {
             let shared = queue.clone();
@@ -164,6 +170,12 @@ impl HashPool {
     /// The most computations seen running at once (for status lines and benchmarks).
     pub fn peak_running(&self) -> usize {
         self.handle.queue.peak.load(Ordering::Relaxed)
+    }
+
+    /// Has `observer` told the duration of every job computed from now on (a second observer
+    /// is ignored: the pool has one set of metrics).
+    pub fn observe_durations(&self, observer: Observer) {
+        let _ = self.handle.queue.observer.set(observer);
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -275,7 +287,11 @@ fn worker(queue: &Queue, nice: i32) {
         let now = queue.running.fetch_add(1, Ordering::AcqRel) + 1;
         queue.peak.fetch_max(now, Ordering::Relaxed);
         let mut permit = Some(permit);
+        let started = std::time::Instant::now();
         task.run(&mut || {
+            if let Some(observe) = queue.observer.get() {
+                observe(started.elapsed());
+            }
             queue.running.fetch_sub(1, Ordering::AcqRel);
             queue.completed.fetch_add(1, Ordering::Relaxed);
             permit.take();

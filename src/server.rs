@@ -14,7 +14,9 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
+use crate::http::Readiness;
 use crate::meta::{EmbeddedKv, EtcdKv, MetaError, Revision, Store};
+use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer};
@@ -39,6 +41,14 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(
+        "cannot serve metrics and health on {address} (credstore.http.port; 0 turns it off): {source}"
+    )]
+    HttpListen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything a running replica holds.
@@ -180,6 +190,65 @@ async fn status_loop(auth: Authenticator, coherence: Coherence) {
     }
 }
 
+/// The metrics and health listener on the gRPC listener's host, unless `port` is 0.
+async fn http_listener(grpc: SocketAddr, port: u16) -> Result<Option<TcpListener>, ServerError> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let address = SocketAddr::new(grpc.ip(), port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::HttpListen { address, source })?;
+    let bound = listener.local_addr().unwrap_or(address);
+    tracing::info!("metrics and health on http://{bound} (/metrics, /healthz, /readyz)");
+    Ok(Some(listener))
+}
+
+/// What `/metrics` reads from the replica on each scrape.
+fn reading(auth: Authenticator, coherence: Coherence) -> crate::metrics::ReadFn {
+    Box::new(move || {
+        let cache = auth.stats();
+        let pool = auth.pool().stats();
+        Reading {
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_entries: cache.entries,
+            hashes_running: pool.running as u64,
+            hashes_queued: pool.queued as u64,
+            sessions_live: coherence.sessions().len() as u64,
+            applied_revision: coherence.applied(),
+            trusted: auth.is_trusted(),
+        }
+    })
+}
+
+/// Sets the gRPC health of the server ("") and of the Milvus service.
+async fn report_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic::server::NamedService;
+    let status = match serving {
+        true => tonic_health::ServingStatus::Serving,
+        false => tonic_health::ServingStatus::NotServing,
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(<MilvusServiceServer<Api> as NamedService>::NAME, status)
+        .await;
+}
+
+/// Keeps the gRPC health status in step with [`Readiness`] (trust can be lost and regained).
+async fn health_loop(reporter: tonic_health::server::HealthReporter, readiness: Readiness) {
+    let mut reported = None;
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        every.tick().await;
+        let ready = readiness.is_ready();
+        if reported != Some(ready) {
+            report_health(&reporter, ready).await;
+            reported = Some(ready);
+        }
+    }
+}
+
 /// Most requests one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 /// Clients queue further requests on their side, where their own deadline covers the wait.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
@@ -230,21 +299,70 @@ pub async fn run(
         max_roles: config.proxy.max_role_num,
     };
     let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings);
+    let readiness = Readiness::new(auth.clone());
+    let metrics = Metrics::new(reading(auth.clone(), coherence.clone()));
+    auth.pool()
+        .observe_durations(Box::new(metrics.hash_observer()));
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_listener = match http_listener(address, config.credstore.http.port).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            coherence_tasks.shutdown().await;
+            return Err(e);
+        }
+    };
+    let http = http_listener.map(|http_listener| {
+        tokio::spawn(crate::http::serve(
+            http_listener,
+            metrics.clone(),
+            readiness.clone(),
+            async move {
+                let _ = http_stopped.await;
+            },
+        ))
+    });
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    report_health(&reporter, readiness.is_ready()).await;
+    let health = tokio::spawn(health_loop(reporter.clone(), readiness.clone()));
+    // Logged once the HTTP port listens too: tests and scripts wait for this line.
     Snapshot::of(&auth, &coherence).log(&format!(
         "credstore ready on {address} (authorization {})",
         config.common.security.authorization_enabled
     ));
     let status = tokio::spawn(status_loop(auth.clone(), coherence.clone()));
+    let drain = Duration::from_millis(config.credstore.shutdown.drain_ms);
+    let draining = readiness.clone();
+    // On the shutdown signal: report not ready at once, keep serving for the drain period
+    // (balancers and clients move away), then let tonic finish the calls in flight.
+    let stopping = async move {
+        shutdown.await;
+        draining.start_draining();
+        report_health(&reporter, false).await;
+        if !drain.is_zero() {
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "draining: reporting not ready, still serving"
+            );
+            tokio::time::sleep(drain).await;
+        }
+    };
     let served = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .timeout(REQUEST_TIMEOUT)
-        .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()))
+        .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()).with_metrics(metrics))
+        // Outside the proxy, and let through the auth layer without credentials.
+        .add_service(health_service)
         // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
         .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), stopping)
         .await;
     status.abort();
+    health.abort();
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     Snapshot::of(&auth, &coherence).log("stopped serving; ending the session");
     coherence_tasks.shutdown().await;
     served?;

@@ -25,8 +25,11 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let config =
+        let mut config =
             Config::load(Some(&path), [], &Overrides::default()).expect("test config is valid");
+        // In-process servers run side by side: none opens the metrics port or drains.
+        config.credstore.http.port = 0;
+        config.credstore.shutdown.drain_ms = 0;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let state = State::build(config, address)

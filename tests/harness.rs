@@ -25,7 +25,7 @@ fn load(yaml: &str) -> Config {
 fn old_template(endpoints: &str, root: &str, extra: &str) -> String {
     format!(
         "etcd:\n  endpoints: \"{endpoints}\"\n  rootPath: {root}\ncommon:\n  security:\n    superUsers: root, foo\n\
-credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1, parallelism: 1}}\n{extra}"
+credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1, parallelism: 1}}\n  http:\n    port: 0\n  shutdown:\n    drainMs: 0\n{extra}"
     )
 }
 

@@ -27,6 +27,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "service",
             "proxy",
             "http",
+            "metrics",
             "rbac",
             "auth",
             "coherence",
@@ -66,6 +67,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     (
         "http",
         &[
+            "metrics",
             "rbac",
             "auth",
             "coherence",
@@ -80,7 +82,12 @@ const MATRIX: &[(&str, &[&str])] = &[
         &["rbac", "auth", "catalog", "meta", "password", "hash_pool"],
     ),
     ("rbac", &["auth", "catalog", "meta", "password"]),
-    ("auth", &["catalog", "meta", "password", "hash_pool"]),
+    (
+        "auth",
+        &["catalog", "meta", "password", "hash_pool", "metrics"],
+    ),
+    // A leaf: the server hands it closures that read the other parts at scrape time.
+    ("metrics", &[]),
     ("catalog", &["meta", "password"]),
     ("hash_pool", &["password"]),
     ("meta", &[]),
@@ -111,11 +118,19 @@ const CRATE_OWNERS: &[(&str, &[&str])] = &[
     ("redb", &["src/meta/"]),
     ("argon2", &["src/password.rs"]),
     ("bcrypt", &["src/password.rs"]),
+    ("prometheus_client", &["src/metrics.rs"]),
 ];
 
 /// Modules below `service` that must not speak gRPC (`meta/etcd.rs` may name tonic's status
 /// codes: etcd itself speaks gRPC; `auth`'s layer sits on tonic's HTTP types).
-const NO_GRPC: &[&str] = &["catalog", "password", "config", "hash_pool", "coherence"];
+const NO_GRPC: &[&str] = &[
+    "catalog",
+    "password",
+    "config",
+    "hash_pool",
+    "coherence",
+    "metrics",
+];
 
 /// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or
 /// tokio's `timeout` (also behind a file's own `within` helper).

@@ -35,7 +35,10 @@ async fn many_streams_on_one_connection() {
     );
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let config = Config::load(Some(&path), [], &Overrides::default()).expect("valid config");
+    let mut config = Config::load(Some(&path), [], &Overrides::default()).expect("valid config");
+    // In-process servers run side by side: none opens the metrics port or drains.
+    config.credstore.http.port = 0;
+    config.credstore.shutdown.drain_ms = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let state = State::build(config, address).await.expect("state builds");

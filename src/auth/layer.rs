@@ -3,6 +3,9 @@
 //! with gRPC UNAUTHENTICATED (or RESOURCE_EXHAUSTED / UNAVAILABLE), and hands handlers an
 //! [`Authenticated`] in the request extensions.
 //!
+//! The standard gRPC health service (`/grpc.health.v1.Health/…`) passes unauthenticated:
+//! probes carry no credentials, and it reveals only whether the replica serves.
+//!
 //! A failed authentication is answered only after `failure_delay`: a waiting future costs no
 //! CPU, and it caps how fast one client can try passwords or flood the hashing queue.
 
@@ -15,11 +18,16 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 
 use crate::auth::{AuthError, Authenticator};
+use crate::metrics::{AuthOutcome, Metrics};
+
+/// The path prefix of `grpc.health.v1.Health`, which needs no credentials.
+pub const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Authenticator,
     failure_delay: Duration,
+    metrics: Option<Metrics>,
 }
 
 impl AuthLayer {
@@ -27,7 +35,14 @@ impl AuthLayer {
         AuthLayer {
             authenticator,
             failure_delay,
+            metrics: None,
         }
+    }
+
+    /// Counts every authentication's result in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> AuthLayer {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -39,6 +54,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             authenticator: self.authenticator.clone(),
             failure_delay: self.failure_delay,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -48,6 +64,7 @@ pub struct AuthService<S> {
     inner: S,
     authenticator: Authenticator,
     failure_delay: Duration,
+    metrics: Option<Metrics>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for AuthService<S>
@@ -71,9 +88,27 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = self.authenticator.clone();
         let failure_delay = self.failure_delay;
+        let metrics = self.metrics.clone();
+        if request.uri().path().starts_with(HEALTH_PATH_PREFIX) {
+            return Box::pin(inner.call(request));
+        }
         Box::pin(async move {
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
-            match authenticator.authenticate(header).await {
+            let result = authenticator.authenticate(header).await;
+            if let Some(metrics) = &metrics {
+                metrics.auth(match &result {
+                    Ok(_) => AuthOutcome::Ok,
+                    Err(AuthError::Busy) => AuthOutcome::Busy,
+                    Err(AuthError::Unavailable(_)) => AuthOutcome::Unavailable,
+                    Err(
+                        AuthError::MissingHeader
+                        | AuthError::BadToken
+                        | AuthError::ApiKey
+                        | AuthError::Denied,
+                    ) => AuthOutcome::Denied,
+                });
+            }
+            match result {
                 Ok(identity) => {
                     request.extensions_mut().insert(identity);
                     inner.call(request).await

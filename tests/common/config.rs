@@ -17,9 +17,14 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
-    /// An empty document: every key at its default (the embedded store, OWASP hashing).
+    /// Every key at its default (the embedded store, OWASP hashing) except two: no metrics
+    /// and health port (`credstore.http.port: 0`; replicas running side by side would all
+    /// want 9091) and no drain on SIGTERM (`credstore.shutdown.drainMs: 0`). Tests of those
+    /// set them again.
     pub fn new() -> TestConfig {
         TestConfig::default()
+            .set("credstore.http.port", 0)
+            .set("credstore.shutdown.drainMs", 0)
     }
 
     /// The usual test config: etcd at `endpoints` under `root`, superUsers `root` and `foo`,

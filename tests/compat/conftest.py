@@ -144,7 +144,10 @@ def base_config(
                 # Weak on purpose: keeps hashing in the test run cheap.
                 "argon2": {"memoryKiB": 64, "iterations": 1, "parallelism": 1},
                 "allowWeakParameters": True,
-            }
+            },
+            # No metrics port (Milvus's 9091 would clash between servers) and no drain on stop.
+            "http": {"port": 0},
+            "shutdown": {"drainMs": 0},
         },
     }
 

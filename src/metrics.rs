@@ -1,0 +1,267 @@
+//! The replica's Prometheus metrics: one [`Metrics`] (a registry and the handles that count),
+//! built once by `server::run` and cloned into the auth layer, the hash pool's observer and the
+//! HTTP endpoint. Values other parts already keep (cache hits, sessions, applied revision,
+//! hashes running) are read at scrape time through a [`Reading`] the server supplies, so this
+//! module imports nothing of the crate. Nothing here holds or prints configuration or secrets.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How an authentication ended, as `credstore_auth_requests_total{result=…}` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Authenticated (or authentication is off).
+    Ok,
+    /// Missing or malformed header, wrong user name or password: UNAUTHENTICATED.
+    Denied,
+    /// The hash pool was full: RESOURCE_EXHAUSTED.
+    Busy,
+    /// The store was away or the cache not trusted: UNAVAILABLE.
+    Unavailable,
+}
+
+impl AuthOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            AuthOutcome::Ok => "ok",
+            AuthOutcome::Denied => "denied",
+            AuthOutcome::Busy => "busy",
+            AuthOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    result: &'static str,
+}
+
+/// The values read at scrape time from the running replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_entries: u64,
+    pub hashes_running: u64,
+    pub hashes_queued: u64,
+    pub sessions_live: u64,
+    pub applied_revision: i64,
+    /// Whether the replica is registered and trusts its cache.
+    pub trusted: bool,
+}
+
+/// Supplies a [`Reading`] on each scrape.
+pub type ReadFn = Box<dyn Fn() -> Reading + Send + Sync>;
+
+/// The metrics handle; clones share one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    auth: Family<AuthLabels, Counter>,
+    hash_seconds: Histogram,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric once; `read` is called on each scrape.
+    pub fn new(read: ReadFn) -> Metrics {
+        let mut registry = Registry::default();
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "credstore_auth_requests",
+            "gRPC requests authenticated, by result",
+            auth.clone(),
+        );
+        // 1 ms .. ~16 s: argon2id at OWASP's parameters takes tens of milliseconds.
+        let hash_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "credstore_hash_seconds",
+            "Time one password hash or verification took on a hashing thread",
+            hash_seconds.clone(),
+        );
+        registry.register_collector(Box::new(Scraped { read }));
+        // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
+        for outcome in [
+            AuthOutcome::Ok,
+            AuthOutcome::Denied,
+            AuthOutcome::Busy,
+            AuthOutcome::Unavailable,
+        ] {
+            drop(auth.get_or_create(&AuthLabels {
+                result: outcome.label(),
+            }));
+        }
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                auth,
+                hash_seconds,
+            }),
+        }
+    }
+
+    /// Counts one authentication.
+    pub fn auth(&self, outcome: AuthOutcome) {
+        self.inner
+            .auth
+            .get_or_create(&AuthLabels {
+                result: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Records one hash computation.
+    pub fn hash_took(&self, took: Duration) {
+        self.inner.hash_seconds.observe(took.as_secs_f64());
+    }
+
+    /// What the hash pool calls with each job's duration. It holds only the histogram: the
+    /// whole `Metrics` reads the authenticator, which owns the pool, and that cycle would
+    /// keep the store (and an embedded store's file lock) alive after the server stops.
+    pub fn hash_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
+        let histogram = self.inner.hash_seconds.clone();
+        move |took| histogram.observe(took.as_secs_f64())
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus reads), see [`Metrics::CONTENT_TYPE`].
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        text
+    }
+
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+}
+
+/// The metrics read from the replica's state on each scrape.
+struct Scraped {
+    read: ReadFn,
+}
+
+impl fmt::Debug for Scraped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scraped").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let r = (self.read)();
+        let counters: [(&str, &str, u64); 2] = [
+            (
+                "credstore_cache_hits",
+                "Authentications answered from the verified-password cache",
+                r.cache_hits,
+            ),
+            (
+                "credstore_cache_misses",
+                "Authentications that had to read the store and verify a hash",
+                r.cache_misses,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauge_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "credstore_cache_entries",
+                "Users whose verified password this replica caches",
+                gauge_i64(r.cache_entries),
+            ),
+            (
+                "credstore_hashes_running",
+                "Password hashes being computed now",
+                gauge_i64(r.hashes_running),
+            ),
+            (
+                "credstore_hashes_queued",
+                "Password hashes admitted and waiting for a hashing thread",
+                gauge_i64(r.hashes_queued),
+            ),
+            (
+                "credstore_sessions_live",
+                "Live replica sessions this replica knows of, itself included",
+                gauge_i64(r.sessions_live),
+            ),
+            (
+                "credstore_watch_applied_revision",
+                "The newest store revision whose credential changes this replica has applied",
+                r.applied_revision,
+            ),
+            (
+                "credstore_cache_trusted",
+                "1 while the replica is registered and trusts its cache, else 0",
+                i64::from(r.trusted),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_readings_appear_in_the_text() {
+        let metrics = Metrics::new(Box::new(|| Reading {
+            cache_hits: 7,
+            cache_misses: 3,
+            sessions_live: 2,
+            applied_revision: 42,
+            trusted: true,
+            ..Reading::default()
+        }));
+        metrics.auth(AuthOutcome::Ok);
+        metrics.auth(AuthOutcome::Ok);
+        metrics.auth(AuthOutcome::Denied);
+        metrics.hash_took(Duration::from_millis(3));
+        let text = metrics.render();
+        for line in [
+            "credstore_auth_requests_total{result=\"ok\"} 2",
+            "credstore_auth_requests_total{result=\"denied\"} 1",
+            "credstore_auth_requests_total{result=\"busy\"} 0",
+            "credstore_auth_requests_total{result=\"unavailable\"} 0",
+            "credstore_cache_hits_total 7",
+            "credstore_cache_misses_total 3",
+            "credstore_sessions_live 2",
+            "credstore_watch_applied_revision 42",
+            "credstore_cache_trusted 1",
+            "credstore_hash_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+        }
+    }
+}
