@@ -4,7 +4,9 @@
 //! `ETCD_ENDPOINTS`, `COMMON_SECURITY_AUTHORIZATIONENABLED`), command-line flags.
 //!
 //! The environment is passed in as a value, never read here, so tests need no `set_var`.
-//! An unknown key or a bad value is an error naming the key.
+//! A whole milvus.yaml loads: keys of Milvus's sections that credstore does not use are
+//! ignored (listed once at debug level); an unknown key inside credstore's own `credstore:`
+//! section, or a bad value anywhere, is an error naming the key.
 //!
 //! `Config` is the file's shape; each component's settings are derived from it here, typed
 //! and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::authenticator`],
@@ -172,8 +174,22 @@ pub struct EtcdSsl {
     pub tls_key: Option<String>,
     #[serde(rename = "tlsCACert")]
     pub tls_ca_cert: Option<String>,
-    /// Accepted for milvus.yaml compatibility; rustls negotiates TLS 1.2 or 1.3.
+    /// Accepted for milvus.yaml compatibility (which writes `1.3`, a YAML number); rustls
+    /// negotiates TLS 1.2 or 1.3.
+    #[serde(deserialize_with = "text_or_number")]
     pub tls_min_version: Option<String>,
+}
+
+/// A string setting milvus.yaml may write as a bare number (`tlsMinVersion: 1.3`).
+fn text_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Number(number)) => Ok(Some(number.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or a number, got {other}"
+        ))),
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -522,6 +538,11 @@ impl Config {
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
         let defaults = serde_json::to_value(Config::default()).expect("default config serializes");
+        let mut ignored = Vec::new();
+        ignore_foreign_keys(&mut tree, &defaults, "", &mut ignored);
+        if !ignored.is_empty() {
+            tracing::debug!(keys = ?ignored, "ignoring milvus.yaml keys credstore does not use");
+        }
         let mut leaves = Vec::new();
         leaf_paths(&defaults, String::new(), &mut leaves);
         let env: std::collections::HashMap<String, String> = env.into_iter().collect();
@@ -866,6 +887,30 @@ fn parse_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
     }
 }
 
+/// Drops the keys of `tree` that the defaults do not have — other Milvus components' settings
+/// in a shared milvus.yaml — except inside `credstore:`, where an unknown key is a mistake the
+/// deserializer then reports. Dropped key paths are pushed to `ignored`.
+fn ignore_foreign_keys(tree: &mut Value, known: &Value, prefix: &str, ignored: &mut Vec<String>) {
+    let (Value::Object(map), Value::Object(known)) = (tree, known) else {
+        return;
+    };
+    map.retain(|key, _| {
+        let keep = known.contains_key(key) || (prefix.is_empty() && key == "credstore");
+        if !keep {
+            ignored.push(format!("{prefix}{key}"));
+        }
+        keep
+    });
+    for (key, child) in map.iter_mut() {
+        if prefix.is_empty() && key == "credstore" {
+            continue;
+        }
+        if let Some(known_child) = known.get(key) {
+            ignore_foreign_keys(child, known_child, &format!("{prefix}{key}."), ignored);
+        }
+    }
+}
+
 /// A key written with no value (`credstore:` alone) means "the default", as in milvus.yaml.
 fn remove_nulls(value: &mut Value) {
     if let Value::Object(map) = value {
@@ -1116,11 +1161,25 @@ mod tests {
     }
 
     #[test]
+    fn foreign_keys_of_a_milvus_yaml_are_ignored() {
+        let yaml = "autoIndex:\n  enable: false\netcd:\n  endpoints: 10.0.0.1:2379\n  rootPath: prod\n  kvSubPath: kv\n  log:\n    level: info\nproxy:\n  port: 19531\n  http:\n    enabled: true\n  maxTaskNum: 1024\ncommon:\n  security:\n    authorizationEnabled: true\n    tlsMode: 0\n  retentionDuration: 432000\nqueryNode:\n  port: 21123\n";
+        let config = load(yaml, &[]).expect("a milvus.yaml with other components' keys loads");
+        assert_eq!(config.etcd.root_path, "prod");
+        assert_eq!(config.proxy.port, 19531);
+        assert!(config.common.security.authorization_enabled);
+    }
+
+    #[test]
     fn bad_input_names_the_key() {
         check_error(
-            "etcd:\n  endpointz: [a]\n",
+            "credstore:\n  cachez: 1\n",
             &[],
-            "unknown field `endpointz`",
+            "config key credstore.cachez: unknown field `cachez`",
+        );
+        check_error(
+            "credstore:\n  password:\n    algorithmz: bcrypt\n",
+            &[],
+            "unknown field `algorithmz`",
         );
         check_error("proxy:\n  port: banana\n", &[], "config key proxy.port");
         check_error("", &[("PROXY_PORT", "99999")], "config key proxy.port");
@@ -1424,8 +1483,9 @@ mod tests {
                 at in any::<prop::sample::Index>(),
                 key in "[a-z][a-zA-Z0-9]{0,10}",
             ) {
-                // A section of the config, and a key that is not one of its fields.
-                let sections = ["", "etcd", "etcd.ssl", "proxy", "common.security", "credstore.password"];
+                // A section of credstore's own config, and a key that is not one of its
+                // fields (Milvus's sections ignore such keys: `foreign_keys_are_ignored`).
+                let sections = ["credstore", "credstore.password", "credstore.cache", "credstore.upstream"];
                 let section = *at.get(&sections);
                 let known = known_leaves();
                 let taken = known.iter().any(|(path, _)| {
@@ -1435,7 +1495,7 @@ mod tests {
                     };
                     rest.and_then(|r| r.split('.').next()) == Some(key.as_str())
                 });
-                prop_assume!(!taken && key != "use");
+                prop_assume!(!taken);
                 let mut text = String::new();
                 let mut indent = String::new();
                 for part in section.split('.').filter(|p| !p.is_empty()) {

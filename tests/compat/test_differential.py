@@ -115,7 +115,8 @@ def run_all(uri: str) -> Dict[str, Tuple]:
 
 
 @pytest.fixture(scope="module")
-def milvus(tmp_path_factory) -> str:
+def milvus_server(tmp_path_factory):
+    """(uri, data dir) of a running Milvus 2.3.5 standalone."""
     assert MILVUS.exists(), (
         f"{MILVUS} is missing: scripts/setup.sh installs the `milvus` 2.3.5 package into .venv"
     )
@@ -153,7 +154,7 @@ def milvus(tmp_path_factory) -> str:
             except Exception:  # noqa: BLE001 — not up yet
                 assert time.monotonic() < deadline, "milvus-server did not answer within 180 s"
                 time.sleep(2)
-        yield uri
+        yield uri, base / "data"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -165,6 +166,11 @@ def milvus(tmp_path_factory) -> str:
             pass
         log.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def milvus(milvus_server) -> str:
+    return milvus_server[0]
 
 
 def test_user_role_and_grant_answers_match_milvus_2_3_5(milvus, start_server):
@@ -209,3 +215,51 @@ def test_credstore_in_front_of_milvus_2_3_5(milvus, start_server):
     assert "through_credstore" in direct_root.list_collections(), "the upstream never saw it"
     proxied.drop_collection("through_credstore")
     assert "through_credstore" not in direct_root.list_collections()
+
+
+def test_the_milvus_yaml_milvus_ships_loads(milvus_server, etcd, binary, tmp_path):
+    """The milvus.yaml the milvus 2.3.5 package writes on first start, with only the etcd
+    settings and the port changed (plus credstore's own section for a free metrics port),
+    starts credstore: other components' keys are ignored, credstore's are read."""
+    shipped = (milvus_server[1] / "configs" / "milvus.yaml").read_text()
+    port = free_port()
+    lines, section = [], ""
+    for line in shipped.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            section = line.rstrip()[:-1]
+        if section == "etcd" and line.startswith("  endpoints:"):
+            line = f"  endpoints: {etcd.endpoint}"
+        elif section == "etcd" and line.startswith("    embed:"):
+            line = "    embed: false  # credstore: the shared etcd, not its embedded store"
+        elif section == "proxy" and line.startswith("  port:"):
+            line = f"  port: {port}"
+        lines.append(line)
+    authorization = "authorizationEnabled: true" in shipped
+    config = tmp_path / "milvus.yaml"
+    config.write_text("\n".join(lines) + "\ncredstore:\n  listenHost: 127.0.0.1\n  http:\n    port: 0\n")
+    log = open(tmp_path / "credstore.log", "wb")
+    proc = subprocess.Popen([str(binary), "serve", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "credstore.log").read_text()[-3000:]
+            try:
+                users = MilvusClient(uri=uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=5).list_users()
+                break
+            except Exception:  # noqa: BLE001 — not up yet
+                assert time.monotonic() < deadline, (tmp_path / "credstore.log").read_text()[-3000:]
+                time.sleep(0.5)
+        assert ROOT_USER in users
+        # credstore read the file's common.security.authorizationEnabled.
+        text = (tmp_path / "credstore.log").read_text()
+        assert f"authorization {str(authorization).lower()}" in text, text[-2000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
