@@ -103,8 +103,11 @@ impl State {
             config.coherence(replica_id(address), address),
         )
         .await?;
-        let proxy =
-            ProxyLayer::from_config(&config.credstore.upstream.options(), policies.clone())?;
+        let proxy = ProxyLayer::from_config(
+            &config.credstore.upstream.options(),
+            policies.clone(),
+            config.common.security.root_should_bind_role,
+        )?;
         Ok(State {
             catalog,
             auth,

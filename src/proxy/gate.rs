@@ -1,5 +1,5 @@
 //! [`Gate`]: whether the caller may make a forwarded call — Milvus's privilege interceptor.
-//! root passes (`common.security.rootShouldBindRole` is not a credstore key yet); a method
+//! root passes unless `common.security.rootShouldBindRole` is set; a method
 //! with a privilege rule needs that privilege on every object the request names, in the db
 //! of the `dbname` header; a method without a rule is for root and `admin` only (fail safe).
 //! Object names are read from the encoded request (`rbac::methods`); an unreadable body is
@@ -17,14 +17,17 @@ use crate::rbac::{ADMIN_ROLE, Check, Policies, methods};
 /// Authorization of forwarded calls; cheap to share behind an `Arc`.
 pub struct Gate {
     policies: Policies,
+    /// `common.security.rootShouldBindRole`: root is checked through its roles like anyone.
+    root_binds_role: bool,
     /// Methods without a rule already logged (once each).
     logged: Mutex<HashSet<String>>,
 }
 
 impl Gate {
-    pub fn new(policies: Policies) -> Gate {
+    pub fn new(policies: Policies, root_binds_role: bool) -> Gate {
         Gate {
             policies,
+            root_binds_role,
             logged: Mutex::new(HashSet::new()),
         }
     }
@@ -50,7 +53,7 @@ impl Gate {
             // Authorization is disabled: everything is allowed, as in Milvus.
             return Ok(());
         };
-        if user == ROOT_USER {
+        if user == ROOT_USER && !self.root_binds_role {
             return Ok(());
         }
         let Some(rule) = rule else {

@@ -215,3 +215,10 @@ def test_role_descriptions_and_alter_role(server, root, clients):
     me = clients.make(server, user=user, password=password)
     with raises_rpc(DENIED, match="PrivilegeCreateOwnership"):
         me.alter_role(plain, "mine now", timeout=T)
+
+
+def test_root_should_bind_role_checks_root_like_anyone(start_server, clients):
+    s = start_server(super_users=None, overrides={"common": {"security": {"rootShouldBindRole": True}}})
+    c = clients.make(s, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
+    with raises_rpc(DENIED, match="PrivilegeSelectOwnership: permission deny to root"):
+        c.list_users(timeout=T)
