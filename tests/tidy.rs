@@ -1,8 +1,9 @@
 //! Tidy checks that keep the code's promises to its readers: every Rust file says why it
 //! exists in a `//!` comment; imports follow the layering of ARCHITECTURE.md's code map and
-//! the shared DESIGN.md's "Layout" (`../shared/DESIGN.md`) (the import matrix below: who may import whom); only `meta` names the
-//! storage crates, only `password` the hashing crates, only `coherence` opens watches, and
-//! nothing below `service` speaks gRPC; no test is ignored or expected to panic without saying
+//! the shared DESIGN.md's "Layout" (`../shared/DESIGN.md`; the import matrix below: who may
+//! import whom); only `meta` names the storage crates, only `password` the hashing crates,
+//! only `coherence` opens watches, and the inner modules (catalog, password, config, hash_pool,
+//! coherence, metrics) do not speak gRPC; no test is ignored or expected to panic without saying
 //! why; every test that uses the harness (tests/common) has a time limit.
 
 use std::collections::{BTreeMap, BTreeSet};
