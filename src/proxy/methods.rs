@@ -72,6 +72,11 @@ pub const UNANNOTATED: &[&str] = &[
     "ShowCollections",
 ];
 
+/// Owned methods that reflect the upstream when there is one, so pymilvus sees the upstream
+/// Milvus's version and server info (features it enables by version keep working). Milvus
+/// gives them no privilege: any authenticated caller may make them.
+pub const REFLECTED: &[&str] = &["Connect", "GetVersion"];
+
 /// Streaming methods: the forwarder is unary only, so these are refused.
 pub const STREAMING: &[&str] = &["CreateReplicateStream", "DumpMessages"];
 
@@ -95,6 +100,9 @@ pub fn route(path: &str, upstream: bool) -> Route<'_> {
     let Some(method) = method else {
         return Route::Refuse;
     };
+    if upstream && REFLECTED.contains(&method) {
+        return Route::Forward(method);
+    }
     if OWNED.contains(&method) || !upstream {
         return Route::Own;
     }
@@ -123,7 +131,10 @@ mod tests {
     fn routes() {
         let p = |m: &str| format!("/{SERVICE}/{m}");
         check(&p("CreateCredential"), true, Route::Own);
-        check(&p("Connect"), true, Route::Own);
+        check(&p("Connect"), true, Route::Forward("Connect"));
+        check(&p("GetVersion"), true, Route::Forward("GetVersion"));
+        check(&p("GetVersion"), false, Route::Own);
+        check(&p("CheckHealth"), true, Route::Own);
         check(&p("OperatePrivilege"), true, Route::Own);
         check(&p("Insert"), true, Route::Forward("Insert"));
         check(

@@ -236,13 +236,22 @@ def test_a_member_of_admin_works_with_data(proxy, lite, root_client, clients):
     name = new_collection(root_client)
     user, password = uname("adm"), pw()
     root_client.create_user(user, password, timeout=T)
-    # Granted before the user's first call (policy invalidation is not wired up yet).
     root_client.grant_role(user, "admin", timeout=T)
     me = clients.make(proxy, token=f"{user}:{password}")
     assert me.insert(name, rows(4), timeout=T)["insert_count"] == 4
     assert count(me, name) == 4
     assert len(me.search(name, [[0.1, 0.2, 0.3, 0.4]], limit=1, timeout=T)[0]) == 1
     assert name in me.list_collections(timeout=T)
+
+
+def test_the_version_pymilvus_sees_is_the_upstreams(proxy, lite, root_client, clients):
+    # Connect and GetVersion reflect the upstream; any authenticated user may call them.
+    direct = MilvusClient(uri=lite.uri, timeout=T).get_server_version()
+    assert root_client.get_server_version() == direct
+    user, password = uname("ver"), pw()
+    root_client.create_user(user, password, timeout=T)
+    assert clients.make(proxy, token=f"{user}:{password}").get_server_version() == direct
+    assert not direct.startswith("credstore")
 
 
 def test_bad_credentials_are_unauthenticated_and_not_forwarded(proxy, root_client):
