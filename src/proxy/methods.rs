@@ -151,9 +151,16 @@ mod tests {
 
     #[test]
     fn owned_methods_are_never_forwarded_and_lists_do_not_overlap() {
-        for m in OWNED {
+        for m in OWNED.iter().filter(|m| !REFLECTED.contains(m)) {
             assert_eq!(route(&format!("/{SERVICE}/{m}"), true), Route::Own, "{m}");
         }
+        // Only version and server info reflect the upstream: never a user, role or grant call.
+        assert_eq!(REFLECTED, ["Connect", "GetVersion"]);
+        assert!(
+            REFLECTED
+                .iter()
+                .all(|m| OWNED.contains(m) && rule(m).is_none())
+        );
         for m in UNANNOTATED.iter().chain(STREAMING) {
             assert!(rule(m).is_none(), "{m} has a rule; drop it from the list");
             assert!(!OWNED.contains(m), "{m}");
