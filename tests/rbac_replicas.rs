@@ -7,13 +7,16 @@
 //! `Global/CreateOwnership` on db `*`, while A revokes that privilege: every create sent after
 //! the revoke returned must be refused with PERMISSION_DENIED; one success is a stale grant and
 //! fails the test. Then every replica is stopped and started again: the grants are read back
-//! from etcd and still enforced.
+//! from etcd and still enforced. Last, B is partitioned from etcd while A revokes a privilege
+//! B checks without touching etcd (a call B forwards to an upstream Milvus): the revoke
+//! returns within B's session TTL, and from then on B refuses the call.
 
 mod common;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use credstore::proto::common::Status;
 use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
 use credstore::proto::milvus::{
@@ -139,6 +142,18 @@ impl Root {
     /// Grants (or revokes) `Global/CreateOwnership` on db `*` to `ROLE`, as pymilvus's
     /// `grant_privilege(ROLE, "Global", "*", "CreateOwnership", db_name="*")` sends it.
     async fn create_ownership(&mut self, grant: bool) -> Reply {
+        self.operate(grant, ROLE, ("Global", "*", "*"), "CreateOwnership")
+            .await
+    }
+
+    /// `OperatePrivilege` (v1) as pymilvus sends it, on `(object type, object name, db)`.
+    async fn operate(
+        &mut self,
+        grant: bool,
+        role: &str,
+        (object, object_name, db): (&str, &str, &str),
+        privilege: &str,
+    ) -> Reply {
         let r#type = match grant {
             true => OperatePrivilegeType::Grant,
             false => OperatePrivilegeType::Revoke,
@@ -146,20 +161,20 @@ impl Root {
         let request = OperatePrivilegeRequest {
             entity: Some(GrantEntity {
                 role: Some(RoleEntity {
-                    name: ROLE.into(),
+                    name: role.into(),
                     ..Default::default()
                 }),
                 object: Some(ObjectEntity {
-                    name: "Global".into(),
+                    name: object.into(),
                 }),
-                object_name: "*".into(),
+                object_name: object_name.into(),
                 grantor: Some(GrantorEntity {
                     user: None,
                     privilege: Some(PrivilegeEntity {
-                        name: "CreateOwnership".into(),
+                        name: privilege.into(),
                     }),
                 }),
-                db_name: "*".into(),
+                db_name: db.into(),
             }),
             r#type: r#type as i32,
             ..Default::default()
@@ -362,4 +377,163 @@ async fn revoke_through_a_is_refused_by_b_from_the_moment_it_returns_and_grants_
         Create::Denied,
         "A still allowed a create after the revoke through B returned"
     );
+}
+
+/// A stand-in for Milvus behind B's proxy tier: answers every call with its own body.
+#[derive(Clone)]
+struct Echo;
+
+impl tonic::server::NamedService for Echo {
+    const NAME: &'static str = "milvus.proto.milvus.MilvusService";
+}
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Echo {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            Ok(tonic::server::Grpc::new(credstore::proxy::RawCodec)
+                .unary(EchoHandler, request)
+                .await)
+        })
+    }
+}
+
+struct EchoHandler;
+
+impl tower::Service<tonic::Request<prost::bytes::Bytes>> for EchoHandler {
+    type Response = tonic::Response<prost::bytes::Bytes>;
+    type Error = tonic::Status;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::Request<prost::bytes::Bytes>) -> Self::Future {
+        Box::pin(async move { Ok(tonic::Response::new(request.into_inner())) })
+    }
+}
+
+/// `Insert` into collection `c1` through `channel` as `user:password`, as raw bytes.
+async fn insert(channel: &Channel, user: &str, password: &str) -> Result<(), Code> {
+    let mut client = tonic::client::Grpc::new(channel.clone());
+    client.ready().await.map_err(|_| Code::Unavailable)?;
+    // InsertRequest { collection_name (3): "c1" }
+    let mut request = tonic::Request::new(prost::bytes::Bytes::from_static(&[0x1a, 2, b'c', b'1']));
+    let header = common::b64(&format!("{user}:{password}"))
+        .parse()
+        .expect("base64 is ASCII");
+    request.metadata_mut().insert("authorization", header);
+    request.set_timeout(Duration::from_secs(5));
+    let path = "/milvus.proto.milvus.MilvusService/Insert"
+        .parse()
+        .expect("a valid path");
+    client
+        .unary(request, path, credstore::proxy::RawCodec)
+        .await
+        .map(|_| ())
+        .map_err(|status| status.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_with_b_partitioned_returns_within_the_ttl_and_b_refuses_from_then_on() {
+    let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
+    let etcd = tokio::task::block_in_place(common::Etcd::start);
+    let proxy = Proxy::start(etcd.client_port);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let upstream = listener.local_addr().expect("bound");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Echo)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let root_path = common::unique_root("rbac-partition");
+    let a_yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &root_path).yaml();
+    let b_yaml = common::TestConfig::on_etcd(&proxy.endpoint(), &root_path)
+        .set("credstore.upstream.uri", format!("http://{upstream}"))
+        .set("credstore.upstream.token", "root:Milvus")
+        .yaml();
+    let a = tokio::task::block_in_place(|| common::Replica::start(&a_yaml));
+    let b = tokio::task::block_in_place(|| common::Replica::start(&b_yaml));
+    let _logs = (LogOnFailure("A", &a), LogOnFailure("B", &b));
+    let mut root = Root::connect(&a).await;
+    assert_ok(
+        root.create_user("writer", "writer-pw").await,
+        "create writer",
+    );
+    assert_ok(root.create_role("writers").await, "create writers");
+    assert_ok(
+        root.add_to_role("writer", "writers").await,
+        "writer joins writers",
+    );
+    let on_b = Creator::connect(&b).await.channel;
+    assert_eq!(
+        insert(&on_b, "writer", "writer-pw").await,
+        Err(Code::PermissionDenied)
+    );
+    assert_ok(
+        root.operate(true, "writers", ("Collection", "c1", ""), "Insert")
+            .await,
+        "grant Insert on default.c1",
+    );
+    for attempt in 0..3 {
+        assert_eq!(
+            insert(&on_b, "writer", "writer-pw").await,
+            Ok(()),
+            "B forwards writer's Insert after the grant (attempt {attempt})"
+        );
+    }
+
+    proxy.partition();
+    let asked = Instant::now();
+    let reply = root
+        .operate(false, "writers", ("Collection", "c1", ""), "Insert")
+        .await;
+    let took = asked.elapsed();
+    println!("revoke with B partitioned returned after {took:?}");
+    assert_ok(reply, "revoke via A while B is partitioned");
+    assert!(
+        took <= Duration::from_secs(13),
+        "the revoke took {took:?}, more than the session TTL plus 3 s"
+    );
+    // From the moment the revoke returned, B must not forward the call: it cannot have
+    // seen the revoke, so it must have stopped trusting its policy.
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut answers = 0;
+    while Instant::now() < until {
+        let got = insert(&on_b, "writer", "writer-pw").await;
+        assert!(
+            got.is_err(),
+            "B forwarded a revoked call after the revoke returned"
+        );
+        answers += 1;
+    }
+    assert!(answers > 0);
+    proxy.heal();
+    common::eventually(
+        "B refuses the revoked call as denied after healing",
+        async || {
+            let got = insert(&on_b, "writer", "writer-pw").await;
+            assert_ne!(got, Ok(()), "B forwarded a revoked call after healing");
+            got == Err(Code::PermissionDenied)
+        },
+    )
+    .await;
 }
