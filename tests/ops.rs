@@ -277,6 +277,33 @@ fn lazy_client(uri: &str) -> LoadClient {
     MilvusServiceClient::with_interceptor(channel, RootAuth(header))
 }
 
+/// Under load, stops each replica in turn (SIGTERM, a clean exit), leaves it down for `down`,
+/// starts it again from `yaml` and tells `restarted` where the new one listens; one second of
+/// load before each restart and after the last.
+async fn restart_in_turn(
+    replicas: &mut [Option<common::Replica>],
+    yaml: &str,
+    down: Duration,
+    mut restarted: impl FnMut(usize, &common::Replica),
+) {
+    for (i, slot) in replicas.iter_mut().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let replica = slot.take().expect("a running replica");
+        let status = tokio::task::spawn_blocking(move || replica.stop())
+            .await
+            .expect("stopped");
+        assert!(status.success(), "replica {i} exits cleanly: {status:?}");
+        tokio::time::sleep(down).await;
+        let yaml = yaml.to_string();
+        let replica = tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
+            .await
+            .expect("started");
+        restarted(i, &replica);
+        *slot = Some(replica);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_loses_no_call() {
     let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
@@ -355,23 +382,16 @@ async fn rolling_restart_loses_no_call() {
         }));
     }
 
-    for (i, slot) in replicas.iter_mut().enumerate() {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let replica = slot.take().unwrap();
-        let status = tokio::task::spawn_blocking(move || replica.stop())
-            .await
-            .unwrap();
-        assert!(status.success(), "replica {i} exits cleanly: {status:?}");
-        // Down for a moment: calls to it are UNAVAILABLE and go to the other replica.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let yaml = yaml.clone();
-        let restarted = tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
-            .await
-            .unwrap();
-        uris.lock().unwrap()[i] = restarted.uri();
-        *slot = Some(restarted);
-    }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Down for a moment: calls to it are UNAVAILABLE and go to the other replica.
+    restart_in_turn(
+        &mut replicas,
+        &yaml,
+        Duration::from_millis(300),
+        |i, restarted| {
+            uris.lock().unwrap()[i] = restarted.uri();
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();
@@ -488,21 +508,10 @@ async fn rolling_restart_behind_a_health_checking_balancer() {
         }));
     }
 
-    for (i, slot) in replicas.iter_mut().enumerate() {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let replica = slot.take().unwrap();
-        let status = tokio::task::spawn_blocking(move || replica.stop())
-            .await
-            .unwrap();
-        assert!(status.success(), "replica {i} exits cleanly: {status:?}");
-        let yaml = yaml.clone();
-        let restarted = tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
-            .await
-            .unwrap();
+    restart_in_turn(&mut replicas, &yaml, Duration::ZERO, |i, restarted| {
         pool.lock().unwrap()[i] = (restarted.uri(), false);
-        *slot = Some(restarted);
-    }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();

@@ -17,7 +17,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use credstore::proto::common::Status;
 use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
 use credstore::proto::milvus::{
     CreateCredentialRequest, CreateRoleRequest, GrantEntity, GrantorEntity, ObjectEntity,
@@ -31,7 +30,7 @@ const ROLE: &str = "creators";
 const CREATOR: &str = "creator";
 const CREATOR_PASSWORD: &str = "creator-pw";
 
-type Reply = Result<Status, tonic::Status>;
+use common::Reply;
 
 #[track_caller]
 fn assert_ok(reply: Reply, what: &str) {
@@ -92,24 +91,16 @@ impl Creator {
     }
 }
 
-/// root's client on one replica, for the role and grant writes.
-struct Root(common::Client);
+/// root's client on one replica: the harness's `Admin` (users) plus role and grant writes.
+struct Root(common::Admin);
 
 impl Root {
     async fn connect(replica: &common::Replica) -> Root {
-        Root(common::client(&replica.uri(), "root", "Milvus").await)
+        Root(common::Admin::connect(replica).await)
     }
 
     async fn create_user(&mut self, user: &str, password: &str) -> Reply {
-        let request = CreateCredentialRequest {
-            username: user.into(),
-            password: common::b64(password),
-            ..Default::default()
-        };
-        self.0
-            .create_credential(request)
-            .await
-            .map(tonic::Response::into_inner)
+        self.0.create(user, password).await
     }
 
     async fn create_role(&mut self, role: &str) -> Reply {
@@ -121,6 +112,7 @@ impl Root {
             ..Default::default()
         };
         self.0
+            .0
             .create_role(request)
             .await
             .map(tonic::Response::into_inner)
@@ -134,6 +126,7 @@ impl Root {
             ..Default::default()
         };
         self.0
+            .0
             .operate_user_role(request)
             .await
             .map(tonic::Response::into_inner)
@@ -180,6 +173,7 @@ impl Root {
             ..Default::default()
         };
         self.0
+            .0
             .operate_privilege(request)
             .await
             .map(tonic::Response::into_inner)
@@ -189,13 +183,7 @@ impl Root {
 /// Starts replicas at once, all on `endpoints` under `root`.
 fn start_replicas<const N: usize>(endpoints: &str, root: &str) -> [common::Replica; N] {
     let yaml = common::TestConfig::on_etcd(endpoints, root).yaml();
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let started: [_; N] =
-                std::array::from_fn(|_| scope.spawn(|| common::Replica::start(&yaml)));
-            started.map(|handle| handle.join().expect("replica started"))
-        })
-    })
+    common::start_replicas_from(std::array::from_fn(|_| yaml.clone()))
 }
 
 /// Prints a replica's log if the test fails while this guard lives.

@@ -14,87 +14,13 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::{Login, Probe};
+use common::{Admin, Login, Probe, Reply, assert_ok, start_replicas_from, succeeded};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use credstore::proto::common::Status;
-use credstore::proto::milvus::{
-    CreateCredentialRequest, DeleteCredentialRequest, ListCredUsersRequest, UpdateCredentialRequest,
-};
 use tonic::Code;
-
-/// root's client on one replica, for the writes.
-struct Admin(common::Client);
-
-type Reply = Result<Status, tonic::Status>;
-
-impl Admin {
-    async fn connect(replica: &common::Replica) -> Admin {
-        Admin(common::client(&replica.uri(), "root", "Milvus").await)
-    }
-
-    async fn create(&mut self, user: &str, password: &str) -> Reply {
-        let request = CreateCredentialRequest {
-            username: user.into(),
-            password: common::b64(password),
-            ..Default::default()
-        };
-        self.0
-            .create_credential(request)
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
-    /// root is a super user, so the old password is sent as pymilvus would but not checked.
-    async fn change(&mut self, user: &str, old: &str, new: &str) -> Reply {
-        let request = UpdateCredentialRequest {
-            username: user.into(),
-            old_password: common::b64(old),
-            new_password: common::b64(new),
-            ..Default::default()
-        };
-        self.0
-            .update_credential(request)
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
-    async fn delete(&mut self, user: &str) -> Reply {
-        self.0
-            .delete_credential(DeleteCredentialRequest {
-                username: user.into(),
-                ..Default::default()
-            })
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
-    async fn users(&mut self) -> Vec<String> {
-        let response = self
-            .0
-            .list_cred_users(ListCredUsersRequest::default())
-            .await
-            .expect("ListCredUsers answers")
-            .into_inner();
-        assert_ok(
-            Ok(response.status.clone().unwrap_or_default()),
-            "ListCredUsers",
-        );
-        response.usernames
-    }
-}
-
-fn succeeded(reply: &Reply) -> bool {
-    matches!(reply, Ok(status) if status.code == 0 && status.error_code == 0)
-}
-
-#[track_caller]
-fn assert_ok(reply: Reply, what: &str) {
-    assert!(succeeded(&reply), "{what}: expected success, got {reply:?}");
-}
 
 /// Starts replicas at once, one per `extra` config (A, B, C, …), all on `endpoints`.
 fn start_replicas<const N: usize>(
@@ -103,19 +29,6 @@ fn start_replicas<const N: usize>(
     extra: [&str; N],
 ) -> [common::Replica; N] {
     start_replicas_from(extra.map(|extra| common::config_yaml(endpoints, root, extra)))
-}
-
-/// Starts replicas at once, one per YAML config.
-fn start_replicas_from<const N: usize>(yamls: [String; N]) -> [common::Replica; N] {
-    // Replica::start blocks until the ready line; keep the runtime's other worker free.
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let started = yamls
-                .each_ref()
-                .map(|yaml| scope.spawn(move || common::Replica::start(yaml)));
-            started.map(|handle| handle.join().expect("replica started"))
-        })
-    })
 }
 
 /// Runs blocking harness code (etcd start, kill, health waits) off the async workers.

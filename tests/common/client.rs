@@ -4,7 +4,11 @@
 
 use base64::Engine;
 use credstore::client::{Authorization, connect};
-use credstore::proto::milvus::GetVersionRequest;
+use credstore::proto::common::Status;
+use credstore::proto::milvus::{
+    CreateCredentialRequest, DeleteCredentialRequest, GetVersionRequest, ListCredUsersRequest,
+    UpdateCredentialRequest,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -96,4 +100,76 @@ impl Probe {
             },
         }
     }
+}
+
+/// root's client on one replica, for the writes.
+pub struct Admin(pub Client);
+
+/// A unary answer that carries only a `common.Status`.
+pub type Reply = Result<Status, tonic::Status>;
+
+impl Admin {
+    pub async fn connect(replica: &crate::common::Replica) -> Admin {
+        Admin(client(&replica.uri(), "root", "Milvus").await)
+    }
+
+    pub async fn create(&mut self, user: &str, password: &str) -> Reply {
+        let request = CreateCredentialRequest {
+            username: user.into(),
+            password: b64(password),
+            ..Default::default()
+        };
+        self.0
+            .create_credential(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// root is a super user, so the old password is sent as pymilvus would but not checked.
+    pub async fn change(&mut self, user: &str, old: &str, new: &str) -> Reply {
+        let request = UpdateCredentialRequest {
+            username: user.into(),
+            old_password: b64(old),
+            new_password: b64(new),
+            ..Default::default()
+        };
+        self.0
+            .update_credential(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn delete(&mut self, user: &str) -> Reply {
+        self.0
+            .delete_credential(DeleteCredentialRequest {
+                username: user.into(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn users(&mut self) -> Vec<String> {
+        let response = self
+            .0
+            .list_cred_users(ListCredUsersRequest::default())
+            .await
+            .expect("ListCredUsers answers")
+            .into_inner();
+        assert_ok(
+            Ok(response.status.clone().unwrap_or_default()),
+            "ListCredUsers",
+        );
+        response.usernames
+    }
+}
+
+/// Whether a reply is Milvus's success (code 0, error_code 0).
+pub fn succeeded(reply: &Reply) -> bool {
+    matches!(reply, Ok(status) if status.code == 0 && status.error_code == 0)
+}
+
+#[track_caller]
+pub fn assert_ok(reply: Reply, what: &str) {
+    assert!(succeeded(&reply), "{what}: expected success, got {reply:?}");
 }

@@ -130,3 +130,16 @@ impl Drop for Replica {
         forget_child(self.child.id());
     }
 }
+
+/// Starts replicas at once, one per YAML config.
+pub fn start_replicas_from<const N: usize>(yamls: [String; N]) -> [Replica; N] {
+    // Replica::start blocks until the ready line; keep the runtime's other worker free.
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let started = yamls
+                .each_ref()
+                .map(|yaml| scope.spawn(move || Replica::start(yaml)));
+            started.map(|handle| handle.join().expect("replica started"))
+        })
+    })
+}
