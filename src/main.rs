@@ -59,10 +59,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Break-glass administration through the store's own credentials (no login).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Exit 0 when the server at --uri answers.
     Health {
         #[arg(long, default_value = "http://127.0.0.1:19530")]
         uri: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Set root's password, read from standard input (one line; a prompt on a terminal).
+    /// Every running replica refuses the old password once this returns.
+    ResetRoot {
+        /// The config the replicas use (its etcd settings and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// etcd endpoints, comma-separated (overrides etcd.endpoints).
+        #[arg(long)]
+        etcd_endpoints: Option<String>,
     },
 }
 
@@ -141,6 +160,13 @@ fn main() -> ExitCode {
             } => serve(config, listen, etcd_endpoints, upstream).await,
             Command::User { connection, action } => user(connection, action).await,
             Command::Bench { config, json } => bench(config, json).await,
+            Command::Admin {
+                action:
+                    AdminAction::ResetRoot {
+                        config,
+                        etcd_endpoints,
+                    },
+            } => reset_root(config, etcd_endpoints).await,
             Command::Health { uri } => Admin::connect(&uri, Authorization::none())
                 .await?
                 .health()
@@ -185,6 +211,21 @@ async fn serve(
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let state = State::build(config, listener.local_addr()?).await?;
     server::run(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn reset_root(
+    config: Option<PathBuf>,
+    etcd_endpoints: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::load(
+        config.as_deref(),
+        std::env::vars(),
+        &Overrides { etcd_endpoints },
+    )?;
+    let password = read_secret("new password for root: ")?;
+    let revision = server::reset_root(config, password.as_bytes()).await?;
+    println!("root's password was reset at revision {revision}; every live replica applied it");
     Ok(())
 }
 

@@ -10,14 +10,14 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{AuthLayer, AuthStats, Authenticator};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, ROOT_USER};
 use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
 use crate::http::Readiness;
 use crate::meta::{EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
-use crate::password::{HashError, Hasher};
+use crate::password::{HashError, Hasher, Password, RuleError, Username};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer};
 use crate::rbac::Policies;
@@ -41,6 +41,10 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error("the new root password: {0}")]
+    RootPassword(#[source] RuleError),
+    #[error("root's record kept changing while it was reset; run it again")]
+    RootRaced,
     #[error(
         "cannot serve metrics and health on {address} (credstore.http.port; 0 turns it off): {source}"
     )]
@@ -118,6 +122,48 @@ impl State {
             config,
         })
     }
+}
+
+/// Break-glass recovery (`credstore admin reset-root`): sets root's password with the store's
+/// own credentials, no login. It is an ordinary acknowledged change: this process joins the
+/// cluster for the length of the write (a session, the watch), writes root's record with a
+/// compare-and-swap, waits until every live replica applied it, then leaves (its lease is
+/// revoked). Returns the write's revision.
+pub async fn reset_root(config: Config, password: &[u8]) -> Result<Revision, ServerError> {
+    let password =
+        Password::new(password.to_vec(), &config.limits()).map_err(ServerError::RootPassword)?;
+    let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let hash = state.auth.pool().hash(password).await?;
+    let root = Username::parse(ROOT_USER, &state.config.limits()).expect("root is a valid name");
+    let mut written = None;
+    for _ in 0..8 {
+        let attempt = match state.catalog.get_user(&root).await?.value {
+            Some(stored) => {
+                state
+                    .catalog
+                    .replace_user(&root, &stored.with_hash(hash.clone()))
+                    .await
+            }
+            None => state.catalog.create_user(&root, &hash, None).await,
+        };
+        match attempt {
+            Ok(revision) => {
+                written = Some(revision);
+                break;
+            }
+            Err(CatalogError::UserConflict(_) | CatalogError::UserExists(_)) => continue,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let revision = written.ok_or(ServerError::RootRaced)?;
+    tracing::warn!(
+        revision,
+        "root's password was reset (break-glass, admin reset-root)"
+    );
+    let confirmed = state.coherence.confirm(revision).await;
+    state.coherence_tasks.shutdown().await;
+    confirmed?;
+    Ok(revision)
 }
 
 async fn open_store(config: &Config) -> Result<Store, ServerError> {

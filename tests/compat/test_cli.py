@@ -4,6 +4,8 @@ through the environment or standard input, never only the command line (`ps` sho
 
 import subprocess
 
+import pytest
+
 from conftest import ROOT_PASSWORD, ROOT_USER, T, free_port, pw, uname
 
 
@@ -181,3 +183,29 @@ def test_prompts_on_a_terminal_without_echo(server, clients, binary):
     assert ROOT_PASSWORD.encode() not in echoed and password.encode() not in echoed, echoed
     assert clients.can_connect(server, f"{name}:{password}")
     _ok(server.cli("user", "delete", name))
+
+
+def test_admin_reset_root_is_an_acknowledged_change_on_every_replica(start_server, clients):
+    """Break-glass: `credstore admin reset-root` sets root's password with the store's own
+    credentials (no login), as an acknowledged change: once it exits 0, both running replicas
+    refuse the old password and accept the new one."""
+    from pymilvus.exceptions import MilvusException
+
+    from conftest import credstore_bin
+
+    a = start_server(super_users=None)
+    b = start_server(super_users=None, config=a.config)
+    for s in (a, b):
+        assert ROOT_USER in clients.make(s, token=f"{ROOT_USER}:{ROOT_PASSWORD}").list_users(timeout=T)
+    new = "break-glass-1"
+    run = subprocess.run(
+        [str(credstore_bin()), "admin", "reset-root", "--config", a.config_path],
+        input=new + "\n", capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "every live replica applied it" in run.stdout
+    assert new not in run.stdout + run.stderr, "the password is never echoed"
+    for s in (a, b):
+        with pytest.raises(MilvusException):
+            clients.make(s, token=f"{ROOT_USER}:{ROOT_PASSWORD}").list_users(timeout=T)
+        assert ROOT_USER in clients.make(s, token=f"{ROOT_USER}:{new}").list_users(timeout=T)
