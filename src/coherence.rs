@@ -1014,7 +1014,7 @@ mod tests {
                 session_ttl: Duration::from_secs(3),
                 ack_timeout,
             };
-            let policies = Policies::new(self.catalog.clone(), Default::default(), 100);
+            let policies = Policies::new(self.catalog.clone(), Default::default(), 100, false);
             let (coherence, tasks) =
                 Coherence::start_on(store, self.catalog.clone(), auth.clone(), policies, config)
                     .await

@@ -99,6 +99,7 @@ impl State {
             catalog.clone(),
             config.builtin_groups()?,
             config.credstore.cache.capacity,
+            config.common.security.root_should_bind_role,
         );
         let (coherence, coherence_tasks) = Coherence::start(
             catalog.clone(),
@@ -107,11 +108,8 @@ impl State {
             config.coherence(replica_id(address), address),
         )
         .await?;
-        let proxy = ProxyLayer::from_config(
-            &config.credstore.upstream.options(),
-            policies.clone(),
-            config.common.security.root_should_bind_role,
-        )?;
+        let proxy =
+            ProxyLayer::from_config(&config.credstore.upstream.options(), policies.clone())?;
         Ok(State {
             catalog,
             auth,
@@ -344,7 +342,6 @@ pub async fn run(
     } = state;
     let settings = ApiSettings {
         limits: config.limits(),
-        root_binds_role: config.common.security.root_should_bind_role,
         max_roles: config.proxy.max_role_num,
     };
     let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings);

@@ -315,7 +315,7 @@ async fn policies_decide_from_cached_grants_and_fail_closed() {
             .add_user_to_role(&alice, &role("reader"))
             .await
             .unwrap();
-        let policies = Policies::new(catalog.clone(), BuiltinGroups::default(), 1000);
+        let policies = Policies::new(catalog.clone(), BuiltinGroups::default(), 1000, false);
         let query = Check {
             object: ObjectType::Collection,
             privilege: Privilege::from_api("Query").unwrap(),

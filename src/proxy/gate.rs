@@ -11,23 +11,19 @@ use std::sync::Mutex;
 use tonic::Status;
 
 use crate::auth::Authenticated;
-use crate::catalog::ROOT_USER;
 use crate::rbac::{ADMIN_ROLE, Check, Policies, methods};
 
 /// Authorization of forwarded calls; cheap to share behind an `Arc`.
 pub struct Gate {
     policies: Policies,
-    /// `common.security.rootShouldBindRole`: root is checked through its roles like anyone.
-    root_binds_role: bool,
     /// Methods without a rule already logged (once each).
     logged: Mutex<HashSet<String>>,
 }
 
 impl Gate {
-    pub fn new(policies: Policies, root_binds_role: bool) -> Gate {
+    pub fn new(policies: Policies) -> Gate {
         Gate {
             policies,
-            root_binds_role,
             logged: Mutex::new(HashSet::new()),
         }
     }
@@ -56,7 +52,7 @@ impl Gate {
         if crate::proxy::methods::REFLECTED.contains(&method) {
             return Ok(());
         }
-        if user == ROOT_USER && !self.root_binds_role {
+        if self.policies.exempt(user) {
             return Ok(());
         }
         let Some(rule) = rule else {

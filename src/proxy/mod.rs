@@ -66,18 +66,13 @@ pub enum ProxyError {
 
 impl ProxyLayer {
     /// The layer for `config`: forwarding when `config.uri` is set, authorized by `policies`
-    /// (root passes unless `root_binds_role`).
-    pub fn from_config(
-        config: &Upstream,
-        policies: Policies,
-        root_binds_role: bool,
-    ) -> Result<ProxyLayer, ProxyError> {
+    pub fn from_config(config: &Upstream, policies: Policies) -> Result<ProxyLayer, ProxyError> {
         if config.uri.trim().is_empty() {
             return Ok(ProxyLayer::new(None));
         }
         let proxy = Proxy {
             forwarder: Forwarder::new(config)?,
-            gate: Gate::new(policies, root_binds_role),
+            gate: Gate::new(policies),
             max_message_bytes: config.max_message_bytes,
         };
         tracing::info!(upstream = %config.uri.trim(), "forwarding calls credstore does not own");

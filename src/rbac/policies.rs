@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::catalog::{Catalog, CatalogError, ChangedKey, StoredGrant};
+use crate::catalog::{Catalog, CatalogError, ChangedKey, ROOT_USER, StoredGrant};
 use crate::rbac::policy::{ADMIN_ROLE, Check, CustomGroups, Grant, PUBLIC_ROLE, RolePolicy};
 use crate::rbac::privileges::{BuiltinGroups, ObjectType};
 
@@ -38,18 +38,26 @@ struct Inner {
     user_roles: moka::sync::Cache<String, Arc<Vec<String>>>,
     roles: moka::sync::Cache<String, Arc<RolePolicy>>,
     groups: RwLock<Option<Arc<CustomGroups>>>,
+    /// `common.security.rootShouldBindRole`: root is checked through its roles like anyone.
+    root_binds_role: bool,
     /// Bumped by every invalidation; a load inserts only if it is unchanged since its read.
     epoch: AtomicU64,
 }
 
 impl Policies {
-    pub fn new(catalog: Catalog, builtin: BuiltinGroups, capacity: u64) -> Policies {
+    pub fn new(
+        catalog: Catalog,
+        builtin: BuiltinGroups,
+        capacity: u64,
+        root_binds_role: bool,
+    ) -> Policies {
         let inner = Inner {
             catalog,
             builtin,
             user_roles: moka::sync::Cache::new(capacity),
             roles: moka::sync::Cache::new(capacity),
             groups: RwLock::new(None),
+            root_binds_role,
             epoch: AtomicU64::new(0),
         };
         Policies {
@@ -61,9 +69,18 @@ impl Policies {
         &self.inner.builtin
     }
 
-    /// Whether `user` may do `check`: `admin` among their roles passes; otherwise one of
-    /// their roles or the implicit `public` must allow it.
+    /// Whether `user` passes every check without looking at grants: root, unless
+    /// `common.security.rootShouldBindRole`.
+    pub fn exempt(&self, user: &str) -> bool {
+        user == ROOT_USER && !self.inner.root_binds_role
+    }
+
+    /// Whether `user` may do `check`: an exempt root passes; so does `admin` among their
+    /// roles; otherwise one of their roles or the implicit `public` must allow it.
     pub async fn allows(&self, user: &str, check: &Check<'_>) -> Result<bool, CatalogError> {
+        if self.exempt(user) {
+            return Ok(true);
+        }
         let roles = self.user_roles(user).await?;
         if roles.iter().any(|r| r == ADMIN_ROLE) {
             return Ok(true);

@@ -308,15 +308,19 @@ impl Api {
             Ok(OperatePrivilegeGroupType::RemovePrivilegesFromGroup) => false,
             Err(_) => return Err(Refusal::NoPrivileges.into()),
         };
-        let Some(current) = self.custom_group(&body.group_name).await? else {
+        // One read of the custom groups serves the target and every member name.
+        let groups = self.catalog.privilege_groups().await?;
+        let Some(current) = groups.iter().find(|g| g.name == body.group_name) else {
             return Err(ServiceError::GroupNotFound(body.group_name));
         };
+        let current = &current.privileges;
         let names: Vec<String> = body.privileges.into_iter().map(|p| p.name).collect();
         if names.is_empty() {
             return Err(Refusal::NoPrivileges.into());
         }
         for name in &names {
-            let known = Privilege::from_api(name).is_some() || self.is_custom_group(name).await?;
+            let known =
+                Privilege::from_api(name).is_some() || groups.iter().any(|g| &g.name == name);
             if !known {
                 return Err(Refusal::UnknownPrivilege(name.clone()).into());
             }

@@ -17,7 +17,7 @@ use base64::Engine;
 use tonic::{Request, Response};
 
 use crate::auth::{self, Authenticated, Authenticator};
-use crate::catalog::{Catalog, ROOT_USER};
+use crate::catalog::Catalog;
 use crate::coherence::Coherence;
 use crate::meta::Revision;
 use crate::password::{Limits, Password, Username};
@@ -69,8 +69,6 @@ pub struct Api {
     policies: Policies,
     /// Milvus's name and password rules.
     limits: Limits,
-    /// `common.security.rootShouldBindRole`: root is checked like any user.
-    root_binds_role: bool,
     /// `proxy.maxRoleNum`: most roles, `admin` and `public` included.
     max_roles: usize,
     /// `Connect`'s identifier: only needs to differ between connections.
@@ -81,7 +79,6 @@ pub struct Api {
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
     pub limits: Limits,
-    pub root_binds_role: bool,
     pub max_roles: usize,
 }
 
@@ -103,7 +100,6 @@ impl Api {
             coherence,
             policies,
             limits: settings.limits,
-            root_binds_role: settings.root_binds_role,
             max_roles: settings.max_roles,
             next_identifier: Arc::new(AtomicI64::new(start)),
         }
@@ -117,9 +113,6 @@ impl Api {
         let Some(user) = caller.who.name() else {
             return Ok(());
         };
-        if user == ROOT_USER && !self.root_binds_role {
-            return Ok(());
-        }
         let rule = owned_rule(method);
         let check = Check {
             object: rule.object,
