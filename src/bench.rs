@@ -74,6 +74,9 @@ pub struct BenchConfig {
     /// Stop after this many requests in all (default: run for --seconds; CreateUsers: --users).
     #[arg(long)]
     pub requests: Option<u64>,
+    /// For an `https://` --uri.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTls,
 }
 
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
@@ -136,7 +139,7 @@ struct Tally {
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let mut channels = Vec::new();
     for _ in 0..config.connections.max(1) {
-        channels.push(client::channel(&config.uri).await?);
+        channels.push(client::channel_tls(&config.uri, &config.tls).await?);
     }
     let config = Arc::new(config);
     let next = Arc::new(AtomicU64::new(0));

@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::common::Status;
 use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
+use crate::tls::{ClientTls, TlsError};
 
 /// A `MilvusServiceClient` that sends its [`Authorization`] with every call.
 pub type Client = MilvusServiceClient<InterceptedService<Channel, Authorization>>;
@@ -36,6 +37,10 @@ pub enum ClientError {
     Status { code: i32, reason: String },
     #[error("cannot read a password: {0}")]
     Input(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("TLS options were given but the URI is not https://")]
+    TlsWithoutHttps,
 }
 
 /// The `authorization` header pymilvus sends: base64 of `user:password` (or none).
@@ -89,18 +94,30 @@ impl Interceptor for Authorization {
     }
 }
 
-/// A connected HTTP/2 channel to `uri` (connect timeout 5 s).
+/// A connected plaintext HTTP/2 channel to `uri` (connect timeout 5 s).
 pub async fn channel(uri: &str) -> Result<Channel, ClientError> {
+    channel_tls(uri, &ClientTls::default()).await
+}
+
+/// A connected HTTP/2 channel to `uri`, over TLS with `tls` when `uri` is `https://`
+/// (connect timeout 5 s).
+pub async fn channel_tls(uri: &str, tls: &ClientTls) -> Result<Channel, ClientError> {
     let connect_err = |source| ClientError::Connect {
         uri: uri.to_string(),
         source,
     };
-    Endpoint::from_shared(uri.to_string())
+    let mut endpoint = Endpoint::from_shared(uri.to_string())
         .map_err(connect_err)?
         .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(connect_err)
+        .tcp_nodelay(true);
+    if uri.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tls.tonic_config()?)
+            .map_err(connect_err)?;
+    } else if tls.is_set() {
+        return Err(ClientError::TlsWithoutHttps);
+    }
+    endpoint.connect().await.map_err(connect_err)
 }
 
 /// A client on `channel` sending `authorization` with every call.
@@ -165,8 +182,17 @@ pub struct Admin {
 
 impl Admin {
     pub async fn connect(uri: &str, authorization: Authorization) -> Result<Admin, ClientError> {
+        Admin::connect_tls(uri, &ClientTls::default(), authorization).await
+    }
+
+    /// As [`Admin::connect`], over TLS with `tls` when `uri` is `https://`.
+    pub async fn connect_tls(
+        uri: &str,
+        tls: &ClientTls,
+        authorization: Authorization,
+    ) -> Result<Admin, ClientError> {
         Ok(Admin {
-            client: connect(uri, authorization).await?,
+            client: client(channel_tls(uri, tls).await?, authorization),
         })
     }
 

@@ -30,6 +30,7 @@ use crate::password::{
     HashScheme, Limits, MAX_BCRYPT_COST, MAX_STORED_ARGON2, MIN_ARGON2, MIN_BCRYPT_COST, Password,
 };
 use crate::rbac::BuiltinGroups;
+use crate::tls::{ClientTls, ServerFiles, TlsMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -110,7 +111,18 @@ pub struct Config {
     pub etcd: EtcdConfig,
     pub proxy: ProxyConfig,
     pub common: CommonConfig,
+    /// Milvus's `tls` section: the server's files for `common.security.tlsMode` 1 and 2.
+    pub tls: TlsFiles,
     pub credstore: CredstoreConfig,
+}
+
+/// `tls.*`: read only when `common.security.tlsMode` is 1 or 2.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub server_pem_path: String,
+    pub server_key_path: String,
+    pub ca_pem_path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,6 +254,8 @@ pub struct SecurityConfig {
     pub default_root_password: Secret,
     /// When set, `root` passes privilege checks only through its roles, as any user.
     pub root_should_bind_role: bool,
+    /// 0 plaintext, 1 server TLS, 2 mutual TLS (files from the `tls` section).
+    pub tls_mode: u8,
     /// `common.security.rbac.*`: the built-in privilege groups' overrides.
     pub rbac: RbacConfig,
 }
@@ -288,6 +302,7 @@ impl Default for SecurityConfig {
             super_users: StringList::default(),
             default_root_password: Secret::new("Milvus"),
             root_should_bind_role: false,
+            tls_mode: 0,
             rbac: RbacConfig::default(),
         }
     }
@@ -386,6 +401,32 @@ pub struct UpstreamConfig {
     pub max_message_bytes: u64,
     /// Deadline of a forwarded call whose client sent no `grpc-timeout`.
     pub timeout_ms: u64,
+    /// For an `https://` upstream.
+    pub tls: UpstreamTls,
+}
+
+/// `credstore.upstream.tls.*`: how credstore verifies an `https://` upstream, and the
+/// certificate it presents when the upstream requires one (Milvus's tlsMode 2).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct UpstreamTls {
+    pub ca_pem_path: String,
+    pub server_name: String,
+    pub client_pem_path: String,
+    pub client_key_path: String,
+}
+
+impl UpstreamTls {
+    fn client(&self) -> ClientTls {
+        let path = |p: &str| (!p.trim().is_empty()).then(|| PathBuf::from(p.trim()));
+        ClientTls {
+            ca_pem_path: path(&self.ca_pem_path),
+            server_name: (!self.server_name.trim().is_empty())
+                .then(|| self.server_name.trim().to_string()),
+            client_pem_path: path(&self.client_pem_path),
+            client_key_path: path(&self.client_key_path),
+        }
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -396,6 +437,7 @@ impl Default for UpstreamConfig {
             max_message_bytes: 256 * 1024 * 1024,
             // Below the server's 60 s per-request limit, so the caller sees this deadline.
             timeout_ms: 55_000,
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -408,6 +450,7 @@ impl UpstreamConfig {
             token: self.token.clone(),
             max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
             default_timeout: Duration::from_millis(self.timeout_ms),
+            tls: self.tls.client(),
         }
     }
 }
@@ -639,7 +682,44 @@ impl Config {
         }
         self.root_password()?;
         self.builtin_groups()?;
+        self.server_tls()?;
         Ok(())
+    }
+
+    /// The listener's TLS files, or `None` for plaintext (`common.security.tlsMode` 0).
+    /// Their contents are read when the server starts (and on every reload).
+    pub fn server_tls(&self) -> Result<Option<ServerFiles>, ConfigError> {
+        let mode = match self.common.security.tls_mode {
+            0 => return Ok(None),
+            1 => TlsMode::Server,
+            2 => TlsMode::Mutual,
+            _ => {
+                return Err(ConfigError::Key {
+                    key: "common.security.tlsMode".into(),
+                    reason: "must be 0 (plaintext), 1 (server TLS) or 2 (mutual TLS)".into(),
+                });
+            }
+        };
+        let path = |key: &str, value: &str| match value.trim() {
+            "" => Err(ConfigError::Key {
+                key: key.into(),
+                reason: format!(
+                    "required with common.security.tlsMode {}",
+                    self.common.security.tls_mode
+                ),
+            }),
+            path => Ok(PathBuf::from(path)),
+        };
+        let tls = &self.tls;
+        Ok(Some(ServerFiles {
+            mode,
+            cert: path("tls.serverPemPath", &tls.server_pem_path)?,
+            key: path("tls.serverKeyPath", &tls.server_key_path)?,
+            ca: match mode {
+                TlsMode::Mutual => Some(path("tls.caPemPath", &tls.ca_pem_path)?),
+                TlsMode::Server => None,
+            },
+        }))
     }
 
     /// The built-in privilege groups: Milvus's defaults, each replaced by its
@@ -1081,6 +1161,41 @@ mod tests {
             config.default_listen().unwrap().to_string(),
             "0.0.0.0:19530"
         );
+    }
+
+    #[test]
+    fn tls_modes_and_their_files() {
+        assert_eq!(Config::default().server_tls().unwrap(), None);
+        let err = load("common:\n  security:\n    tlsMode: 3\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("common.security.tlsMode"), "{err}");
+        let err = load("common:\n  security:\n    tlsMode: 1\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("tls.serverPemPath"), "{err}");
+        let one_way = "common:\n  security:\n    tlsMode: 1\ntls:\n  serverPemPath: s.pem\n  serverKeyPath: s.key\n";
+        let files = load(one_way, &[]).unwrap().server_tls().unwrap().unwrap();
+        assert_eq!(files.mode, TlsMode::Server);
+        assert_eq!((files.cert, files.ca), (PathBuf::from("s.pem"), None));
+        // Mode 2 also needs the CA; the environment sets the mode like any key.
+        let err = load(one_way, &[("COMMON_SECURITY_TLSMODE", "2")]).unwrap_err();
+        assert!(err.to_string().contains("tls.caPemPath"), "{err}");
+        let mutual = format!("{one_way}  caPemPath: ca.pem\n");
+        let files = load(&mutual, &[("COMMON_SECURITY_TLSMODE", "2")]).unwrap();
+        let files = files.server_tls().unwrap().unwrap();
+        assert_eq!(files.mode, TlsMode::Mutual);
+        assert_eq!(files.ca, Some(PathBuf::from("ca.pem")));
+        // Milvus's shipped defaults with tlsMode 0 are read and unused.
+        let shipped = "common:\n  security:\n    tlsMode: 0\ntls:\n  serverPemPath: configs/cert/server.pem\n";
+        assert_eq!(load(shipped, &[]).unwrap().server_tls().unwrap(), None);
+    }
+
+    #[test]
+    fn upstream_tls_settings() {
+        let yaml = "credstore:\n  upstream:\n    uri: https://milvus:19530\n    tls:\n      caPemPath: ca.pem\n      serverName: milvus\n";
+        let tls = load(yaml, &[]).unwrap().credstore.upstream.options().tls;
+        assert_eq!(tls.ca_pem_path, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("milvus"));
+        assert_eq!(tls.client_pem_path, None);
+        let err = load("credstore:\n  upstream:\n    tls:\n      caPem: x\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("credstore.upstream.tls"), "{err}");
     }
 
     #[test]

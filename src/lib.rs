@@ -20,3 +20,4 @@ pub mod proxy;
 pub mod rbac;
 pub mod server;
 pub mod service;
+pub mod tls;

@@ -15,6 +15,7 @@ use credstore::bench::BenchConfig;
 use credstore::client::{Admin, Authorization, read_secret};
 use credstore::config::{Config, Overrides};
 use credstore::server::{self, State};
+use credstore::tls::ClientTls;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +69,8 @@ enum Command {
     Health {
         #[arg(long, default_value = "http://127.0.0.1:19530")]
         uri: String,
+        #[command(flatten)]
+        tls: ClientTls,
     },
 }
 
@@ -100,6 +103,8 @@ struct Connection {
         hide_env_values = true
     )]
     password: Option<String>,
+    #[command(flatten)]
+    tls: ClientTls,
 }
 
 /// A new password: the flag (visible to `ps`), CREDSTORE_NEW_PASSWORD, or else prompted (or
@@ -167,7 +172,7 @@ fn main() -> ExitCode {
                         etcd_endpoints,
                     },
             } => reset_root(config, etcd_endpoints).await,
-            Command::Health { uri } => Admin::connect(&uri, Authorization::none())
+            Command::Health { uri, tls } => Admin::connect_tls(&uri, &tls, Authorization::none())
                 .await?
                 .health()
                 .await
@@ -251,7 +256,7 @@ async fn user(
         None => read_secret(&format!("Password for {}: ", connection.user))?,
     };
     let authorization = Authorization::credentials(&connection.user, &password);
-    let mut admin = Admin::connect(&connection.uri, authorization).await?;
+    let mut admin = Admin::connect_tls(&connection.uri, &connection.tls, authorization).await?;
     let new_password = |given: NewPassword, name: &str| match given.new_password {
         Some(password) => Ok(password),
         None => read_secret(&format!("New password for {name}: ")),

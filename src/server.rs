@@ -22,6 +22,7 @@ use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer};
 use crate::rbac::Policies;
 use crate::service::{Api, ApiSettings};
+use crate::tls::{ServerTls, TlsError, TlsMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -41,6 +42,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("the new root password: {0}")]
     RootPassword(#[source] RuleError),
     #[error("root's record kept changing while it was reset; run it again")]
@@ -67,6 +70,8 @@ pub struct State {
     pub policies: Policies,
     /// Routes calls credstore does not own to the upstream Milvus, if one is configured.
     proxy: ProxyLayer,
+    /// The listener's TLS (`common.security.tlsMode` 1 or 2), loaded before anything else.
+    tls: Option<ServerTls>,
     config: Config,
 }
 
@@ -74,6 +79,7 @@ impl State {
     /// Opens the store, bootstraps root and the default roles, joins the cluster.
     /// `address` is where clients reach this replica (recorded in its session).
     pub async fn build(config: Config, address: SocketAddr) -> Result<State, ServerError> {
+        let tls = config.server_tls()?.map(ServerTls::load).transpose()?;
         let store = open_store(&config).await?;
         let catalog = Catalog::new(store, &config.meta_root());
         let settings = config.hash_pool();
@@ -108,8 +114,11 @@ impl State {
             config.coherence(replica_id(address), address),
         )
         .await?;
-        let proxy =
-            ProxyLayer::from_config(&config.credstore.upstream.options(), policies.clone())?;
+        let proxy = ProxyLayer::from_config(
+            &config.credstore.upstream.options(),
+            policies.clone(),
+            auth.clone(),
+        )?;
         Ok(State {
             catalog,
             auth,
@@ -117,6 +126,7 @@ impl State {
             coherence_tasks,
             policies,
             proxy,
+            tls,
             config,
         })
     }
@@ -127,7 +137,9 @@ impl State {
 /// cluster for the length of the write (a session, the watch), writes root's record with a
 /// compare-and-swap, waits until every live replica applied it, then leaves (its lease is
 /// revoked). Returns the write's revision.
-pub async fn reset_root(config: Config, password: &[u8]) -> Result<Revision, ServerError> {
+pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<Revision, ServerError> {
+    // It serves nothing: the listener's certificates need not be on this machine.
+    config.common.security.tls_mode = 0;
     let password =
         Password::new(password.to_vec(), &config.limits()).map_err(ServerError::RootPassword)?;
     let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -338,6 +350,7 @@ pub async fn run(
         coherence_tasks,
         policies,
         proxy,
+        tls,
         config,
     } = state;
     let settings = ApiSettings {
@@ -371,8 +384,13 @@ pub async fn run(
     report_health(&reporter, readiness.is_ready()).await;
     let health = tokio::spawn(health_loop(reporter.clone(), readiness.clone()));
     // Logged once the HTTP port listens too: tests and scripts wait for this line.
+    let transport = match tls.as_ref().map(ServerTls::mode) {
+        None => "plaintext",
+        Some(TlsMode::Server) => "TLS",
+        Some(TlsMode::Mutual) => "mutual TLS",
+    };
     Snapshot::of(&auth, &coherence).log(&format!(
-        "credstore ready on {address} (authorization {})",
+        "credstore ready on {address} (authorization {}, {transport})",
         config.common.security.authorization_enabled
     ));
     let status = tokio::spawn(status_loop(auth.clone(), coherence.clone()));
@@ -392,7 +410,7 @@ pub async fn run(
             tokio::time::sleep(drain).await;
         }
     };
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .timeout(REQUEST_TIMEOUT)
@@ -400,9 +418,22 @@ pub async fn run(
         // Outside the proxy, and let through the auth layer without credentials.
         .add_service(health_service)
         // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
-        .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)))
-        .serve_with_incoming_shutdown(incoming(listener), stopping)
-        .await;
+        .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)));
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), stopping)
+                .await
+        }
+        Some(tls) => {
+            let reloads = tokio::spawn(tls.clone().keep_reloading());
+            let served = router
+                .serve_with_incoming_shutdown(tls.incoming(listener), stopping)
+                .await;
+            reloads.abort();
+            served
+        }
+    };
     status.abort();
     health.abort();
     let _ = http_stop.send(());

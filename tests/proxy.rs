@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use credstore::client::Authorization;
 use credstore::config::{Config, Overrides};
-use credstore::proto::milvus::CreateCredentialRequest;
+use credstore::proto::milvus::{CheckHealthRequest, CheckHealthResponse, CreateCredentialRequest};
 use credstore::proxy::RawCodec;
 use credstore::server::{self, State};
+use prost::Message;
 use prost::bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -145,6 +146,15 @@ impl tower::Service<Request<Bytes>> for Handler {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     Err(Status::internal("too late"))
                 }
+                "CheckHealth" => Ok(Response::new(Bytes::from(
+                    CheckHealthResponse {
+                        status: Some(Default::default()),
+                        is_healthy: false,
+                        reasons: vec!["querynode 7 is down".into()],
+                        quota_states: vec![2],
+                    }
+                    .encode_to_vec(),
+                ))),
                 _ => {
                     let mut response = Response::new(request.into_inner());
                     response
@@ -481,6 +491,52 @@ async fn an_unreachable_upstream_is_unavailable() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Health through credstore says why it is unhealthy; the call itself succeeds.
+    let health = check_health(&credstore.uri, "root:Milvus").await;
+    assert!(!health.is_healthy);
+    assert!(
+        health.reasons[0].starts_with("upstream Milvus unreachable: Unavailable"),
+        "{health:?}"
+    );
+}
+
+async fn check_health(uri: &str, credentials: &str) -> CheckHealthResponse {
+    let body = CheckHealthRequest {}.encode_to_vec();
+    let answer = call(uri, "CheckHealth", body, credentials, "", None)
+        .await
+        .unwrap();
+    CheckHealthResponse::decode(answer.into_inner()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_health_is_the_upstreams_with_this_replica_folded_in() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    let upstream = Upstream::default();
+    let running = start_upstream(upstream.clone()).await;
+    let credstore = start_credstore(&running, "root:Milvus").await;
+    create_bob(&credstore.uri).await;
+    // Any authenticated caller (bob has no role), as on Milvus.
+    let health = check_health(&credstore.uri, "bob:password1").await;
+    assert!(!health.is_healthy);
+    assert_eq!(health.reasons, vec!["querynode 7 is down"]);
+    assert_eq!(health.quota_states, vec![2]);
+    let seen = upstream.seen();
+    assert_eq!(seen.last().unwrap().method, "CheckHealth");
+    let bad = call(
+        &credstore.uri,
+        "CheckHealth",
+        vec![],
+        "bob:wrong-pw",
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(bad.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        upstream.seen().len(),
+        seen.len(),
+        "a bad login reached the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

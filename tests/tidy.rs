@@ -37,6 +37,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "password",
             "hash_pool",
             "proto",
+            "tls",
         ],
     ),
     (
@@ -63,6 +64,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "password",
             "proto",
             "client",
+            "tls",
         ],
     ),
     (
@@ -105,12 +107,15 @@ const MATRIX: &[(&str, &[&str])] = &[
             "meta",
             "password",
             "hash_pool",
+            "tls",
         ],
     ),
     ("proto", &[]),
-    ("client", &["proto"]),
+    // A leaf: TLS files to rustls configurations, server and client side.
+    ("tls", &[]),
+    ("client", &["proto", "tls"]),
     ("admin", &["client", "proto", "password"]),
-    ("bench", &["client", "proto", "password"]),
+    ("bench", &["client", "proto", "password", "tls"]),
 ];
 
 /// External crates only some files may name: (crate, the paths under `src/` that may).
@@ -120,6 +125,8 @@ const CRATE_OWNERS: &[(&str, &[&str])] = &[
     ("argon2", &["src/password.rs"]),
     ("bcrypt", &["src/password.rs"]),
     ("prometheus_client", &["src/metrics.rs"]),
+    ("rustls", &["src/tls.rs"]),
+    ("tokio_rustls", &["src/tls.rs"]),
 ];
 
 /// Modules below `service` that must not speak gRPC (`meta/etcd.rs` may name tonic's status

@@ -54,21 +54,29 @@ impl Forwarder {
     /// and keeps serving user management, while the upstream is away.
     pub fn new(config: &Upstream) -> Result<Forwarder, ProxyError> {
         let uri = config.uri.trim();
-        if uri.starts_with("https://") {
-            return Err(ProxyError::TlsNotSupported {
-                uri: uri.to_string(),
-            });
-        }
-        if !uri.starts_with("http://") {
+        let https = uri.starts_with("https://");
+        if !https && !uri.starts_with("http://") {
             return Err(ProxyError::Uri {
                 uri: uri.to_string(),
-                reason: "must start with http://".into(),
+                reason: "must start with http:// or https://".into(),
             });
         }
-        let endpoint = Endpoint::from_shared(uri.to_string()).map_err(|e| ProxyError::Uri {
+        if !https && config.tls.is_set() {
+            return Err(ProxyError::TlsWithoutHttps {
+                uri: uri.to_string(),
+            });
+        }
+        let mut endpoint = Endpoint::from_shared(uri.to_string()).map_err(|e| ProxyError::Uri {
             uri: uri.to_string(),
             reason: e.to_string(),
         })?;
+        if https {
+            let tls = config.tls.tonic_config().map_err(ProxyError::Tls)?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| ProxyError::Uri {
+                uri: uri.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
         // Transport decisions (STYLE 22): no Nagle on the dialled socket (a proxy must not add
         // ~40 ms tails); a connect that fails fast so callers get UNAVAILABLE and retry; HTTP/2
         // keep-alive so a dead upstream is noticed between calls; adaptive flow-control windows
@@ -214,6 +222,7 @@ fn unavailable(e: tonic::transport::Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::ClientTls;
 
     #[test]
     fn grpc_timeouts() {
@@ -239,10 +248,23 @@ mod tests {
             token: String::new(),
             max_message_bytes: 1 << 20,
             default_timeout: Duration::from_secs(1),
+            tls: ClientTls::default(),
         };
+        // https needs the CA that signed the upstream's certificate.
         assert!(matches!(
             Forwarder::new(&config("https://m:443")),
-            Err(ProxyError::TlsNotSupported { .. })
+            Err(ProxyError::Tls(_))
+        ));
+        let with_ca = Upstream {
+            tls: ClientTls {
+                ca_pem_path: Some("/nonexistent/ca.pem".into()),
+                ..ClientTls::default()
+            },
+            ..config("http://m:19530")
+        };
+        assert!(matches!(
+            Forwarder::new(&with_ca),
+            Err(ProxyError::TlsWithoutHttps { .. })
         ));
         assert!(matches!(
             Forwarder::new(&config("m:19530")),

@@ -73,9 +73,10 @@ pub const UNANNOTATED: &[&str] = &[
 ];
 
 /// Owned methods that reflect the upstream when there is one, so pymilvus sees the upstream
-/// Milvus's version and server info (features it enables by version keep working). Milvus
-/// gives them no privilege: any authenticated caller may make them.
-pub const REFLECTED: &[&str] = &["Connect", "GetVersion"];
+/// Milvus's version and server info (features it enables by version keep working), and a
+/// health check sees the upstream's health with this replica's folded in (`health.rs`).
+/// Milvus gives them no privilege: any authenticated caller may make them.
+pub const REFLECTED: &[&str] = &["Connect", "GetVersion", "CheckHealth"];
 
 /// Streaming methods: the forwarder is unary only, so these are refused.
 pub const STREAMING: &[&str] = &["CreateReplicateStream", "DumpMessages"];
@@ -134,7 +135,8 @@ mod tests {
         check(&p("Connect"), true, Route::Forward("Connect"));
         check(&p("GetVersion"), true, Route::Forward("GetVersion"));
         check(&p("GetVersion"), false, Route::Own);
-        check(&p("CheckHealth"), true, Route::Own);
+        check(&p("CheckHealth"), true, Route::Forward("CheckHealth"));
+        check(&p("CheckHealth"), false, Route::Own);
         check(&p("OperatePrivilege"), true, Route::Own);
         check(&p("Insert"), true, Route::Forward("Insert"));
         check(
@@ -154,8 +156,9 @@ mod tests {
         for m in OWNED.iter().filter(|m| !REFLECTED.contains(m)) {
             assert_eq!(route(&format!("/{SERVICE}/{m}"), true), Route::Own, "{m}");
         }
-        // Only version and server info reflect the upstream: never a user, role or grant call.
-        assert_eq!(REFLECTED, ["Connect", "GetVersion"]);
+        // Only version, server info and health reflect the upstream: never a user, role or
+        // grant call.
+        assert_eq!(REFLECTED, ["Connect", "GetVersion", "CheckHealth"]);
         assert!(
             REFLECTED
                 .iter()

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod forwarder;
 pub mod gate;
+pub mod health;
 pub mod limit;
 pub mod methods;
 pub mod router;
@@ -20,7 +21,9 @@ pub use router::{Proxy, ProxyLayer, Router};
 
 use std::time::Duration;
 
+use crate::auth::Authenticator;
 use crate::rbac::Policies;
+use crate::tls::{ClientTls, TlsError};
 
 /// Where forwarded calls go and how (from `credstore.upstream`). `Debug` hides the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -33,6 +36,8 @@ pub struct Upstream {
     pub max_message_bytes: usize,
     /// Deadline of a call whose client sent no `grpc-timeout`.
     pub default_timeout: Duration,
+    /// How to reach an `https://` upstream.
+    pub tls: ClientTls,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -49,6 +54,7 @@ impl std::fmt::Debug for Upstream {
             )
             .field("max_message_bytes", &self.max_message_bytes)
             .field("default_timeout", &self.default_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -56,8 +62,10 @@ impl std::fmt::Debug for Upstream {
 /// Why the proxy tier could not be set up from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("credstore.upstream.uri {uri:?}: https upstreams are not supported yet; use http://")]
-    TlsNotSupported { uri: String },
+    #[error("credstore.upstream.tls is set but credstore.upstream.uri {uri:?} is not https://")]
+    TlsWithoutHttps { uri: String },
+    #[error("credstore.upstream.tls: {0}")]
+    Tls(#[source] TlsError),
     #[error("credstore.upstream.uri {uri:?}: {reason}")]
     Uri { uri: String, reason: String },
     #[error("credstore.upstream.token {0}")]
@@ -65,8 +73,13 @@ pub enum ProxyError {
 }
 
 impl ProxyLayer {
-    /// The layer for `config`: forwarding when `config.uri` is set, authorized by `policies`
-    pub fn from_config(config: &Upstream, policies: Policies) -> Result<ProxyLayer, ProxyError> {
+    /// The layer for `config`: forwarding when `config.uri` is set, authorized by `policies`;
+    /// `auth` is this replica's state for `CheckHealth`.
+    pub fn from_config(
+        config: &Upstream,
+        policies: Policies,
+        auth: Authenticator,
+    ) -> Result<ProxyLayer, ProxyError> {
         if config.uri.trim().is_empty() {
             return Ok(ProxyLayer::new(None));
         }
@@ -74,6 +87,7 @@ impl ProxyLayer {
             forwarder: Forwarder::new(config)?,
             gate: Gate::new(policies),
             max_message_bytes: config.max_message_bytes,
+            auth,
         };
         tracing::info!(upstream = %config.uri.trim(), "forwarding calls credstore does not own");
         Ok(ProxyLayer::new(Some(proxy)))

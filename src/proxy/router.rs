@@ -17,10 +17,11 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tower::{Layer, Service};
 
-use crate::auth;
+use crate::auth::{self, Authenticator};
 use crate::proxy::codec::RawCodec;
 use crate::proxy::forwarder::Forwarder;
 use crate::proxy::gate::Gate;
+use crate::proxy::health;
 use crate::proxy::limit::Bounded;
 use crate::proxy::methods::{Route, route};
 
@@ -29,6 +30,15 @@ pub struct Proxy {
     pub forwarder: Forwarder,
     pub gate: Gate,
     pub max_message_bytes: usize,
+    /// This replica's own state, folded into the upstream's `CheckHealth`.
+    pub auth: Authenticator,
+}
+
+impl Proxy {
+    /// Whether this replica trusts its cache (registered, watch live and caught up).
+    pub fn trusted(&self) -> bool {
+        self.auth.is_trusted()
+    }
 }
 
 /// Installs a [`Router`] around a service.
@@ -144,7 +154,10 @@ impl Service<Request<Bytes>> for Call {
                 .gate
                 .authorize(&caller, &method, &db, request.get_ref())
                 .await?;
-            proxy.forwarder.forward(&method, request).await
+            match &*method {
+                health::METHOD => health::check_health(&proxy, request).await,
+                _ => proxy.forwarder.forward(&method, request).await,
+            }
         })
     }
 }

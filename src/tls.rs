@@ -1,0 +1,454 @@
+//! TLS the way Milvus offers it (`common.security.tlsMode`): 0 plaintext, 1 server TLS
+//! (TLS 1.2 or 1.3), 2 mutual TLS (TLS 1.3 only, a client certificate verified against
+//! `tls.caPemPath`), with certificates from `tls.serverPemPath` / `tls.serverKeyPath`.
+//! rustls with the ring provider, chosen explicitly (never the process default).
+//!
+//! Certificates are replaced without dropping connections: every accepted connection takes
+//! the configuration current at its handshake, and [`ServerTls::keep_reloading`] reloads the files on
+//! SIGHUP and when their contents change. A file that does not load leaves the old
+//! configuration serving (and is logged), so a half-written rotation cannot take a replica down.
+//!
+//! Handshakes run beside the accept loop, each with a time limit, and at most
+//! [`MAX_HANDSHAKES`] at once: a client that connects and says nothing holds a slot for
+//! [`HANDSHAKE_TIMEOUT`] at most, and cannot stop others from being accepted.
+//!
+//! [`ClientTls`] is the client side: the admin CLI, `credstore bench` and the proxy tier's
+//! connection to an `https://` upstream.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// TLS handshakes in progress at once; connections beyond it are closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// How long a connection may take to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often [`ServerTls::keep_reloading`] looks at the certificate files.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Milvus's `common.security.tlsMode` when it is not 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// 1: the server proves itself; any client may connect (TLS 1.2 or 1.3).
+    Server,
+    /// 2: both sides prove themselves; the client's certificate must chain to the CA
+    /// (TLS 1.3, as Milvus requires).
+    Mutual,
+}
+
+/// Where the server's TLS material lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub mode: TlsMode,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Required in [`TlsMode::Mutual`], unused otherwise.
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("config key {key}: cannot read {path}: {source}")]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config key {key}: {path}: {reason}")]
+    Invalid {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("the TLS configuration was refused: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server's TLS configuration, swappable while serving; cheap to clone.
+#[derive(Clone)]
+pub struct ServerTls {
+    files: Arc<ServerFiles>,
+    current: Arc<RwLock<Loaded>>,
+}
+
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// Of the files' contents, so an unchanged rotation is not a reload.
+    digest: [u8; 32],
+}
+
+/// The three files' contents, read once per load.
+struct Material {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Option<Vec<u8>>,
+}
+
+impl Material {
+    fn read(files: &ServerFiles) -> Result<Material, TlsError> {
+        let ca = match (files.mode, &files.ca) {
+            (TlsMode::Mutual, Some(ca)) => Some(read("tls.caPemPath", ca)?),
+            (TlsMode::Mutual, None) => {
+                return Err(TlsError::Invalid {
+                    key: "tls.caPemPath",
+                    path: PathBuf::new(),
+                    reason: "required with common.security.tlsMode 2".into(),
+                });
+            }
+            (TlsMode::Server, _) => None,
+        };
+        Ok(Material {
+            cert: read("tls.serverPemPath", &files.cert)?,
+            key: read("tls.serverKeyPath", &files.key)?,
+            ca,
+        })
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        for part in [
+            &self.cert[..],
+            &self.key[..],
+            self.ca.as_deref().unwrap_or(&[]),
+        ] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        hash.finalize().into()
+    }
+}
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(
+    key: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let invalid = |reason: String| TlsError::Invalid {
+        key,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
+fn server_config(files: &ServerFiles, material: &Material) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let certs = certificates("tls.serverPemPath", &files.cert, &material.cert)?;
+    // The key's text is never part of an error.
+    let key = PrivateKeyDer::from_pem_slice(&material.key).map_err(|_| TlsError::Invalid {
+        key: "tls.serverKeyPath",
+        path: files.key.clone(),
+        reason: "holds no readable PEM private key".into(),
+    })?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match files.mode {
+        TlsMode::Server => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsMode::Mutual => &[&rustls::version::TLS13],
+    };
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match (&material.ca, &files.ca) {
+        (Some(ca), Some(ca_path)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates("tls.caPemPath", ca_path, ca)? {
+                roots.add(cert)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Invalid {
+                    key: "tls.caPemPath",
+                    path: ca_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
+    // gRPC clients insist on HTTP/2 being negotiated.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+impl ServerTls {
+    /// Loads the files; an error names the config key of the file at fault.
+    pub fn load(files: ServerFiles) -> Result<ServerTls, TlsError> {
+        let material = Material::read(&files)?;
+        let loaded = Loaded {
+            config: Arc::new(server_config(&files, &material)?),
+            digest: material.digest(),
+        };
+        Ok(ServerTls {
+            files: Arc::new(files),
+            current: Arc::new(RwLock::new(loaded)),
+        })
+    }
+
+    pub fn mode(&self) -> TlsMode {
+        self.files.mode
+    }
+
+    /// Reads the files again; swaps the configuration in when their contents changed and
+    /// load. Returns whether it swapped. Connections already open keep their session.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let material = Material::read(&self.files)?;
+        let digest = material.digest();
+        if self.read_current(|loaded| loaded.digest == digest) {
+            return Ok(false);
+        }
+        let config = Arc::new(server_config(&self.files, &material)?);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = Loaded { config, digest };
+        Ok(true)
+    }
+
+    fn read_current<T>(&self, f: impl FnOnce(&Loaded) -> T) -> T {
+        f(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.read_current(|loaded| loaded.config.clone()))
+    }
+
+    /// Reloads on every SIGHUP and whenever the files' contents change (checked every
+    /// [`POLL_INTERVAL`]); runs until dropped.
+    pub async fn keep_reloading(self) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot listen for SIGHUP ({e}); certificate files are still watched"
+                );
+                None
+            }
+        };
+        let mut every = tokio::time::interval(POLL_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let signalled = tokio::select! {
+                _ = every.tick() => false,
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
+            };
+            match self.reload() {
+                Ok(true) => tracing::info!("TLS certificates reloaded"),
+                Ok(false) if signalled => tracing::info!("SIGHUP: TLS certificates unchanged"),
+                Ok(false) => {}
+                // Logged each time, so an operator sees a broken rotation until it is fixed.
+                Err(e) => tracing::error!(
+                    "TLS certificates not reloaded, still serving the previous ones: {e}"
+                ),
+            }
+        }
+    }
+
+    /// The connections accepted on `listener`, each with `TCP_NODELAY` and a completed
+    /// handshake. The accept loop ends when the stream is dropped (the server stopped).
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        let (ready, incoming) = mpsc::channel(64);
+        tokio::spawn(accept_loop(listener, self.clone(), ready));
+        ReceiverStream::new(incoming)
+    }
+}
+
+type Ready = mpsc::Sender<io::Result<TlsStream<TcpStream>>>;
+
+async fn accept_loop(listener: TcpListener, tls: ServerTls, ready: Ready) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let accepted = tokio::select! {
+            _ = ready.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tls.acceptor();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            drop(slot);
+            match handshake {
+                Ok(Ok(stream)) => {
+                    let _ = ready.send(Ok(stream)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// The client side of TLS: what the admin CLI and `credstore bench` take as flags and the
+/// proxy tier as `credstore.upstream.tls.*`. Used for `https://` URIs only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct ClientTls {
+    /// PEM file of the CA that signed the server's certificate (or that certificate itself).
+    #[arg(long = "ca-pem", global = true)]
+    pub ca_pem_path: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the URI's host).
+    #[arg(long, global = true)]
+    pub server_name: Option<String>,
+    /// This client's certificate (PEM), for servers that require one (tlsMode 2).
+    #[arg(long = "client-pem", global = true, requires = "client_key_path")]
+    pub client_pem_path: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long = "client-key", global = true, requires = "client_pem_path")]
+    pub client_key_path: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// Whether any setting is given (they mean nothing for an `http://` URI).
+    pub fn is_set(&self) -> bool {
+        *self != ClientTls::default()
+    }
+
+    /// tonic's client configuration from the files. A CA is required: credstore trusts no
+    /// system roots.
+    pub fn tonic_config(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let Some(ca) = &self.ca_pem_path else {
+            return Err(TlsError::Invalid {
+                key: "caPemPath",
+                path: PathBuf::new(),
+                reason: "an https:// server needs the CA that signed its certificate".into(),
+            });
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("caPemPath", ca)?));
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        match (&self.client_pem_path, &self.client_key_path) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read("clientPemPath", cert)?,
+                    read("clientKeyPath", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(TlsError::Invalid {
+                    key: "clientPemPath",
+                    path: PathBuf::new(),
+                    reason: "clientPemPath and clientKeyPath go together".into(),
+                });
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path, mode: TlsMode) -> ServerFiles {
+        ServerFiles {
+            mode,
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            ca: Some(dir.join("ca.pem")),
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ServerTls::load(files(dir.path(), TlsMode::Server))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("config key tls.serverPemPath: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_pem_is_refused_and_the_key_text_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("server.key"), "SECRET-KEY-TEXT").unwrap();
+        let err = ServerTls::load(files(dir.path(), TlsMode::Server))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("tls.serverPemPath"), "{err}");
+        assert!(err.contains("holds no certificate"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn mutual_tls_needs_a_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mutual = files(dir.path(), TlsMode::Mutual);
+        mutual.ca = None;
+        let err = ServerTls::load(mutual).err().unwrap().to_string();
+        assert!(err.contains("tls.caPemPath"), "{err}");
+    }
+
+    #[test]
+    fn a_client_needs_a_ca_and_both_halves_of_its_identity() {
+        assert!(ClientTls::default().tonic_config().is_err());
+        assert!(!ClientTls::default().is_set());
+        let half = ClientTls {
+            ca_pem_path: Some("/dev/null".into()),
+            client_pem_path: Some("/dev/null".into()),
+            ..ClientTls::default()
+        };
+        assert!(
+            half.tonic_config()
+                .unwrap_err()
+                .to_string()
+                .contains("go together")
+        );
+    }
+}

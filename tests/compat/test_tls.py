@@ -1,0 +1,318 @@
+"""TLS like Milvus (issue 12, item 1; the upstream half of issue 11).
+
+Certificates are made here with the `openssl` command line: a CA, a server certificate
+for `localhost`/127.0.0.1 signed by it, a client certificate signed by it, and a second,
+unrelated CA with its own server and client certificates. Real `credstore serve` processes
+run with `common.security.tlsMode` 1 and 2, and the real pymilvus connects with exactly the
+arguments Milvus's documentation gives (`server_pem_path` + `server_name` for mode 1;
+`client_pem_path`, `client_key_path`, `ca_pem_path` for mode 2). Checked: plaintext clients
+are refused under TLS, a client certificate from another CA is refused in mode 2, a
+certificate rotation (SIGHUP, or just new files) takes effect for new connections while an
+open connection keeps working, the admin CLI and `credstore bench` speak TLS, and credstore
+reaches an `https://` upstream that requires a client certificate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+from pymilvus import MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from conftest import (
+    ROOT_PASSWORD,
+    ROOT_USER,
+    T,
+    Server,
+    base_config,
+    credstore_bin,
+    pw,
+    to_yaml,
+    uname,
+)
+from test_proxy import DIM, MilvusLite, count, rows
+
+TOKEN = f"{ROOT_USER}:{ROOT_PASSWORD}"
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"openssl {' '.join(args)} failed:\n{done.stderr}"
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
+        cwd=d,
+    )
+
+
+def make_leaf(d: Path, ca: str, name: str, usage: str) -> None:
+    """`name`.pem/.key signed by `ca`, for `usage` serverAuth or clientAuth."""
+    ext = d / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        f"extendedKeyUsage={usage}\n"
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    )
+    openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
+        cwd=d,
+    )
+    openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name,
+        cwd=d,
+    )
+
+
+@pytest.fixture(scope="module")
+def certs() -> Iterator[Path]:
+    """ca/server/client, and other-ca/other-server/other-client from an unrelated CA."""
+    d = Path(tempfile.mkdtemp(prefix="credstore-compat-tls-"))
+    try:
+        for ca, prefix in (("ca", ""), ("other-ca", "other-")):
+            make_ca(d, ca)
+            make_leaf(d, ca, f"{prefix}server", "serverAuth")
+            make_leaf(d, ca, f"{prefix}client", "clientAuth")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def tls_config(etcd, certs: Path, mode: int, served: Path) -> Dict:
+    """A server config with tlsMode `mode`, serving the files in `served` (copies, so a
+    test may rotate them)."""
+    served.mkdir(parents=True, exist_ok=True)
+    for name in ("server.pem", "server.key", "ca.pem"):
+        shutil.copy(certs / name, served / name)
+    config = base_config(f"compat-tls-{uuid.uuid4().hex[:8]}", [etcd.endpoint])
+    config["common"]["security"]["tlsMode"] = mode
+    config["tls"] = {
+        "serverPemPath": str(served / "server.pem"),
+        "serverKeyPath": str(served / "server.key"),
+        "caPemPath": str(served / "ca.pem"),
+    }
+    return config
+
+
+def https(server: Server) -> str:
+    return f"https://127.0.0.1:{server.port}"
+
+
+def client(uri: str, timeout: float = T, **tls) -> MilvusClient:
+    return MilvusClient(uri=uri, token=TOKEN, timeout=timeout, dedicated=True, **tls)
+
+
+def refused(uri: str, **tls) -> bool:
+    """Whether pymilvus fails to connect (it waits for the channel, then gives up)."""
+    try:
+        c = client(uri, timeout=3, **tls)
+    except MilvusException:
+        return True
+    c.close()
+    return False
+
+
+def one_way(certs: Path, ca: str = "ca.pem") -> Dict:
+    return {"server_pem_path": str(certs / ca), "server_name": "localhost"}
+
+
+def mutual(certs: Path, prefix: str = "", ca: str = "ca.pem") -> Dict:
+    return {
+        "client_pem_path": str(certs / f"{prefix}client.pem"),
+        "client_key_path": str(certs / f"{prefix}client.key"),
+        "ca_pem_path": str(certs / ca),
+        "server_name": "localhost",
+    }
+
+
+def cli_tls(certs: Path, client_cert: bool = False) -> list:
+    args = ["--ca-pem", str(certs / "ca.pem"), "--server-name", "localhost"]
+    if client_cert:
+        args += ["--client-pem", str(certs / "client.pem"), "--client-key", str(certs / "client.key")]
+    return args
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDSTORE_")}
+    env["CREDSTORE_PASSWORD"] = ROOT_PASSWORD
+    return subprocess.run(
+        [str(server.bin), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_mode_1_serves_pymilvus_and_refuses_plaintext(etcd, certs, tmp_path):
+    s = Server(tls_config(etcd, certs, 1, tmp_path / "tls"), str(tmp_path / "srv"))
+    try:
+        assert "(authorization true, TLS)" in s.log_text()
+        c = client(https(s), **one_way(certs))
+        name, secret = uname("tls"), pw("Tls")
+        c.create_user(name, secret, timeout=T)
+        assert name in c.list_users(timeout=T)
+        # The user logs in over TLS too.
+        client(https(s), **one_way(certs)).close()
+        assert refused(s.uri), "a plaintext client got through a TLS listener"
+        assert refused(https(s), **one_way(certs, "other-ca.pem")), "an untrusted CA was accepted"
+        # The admin CLI and the load generator speak TLS.
+        listed = cli(s, "user", "list", "--uri", https(s), *cli_tls(certs))
+        assert listed.returncode == 0 and name in listed.stdout.split(), listed.stderr
+        health = cli(s, "health", "--uri", https(s), *cli_tls(certs))
+        assert health.returncode == 0, health.stderr
+        plain = cli(s, "health", "--uri", s.uri)
+        assert plain.returncode != 0
+        bench = cli(
+            s, "bench", "--uri", https(s), *cli_tls(certs), "--rpc", "get-version",
+            "--connections", "1", "--concurrency", "2", "--requests", "200", "--json",
+        )
+        assert bench.returncode == 0, bench.stderr
+        assert '"errors":{}' in bench.stdout.replace(" ", ""), bench.stdout
+        c.close()
+    finally:
+        s.stop()
+
+
+def test_mode_2_requires_a_client_certificate_from_the_ca(etcd, certs, tmp_path):
+    s = Server(tls_config(etcd, certs, 2, tmp_path / "tls"), str(tmp_path / "srv"))
+    try:
+        assert "(authorization true, mutual TLS)" in s.log_text()
+        c = client(https(s), **mutual(certs))
+        assert ROOT_USER in c.list_users(timeout=T)
+        c.close()
+        # server_pem_path wins in pymilvus: one-way TLS, no client certificate.
+        assert refused(https(s), **one_way(certs)), "no client certificate, yet accepted"
+        # A client certificate from an unrelated CA (the client trusts our CA for the server).
+        assert refused(https(s), **mutual(certs, prefix="other-")), "a foreign client cert was accepted"
+        assert refused(s.uri), "a plaintext client got through"
+        ok = cli(s, "user", "list", "--uri", https(s), *cli_tls(certs, client_cert=True))
+        assert ok.returncode == 0 and ROOT_USER in ok.stdout.split(), ok.stderr
+        bare = cli(s, "user", "list", "--uri", https(s), *cli_tls(certs))
+        assert bare.returncode != 0
+    finally:
+        s.stop()
+
+
+def wait_for_log(s: Server, pattern: str, times: int, within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while len(re.findall(pattern, s.log_text())) < times:
+        assert time.monotonic() < deadline, f"no {pattern!r} ×{times} in the log:\n{s.log_text()}"
+        time.sleep(0.1)
+
+
+def rotate(served: Path, certs: Path, prefix: str) -> None:
+    """Replaces the served certificate and key as an operator would (write, then rename)."""
+    for name in ("server.pem", "server.key"):
+        staged = served / f".{name}.new"
+        shutil.copy(certs / f"{prefix}{name}", staged)
+        os.replace(staged, served / name)
+
+
+def test_rotation_on_sighup_and_on_file_change_keeps_open_connections(etcd, certs, tmp_path):
+    served = tmp_path / "tls"
+    s = Server(tls_config(etcd, certs, 1, served), str(tmp_path / "srv"))
+    try:
+        before = client(https(s), **one_way(certs))
+        assert ROOT_USER in before.list_users(timeout=T)
+        # Rotate to a certificate from the other CA; SIGHUP.
+        rotate(served, certs, "other-")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for_log(s, "TLS certificates reloaded", 1)
+        assert ROOT_USER in before.list_users(timeout=T), "the open connection was dropped"
+        after = client(https(s), **one_way(certs, "other-ca.pem"))
+        assert ROOT_USER in after.list_users(timeout=T)
+        assert refused(https(s), **one_way(certs)), "new connections still get the old certificate"
+        # Back to the first certificate, without a signal: the file watch picks it up.
+        rotate(served, certs, "")
+        wait_for_log(s, "TLS certificates reloaded", 2)
+        again = client(https(s), **one_way(certs))
+        assert ROOT_USER in again.list_users(timeout=T)
+        assert ROOT_USER in before.list_users(timeout=T)
+        # A broken rotation keeps the working certificate.
+        (served / "server.pem").write_text("not a certificate\n")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for_log(s, "TLS certificates not reloaded", 1)
+        assert s.alive()
+        client(https(s), **one_way(certs)).close()
+        for c in (before, after, again):
+            c.close()
+    finally:
+        s.stop()
+
+
+def test_a_broken_tls_setting_stops_start_up_naming_the_key(etcd, certs, tmp_path):
+    config = tls_config(etcd, certs, 2, tmp_path / "tls")
+    del config["tls"]["caPemPath"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(to_yaml(config) + "\n")
+    done = subprocess.run(
+        [str(credstore_bin()), "serve", "--config", str(path), "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert "tls.caPemPath" in done.stderr, done.stderr
+
+
+def test_upstream_over_mutual_tls(etcd, certs, tmp_path):
+    """pymilvus → credstore B (plaintext) → https → credstore A (tlsMode 2) → milvus-lite.
+    B verifies A's certificate and presents a client certificate; the data calls go through
+    both tiers."""
+    lite = MilvusLite(str(tmp_path / "lite"))
+    inner = outer = None
+    try:
+        inner = Server(
+            tls_config(etcd, certs, 2, tmp_path / "tls"), str(tmp_path / "inner"),
+            extra_args=("--upstream", lite.uri), name="inner",
+        )
+        config = base_config(f"compat-tls-{uuid.uuid4().hex[:8]}", [etcd.endpoint])
+        config["credstore"]["upstream"] = {
+            "uri": https(inner),
+            "token": TOKEN,
+            "tls": {
+                "caPemPath": str(certs / "ca.pem"),
+                "serverName": "localhost",
+                "clientPemPath": str(certs / "client.pem"),
+                "clientKeyPath": str(certs / "client.key"),
+            },
+        }
+        outer = Server(config, str(tmp_path / "outer"), name="outer")
+        c = MilvusClient(uri=outer.uri, token=TOKEN, timeout=T, dedicated=True)
+        name = f"c_{uuid.uuid4().hex[:8]}"
+        c.create_collection(name, dimension=DIM, timeout=T)
+        c.insert(name, rows(5), timeout=T)
+        assert count(c, name) == 5
+        assert count(lite.client(), name) == 5
+        c.close()
+    finally:
+        for s in (outer, inner):
+            if s is not None:
+                s.stop()
+        lite.kill()
+
+
+def test_an_upstream_tls_setting_without_https_is_refused(etcd, certs, tmp_path):
+    config = base_config(f"compat-tls-{uuid.uuid4().hex[:8]}", [etcd.endpoint])
+    config["credstore"]["upstream"] = {
+        "uri": "http://127.0.0.1:1",
+        "tls": {"caPemPath": str(certs / "ca.pem")},
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(to_yaml(config) + "\n")
+    done = subprocess.run(
+        [str(credstore_bin()), "serve", "--config", str(path), "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert "credstore.upstream.tls" in done.stderr, done.stderr
