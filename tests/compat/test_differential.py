@@ -193,10 +193,16 @@ def test_user_role_and_grant_answers_match_milvus_2_3_5(milvus, start_server):
 
 
 def test_credstore_in_front_of_milvus_2_3_5(milvus, start_server):
-    """The proxy tier on a real Milvus with authentication: credstore presents root's token
-    upstream; a credstore-only user works through credstore and cannot log in to Milvus."""
-    upstream = {"uri": milvus, "token": f"{ROOT_USER}:{ROOT_PASSWORD}"}
-    s = start_server(super_users=None, overrides={"credstore": {"upstream": upstream}})
+    """The proxy tier on a real Milvus with authentication, configured as docker-compose.yml
+    configures it (`serve --upstream URI`, root's token in credstore.upstream.token): credstore
+    presents root's token upstream; a credstore-only user works through credstore and cannot
+    log in to Milvus. The token may come from CREDSTORE_UPSTREAM_TOKEN instead."""
+    upstream = {"token": f"{ROOT_USER}:{ROOT_PASSWORD}"}
+    s = start_server(
+        super_users=None,
+        overrides={"credstore": {"upstream": upstream}},
+        extra_args=("--upstream", milvus),
+    )
     root = MilvusClient(uri=s.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
     root.create_user("proxied", "password1")
     root.create_user("nobody_special", "password1")
@@ -215,6 +221,17 @@ def test_credstore_in_front_of_milvus_2_3_5(milvus, start_server):
     assert "through_credstore" in direct_root.list_collections(), "the upstream never saw it"
     proxied.drop_collection("through_credstore")
     assert "through_credstore" not in direct_root.list_collections()
+
+    # The token from the environment, which keeps it out of the config file.
+    from_env = start_server(
+        super_users=None,
+        env={"CREDSTORE_UPSTREAM_TOKEN": f"{ROOT_USER}:{ROOT_PASSWORD}"},
+        extra_args=("--upstream", milvus),
+    )
+    root_env = MilvusClient(uri=from_env.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
+    root_env.create_collection("token_from_env", dimension=4)
+    assert "token_from_env" in direct_root.list_collections(), "written upstream"
+    root_env.drop_collection("token_from_env")
 
 
 def test_the_milvus_yaml_milvus_ships_loads(milvus_server, etcd, binary, tmp_path):
