@@ -37,6 +37,6 @@ WORKDIR /home/nonroot
 USER nonroot:nonroot
 EXPOSE 19530 9091
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["credstore", "health", "--uri", "http://127.0.0.1:19530"]
+  CMD ["credstore", "health", "--ready", "--uri", "http://127.0.0.1:19530"]
 ENTRYPOINT ["credstore"]
 CMD ["serve", "--config", "/etc/credstore/credstore.yaml"]

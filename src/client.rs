@@ -41,6 +41,8 @@ pub enum ClientError {
     Tls(#[from] TlsError),
     #[error("TLS options were given but the URI is not https://")]
     TlsWithoutHttps,
+    #[error("the server is not ready: {0}")]
+    NotReady(String),
 }
 
 /// The `authorization` header pymilvus sends: base64 of `user:password` (or none).
@@ -173,6 +175,24 @@ fn without_echo<T>(read: impl FnOnce() -> std::io::Result<T>) -> std::io::Result
     let result = read();
     tcsetattr(&stdin, OptionalActions::Now, &original)?;
     result
+}
+
+/// Whether the server at `uri` is ready: the standard `grpc.health.v1.Health` check (no
+/// credentials) says SERVING, i.e. the replica is registered, trusts its cache and is not
+/// shutting down. For probes that must take a replica out of rotation, not just see it alive.
+pub async fn ready(uri: &str, tls: &ClientTls) -> Result<(), ClientError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut health = HealthClient::new(channel_tls(uri, tls).await?);
+    let answer = health
+        .check(HealthCheckRequest::default())
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    match answer.status() {
+        ServingStatus::Serving => Ok(()),
+        other => Err(ClientError::NotReady(other.as_str_name().to_string())),
+    }
 }
 
 /// The user RPCs the admin CLI needs, over an authorized [`Client`].

@@ -65,10 +65,14 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
-    /// Exit 0 when the server at --uri answers.
+    /// Exit 0 when the server at --uri answers (with --ready: when it is ready to serve).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:19530")]
         uri: String,
+        /// Ask the standard gRPC health service instead: exit 0 only while the replica is
+        /// registered, trusts its cache and is not shutting down (a readiness probe).
+        #[arg(long)]
+        ready: bool,
         #[command(flatten)]
         tls: ClientTls,
     },
@@ -172,11 +176,7 @@ fn main() -> ExitCode {
                         etcd_endpoints,
                     },
             } => reset_root(config, etcd_endpoints).await,
-            Command::Health { uri, tls } => Admin::connect_tls(&uri, &tls, Authorization::none())
-                .await?
-                .health()
-                .await
-                .map_err(Into::into),
+            Command::Health { uri, ready, tls } => health(&uri, ready, &tls).await,
         }
     });
     match result {
@@ -287,6 +287,19 @@ async fn user(
             for name in admin.list_users().await? {
                 println!("{name}");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn health(uri: &str, ready: bool, tls: &ClientTls) -> Result<(), Box<dyn std::error::Error>> {
+    match ready {
+        true => credstore::client::ready(uri, tls).await?,
+        false => {
+            Admin::connect_tls(uri, tls, Authorization::none())
+                .await?
+                .health()
+                .await?
         }
     }
     Ok(())

@@ -2,7 +2,9 @@
 to a running server over the gRPC API; results are cross-checked with pymilvus. Passwords go
 through the environment or standard input, never only the command line (`ps` shows it)."""
 
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -40,6 +42,27 @@ def test_health(server, binary):
     dead = subprocess.run([str(binary), "health", "--uri", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=60)
     assert dead.returncode != 0, "health must fail when nothing answers"
+
+
+def test_health_ready_follows_readiness(start_server, binary):
+    """`health --ready` (the compose and Dockerfile probe) asks grpc.health.v1: SERVING while
+    the replica serves, NOT_SERVING as soon as it drains after SIGTERM, when plain `health`
+    (liveness) still answers."""
+    s = start_server(overrides={"credstore": {"shutdown": {"drainMs": 4000}}})
+
+    def health(*extra):
+        return subprocess.run([str(binary), "health", "--uri", s.uri, *extra],
+                              capture_output=True, text=True, timeout=30)
+
+    _ok(health("--ready"))
+    s.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while (r := health("--ready")).returncode == 0:
+        assert time.monotonic() < deadline, "still ready after SIGTERM"
+        time.sleep(0.1)
+    assert "not ready: NOT_SERVING" in r.stderr, r.stderr
+    _ok(health())
+    assert s.proc.wait(30) == 0
 
 
 def test_create_list_passwd_delete(server, clients):
