@@ -57,6 +57,8 @@ pub struct Reading {
     pub applied_revision: i64,
     /// Whether the replica is registered and trusts its cache.
     pub trusted: bool,
+    /// Audit lines dropped because the audit writer fell behind.
+    pub audit_dropped: u64,
 }
 
 /// Supplies a [`Reading`] on each scrape.
@@ -168,7 +170,7 @@ impl fmt::Debug for Scraped {
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let r = (self.read)();
-        let counters: [(&str, &str, u64); 2] = [
+        let counters: [(&str, &str, u64); 3] = [
             (
                 "credstore_cache_hits",
                 "Authentications answered from the verified-password cache",
@@ -178,6 +180,11 @@ impl Collector for Scraped {
                 "credstore_cache_misses",
                 "Authentications that had to read the store and verify a hash",
                 r.cache_misses,
+            ),
+            (
+                "credstore_audit_dropped",
+                "Audit log lines dropped because the audit writer fell behind",
+                r.audit_dropped,
             ),
         ];
         for (name, help, value) in counters {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::audit::{self, Audit};
 use crate::auth::{AuthLayer, AuthStats, Authenticator};
 use crate::catalog::{Catalog, CatalogError, ROOT_USER};
 use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
@@ -53,6 +54,12 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the audit log {path:?} (credstore.audit.path): {source}")]
+    Audit {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything a running replica holds.
@@ -67,6 +74,8 @@ pub struct State {
     pub policies: Policies,
     /// Routes calls credstore does not own to the upstream Milvus, if one is configured.
     proxy: ProxyLayer,
+    /// `credstore.audit.path`: changes and failed logins.
+    pub audit: Audit,
     config: Config,
 }
 
@@ -74,6 +83,7 @@ impl State {
     /// Opens the store, bootstraps root and the default roles, joins the cluster.
     /// `address` is where clients reach this replica (recorded in its session).
     pub async fn build(config: Config, address: SocketAddr) -> Result<State, ServerError> {
+        let audit = open_audit(&config.credstore.audit.path)?;
         let store = open_store(&config).await?;
         let catalog = Catalog::new(store, &config.meta_root());
         let settings = config.hash_pool();
@@ -117,9 +127,17 @@ impl State {
             coherence_tasks,
             policies,
             proxy,
+            audit,
             config,
         })
     }
+}
+
+fn open_audit(path: &str) -> Result<Audit, ServerError> {
+    Audit::open(path).map_err(|source| ServerError::Audit {
+        path: path.to_string(),
+        source,
+    })
 }
 
 /// Break-glass recovery (`credstore admin reset-root`): sets root's password with the store's
@@ -131,6 +149,36 @@ pub async fn reset_root(config: Config, password: &[u8]) -> Result<Revision, Ser
     let password =
         Password::new(password.to_vec(), &config.limits()).map_err(ServerError::RootPassword)?;
     let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let written = write_root(&state, password).await;
+    let confirmed = match &written {
+        Ok(revision) => state
+            .coherence
+            .confirm(*revision)
+            .await
+            .map_err(ServerError::from),
+        Err(_) => Ok(()),
+    };
+    state.audit.change(audit::Change {
+        action: "ResetRoot",
+        user: None,
+        peer: None,
+        target: audit::target([("user", ROOT_USER.into())]),
+        revision: written.as_ref().ok().copied(),
+        result: match (&written, &confirmed) {
+            (Ok(_), Ok(())) => "ok",
+            (Ok(_), Err(_)) => "not_confirmed",
+            (Err(ServerError::RootRaced), _) => "conflict",
+            (Err(_), _) => "error",
+        },
+    });
+    state.audit.flush().await;
+    state.coherence_tasks.shutdown().await;
+    confirmed?;
+    written
+}
+
+/// Hashes `password` and writes it as root's (compare-and-swap, retried on a race).
+async fn write_root(state: &State, password: Password) -> Result<Revision, ServerError> {
     let hash = state.auth.pool().hash(password).await?;
     let root = Username::parse(ROOT_USER, &state.config.limits()).expect("root is a valid name");
     let mut written = None;
@@ -158,9 +206,6 @@ pub async fn reset_root(config: Config, password: &[u8]) -> Result<Revision, Ser
         revision,
         "root's password was reset (break-glass, admin reset-root)"
     );
-    let confirmed = state.coherence.confirm(revision).await;
-    state.coherence_tasks.shutdown().await;
-    confirmed?;
     Ok(revision)
 }
 
@@ -252,7 +297,7 @@ async fn http_listener(grpc: SocketAddr, port: u16) -> Result<Option<TcpListener
 }
 
 /// What `/metrics` reads from the replica on each scrape.
-fn reading(auth: Authenticator, coherence: Coherence) -> crate::metrics::ReadFn {
+fn reading(auth: Authenticator, coherence: Coherence, audit: Audit) -> crate::metrics::ReadFn {
     Box::new(move || {
         let cache = auth.stats();
         let pool = auth.pool().stats();
@@ -265,6 +310,7 @@ fn reading(auth: Authenticator, coherence: Coherence) -> crate::metrics::ReadFn 
             sessions_live: coherence.sessions().len() as u64,
             applied_revision: coherence.applied(),
             trusted: auth.is_trusted(),
+            audit_dropped: audit.dropped(),
         }
     })
 }
@@ -338,15 +384,18 @@ pub async fn run(
         coherence_tasks,
         policies,
         proxy,
+        audit,
         config,
     } = state;
     let settings = ApiSettings {
         limits: config.limits(),
         max_roles: config.proxy.max_role_num,
     };
-    let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings);
+    let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings)
+        .with_audit(audit.clone());
+    let hangups = audit::reopen_on_sighup(audit.clone());
     let readiness = Readiness::new(auth.clone());
-    let metrics = Metrics::new(reading(auth.clone(), coherence.clone()));
+    let metrics = Metrics::new(reading(auth.clone(), coherence.clone(), audit.clone()));
     auth.pool()
         .observe_durations(Box::new(metrics.hash_observer()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -396,7 +445,11 @@ pub async fn run(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .timeout(REQUEST_TIMEOUT)
-        .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()).with_metrics(metrics))
+        .layer(
+            AuthLayer::new(auth.clone(), config.failed_auth_delay())
+                .with_metrics(metrics)
+                .with_audit(audit.clone()),
+        )
         // Outside the proxy, and let through the auth layer without credentials.
         .add_service(health_service)
         // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
@@ -405,6 +458,10 @@ pub async fn run(
         .await;
     status.abort();
     health.abort();
+    if let Some(hangups) = hangups {
+        hangups.abort();
+    }
+    audit.flush().await;
     let _ = http_stop.send(());
     if let Some(http) = http {
         let _ = http.await;

@@ -29,6 +29,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "proxy",
             "http",
             "metrics",
+            "audit",
             "rbac",
             "auth",
             "coherence",
@@ -42,6 +43,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     (
         "service",
         &[
+            "audit",
             "rbac",
             "auth",
             "coherence",
@@ -85,10 +87,19 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("rbac", &["auth", "catalog", "meta", "password"]),
     (
         "auth",
-        &["catalog", "meta", "password", "hash_pool", "metrics"],
+        &[
+            "catalog",
+            "meta",
+            "password",
+            "hash_pool",
+            "metrics",
+            "audit",
+        ],
     ),
     // A leaf: the server hands it closures that read the other parts at scrape time.
     ("metrics", &[]),
+    // A leaf: callers hand it names, addresses and classes, never the types they come from.
+    ("audit", &[]),
     ("catalog", &["meta", "password"]),
     ("hash_pool", &["password"]),
     ("meta", &[]),
@@ -131,6 +142,7 @@ const NO_GRPC: &[&str] = &[
     "hash_pool",
     "coherence",
     "metrics",
+    "audit",
 ];
 
 /// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or
