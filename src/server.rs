@@ -391,11 +391,15 @@ pub async fn run(
         limits: config.limits(),
         max_roles: config.proxy.max_role_num,
     };
+    let store = catalog.store().clone();
     let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings)
         .with_audit(audit.clone());
     let hangups = audit::reopen_on_sighup(audit.clone());
     let readiness = Readiness::new(auth.clone());
     let metrics = Metrics::new(reading(auth.clone(), coherence.clone(), audit.clone()));
+    store.observe_latency(Box::new(metrics.etcd_observer()));
+    let api = api.with_metrics(metrics.clone());
+    let proxy = proxy.with_metrics(metrics.clone());
     auth.pool()
         .observe_durations(Box::new(metrics.hash_observer()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -44,6 +44,7 @@ const MATRIX: &[(&str, &[&str])] = &[
         "service",
         &[
             "audit",
+            "metrics",
             "rbac",
             "auth",
             "coherence",
@@ -57,6 +58,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     (
         "proxy",
         &[
+            "metrics",
             "rbac",
             "auth",
             "coherence",

@@ -22,6 +22,7 @@ use crate::auth::{self, Authenticated, Authenticator};
 use crate::catalog::Catalog;
 use crate::coherence::Coherence;
 use crate::meta::Revision;
+use crate::metrics::Metrics;
 use crate::password::{Limits, Password, Username};
 use crate::proto::common::{ErrorCode, ServerInfo, Status};
 use crate::proto::milvus::milvus_service_server::MilvusService;
@@ -96,6 +97,8 @@ pub struct Api {
     next_identifier: Arc<AtomicI64>,
     /// One line per change request (and backup), whatever its outcome.
     audit: Audit,
+    /// Records how long writes wait for their acknowledgement.
+    metrics: Option<Metrics>,
 }
 
 /// The settings handlers need besides the shared components.
@@ -126,7 +129,14 @@ impl Api {
             max_roles: settings.max_roles,
             next_identifier: Arc::new(AtomicI64::new(start)),
             audit: Audit::off(),
+            metrics: None,
         }
+    }
+
+    /// Records each write's acknowledgement wait in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Api {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes an audit line for every change request to `audit`.
@@ -179,7 +189,12 @@ impl Api {
     /// Waits until every live replica applied `revision`, which `caller`'s request wrote.
     async fn confirm(&self, caller: &Caller, revision: Revision) -> Result<(), ServiceError> {
         caller.wrote(revision);
-        Ok(self.coherence.confirm(revision).await?)
+        let started = std::time::Instant::now();
+        let confirmed = self.coherence.confirm(revision).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.ack_waited(started.elapsed());
+        }
+        Ok(confirmed?)
     }
 
     /// Waits for the acknowledgement of a write, if there was one; a request that changed
