@@ -331,6 +331,8 @@ pub struct CredstoreConfig {
     pub http: HttpConfig,
     /// How a replica stops (SIGTERM).
     pub shutdown: ShutdownConfig,
+    /// The audit log of changes and failed logins.
+    pub audit: AuditConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -346,8 +348,17 @@ impl Default for CredstoreConfig {
             upstream: UpstreamConfig::default(),
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// Where the audit log's JSON lines go: a file (appended to, reopened on SIGHUP), `-` for
+    /// stderr, empty for none.
+    pub path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

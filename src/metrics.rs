@@ -45,6 +45,22 @@ struct AuthLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    method: String,
+    code: &'static str,
+}
+
+fn etcd_histogram() -> Histogram {
+    // 0.5 ms .. ~8 s: a healthy etcd answers in milliseconds; the request deadline is 5 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
 /// The values read at scrape time from the running replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reading {
@@ -57,6 +73,8 @@ pub struct Reading {
     pub applied_revision: i64,
     /// Whether the replica is registered and trusts its cache.
     pub trusted: bool,
+    /// Audit lines dropped because the audit writer fell behind.
+    pub audit_dropped: u64,
 }
 
 /// Supplies a [`Reading`] on each scrape.
@@ -72,6 +90,9 @@ struct Inner {
     registry: Registry,
     auth: Family<AuthLabels, Counter>,
     hash_seconds: Histogram,
+    ack_wait: Histogram,
+    etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
+    forwarded: Family<ForwardLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -97,6 +118,27 @@ impl Metrics {
             "Time one password hash or verification took on a hashing thread",
             hash_seconds.clone(),
         );
+        // 1 ms .. ~33 s: a write waits for every live replica, at most credstore.ackTimeoutMs.
+        let ack_wait = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "credstore_ack_wait_seconds",
+            "Time an acknowledged write waited for every live replica to apply it",
+            ack_wait.clone(),
+        );
+        let etcd = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            etcd_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "credstore_etcd_request_seconds",
+            "Latency of etcd requests by kind (get, list: all pages, txn), failures included",
+            etcd.clone(),
+        );
+        let forwarded = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "credstore_forwarded_requests",
+            "Calls routed to the upstream Milvus, by method and the gRPC code the client got",
+            forwarded.clone(),
+        );
         registry.register_collector(Box::new(Scraped { read }));
         // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
         for outcome in [
@@ -114,6 +156,9 @@ impl Metrics {
                 registry,
                 auth,
                 hash_seconds,
+                ack_wait,
+                etcd,
+                forwarded,
             }),
         }
     }
@@ -139,6 +184,34 @@ impl Metrics {
     pub fn hash_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
         let histogram = self.inner.hash_seconds.clone();
         move |took| histogram.observe(took.as_secs_f64())
+    }
+
+    /// Records how long an acknowledged write waited for every live replica.
+    pub fn ack_waited(&self, took: Duration) {
+        self.inner.ack_wait.observe(took.as_secs_f64());
+    }
+
+    /// What the store calls with each etcd request's kind and duration. It holds only the
+    /// histograms, for the reason [`Metrics::hash_observer`] gives.
+    pub fn etcd_observer(&self) -> impl Fn(&'static str, Duration) + Send + Sync + 'static {
+        let family = self.inner.etcd.clone();
+        move |op, took| {
+            family
+                .get_or_create(&OpLabels { op })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts one forwarded-route call: `method` must come from a bounded set (the caller
+    /// routes only known method names here), `code` is the gRPC code's name.
+    pub fn forwarded(&self, method: &str, code: &'static str) {
+        self.inner
+            .forwarded
+            .get_or_create(&ForwardLabels {
+                method: method.to_string(),
+                code,
+            })
+            .inc();
     }
 
     /// The exposition text (OpenMetrics, which Prometheus reads), see [`Metrics::CONTENT_TYPE`].
@@ -168,7 +241,7 @@ impl fmt::Debug for Scraped {
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let r = (self.read)();
-        let counters: [(&str, &str, u64); 2] = [
+        let counters: [(&str, &str, u64); 3] = [
             (
                 "credstore_cache_hits",
                 "Authentications answered from the verified-password cache",
@@ -178,6 +251,11 @@ impl Collector for Scraped {
                 "credstore_cache_misses",
                 "Authentications that had to read the store and verify a hash",
                 r.cache_misses,
+            ),
+            (
+                "credstore_audit_dropped",
+                "Audit log lines dropped because the audit writer fell behind",
+                r.audit_dropped,
             ),
         ];
         for (name, help, value) in counters {
@@ -248,6 +326,11 @@ mod tests {
         metrics.auth(AuthOutcome::Ok);
         metrics.auth(AuthOutcome::Denied);
         metrics.hash_took(Duration::from_millis(3));
+        metrics.ack_waited(Duration::from_millis(20));
+        (metrics.etcd_observer())("txn", Duration::from_millis(2));
+        metrics.forwarded("Search", "ok");
+        metrics.forwarded("Search", "ok");
+        metrics.forwarded("Search", "permission_denied");
         let text = metrics.render();
         for line in [
             "credstore_auth_requests_total{result=\"ok\"} 2",
@@ -260,6 +343,11 @@ mod tests {
             "credstore_watch_applied_revision 42",
             "credstore_cache_trusted 1",
             "credstore_hash_seconds_count 1",
+            "credstore_ack_wait_seconds_count 1",
+            "credstore_etcd_request_seconds_count{op=\"txn\"} 1",
+            "credstore_forwarded_requests_total{method=\"Search\",code=\"ok\"} 2",
+            "credstore_forwarded_requests_total{method=\"Search\",code=\"permission_denied\"} 1",
+            "credstore_audit_dropped_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::audit::{self, Audit};
 use crate::auth::{AuthLayer, AuthStats, Authenticator};
 use crate::catalog::{Catalog, CatalogError, ROOT_USER};
 use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
@@ -56,6 +57,12 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the audit log {path:?} (credstore.audit.path): {source}")]
+    Audit {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything a running replica holds.
@@ -72,6 +79,8 @@ pub struct State {
     proxy: ProxyLayer,
     /// The listener's TLS (`common.security.tlsMode` 1 or 2), loaded before anything else.
     tls: Option<ServerTls>,
+    /// `credstore.audit.path`: changes and failed logins.
+    pub audit: Audit,
     config: Config,
 }
 
@@ -80,6 +89,7 @@ impl State {
     /// `address` is where clients reach this replica (recorded in its session).
     pub async fn build(config: Config, address: SocketAddr) -> Result<State, ServerError> {
         let tls = config.server_tls()?.map(ServerTls::load).transpose()?;
+        let audit = open_audit(&config.credstore.audit.path)?;
         let store = open_store(&config).await?;
         let catalog = Catalog::new(store, &config.meta_root());
         let settings = config.hash_pool();
@@ -127,9 +137,17 @@ impl State {
             policies,
             proxy,
             tls,
+            audit,
             config,
         })
     }
+}
+
+fn open_audit(path: &str) -> Result<Audit, ServerError> {
+    Audit::open(path).map_err(|source| ServerError::Audit {
+        path: path.to_string(),
+        source,
+    })
 }
 
 /// Break-glass recovery (`credstore admin reset-root`): sets root's password with the store's
@@ -143,6 +161,36 @@ pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<Revision,
     let password =
         Password::new(password.to_vec(), &config.limits()).map_err(ServerError::RootPassword)?;
     let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let written = write_root(&state, password).await;
+    let confirmed = match &written {
+        Ok(revision) => state
+            .coherence
+            .confirm(*revision)
+            .await
+            .map_err(ServerError::from),
+        Err(_) => Ok(()),
+    };
+    state.audit.change(audit::Change {
+        action: "ResetRoot",
+        user: None,
+        peer: None,
+        target: audit::target([("user", ROOT_USER.into())]),
+        revision: written.as_ref().ok().copied(),
+        result: match (&written, &confirmed) {
+            (Ok(_), Ok(())) => "ok",
+            (Ok(_), Err(_)) => "not_confirmed",
+            (Err(ServerError::RootRaced), _) => "conflict",
+            (Err(_), _) => "error",
+        },
+    });
+    state.audit.flush().await;
+    state.coherence_tasks.shutdown().await;
+    confirmed?;
+    written
+}
+
+/// Hashes `password` and writes it as root's (compare-and-swap, retried on a race).
+async fn write_root(state: &State, password: Password) -> Result<Revision, ServerError> {
     let hash = state.auth.pool().hash(password).await?;
     let root = Username::parse(ROOT_USER, &state.config.limits()).expect("root is a valid name");
     let mut written = None;
@@ -170,9 +218,6 @@ pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<Revision,
         revision,
         "root's password was reset (break-glass, admin reset-root)"
     );
-    let confirmed = state.coherence.confirm(revision).await;
-    state.coherence_tasks.shutdown().await;
-    confirmed?;
     Ok(revision)
 }
 
@@ -264,7 +309,7 @@ async fn http_listener(grpc: SocketAddr, port: u16) -> Result<Option<TcpListener
 }
 
 /// What `/metrics` reads from the replica on each scrape.
-fn reading(auth: Authenticator, coherence: Coherence) -> crate::metrics::ReadFn {
+fn reading(auth: Authenticator, coherence: Coherence, audit: Audit) -> crate::metrics::ReadFn {
     Box::new(move || {
         let cache = auth.stats();
         let pool = auth.pool().stats();
@@ -277,6 +322,7 @@ fn reading(auth: Authenticator, coherence: Coherence) -> crate::metrics::ReadFn 
             sessions_live: coherence.sessions().len() as u64,
             applied_revision: coherence.applied(),
             trusted: auth.is_trusted(),
+            audit_dropped: audit.dropped(),
         }
     })
 }
@@ -351,15 +397,22 @@ pub async fn run(
         policies,
         proxy,
         tls,
+        audit,
         config,
     } = state;
     let settings = ApiSettings {
         limits: config.limits(),
         max_roles: config.proxy.max_role_num,
     };
-    let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings);
+    let store = catalog.store().clone();
+    let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings)
+        .with_audit(audit.clone());
+    let hangups = audit::reopen_on_sighup(audit.clone());
     let readiness = Readiness::new(auth.clone());
-    let metrics = Metrics::new(reading(auth.clone(), coherence.clone()));
+    let metrics = Metrics::new(reading(auth.clone(), coherence.clone(), audit.clone()));
+    store.observe_latency(Box::new(metrics.etcd_observer()));
+    let api = api.with_metrics(metrics.clone());
+    let proxy = proxy.with_metrics(metrics.clone());
     auth.pool()
         .observe_durations(Box::new(metrics.hash_observer()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -414,7 +467,11 @@ pub async fn run(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .timeout(REQUEST_TIMEOUT)
-        .layer(AuthLayer::new(auth.clone(), config.failed_auth_delay()).with_metrics(metrics))
+        .layer(
+            AuthLayer::new(auth.clone(), config.failed_auth_delay())
+                .with_metrics(metrics)
+                .with_audit(audit.clone()),
+        )
         // Outside the proxy, and let through the auth layer without credentials.
         .add_service(health_service)
         // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
@@ -436,6 +493,10 @@ pub async fn run(
     };
     status.abort();
     health.abort();
+    if let Some(hangups) = hangups {
+        hangups.abort();
+    }
+    audit.flush().await;
     let _ = http_stop.send(());
     if let Some(http) = http {
         let _ = http.await;

@@ -47,13 +47,16 @@ async fn get(port: u16, path: &str) -> (u16, String) {
 
 /// The value of the sample line `name` (with its labels) in a Prometheus text.
 fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|value| value.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    sample_if_any(text, name).unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// The value of the sample line `name`, if the series exists yet.
+fn sample_if_any(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    })
 }
 
 async fn scrape(port: u16) -> String {
@@ -118,9 +121,28 @@ async fn metrics_health_and_drain_on_the_http_port() {
     login(&uri, "root", "Milvus").await.unwrap();
     let denied = login(&uri, "root", "wrong-password").await.unwrap_err();
     assert_eq!(denied.code(), Code::Unauthenticated);
+    // A write: an etcd txn, then the wait for every live replica's acknowledgement.
+    let mut admin = common::client(&uri, "root", "Milvus").await;
+    let created = admin
+        .create_credential(credstore::proto::milvus::CreateCredentialRequest {
+            username: "metered".into(),
+            password: common::b64("metered-pw1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.code, 0, "{created:?}");
     let after = scrape(port).await;
-    let moved = |name: &str| sample(&after, name) - sample(&before, name);
-    assert_eq!(moved("credstore_auth_requests_total{result=\"ok\"}"), 2.0);
+    let moved = |name: &str| sample(&after, name) - sample_if_any(&before, name).unwrap_or(0.0);
+    assert!(moved("credstore_ack_wait_seconds_count") >= 1.0, "{after}");
+    assert!(moved("credstore_ack_wait_seconds_sum") > 0.0, "{after}");
+    for op in ["get", "txn"] {
+        let series = format!("credstore_etcd_request_seconds_count{{op=\"{op}\"}}");
+        assert!(moved(&series) >= 1.0, "{series} moves:\n{after}");
+    }
+    assert_eq!(sample(&after, "credstore_audit_dropped_total"), 0.0);
+    assert_eq!(moved("credstore_auth_requests_total{result=\"ok\"}"), 3.0);
     assert_eq!(
         moved("credstore_auth_requests_total{result=\"denied\"}"),
         1.0

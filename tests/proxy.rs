@@ -571,3 +571,51 @@ async fn a_policy_that_cannot_be_loaded_is_unavailable() {
     );
     assert!(upstream.seen().is_empty(), "nothing was forwarded");
 }
+
+/// `/metrics` of a credstore whose metrics port is `port`.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_calls_are_counted_by_method_and_code() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    let running = start_upstream(Upstream::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let base = common::TestConfig::new()
+        .weak_hashing()
+        .set("etcd.data.dir", dir.path().display().to_string())
+        .set("credstore.failedAuthDelayMs", 0)
+        .set("credstore.http.port", port);
+    let credstore = start_credstore_with(&running, "", base, dir).await;
+    let uri = &credstore.uri;
+    create_bob(uri).await;
+    for _ in 0..2 {
+        call(uri, "HasCollection", Vec::new(), "root:Milvus", "", None)
+            .await
+            .unwrap();
+    }
+    // Refused at the gate: counted with the code the client got; the upstream never sees it.
+    let denied = call(uri, "Insert", insert_body(0), "bob:password1", "", None).await;
+    assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
+    let text = scrape(port).await;
+    for line in [
+        "credstore_forwarded_requests_total{method=\"HasCollection\",code=\"ok\"} 2",
+        "credstore_forwarded_requests_total{method=\"Insert\",code=\"permission_denied\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("CreateCredential\""),
+        "owned methods are not forwarded calls"
+    );
+}

@@ -29,6 +29,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "proxy",
             "http",
             "metrics",
+            "audit",
             "rbac",
             "auth",
             "coherence",
@@ -43,6 +44,8 @@ const MATRIX: &[(&str, &[&str])] = &[
     (
         "service",
         &[
+            "audit",
+            "metrics",
             "rbac",
             "auth",
             "coherence",
@@ -56,6 +59,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     (
         "proxy",
         &[
+            "metrics",
             "rbac",
             "auth",
             "coherence",
@@ -87,10 +91,19 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("rbac", &["auth", "catalog", "meta", "password"]),
     (
         "auth",
-        &["catalog", "meta", "password", "hash_pool", "metrics"],
+        &[
+            "catalog",
+            "meta",
+            "password",
+            "hash_pool",
+            "metrics",
+            "audit",
+        ],
     ),
     // A leaf: the server hands it closures that read the other parts at scrape time.
     ("metrics", &[]),
+    // A leaf: callers hand it names, addresses and classes, never the types they come from.
+    ("audit", &[]),
     ("catalog", &["meta", "password"]),
     ("hash_pool", &["password"]),
     ("meta", &[]),
@@ -138,6 +151,7 @@ const NO_GRPC: &[&str] = &[
     "hash_pool",
     "coherence",
     "metrics",
+    "audit",
 ];
 
 /// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or

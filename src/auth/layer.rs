@@ -7,16 +7,21 @@
 //! probes carry no credentials, and it reveals only whether the replica serves.
 //!
 //! A failed authentication is answered only after `failure_delay`: a waiting future costs no
-//! CPU, and it caps how fast one client can try passwords or flood the hashing queue.
+//! CPU, and it caps how fast one client can try passwords or flood the hashing queue. Each
+//! failed login (not an UNAVAILABLE: nothing was decided about the caller) is written to the
+//! audit log with the name as sent, the peer and the class the client's answer implies.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
+use crate::audit::{Audit, LoginFailure};
 use crate::auth::{AuthError, Authenticator};
 use crate::metrics::{AuthOutcome, Metrics};
 
@@ -28,6 +33,7 @@ pub struct AuthLayer {
     authenticator: Authenticator,
     failure_delay: Duration,
     metrics: Option<Metrics>,
+    audit: Audit,
 }
 
 impl AuthLayer {
@@ -36,7 +42,14 @@ impl AuthLayer {
             authenticator,
             failure_delay,
             metrics: None,
+            audit: Audit::off(),
         }
+    }
+
+    /// Writes every failed login to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> AuthLayer {
+        self.audit = audit;
+        self
     }
 
     /// Counts every authentication's result in `metrics`.
@@ -55,6 +68,7 @@ impl<S> Layer<S> for AuthLayer {
             authenticator: self.authenticator.clone(),
             failure_delay: self.failure_delay,
             metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -65,6 +79,37 @@ pub struct AuthService<S> {
     authenticator: Authenticator,
     failure_delay: Duration,
     metrics: Option<Metrics>,
+    audit: Audit,
+}
+
+/// The client's address, from the connection tonic accepted (plain TCP, or TCP under TLS).
+pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
+/// Writes a failed login to `audit`: the name as sent (only when the header held one: an
+/// API key or undecodable bytes are not logged) and the class of the answer.
+fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Option<SocketAddr>) {
+    let why = match err {
+        AuthError::MissingHeader => LoginFailure::MissingHeader,
+        AuthError::BadToken | AuthError::ApiKey => LoginFailure::Malformed,
+        AuthError::Denied => LoginFailure::Denied,
+        AuthError::Busy => LoginFailure::Busy,
+        AuthError::Unavailable(_) => return,
+    };
+    let credentials = match why {
+        LoginFailure::Denied | LoginFailure::Busy => crate::auth::parse_header(header).ok(),
+        _ => None,
+    };
+    audit.login_failed(credentials.as_ref().map(|c| c.user()), peer, why);
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for AuthService<S>
@@ -89,6 +134,7 @@ where
         let authenticator = self.authenticator.clone();
         let failure_delay = self.failure_delay;
         let metrics = self.metrics.clone();
+        let audit = self.audit.clone();
         if request.uri().path().starts_with(HEALTH_PATH_PREFIX) {
             return Box::pin(inner.call(request));
         }
@@ -114,6 +160,11 @@ where
                     inner.call(request).await
                 }
                 Err(err) => {
+                    if audit.is_on() {
+                        let header = request.headers().get("authorization");
+                        let header = header.map(|v| v.as_bytes());
+                        audit_failure(&audit, &err, header, peer(&request));
+                    }
                     if !matches!(err, AuthError::Unavailable(_)) {
                         tokio::time::sleep(failure_delay).await;
                     }

@@ -1,7 +1,8 @@
 //! `MetaKv` on a real etcd cluster through `etcd-client`. Owns connection options (endpoints,
 //! etcd auth, TLS) and the translation between etcd's types and ours; knows nothing of users.
 
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient,
@@ -97,7 +98,12 @@ pub struct EtcdKv {
     kv: KvClient,
     watch: WatchClient,
     page_size: usize,
+    /// Told how long each get, list (all its pages) and txn took; set once, shared by clones.
+    latency: Arc<OnceLock<LatencyObserver>>,
 }
+
+/// Called with a request's kind (`get`, `list`, `txn`) and how long it took, failures included.
+pub type LatencyObserver = Box<dyn Fn(&'static str, Duration) + Send + Sync>;
 
 impl EtcdKv {
     /// Connects and checks that etcd answers.
@@ -139,6 +145,7 @@ impl EtcdKv {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             client,
             page_size: DEFAULT_PAGE_SIZE,
+            latency: Arc::default(),
         };
         // The client connects lazily; one request proves etcd is there.
         kv.client.clone().status().await.map_err(map_err)?;
@@ -146,6 +153,19 @@ impl EtcdKv {
     }
 
     /// The same handle reading listings `page_size` keys per request (at least 1).
+    /// Reports every request's latency to `observer` (the first observer set stays).
+    pub fn observe_latency(&self, observer: LatencyObserver) {
+        let _ = self.latency.set(observer);
+    }
+
+    /// `result`, after telling the observer that `op` took since `started`.
+    fn observed<T>(&self, op: &'static str, started: Instant, result: T) -> T {
+        if let Some(observer) = self.latency.get() {
+            observer(op, started.elapsed());
+        }
+        result
+    }
+
     pub fn with_page_size(mut self, page_size: usize) -> EtcdKv {
         self.page_size = page_size.max(1);
         self
@@ -331,7 +351,9 @@ impl EtcdKv {
 
 impl MetaKv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
-        let response = self.range(key, None).await.map_err(map_err)?;
+        let started = Instant::now();
+        let response = self.range(key, None).await;
+        let response = self.observed("get", started, response).map_err(map_err)?;
         Ok(Read {
             value: response.kvs().first().map(to_kv),
             revision: header_revision(response.header()),
@@ -339,14 +361,19 @@ impl MetaKv for EtcdKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
-        self.list_paged(prefix, false, to_kv).await
+        let started = Instant::now();
+        let listed = self.list_paged(prefix, false, to_kv).await;
+        self.observed("list", started, listed)
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Read<Vec<String>>, MetaError> {
-        self.list_paged(prefix, true, |kv| {
-            String::from_utf8_lossy(kv.key()).into_owned()
-        })
-        .await
+        let started = Instant::now();
+        let listed = self
+            .list_paged(prefix, true, |kv| {
+                String::from_utf8_lossy(kv.key()).into_owned()
+            })
+            .await;
+        self.observed("list", started, listed)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
@@ -374,12 +401,13 @@ impl MetaKv for EtcdKv {
             })
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops);
+        let started = Instant::now();
         let response = retry_unsent(|| {
             let (mut kv, request) = (self.kv.clone(), request.clone());
             async move { kv.txn(request).await }
         })
-        .await
-        .map_err(map_err)?;
+        .await;
+        let response = self.observed("txn", started, response).map_err(map_err)?;
         Ok(TxnOutcome {
             succeeded: response.succeeded(),
             revision: header_revision(response.header()),

@@ -12,7 +12,7 @@ mod lease;
 use std::future::Future;
 
 pub use embedded::EmbeddedKv;
-pub use etcd::{EtcdKv, EtcdOptions, EtcdTls};
+pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver};
 pub use lease::{Lease, Leases};
 
 /// An etcd-style revision: every write to the store raises it by one.
@@ -191,6 +191,15 @@ impl Watch {
 pub enum Store {
     Etcd(EtcdKv),
     Embedded(EmbeddedKv),
+}
+
+impl Store {
+    /// Reports each etcd request's latency to `observer`; the embedded store reports none.
+    pub fn observe_latency(&self, observer: LatencyObserver) {
+        if let Store::Etcd(kv) = self {
+            kv.observe_latency(observer);
+        }
+    }
 }
 
 impl MetaKv for Store {

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tower::{Layer, Service};
 
 use crate::auth::{self, Authenticator};
+use crate::metrics::Metrics;
 use crate::proxy::codec::RawCodec;
 use crate::proxy::forwarder::Forwarder;
 use crate::proxy::gate::Gate;
@@ -45,6 +46,7 @@ impl Proxy {
 #[derive(Clone)]
 pub struct ProxyLayer {
     proxy: Option<Arc<Proxy>>,
+    metrics: Option<Metrics>,
 }
 
 impl ProxyLayer {
@@ -52,7 +54,14 @@ impl ProxyLayer {
     pub fn new(proxy: Option<Proxy>) -> ProxyLayer {
         ProxyLayer {
             proxy: proxy.map(Arc::new),
+            metrics: None,
         }
+    }
+
+    /// Counts forwarded calls by method and answer in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> ProxyLayer {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -63,6 +72,7 @@ impl<S> Layer<S> for ProxyLayer {
         Router {
             inner,
             proxy: self.proxy.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -71,6 +81,7 @@ impl<S> Layer<S> for ProxyLayer {
 pub struct Router<S> {
     inner: S,
     proxy: Option<Arc<Proxy>>,
+    metrics: Option<Metrics>,
 }
 
 impl<S: NamedService> NamedService for Router<S> {
@@ -110,6 +121,7 @@ where
                 let call = Call {
                     proxy: proxy.clone(),
                     method: Arc::from(method),
+                    metrics: self.metrics.clone(),
                 };
                 let limit = proxy.max_message_bytes;
                 Box::pin(async move {
@@ -132,7 +144,33 @@ where
 /// One forwarded call, once its message has been read: authorize, then forward.
 struct Call {
     proxy: Arc<Proxy>,
+    /// A known method name ([`route`] forwards no other), so a bounded metrics label.
     method: Arc<str>,
+    metrics: Option<Metrics>,
+}
+
+/// The snake_case name of a gRPC code, as `credstore_forwarded_requests_total{code=…}` says it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
 }
 
 impl Service<Request<Bytes>> for Call {
@@ -147,17 +185,34 @@ impl Service<Request<Bytes>> for Call {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let proxy = self.proxy.clone();
         let method = self.method.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            let (caller, db) = auth::caller(&request)
-                .ok_or_else(|| Status::unauthenticated("request is not authenticated"))?;
-            proxy
-                .gate
-                .authorize(&caller, &method, &db, request.get_ref())
-                .await?;
-            match &*method {
-                health::METHOD => health::check_health(&proxy, request).await,
-                _ => proxy.forwarder.forward(&method, request).await,
+            let answer = authorize_and_forward(&proxy, &method, request).await;
+            if let Some(metrics) = &metrics {
+                let code = answer
+                    .as_ref()
+                    .map_or_else(Status::code, |_| tonic::Code::Ok);
+                metrics.forwarded(&method, code_name(code));
             }
+            answer
         })
+    }
+}
+
+/// The gate's decision, then the upstream's answer.
+async fn authorize_and_forward(
+    proxy: &Proxy,
+    method: &str,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, Status> {
+    let (caller, db) = auth::caller(&request)
+        .ok_or_else(|| Status::unauthenticated("request is not authenticated"))?;
+    proxy
+        .gate
+        .authorize(&caller, method, &db, request.get_ref())
+        .await?;
+    match method {
+        health::METHOD => health::check_health(proxy, request).await,
+        _ => proxy.forwarder.forward(method, request).await,
     }
 }

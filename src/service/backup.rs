@@ -144,7 +144,7 @@ impl Api {
                     .await?,
             );
         }
-        self.confirm_change(last).await
+        self.confirm_change(caller, last).await
     }
 
     /// Milvus's `CheckIfRBACRestorable`, plus a parsed hash for every user and a checked

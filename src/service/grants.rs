@@ -174,7 +174,7 @@ impl Api {
             changed = revision.is_some(),
             "privilege operation"
         );
-        self.confirm_change(revision).await
+        self.confirm_change(caller, revision).await
     }
 
     /// `SelectGrant`: a role's grants, in one db (`*`: all) and optionally on one object.
@@ -234,7 +234,7 @@ impl Api {
         self.require(caller, "CreatePrivilegeGroup", "*").await?;
         validate::new_group_name(&name)?;
         match self.catalog.create_privilege_group(&name).await? {
-            Some(revision) => self.confirm(revision).await,
+            Some(revision) => self.confirm(caller, revision).await,
             None => Err(Refusal::GroupExists(name).into()),
         }
     }
@@ -257,7 +257,7 @@ impl Api {
             }
         }
         let revision = self.catalog.drop_privilege_group(&name).await?;
-        self.confirm_change(revision).await
+        self.confirm_change(caller, revision).await
     }
 
     /// `ListPrivilegeGroups`: the custom groups, then the built-in ones.
@@ -348,7 +348,7 @@ impl Api {
                 }
             })
             .await?;
-        self.confirm_change(revision).await
+        self.confirm_change(caller, revision).await
     }
 
     /// The members of custom group `name`, if it is one.

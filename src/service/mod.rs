@@ -10,16 +10,19 @@ mod roles;
 pub mod status;
 mod users;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine;
 use tonic::{Request, Response};
 
+use crate::audit::{self, Audit};
 use crate::auth::{self, Authenticated, Authenticator};
 use crate::catalog::Catalog;
 use crate::coherence::Coherence;
 use crate::meta::Revision;
+use crate::metrics::Metrics;
 use crate::password::{Limits, Password, Username};
 use crate::proto::common::{ErrorCode, ServerInfo, Status};
 use crate::proto::milvus::milvus_service_server::MilvusService;
@@ -37,22 +40,41 @@ fn owned_rule(method: &str) -> &'static MethodRule {
 }
 
 /// Who is calling, and the database they named (Milvus's `dbname` header; it only appears in
-/// the text of a denial).
+/// the text of a denial), from where, and the newest revision the request wrote (for the
+/// audit line; clones share it).
 #[derive(Clone, Debug)]
 struct Caller {
     who: Authenticated,
     db: String,
+    peer: Option<SocketAddr>,
+    /// 0 until a write is confirmed (revisions start at 1).
+    written: Arc<AtomicI64>,
 }
 
 impl Caller {
     /// Splits a request into its caller and its body.
     fn of<T>(request: Request<T>) -> Result<(Caller, T), ServiceError> {
         let (who, db) = auth::caller(&request).ok_or(ServiceError::Unauthenticated)?;
-        Ok((Caller { who, db }, request.into_inner()))
+        let caller = Caller {
+            who,
+            db,
+            peer: request.remote_addr(),
+            written: Arc::default(),
+        };
+        Ok((caller, request.into_inner()))
     }
 
     fn is_super_user(&self) -> bool {
         self.who.is_super_user()
+    }
+
+    fn wrote(&self, revision: Revision) {
+        self.written.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// The newest revision this request wrote, if it wrote anything.
+    fn written(&self) -> Option<Revision> {
+        Some(self.written.load(Ordering::Relaxed)).filter(|r| *r > 0)
     }
 }
 
@@ -73,6 +95,10 @@ pub struct Api {
     max_roles: usize,
     /// `Connect`'s identifier: only needs to differ between connections.
     next_identifier: Arc<AtomicI64>,
+    /// One line per change request (and backup), whatever its outcome.
+    audit: Audit,
+    /// Records how long writes wait for their acknowledgement.
+    metrics: Option<Metrics>,
 }
 
 /// The settings handlers need besides the shared components.
@@ -102,7 +128,21 @@ impl Api {
             limits: settings.limits,
             max_roles: settings.max_roles,
             next_identifier: Arc::new(AtomicI64::new(start)),
+            audit: Audit::off(),
+            metrics: None,
         }
+    }
+
+    /// Records each write's acknowledgement wait in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Api {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes an audit line for every change request to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> Api {
+        self.audit = audit;
+        self
     }
 
     /// Decision one: may the caller do what `method` needs (its entry in Milvus's privilege
@@ -146,16 +186,26 @@ impl Api {
         }
     }
 
-    /// Waits until every live replica applied `revision`.
-    async fn confirm(&self, revision: Revision) -> Result<(), ServiceError> {
-        Ok(self.coherence.confirm(revision).await?)
+    /// Waits until every live replica applied `revision`, which `caller`'s request wrote.
+    async fn confirm(&self, caller: &Caller, revision: Revision) -> Result<(), ServiceError> {
+        caller.wrote(revision);
+        let started = std::time::Instant::now();
+        let confirmed = self.coherence.confirm(revision).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.ack_waited(started.elapsed());
+        }
+        Ok(confirmed?)
     }
 
     /// Waits for the acknowledgement of a write, if there was one; a request that changed
     /// nothing has nothing to wait for.
-    async fn confirm_change(&self, revision: Option<Revision>) -> Result<(), ServiceError> {
+    async fn confirm_change(
+        &self,
+        caller: &Caller,
+        revision: Option<Revision>,
+    ) -> Result<(), ServiceError> {
         match revision {
-            Some(revision) => self.confirm(revision).await,
+            Some(revision) => self.confirm(caller, revision).await,
             None => Ok(()),
         }
     }
@@ -182,6 +232,47 @@ async fn handle<T, R>(
 ) -> Result<R, ServiceError> {
     let (caller, body) = Caller::of(request)?;
     handler(caller, body).await
+}
+
+impl Api {
+    /// [`handle`], then one audit line: `action` (the method), the caller, what `target`
+    /// reads from the body (names only), the revision written and the outcome's class.
+    async fn audited<T, R>(
+        &self,
+        request: Request<T>,
+        action: &'static str,
+        target: impl FnOnce(&T) -> serde_json::Map<String, serde_json::Value>,
+        handler: impl AsyncFnOnce(Caller, T) -> Result<R, ServiceError>,
+    ) -> Result<R, ServiceError> {
+        let (caller, body) = Caller::of(request)?;
+        let target = match self.audit.is_on() {
+            true => target(&body),
+            false => serde_json::Map::new(),
+        };
+        let result = handler(caller.clone(), body).await;
+        self.audit.change(audit::Change {
+            action,
+            user: caller.who.name(),
+            peer: caller.peer,
+            target,
+            revision: caller.written(),
+            result: result.as_ref().map_or_else(ServiceError::class, |_| "ok"),
+        });
+        result
+    }
+}
+
+/// An operation type's proto name for an audit line (`AddUserToRole`, `Grant`), or `null`.
+fn op_name<E>(name: Result<&'static str, E>) -> serde_json::Value {
+    name.map_or(serde_json::Value::Null, Into::into)
+}
+
+/// The privilege a grant names, as sent.
+fn privilege_name(grantor: Option<GrantorEntity>) -> String {
+    grantor
+        .and_then(|g| g.privilege)
+        .map(|p| p.name)
+        .unwrap_or_default()
 }
 
 /// A Status-only answer.
@@ -257,7 +348,9 @@ impl MilvusService for Api {
         &self,
         request: Request<CreateCredentialRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target =
+            |b: &CreateCredentialRequest| audit::target([("user", b.username.clone().into())]);
+        let result = self.audited(request, "CreateCredential", target, async |caller, body| {
             self.create_user(&caller, body).await
         });
         reply(result.await, ErrorCode::CreateCredentialFailure)
@@ -267,7 +360,13 @@ impl MilvusService for Api {
         &self,
         request: Request<UpdateCredentialRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &UpdateCredentialRequest| {
+            audit::target([
+                ("user", b.username.clone().into()),
+                ("password", (!b.new_password.is_empty()).into()),
+            ])
+        };
+        let result = self.audited(request, "UpdateCredential", target, async |caller, body| {
             self.update_user(&caller, body).await
         });
         reply(result.await, ErrorCode::UpdateCredentialFailure)
@@ -277,7 +376,9 @@ impl MilvusService for Api {
         &self,
         request: Request<DeleteCredentialRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target =
+            |b: &DeleteCredentialRequest| audit::target([("user", b.username.clone().into())]);
+        let result = self.audited(request, "DeleteCredential", target, async |caller, body| {
             self.delete_user(&caller, body).await
         });
         reply(result.await, ErrorCode::DeleteCredentialFailure)
@@ -296,7 +397,15 @@ impl MilvusService for Api {
         &self,
         request: Request<CreateRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &CreateRoleRequest| {
+            let role = b
+                .entity
+                .as_ref()
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            audit::target([("role", role.into())])
+        };
+        let result = self.audited(request, "CreateRole", target, async |caller, body| {
             self.add_role(&caller, body).await
         });
         reply(result.await, ErrorCode::CreateRoleFailure)
@@ -306,7 +415,8 @@ impl MilvusService for Api {
         &self,
         request: Request<AlterRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &AlterRoleRequest| audit::target([("role", b.role_name.clone().into())]);
+        let result = self.audited(request, "AlterRole", target, async |caller, body| {
             self.change_role(&caller, body).await
         });
         // Milvus has no legacy code of its own for AlterRole failures.
@@ -317,7 +427,11 @@ impl MilvusService for Api {
         &self,
         request: Request<BackupRbacMetaRequest>,
     ) -> Result<Response<BackupRbacMetaResponse>, tonic::Status> {
-        let result = handle(request, async |caller, _| self.backup_rbac(&caller).await);
+        // Not a change, but it exports every user's hash.
+        let target = |_: &BackupRbacMetaRequest| audit::target([]);
+        let result = self.audited(request, "BackupRBAC", target, async |caller, _| {
+            self.backup_rbac(&caller).await
+        });
         let (status, meta) = outcome(result.await, ErrorCode::OperatePrivilegeFailure)?;
         Ok(Response::new(BackupRbacMetaResponse {
             status,
@@ -329,7 +443,16 @@ impl MilvusService for Api {
         &self,
         request: Request<RestoreRbacMetaRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &RestoreRbacMetaRequest| {
+            let meta = b.rbac_meta.clone().unwrap_or_default();
+            audit::target([
+                ("users", meta.users.len().into()),
+                ("roles", meta.roles.len().into()),
+                ("grants", meta.grants.len().into()),
+                ("groups", meta.privilege_groups.len().into()),
+            ])
+        };
+        let result = self.audited(request, "RestoreRBAC", target, async |caller, body| {
             self.restore_rbac(&caller, body.rbac_meta).await
         });
         reply(result.await, ErrorCode::OperatePrivilegeFailure)
@@ -339,7 +462,13 @@ impl MilvusService for Api {
         &self,
         request: Request<DropRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &DropRoleRequest| {
+            audit::target([
+                ("role", b.role_name.clone().into()),
+                ("force", b.force_drop.into()),
+            ])
+        };
+        let result = self.audited(request, "DropRole", target, async |caller, body| {
             self.remove_role(&caller, body).await
         });
         reply(result.await, ErrorCode::DropRoleFailure)
@@ -349,7 +478,17 @@ impl MilvusService for Api {
         &self,
         request: Request<OperateUserRoleRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &OperateUserRoleRequest| {
+            audit::target([
+                ("user", b.username.clone().into()),
+                ("role", b.role_name.clone().into()),
+                (
+                    "op",
+                    op_name(OperateUserRoleType::try_from(b.r#type).map(|t| t.as_str_name())),
+                ),
+            ])
+        };
+        let result = self.audited(request, "OperateUserRole", target, async |caller, body| {
             self.change_membership(&caller, body).await
         });
         reply(result.await, ErrorCode::OperateUserRoleFailure)
@@ -380,7 +519,27 @@ impl MilvusService for Api {
         &self,
         request: Request<OperatePrivilegeRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
+        let target = |b: &OperatePrivilegeRequest| {
+            let entity = b.entity.clone().unwrap_or_default();
+            audit::target([
+                (
+                    "role",
+                    entity.role.map(|r| r.name).unwrap_or_default().into(),
+                ),
+                ("privilege", privilege_name(entity.grantor).into()),
+                (
+                    "object",
+                    entity.object.map(|o| o.name).unwrap_or_default().into(),
+                ),
+                ("name", entity.object_name.into()),
+                ("db", entity.db_name.into()),
+                (
+                    "op",
+                    op_name(OperatePrivilegeType::try_from(b.r#type).map(|t| t.as_str_name())),
+                ),
+            ])
+        };
+        let result = self.audited(request, "OperatePrivilege", target, async |caller, body| {
             self.operate_privilege(&caller, body).await
         });
         reply(result.await, ErrorCode::OperatePrivilegeFailure)
@@ -390,9 +549,27 @@ impl MilvusService for Api {
         &self,
         request: Request<OperatePrivilegeV2Request>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
-            self.operate_privilege_v2(&caller, body).await
-        });
+        let target = |b: &OperatePrivilegeV2Request| {
+            audit::target([
+                (
+                    "role",
+                    b.role.clone().map(|r| r.name).unwrap_or_default().into(),
+                ),
+                ("privilege", privilege_name(b.grantor.clone()).into()),
+                ("db", b.db_name.clone().into()),
+                ("collection", b.collection_name.clone().into()),
+                (
+                    "op",
+                    op_name(OperatePrivilegeType::try_from(b.r#type).map(|t| t.as_str_name())),
+                ),
+            ])
+        };
+        let result = self.audited(
+            request,
+            "OperatePrivilegeV2",
+            target,
+            async |caller, body| self.operate_privilege_v2(&caller, body).await,
+        );
         reply(result.await, ErrorCode::OperatePrivilegeFailure)
     }
 
@@ -411,9 +588,15 @@ impl MilvusService for Api {
         &self,
         request: Request<CreatePrivilegeGroupRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
-            self.add_group(&caller, body.group_name).await
-        });
+        let target = |b: &CreatePrivilegeGroupRequest| {
+            audit::target([("group", b.group_name.clone().into())])
+        };
+        let result = self.audited(
+            request,
+            "CreatePrivilegeGroup",
+            target,
+            async |caller, body| self.add_group(&caller, body.group_name).await,
+        );
         reply(result.await, ErrorCode::CreatePrivilegeGroupFailure)
     }
 
@@ -421,9 +604,14 @@ impl MilvusService for Api {
         &self,
         request: Request<DropPrivilegeGroupRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
-            self.remove_group(&caller, body.group_name).await
-        });
+        let target =
+            |b: &DropPrivilegeGroupRequest| audit::target([("group", b.group_name.clone().into())]);
+        let result = self.audited(
+            request,
+            "DropPrivilegeGroup",
+            target,
+            async |caller, body| self.remove_group(&caller, body.group_name).await,
+        );
         reply(result.await, ErrorCode::DropPrivilegeGroupFailure)
     }
 
@@ -444,9 +632,22 @@ impl MilvusService for Api {
         &self,
         request: Request<OperatePrivilegeGroupRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        let result = handle(request, async |caller, body| {
-            self.change_group(&caller, body).await
-        });
+        let target = |b: &OperatePrivilegeGroupRequest| {
+            let privileges: Vec<serde_json::Value> =
+                b.privileges.iter().map(|p| p.name.clone().into()).collect();
+            let op = OperatePrivilegeGroupType::try_from(b.r#type).map(|t| t.as_str_name());
+            audit::target([
+                ("group", b.group_name.clone().into()),
+                ("privileges", privileges.into()),
+                ("op", op_name(op)),
+            ])
+        };
+        let result = self.audited(
+            request,
+            "OperatePrivilegeGroup",
+            target,
+            async |caller, body| self.change_group(&caller, body).await,
+        );
         reply(result.await, ErrorCode::OperatePrivilegeGroupFailure)
     }
 }

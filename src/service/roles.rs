@@ -42,7 +42,7 @@ impl Api {
             .catalog
             .create_role_described(&role, &entity.description)
             .await?;
-        self.confirm(revision).await
+        self.confirm(caller, revision).await
     }
 
     /// `AlterRole` (pymilvus 3.0 `alter_role`): sets an existing role's description.
@@ -54,7 +54,7 @@ impl Api {
         self.require(caller, "AlterRole", "*").await?;
         let role = role_name(&body.role_name)?;
         let revision = self.catalog.alter_role(&role, &body.description).await?;
-        self.confirm(revision).await
+        self.confirm(caller, revision).await
     }
 
     pub(super) async fn remove_role(
@@ -77,7 +77,7 @@ impl Api {
             .drop_role(&role)
             .await
             .map_err(milvus_not_found)?;
-        self.confirm(revision).await
+        self.confirm(caller, revision).await
     }
 
     /// Grants a role to a user or takes it away (`OperateUserRole`).
@@ -107,7 +107,7 @@ impl Api {
                 )));
             }
         };
-        self.confirm_change(revision).await
+        self.confirm_change(caller, revision).await
     }
 
     /// One role (none if it does not exist) or all, with their members if asked.

@@ -81,6 +81,41 @@ pub enum ServiceError {
     NotConfirmed(CoherenceError),
 }
 
+impl ServiceError {
+    /// The error's class for an audit line's `result`: a fixed word, never the text (which
+    /// may quote client input).
+    pub fn class(&self) -> &'static str {
+        match self {
+            ServiceError::InvalidName(_)
+            | ServiceError::InvalidPassword(_)
+            | ServiceError::InvalidRole(_)
+            | ServiceError::DescriptionTooLong { .. }
+            | ServiceError::Base64(_) => "invalid",
+            ServiceError::Refused(refusal) if refusal.is_input_error() => "invalid",
+            ServiceError::UserExists(_) | ServiceError::RoleExists(_) => "exists",
+            ServiceError::UserNotFound(_)
+            | ServiceError::RoleNotFound(_)
+            | ServiceError::NoSuchRole
+            | ServiceError::NoSuchUser
+            | ServiceError::GroupNotFound(_) => "not_found",
+            ServiceError::WrongOldPassword(_) => "wrong_old_password",
+            ServiceError::DeleteRoot | ServiceError::DefaultRole(_) | ServiceError::Refused(_) => {
+                "refused"
+            }
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::PermissionDenied { .. } => "permission_denied",
+            ServiceError::Unauthenticated => "unauthenticated",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Busy => "busy",
+            ServiceError::NotConfirmed(_) => "not_confirmed",
+            ServiceError::Corrupt(_)
+            | ServiceError::BadHash(_)
+            | ServiceError::Store(_)
+            | ServiceError::Internal(_) => "error",
+        }
+    }
+}
+
 /// Maps `err` to what pymilvus sees: `Err` is a gRPC error, `Ok` a failed `common.Status`
 /// whose legacy `error_code` is `failure` (the one Milvus reports for a failed operation of
 /// this kind) unless the error has its own. Also logs it at the level it deserves.

@@ -43,7 +43,7 @@ impl Api {
             .create_user(&name, &hash, body.description)
             .await?;
         tracing::info!(user = %name, revision, "user created");
-        self.confirm(revision).await
+        self.confirm(caller, revision).await
     }
 
     /// A password change (with the old password, unless the caller is a super user, as
@@ -59,7 +59,9 @@ impl Api {
         }
         check_description(body.description.as_deref())?;
         if body.new_password.is_empty() && body.description.is_some() {
-            return self.set_description(&body.username, body.description).await;
+            return self
+                .set_description(caller, &body.username, body.description)
+                .await;
         }
         let new_password = self.password(&body.new_password)?;
         let old_password = decode_base64(&body.old_password)?;
@@ -96,11 +98,12 @@ impl Api {
             .replace_user(&name, &stored.with_hash(hash).with_description(description))
             .await?;
         tracing::info!(user = %name, revision, "password changed");
-        self.confirm(revision).await
+        self.confirm(caller, revision).await
     }
 
     async fn set_description(
         &self,
+        caller: &Caller,
         raw: &str,
         description: Option<String>,
     ) -> Result<(), ServiceError> {
@@ -116,7 +119,7 @@ impl Api {
             .catalog
             .replace_user(&name, &stored.with_description(description))
             .await?;
-        self.confirm(revision).await
+        self.confirm(caller, revision).await
     }
 
     pub(super) async fn delete_user(
@@ -136,7 +139,7 @@ impl Api {
         if let Some(revision) = revision {
             tracing::info!(user = %name, revision, "user deleted");
         }
-        self.confirm_change(revision).await
+        self.confirm_change(caller, revision).await
     }
 
     pub(super) async fn list_users(&self, caller: &Caller) -> Result<Vec<String>, ServiceError> {

@@ -105,6 +105,11 @@ impl Replica {
         self.signal("-CONT");
     }
 
+    /// SIGHUP: reopen the audit log (log rotation).
+    pub fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
     /// SIGTERM and wait: a clean shutdown.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("-TERM");

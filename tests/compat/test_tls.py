@@ -14,6 +14,7 @@ reaches an `https://` upstream that requires a client certificate.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -127,6 +128,15 @@ def refused(uri: str, **tls) -> bool:
     return False
 
 
+def _wait_lines(path: Path, n: int, within: float = 10) -> list:
+    deadline = time.monotonic() + within
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
 def one_way(certs: Path, ca: str = "ca.pem") -> Dict:
     return {"server_pem_path": str(certs / ca), "server_name": "localhost"}
 
@@ -156,7 +166,11 @@ def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_mode_1_serves_pymilvus_and_refuses_plaintext(etcd, certs, tmp_path):
-    s = Server(tls_config(etcd, certs, 1, tmp_path / "tls"), str(tmp_path / "srv"))
+    config = tls_config(etcd, certs, 1, tmp_path / "tls")
+    audit = tmp_path / "audit.log"
+    config["credstore"]["audit"] = {"path": str(audit)}
+    config["credstore"]["failedAuthDelayMs"] = 0
+    s = Server(config, str(tmp_path / "srv"))
     try:
         assert "(authorization true, TLS)" in s.log_text()
         c = client(https(s), **one_way(certs))
@@ -165,6 +179,15 @@ def test_mode_1_serves_pymilvus_and_refuses_plaintext(etcd, certs, tmp_path):
         assert name in c.list_users(timeout=T)
         # The user logs in over TLS too.
         client(https(s), **one_way(certs)).close()
+        # The audit trail knows the peer of a TLS connection.
+        with pytest.raises(MilvusException):
+            MilvusClient(uri=https(s), token=f"{name}:wrong-pw", timeout=3, dedicated=True,
+                         **one_way(certs))
+        lines = [json.loads(l) for l in _wait_lines(audit, 2)]
+        created = next(l for l in lines if l.get("action") == "CreateCredential")
+        failed = next(l for l in lines if l["event"] == "login_failed")
+        assert created["peer"].startswith("127.0.0.1:"), created
+        assert failed["peer"].startswith("127.0.0.1:") and failed["user"] == name, failed
         assert refused(s.uri), "a plaintext client got through a TLS listener"
         assert refused(https(s), **one_way(certs, "other-ca.pem")), "an untrusted CA was accepted"
         # The admin CLI and the load generator speak TLS.
