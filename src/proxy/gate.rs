@@ -28,6 +28,11 @@ impl Gate {
         }
     }
 
+    /// The policies this gate decides by (for answers cut to the caller's grants).
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
     /// `Ok` when `caller` may call `method` with `body` in `db`; otherwise the status to
     /// answer: INVALID_ARGUMENT (unreadable body), PERMISSION_DENIED (Milvus's text) or
     /// UNAVAILABLE (the policy could not be loaded).
@@ -49,7 +54,9 @@ impl Gate {
             // Authorization is disabled: everything is allowed, as in Milvus.
             return Ok(());
         };
-        if crate::proxy::methods::REFLECTED.contains(&method) {
+        // Reflected methods need no privilege; filtered ones are cut to the caller's grants.
+        use crate::proxy::methods::{FILTERED, REFLECTED};
+        if REFLECTED.contains(&method) || FILTERED.contains(&method) {
             return Ok(());
         }
         if self.policies.exempt(user) {

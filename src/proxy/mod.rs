@@ -11,6 +11,7 @@ pub mod forwarder;
 pub mod gate;
 pub mod health;
 pub mod limit;
+pub mod listing;
 pub mod methods;
 pub mod router;
 

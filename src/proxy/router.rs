@@ -22,9 +22,9 @@ use crate::metrics::Metrics;
 use crate::proxy::codec::RawCodec;
 use crate::proxy::forwarder::Forwarder;
 use crate::proxy::gate::Gate;
-use crate::proxy::health;
 use crate::proxy::limit::Bounded;
 use crate::proxy::methods::{Route, route};
+use crate::proxy::{health, listing};
 
 /// What forwarding needs; absent when no upstream is configured.
 pub struct Proxy {
@@ -213,6 +213,7 @@ async fn authorize_and_forward(
         .await?;
     match method {
         health::METHOD => health::check_health(proxy, request).await,
+        listing::METHOD => listing::show_collections(proxy, caller.name(), &db, request).await,
         _ => proxy.forwarder.forward(method, request).await,
     }
 }

@@ -94,6 +94,33 @@ impl Policies {
         Ok(false)
     }
 
+    /// Which of `names` (collections of `db`) `user` may see in a listing: all for an exempt
+    /// root and `admin`; otherwise those one of their roles or `public` sees
+    /// ([`RolePolicy::sees_collection`]).
+    pub async fn visible_collections(
+        &self,
+        user: &str,
+        db: &str,
+        names: &[String],
+    ) -> Result<Vec<bool>, CatalogError> {
+        if self.exempt(user) {
+            return Ok(vec![true; names.len()]);
+        }
+        let roles = self.user_roles(user).await?;
+        if roles.iter().any(|r| r == ADMIN_ROLE) {
+            return Ok(vec![true; names.len()]);
+        }
+        let implicit = (!roles.iter().any(|r| r == PUBLIC_ROLE)).then_some(PUBLIC_ROLE);
+        let mut policies = Vec::new();
+        for role in roles.iter().map(String::as_str).chain(implicit) {
+            policies.push(self.role_policy(role).await?);
+        }
+        Ok(names
+            .iter()
+            .map(|name| policies.iter().any(|p| p.sees_collection(db, name)))
+            .collect())
+    }
+
     /// The roles granted to `user` (cached).
     pub async fn user_roles(&self, user: &str) -> Result<Arc<Vec<String>>, CatalogError> {
         if let Some(roles) = self.inner.user_roles.get(user) {

@@ -115,6 +115,10 @@ impl Scopes {
         self.by_name.values_mut().for_each(dedup);
         dedup(&mut self.any_name);
     }
+
+    fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.by_name.values().flatten().chain(&self.any_name)
+    }
 }
 
 /// One role's grants, expanded and indexed by privilege and object name.
@@ -205,6 +209,30 @@ impl RolePolicy {
         granted || self.any_privilege.matches(check)
     }
 
+    /// Whether this role may see collection `name` of `db` in a listing: it holds some
+    /// privilege on that collection (or on every collection, or `All`), or Global
+    /// `ShowCollections`, which lists every collection of the database.
+    pub fn sees_collection(&self, db: &str, name: &str) -> bool {
+        let on_it = |s: &Scope| {
+            s.object.is_none_or(|o| o == ObjectType::Collection)
+                && s.db.matches(db)
+                && s.name.matches(name)
+        };
+        let lists_all = Privilege::from_api("ShowCollections")
+            .and_then(|p| self.by_privilege.get(&p))
+            .is_some_and(|scopes| {
+                scopes
+                    .iter()
+                    .any(|s| s.object == Some(ObjectType::Global) && s.db.matches(db))
+            });
+        lists_all
+            || self.any_privilege.iter().any(on_it)
+            || self
+                .by_privilege
+                .values()
+                .any(|scopes| scopes.iter().any(on_it))
+    }
+
     /// Stored privilege names that granted nothing (unknown to this build).
     pub fn unresolved(&self) -> &[String] {
         &self.unresolved
@@ -292,6 +320,28 @@ mod tests {
     }
 
     use ObjectType::{Collection, Global, User};
+
+    #[test]
+    fn listings_show_the_collections_a_role_reaches() {
+        use ObjectType::{Collection, Global};
+        let reader = policy(&[grant(Collection, "default", "books", "PrivilegeQuery")]);
+        assert!(reader.sees_collection("default", "books"));
+        assert!(!reader.sees_collection("default", "films"));
+        assert!(!reader.sees_collection("other", "books"));
+        let every = policy(&[grant(Collection, "*", "*", "PrivilegeSearch")]);
+        assert!(every.sees_collection("any", "films"));
+        let group = policy(&[grant(Collection, "default", "films", "readers")]);
+        assert!(group.sees_collection("default", "films"));
+        let lister = policy(&[grant(Global, "default", "*", "PrivilegeShowCollections")]);
+        assert!(lister.sees_collection("default", "films"));
+        assert!(!lister.sees_collection("other", "films"));
+        let all = policy(&[grant(Global, "*", "*", "PrivilegeAll")]);
+        assert!(all.sees_collection("default", "films"));
+        // A Global privilege other than ShowCollections lists nothing.
+        let creator = policy(&[grant(Global, "*", "*", "PrivilegeCreateCollection")]);
+        assert!(!creator.sees_collection("default", "films"));
+        assert!(!RolePolicy::default().sees_collection("default", "films"));
+    }
 
     #[test]
     fn a_single_privilege_matches_its_object_db_and_name() {

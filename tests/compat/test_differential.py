@@ -13,6 +13,7 @@ and the process is stopped by pid (SIGKILL after a short grace: its graceful sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -280,3 +281,67 @@ def test_the_milvus_yaml_milvus_ships_loads(milvus_server, etcd, binary, tmp_pat
             proc.kill()
             proc.wait(timeout=15)
         log.close()
+
+
+# step -> why the proxy tier's answer differs from Milvus 2.3.5's for the same user and grants.
+PROXY_DIFFERENCES: Dict[str, str] = {}
+
+
+def data_steps(uri: str, name: str) -> List[Tuple[str, Callable[[], Any]]]:
+    """Data calls of a user whose only role holds Query and Search on collection `name`."""
+    viewer = lambda: MilvusClient(uri=uri, token="viewer:password1", timeout=T)  # noqa: E731
+    return [
+        ("query_granted", lambda: len(viewer().query(name, filter="id >= 0", output_fields=["id"]))),
+        ("search_granted", lambda: len(viewer().search(name, data=[[0.1, 0.2, 0.3, 0.4]], limit=2)[0])),
+        ("insert_not_granted", lambda: viewer().insert(name, [{"id": 9, "vector": [0.0] * 4}])),
+        ("drop_not_granted", lambda: viewer().drop_collection(name)),
+        ("create_not_granted", lambda: viewer().create_collection("viewer_made", dimension=4)),
+        ("describe_collection", lambda: viewer().describe_collection(name)["collection_name"]),
+        ("has_collection", lambda: viewer().has_collection(name)),
+        ("list_collections", lambda: sorted(viewer().list_collections())),
+        ("list_databases", lambda: sorted(viewer().list_databases())),
+        ("flush_not_granted", lambda: viewer().flush(name)),
+    ]
+
+
+def prepare_viewer(root: MilvusClient, name: str) -> None:
+    root.create_collection(name, dimension=4)
+    root.insert(name, [{"id": i, "vector": [0.1 * i, 0.2, 0.3, 0.4]} for i in range(3)])
+    root.create_user("viewer", "password1")
+    root.create_role("viewer_role")
+    root.grant_privilege("viewer_role", "Collection", "Query", name)
+    root.grant_privilege("viewer_role", "Collection", "Search", name)
+    root.grant_role("viewer", "viewer_role")
+
+
+def test_data_calls_through_credstore_are_authorized_as_milvus_2_3_5_does(milvus, start_server):
+    """The same user with the same grants, directly on Milvus (its own RBAC) and through
+    credstore (credstore's RBAC, root's token upstream): each data call succeeds or is refused
+    alike. Only the kind of outcome is compared (texts of denials differ by version)."""
+    root_direct = MilvusClient(uri=milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
+    s = start_server(
+        super_users=None,
+        overrides={"credstore": {"upstream": {"token": f"{ROOT_USER}:{ROOT_PASSWORD}"}}},
+        extra_args=("--upstream", milvus),
+    )
+    root_proxied = MilvusClient(uri=s.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
+    prepare_viewer(root_direct, "viewed_direct")
+    prepare_viewer(root_proxied, "viewed_proxied")
+    try:
+        theirs = {n: outcome(c, milvus)[0] for n, c in data_steps(milvus, "viewed_direct")}
+        ours = {n: outcome(c, s.uri)[0] for n, c in data_steps(s.uri, "viewed_proxied")}
+        rpc_is_err = lambda kind: "err" if kind == "rpc" else kind  # noqa: E731
+        unexpected = [
+            f"{n}: milvus 2.3.5 {theirs[n]}, credstore {ours[n]}"
+            for n in theirs
+            if rpc_is_err(theirs[n]) != rpc_is_err(ours[n]) and n not in PROXY_DIFFERENCES
+        ]
+        assert not unexpected, "\n".join(unexpected) + f"\nmilvus: {theirs}\ncredstore: {ours}"
+        stale = [n for n in PROXY_DIFFERENCES if rpc_is_err(theirs[n]) == rpc_is_err(ours[n])]
+        assert not stale, f"no longer different, remove from PROXY_DIFFERENCES: {stale}"
+    finally:
+        for name in ("viewed_direct", "viewed_proxied"):
+            with contextlib.suppress(Exception):
+                root_direct.drop_collection(name)
+        with contextlib.suppress(Exception):
+            root_direct.drop_user("viewer")

@@ -213,7 +213,9 @@ def test_user_without_roles_is_refused_and_upstream_never_sees_it(
         assert_denied(lambda: me.query(name, filter="id >= 0", timeout=T))
         assert_denied(lambda: me.search(name, [[0.1, 0.2, 0.3, 0.4]], limit=1, timeout=T))
         assert_denied(lambda: me.delete(name, ids=[0], timeout=T))
-        assert_denied(lambda: me.list_collections(timeout=T))
+        # Listing is allowed: with the default `public` grants (IndexDetail on every
+        # collection) every user sees every name, as on Milvus 2.3.5.
+        assert name in me.list_collections(timeout=T)
         sneaky = f"c_{uuid.uuid4().hex[:8]}"
         assert_denied(lambda: me.create_collection(sneaky, dimension=DIM, timeout=T))
         # Nothing reached the upstream: no new collection, no changed row.
@@ -230,6 +232,39 @@ def test_user_without_roles_is_refused_and_upstream_never_sees_it(
             milvus_pb2.QueryRequest(collection_name=name, expr="id >= 0"),
             f"{user}:{password}",
         )
+
+
+def test_listing_shows_only_the_collections_the_callers_grants_reach(
+    etcd, session_dir, lite, clients
+):
+    """Without `public`'s default grants, ShowCollections through credstore is cut to the
+    collections the caller has some privilege on (Milvus 2.4+ semantics); root and `admin`
+    see all; the cut happens in credstore, the upstream lists everything."""
+    root = f"compat-list-{uuid.uuid4().hex[:8]}"
+    config = base_config(root, [etcd.endpoint])
+    config["proxy"]["enablePublicPrivilege"] = False
+    s = Server(config, os.path.join(session_dir, "list"), extra_args=("--upstream", lite.uri),
+               name="list")
+    try:
+        admin = clients.make(s, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
+        mine, theirs = new_collection(admin), new_collection(admin)
+        user, password = uname("lister"), pw()
+        admin.create_user(user, password, timeout=T)
+        me = clients.make(s, token=f"{user}:{password}")
+        assert me.list_collections(timeout=T) == []
+        role = uname("r")
+        admin.create_role(role, timeout=T)
+        admin.grant_privilege(role, "Collection", "Query", mine, timeout=T)
+        admin.grant_role(user, role, timeout=T)
+        assert me.list_collections(timeout=T) == [mine]
+        everything = set(lite.client().list_collections(timeout=T))
+        assert {mine, theirs} <= everything
+        assert set(admin.list_collections(timeout=T)) == everything
+        # Global ShowCollections lists the whole database.
+        admin.grant_privilege(role, "Global", "ShowCollections", "*", timeout=T)
+        assert set(me.list_collections(timeout=T)) == everything
+    finally:
+        s.stop()
 
 
 def test_a_member_of_admin_works_with_data(proxy, lite, root_client, clients):

@@ -1,0 +1,110 @@
+//! `ShowCollections` through the proxy tier: any authenticated caller may list, and sees only
+//! the collections their grants reach (some privilege on the collection, on every collection,
+//! `All`, or Global `ShowCollections`), as Milvus 2.4+ filters the list; root and `admin` see
+//! every one. The upstream answers with credstore's token, so without this cut every user
+//! would see every name.
+//!
+//! The answer's lists are parallel (entry i of each describes collection i): each is cut with
+//! the same mask. A list of another length cannot be attributed and is emptied, and fields
+//! this build does not know are dropped (prost decodes only the declared ones): the cut fails
+//! closed. Requests and answers are small (names and numbers), so decoding them whole is
+//! bounded by the forwarder's message limit like any forwarded call.
+
+use prost::Message;
+use prost::bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::proto::milvus::{ShowCollectionsRequest, ShowCollectionsResponse};
+use crate::proxy::router::Proxy;
+
+/// The method this module answers.
+pub const METHOD: &str = "ShowCollections";
+
+/// Forwards the listing and cuts the answer to what `user` may see in `db` (the request's
+/// `db_name` wins over the `dbname` header, as in Milvus). `user` is `None` when
+/// authorization is off: the answer passes whole.
+pub async fn show_collections(
+    proxy: &Proxy,
+    user: Option<&str>,
+    header_db: &str,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, Status> {
+    let asked = ShowCollectionsRequest::decode(request.get_ref().clone())
+        .map_err(|e| Status::invalid_argument(format!("unreadable ShowCollectionsRequest: {e}")))?;
+    let db = match asked.db_name.trim() {
+        "" => header_db.to_string(),
+        named => named.to_string(),
+    };
+    let response = proxy.forwarder.forward(METHOD, request).await?;
+    let Some(user) = user else {
+        return Ok(response);
+    };
+    let (metadata, body, extensions) = response.into_parts();
+    let mut answer = ShowCollectionsResponse::decode(body).map_err(|e| {
+        Status::internal(format!(
+            "the upstream's ShowCollections answer is unreadable: {e}"
+        ))
+    })?;
+    let visible = proxy
+        .gate
+        .policies()
+        .visible_collections(user, &db, &answer.collection_names)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot load the caller's grants: {e}")))?;
+    cut(&mut answer, &visible);
+    Ok(Response::from_parts(
+        metadata,
+        Bytes::from(answer.encode_to_vec()),
+        extensions,
+    ))
+}
+
+/// Keeps entry i of every parallel list where `keep[i]`.
+fn cut(answer: &mut ShowCollectionsResponse, keep: &[bool]) {
+    fn filter<T>(list: &mut Vec<T>, keep: &[bool]) {
+        if list.len() != keep.len() {
+            list.clear();
+            return;
+        }
+        let mut i = 0;
+        list.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+    }
+    filter(&mut answer.collection_ids, keep);
+    filter(&mut answer.created_timestamps, keep);
+    filter(&mut answer.created_utc_timestamps, keep);
+    filter(&mut answer.in_memory_percentages, keep);
+    filter(&mut answer.query_service_available, keep);
+    filter(&mut answer.shards_num, keep);
+    filter(&mut answer.collection_names, keep);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parallel_list_is_cut_alike_and_odd_ones_are_emptied() {
+        let mut answer = ShowCollectionsResponse {
+            status: None,
+            collection_names: vec!["a".into(), "b".into(), "c".into()],
+            collection_ids: vec![1, 2, 3],
+            created_timestamps: vec![10, 20, 30],
+            created_utc_timestamps: vec![11, 21, 31],
+            in_memory_percentages: vec![],
+            query_service_available: vec![true, false, true],
+            shards_num: vec![1, 2],
+        };
+        cut(&mut answer, &[true, false, true]);
+        assert_eq!(answer.collection_names, ["a", "c"]);
+        assert_eq!(answer.collection_ids, [1, 3]);
+        assert_eq!(answer.created_timestamps, [10, 30]);
+        assert_eq!(answer.created_utc_timestamps, [11, 31]);
+        assert_eq!(answer.query_service_available, [true, true]);
+        // Two entries for three names: which is whose is unknown, so none is kept.
+        assert!(answer.shards_num.is_empty());
+        assert!(answer.in_memory_percentages.is_empty());
+    }
+}
