@@ -267,6 +267,39 @@ def test_listing_shows_only_the_collections_the_callers_grants_reach(
         s.stop()
 
 
+def test_a_grant_on_one_replica_opens_and_a_revoke_closes_the_other_at_once(
+    etcd, session_dir, lite, clients
+):
+    """Two credstore replicas (one etcd, one root path) in front of the same Milvus Lite:
+    grant_privilege answered by A lets the user query through B on the very next call;
+    once revoke_privilege returns on A, both replicas refuse, with no wait."""
+    root_path = f"compat-two-{uuid.uuid4().hex[:8]}"
+    replicas = [
+        Server(base_config(root_path, [etcd.endpoint]), os.path.join(session_dir, f"two-{i}"),
+               extra_args=("--upstream", lite.uri), name=f"two-{i}")
+        for i in range(2)
+    ]
+    try:
+        a, b = (clients.make(r, token=f"{ROOT_USER}:{ROOT_PASSWORD}") for r in replicas)
+        name = new_collection(a)
+        a.insert(name, rows(3), timeout=T)
+        user, password = uname("both"), pw()
+        a.create_user(user, password, timeout=T)
+        role = uname("q")
+        a.create_role(role, timeout=T)
+        a.grant_role(user, role, timeout=T)
+        on_a, on_b = (clients.make(r, token=f"{user}:{password}") for r in replicas)
+        assert_denied(lambda: count(on_b, name))
+        a.grant_privilege(role, "Collection", "Query", name, timeout=T)
+        assert count(on_b, name) == 3
+        b.revoke_privilege(role, "Collection", "Query", name, timeout=T)
+        assert_denied(lambda: count(on_a, name))
+        assert_denied(lambda: count(on_b, name))
+    finally:
+        for r in replicas:
+            r.stop()
+
+
 def test_a_member_of_admin_works_with_data(proxy, lite, root_client, clients):
     name = new_collection(root_client)
     user, password = uname("adm"), pw()
