@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = os.environ.get("CREDSTORE_BIN", str(ROOT / "target" / "release" / "credstore"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))  # where bench.sh's cargo build wrote
+BIN = os.environ.get("CREDSTORE_BIN", str(TARGET / "release" / "credstore"))
 QUICK = "--quick" in sys.argv
 ONLY = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else None
 SECONDS = 2 if QUICK else 5
