@@ -2,7 +2,9 @@
 //! itself). N connections × K in-flight requests for a fixed time (or a fixed number of
 //! requests), one chosen RPC, and a report of requests/s, latency percentiles and errors by
 //! kind. Operators can point it at their own cluster; `scripts/bench.sh` uses it for
-//! BENCHMARKS.md.
+//! BENCHMARKS.md, with [`upstream`], an empty `MilvusService` to put behind the proxy tier.
+
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use tonic::codegen::http;
 use tonic::transport::Channel;
+use tonic_prost::ProstCodec;
 
 use crate::client::{self, Authorization, ClientError};
 use crate::proto::common::Status;
@@ -34,6 +38,9 @@ pub enum Rpc {
     UpdatePassword,
     /// `GetVersion` with a distinct wrong password each time, for existing and unknown users.
     WrongPasswords,
+    /// `HasCollection` of `--collection` as the configured user: a call credstore forwards
+    /// (authenticated, authorized, then sent upstream), never answers itself.
+    HasCollection,
 }
 
 /// What to run: also the command line of `credstore bench` (no `Debug`: it holds passwords).
@@ -74,6 +81,9 @@ pub struct BenchConfig {
     /// Stop after this many requests in all (default: run for --seconds; CreateUsers: --users).
     #[arg(long)]
     pub requests: Option<u64>,
+    /// The collection `HasCollection` asks about.
+    #[arg(long, default_value = "bench")]
+    pub collection: String,
     /// For an `https://` --uri.
     #[command(flatten)]
     pub tls: crate::tls::ClientTls,
@@ -161,11 +171,15 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     }
     let mut all = Tally::default();
     for worker in workers {
-        if let Ok(tally) = worker.await {
-            all.latencies_us.extend(tally.latencies_us);
-            for (kind, n) in tally.errors {
-                *all.errors.entry(kind).or_default() += n;
+        match worker.await {
+            Ok(tally) => {
+                all.latencies_us.extend(tally.latencies_us);
+                for (kind, n) in tally.errors {
+                    *all.errors.entry(kind).or_default() += n;
+                }
             }
+            // Its requests are lost: the report must not look clean.
+            Err(_) => *all.errors.entry("worker failed".into()).or_default() += 1,
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -218,6 +232,7 @@ async fn work(
     next: Arc<AtomicU64>,
     deadline: Instant,
 ) -> Tally {
+    let mut raw = tonic::client::Grpc::new(channel.clone());
     let mut client = client::client(channel, Authorization::none());
     let configured = Authorization::credentials(&config.user, &config.password);
     let mut tally = Tally::default();
@@ -308,6 +323,7 @@ async fn work(
                     .await
                     .map(|r| r.into_inner().status)
             }
+            Rpc::HasCollection => has_collection(&mut raw, &config.collection, &configured).await,
         };
         let elapsed = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         tally.latencies_us.push(elapsed);
@@ -316,6 +332,28 @@ async fn work(
         }
     }
     tally
+}
+
+/// `HasCollection`, which credstore's generated client does not have: the same call pymilvus
+/// makes, on the raw gRPC client.
+async fn has_collection(
+    raw: &mut tonic::client::Grpc<Channel>,
+    collection: &str,
+    authorization: &Authorization,
+) -> Result<Option<Status>, tonic::Status> {
+    let body = HasCollectionRequest {
+        collection_name: collection.to_string(),
+        ..Default::default()
+    };
+    let path =
+        http::uri::PathAndQuery::from_static("/milvus.proto.milvus.MilvusService/HasCollection");
+    raw.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = ProstCodec::<HasCollectionRequest, BoolResponse>::default();
+    raw.unary(with_auth(body, authorization), path, codec)
+        .await
+        .map(|r| r.into_inner().status)
 }
 
 fn error_kind(outcome: Result<Option<Status>, tonic::Status>) -> Option<String> {

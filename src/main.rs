@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An empty MilvusService (fixed replies, no credentials) for `scripts/bench.sh`.
+    #[command(hide = true)]
+    BenchUpstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// Break-glass administration through the store's own credentials (no login).
     Admin {
         #[command(subcommand)]
@@ -169,6 +175,10 @@ fn main() -> ExitCode {
             } => serve(config, listen, etcd_endpoints, upstream).await,
             Command::User { connection, action } => user(connection, action).await,
             Command::Bench { config, json } => bench(config, json).await,
+            Command::BenchUpstream { listen } => {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                Ok(credstore::bench::upstream::serve(listener).await?)
+            }
             Command::Admin {
                 action:
                     AdminAction::ResetRoot {
