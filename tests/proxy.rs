@@ -416,7 +416,7 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
     );
     let unannotated = call(
         uri,
-        "ShowCollections",
+        "GetComponentStates",
         Vec::new(),
         "bob:password1",
         "",
