@@ -6,6 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+/// mimalloc instead of glibc's allocator: many small, short-lived allocations per request
+/// (HTTP/2 frames, headers, futures) on threads that hand them to each other.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
