@@ -278,14 +278,19 @@ def test_rotation_on_sighup_and_on_file_change_keeps_open_connections(etcd, cert
 def test_a_broken_tls_setting_stops_start_up_naming_the_key(etcd, certs, tmp_path):
     config = tls_config(etcd, certs, 2, tmp_path / "tls")
     del config["tls"]["caPemPath"]
+    assert "tls.caPemPath" in refused_start(config, tmp_path)
+
+
+def refused_start(config: Dict, tmp_path: Path) -> str:
+    """Starts `credstore serve` on `config`, expects it to exit with an error; its stderr."""
     path = tmp_path / "bad.yaml"
     path.write_text(to_yaml(config) + "\n")
     done = subprocess.run(
         [str(credstore_bin()), "serve", "--config", str(path), "--listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode != 0
-    assert "tls.caPemPath" in done.stderr, done.stderr
+    assert done.returncode != 0, done.stderr
+    return done.stderr
 
 
 def test_upstream_over_mutual_tls(etcd, certs, tmp_path):
@@ -331,11 +336,4 @@ def test_an_upstream_tls_setting_without_https_is_refused(etcd, certs, tmp_path)
         "uri": "http://127.0.0.1:1",
         "tls": {"caPemPath": str(certs / "ca.pem")},
     }
-    path = tmp_path / "bad.yaml"
-    path.write_text(to_yaml(config) + "\n")
-    done = subprocess.run(
-        [str(credstore_bin()), "serve", "--config", str(path), "--listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode != 0
-    assert "credstore.upstream.tls" in done.stderr, done.stderr
+    assert "credstore.upstream.tls" in refused_start(config, tmp_path)
