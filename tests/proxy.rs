@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use credstore::client::Authorization;
 use credstore::config::{Config, Overrides};
-use credstore::proto::milvus::{CheckHealthRequest, CheckHealthResponse, CreateCredentialRequest};
+use credstore::proto::milvus::{
+    CheckHealthRequest, CheckHealthResponse, CreateCredentialRequest, ShowCollectionsRequest,
+    ShowCollectionsResponse,
+};
 use credstore::proxy::RawCodec;
 use credstore::server::{self, State};
 use prost::Message;
@@ -146,6 +149,7 @@ impl tower::Service<Request<Bytes>> for Handler {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     Err(Status::internal("too late"))
                 }
+                "ShowCollections" => Ok(Response::new(listing())),
                 "CheckHealth" => Ok(Response::new(Bytes::from(
                     CheckHealthResponse {
                         status: Some(Default::default()),
@@ -167,6 +171,18 @@ impl tower::Service<Request<Bytes>> for Handler {
             answer
         })
     }
+}
+
+/// The recording upstream's answer to ShowCollections: two collections.
+fn listing() -> Bytes {
+    let answer = ShowCollectionsResponse {
+        status: Some(Default::default()),
+        collection_names: vec!["c1".into(), "c2".into()],
+        collection_ids: vec![1, 2],
+        created_timestamps: vec![10, 20],
+        ..Default::default()
+    };
+    Bytes::from(answer.encode_to_vec())
 }
 
 /// The upstream on a loopback port; stops when dropped.
@@ -498,6 +514,40 @@ async fn an_unreachable_upstream_is_unavailable() {
         health.reasons[0].starts_with("upstream Milvus unreachable: Unavailable"),
         "{health:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_collections_is_cut_to_the_callers_grants() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    let running = start_upstream(Upstream::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::TestConfig::new()
+        .weak_hashing()
+        .set("etcd.data.dir", dir.path().display().to_string())
+        .set("proxy.enablePublicPrivilege", false);
+    let credstore = start_credstore_with(&running, "root:Milvus", base, dir).await;
+    create_bob(&credstore.uri).await;
+    let list = async |credentials: &str| {
+        let body = ShowCollectionsRequest::default().encode_to_vec();
+        call(
+            &credstore.uri,
+            "ShowCollections",
+            body,
+            credentials,
+            "",
+            None,
+        )
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    // root sees the upstream's answer byte for byte.
+    assert_eq!(list("root:Milvus").await, listing());
+    // bob, without roles or public grants, may list and sees nothing, in every list.
+    let cut = ShowCollectionsResponse::decode(list("bob:password1").await).unwrap();
+    assert!(cut.collection_names.is_empty(), "{cut:?}");
+    assert!(cut.collection_ids.is_empty() && cut.created_timestamps.is_empty());
+    assert_eq!(cut.status.unwrap().code, 0);
 }
 
 async fn check_health(uri: &str, credentials: &str) -> CheckHealthResponse {
