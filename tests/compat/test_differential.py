@@ -20,7 +20,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import grpc
 import pytest
@@ -115,13 +115,15 @@ def run_all(uri: str) -> Dict[str, Tuple]:
     return {name: outcome(call, uri) for name, call in steps(uri)}
 
 
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory):
-    """(uri, data dir) of a running Milvus 2.3.5 standalone."""
+@contextlib.contextmanager
+def milvus_235(base: Path, extra_args: Tuple[str, ...] = (), scheme: str = "http",
+               **client_kwargs: Any) -> Iterator[str]:
+    """A running Milvus 2.3.5 standalone with authorization on, data under `base`; yields its
+    `scheme://127.0.0.1:PORT`. `extra_args` go to milvus-server (e.g. --tls-mode 2);
+    `client_kwargs` are what pymilvus needs to reach it (certificates)."""
     assert MILVUS.exists(), (
         f"{MILVUS} is missing: scripts/setup.sh installs the `milvus` 2.3.5 package into .venv"
     )
-    base = tmp_path_factory.mktemp("milvus235")
     client_port, peer_port, proxy_port = free_port(), free_port(), free_port()
     etcd_config = base / "etcd.yaml"
     etcd_config.write_text(
@@ -134,7 +136,7 @@ def milvus_server(tmp_path_factory):
     )
     args = [
         str(MILVUS), "--data", str(base / "data"), "--authorization-enabled", "true",
-        "--proxy-port", str(proxy_port), "--etcd-port", str(client_port),
+        "--proxy-port", str(proxy_port), "--etcd-port", str(client_port), *extra_args,
     ]
     for flag in ("--root-coord-port", "--proxy-internal-port", "--query-coord-port",
                  "--query-node-port", "--index-coord-port", "--index-node-port",
@@ -144,18 +146,19 @@ def milvus_server(tmp_path_factory):
     log = open(base / "milvus.log", "wb")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    uri = f"http://127.0.0.1:{proxy_port}"
+    uri = f"{scheme}://127.0.0.1:{proxy_port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, f"milvus-server exited: {(base / 'milvus.log').read_text()[-2000:]}"
             try:
-                MilvusClient(uri=uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=5).list_users()
+                MilvusClient(uri=uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=5,
+                             **client_kwargs).list_users()
                 break
             except Exception:  # noqa: BLE001 — not up yet
                 assert time.monotonic() < deadline, "milvus-server did not answer within 180 s"
                 time.sleep(2)
-        yield uri, base / "data"
+        yield uri
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -166,6 +169,16 @@ def milvus_server(tmp_path_factory):
         except ProcessLookupError:
             pass
         log.close()
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory):
+    """(uri, data dir) of a running Milvus 2.3.5 standalone."""
+    base = tmp_path_factory.mktemp("milvus235")
+    try:
+        with milvus_235(base) as uri:
+            yield uri, base / "data"
+    finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
