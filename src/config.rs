@@ -700,17 +700,16 @@ impl Config {
     /// The listener's TLS files, or `None` for plaintext (`common.security.tlsMode` 0).
     /// Their contents are read when the server starts (and on every reload).
     pub fn server_tls(&self) -> Result<Option<ServerFiles>, ConfigError> {
-        let mode = match self.common.security.tls_mode {
-            0 => return Ok(None),
-            1 => TlsMode::Server,
-            2 => TlsMode::Mutual,
-            _ => {
-                return Err(ConfigError::Key {
-                    key: "common.security.tlsMode".into(),
-                    reason: "must be 0 (plaintext), 1 (server TLS) or 2 (mutual TLS)".into(),
-                });
-            }
-        };
+        let mode = self.common.security.tls_mode;
+        if mode == 0 {
+            return Ok(None);
+        }
+        if mode > 2 {
+            return Err(ConfigError::Key {
+                key: "common.security.tlsMode".into(),
+                reason: "must be 0 (plaintext), 1 (server TLS) or 2 (mutual TLS)".into(),
+            });
+        }
         let path = |key: &str, value: &str| match value.trim() {
             "" => Err(ConfigError::Key {
                 key: key.into(),
@@ -722,15 +721,15 @@ impl Config {
             path => Ok(PathBuf::from(path)),
         };
         let tls = &self.tls;
-        Ok(Some(ServerFiles {
-            mode,
-            cert: path("tls.serverPemPath", &tls.server_pem_path)?,
-            key: path("tls.serverKeyPath", &tls.server_key_path)?,
-            ca: match mode {
-                TlsMode::Mutual => Some(path("tls.caPemPath", &tls.ca_pem_path)?),
-                TlsMode::Server => None,
+        let cert = path("tls.serverPemPath", &tls.server_pem_path)?;
+        let key = path("tls.serverKeyPath", &tls.server_key_path)?;
+        let mode = match mode {
+            1 => TlsMode::Server,
+            _ => TlsMode::Mutual {
+                ca: path("tls.caPemPath", &tls.ca_pem_path)?,
             },
-        }))
+        };
+        Ok(Some(ServerFiles { mode, cert, key }))
     }
 
     /// The built-in privilege groups: Milvus's defaults, each replaced by its
@@ -1184,15 +1183,15 @@ mod tests {
         let one_way = "common:\n  security:\n    tlsMode: 1\ntls:\n  serverPemPath: s.pem\n  serverKeyPath: s.key\n";
         let files = load(one_way, &[]).unwrap().server_tls().unwrap().unwrap();
         assert_eq!(files.mode, TlsMode::Server);
-        assert_eq!((files.cert, files.ca), (PathBuf::from("s.pem"), None));
+        assert_eq!(files.cert, PathBuf::from("s.pem"));
         // Mode 2 also needs the CA; the environment sets the mode like any key.
         let err = load(one_way, &[("COMMON_SECURITY_TLSMODE", "2")]).unwrap_err();
         assert!(err.to_string().contains("tls.caPemPath"), "{err}");
         let mutual = format!("{one_way}  caPemPath: ca.pem\n");
         let files = load(&mutual, &[("COMMON_SECURITY_TLSMODE", "2")]).unwrap();
         let files = files.server_tls().unwrap().unwrap();
-        assert_eq!(files.mode, TlsMode::Mutual);
-        assert_eq!(files.ca, Some(PathBuf::from("ca.pem")));
+        let ca = PathBuf::from("ca.pem");
+        assert_eq!(files.mode, TlsMode::Mutual { ca });
         // Milvus's shipped defaults with tlsMode 0 are read and unused.
         let shipped = "common:\n  security:\n    tlsMode: 0\ntls:\n  serverPemPath: configs/cert/server.pem\n";
         assert_eq!(load(shipped, &[]).unwrap().server_tls().unwrap(), None);

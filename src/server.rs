@@ -440,7 +440,7 @@ pub async fn run(
     let transport = match tls.as_ref().map(ServerTls::mode) {
         None => "plaintext",
         Some(TlsMode::Server) => "TLS",
-        Some(TlsMode::Mutual) => "mutual TLS",
+        Some(TlsMode::Mutual { .. }) => "mutual TLS",
     };
     Snapshot::of(&auth, &coherence).log(&format!(
         "credstore ready on {address} (authorization {}, {transport})",

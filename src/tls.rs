@@ -42,13 +42,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Milvus's `common.security.tlsMode` when it is not 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsMode {
     /// 1: the server proves itself; any client may connect (TLS 1.2 or 1.3).
     Server,
-    /// 2: both sides prove themselves; the client's certificate must chain to the CA
-    /// (TLS 1.3, as Milvus requires).
-    Mutual,
+    /// 2: both sides prove themselves; the client's certificate must chain to the CA in
+    /// `ca` (`tls.caPemPath`; TLS 1.3, as Milvus requires).
+    Mutual { ca: PathBuf },
 }
 
 /// Where the server's TLS material lives.
@@ -57,8 +57,6 @@ pub struct ServerFiles {
     pub mode: TlsMode,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Required in [`TlsMode::Mutual`], unused otherwise.
-    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,16 +100,9 @@ struct Material {
 
 impl Material {
     fn read(files: &ServerFiles) -> Result<Material, TlsError> {
-        let ca = match (files.mode, &files.ca) {
-            (TlsMode::Mutual, Some(ca)) => Some(read("tls.caPemPath", ca)?),
-            (TlsMode::Mutual, None) => {
-                return Err(TlsError::Invalid {
-                    key: "tls.caPemPath",
-                    path: PathBuf::new(),
-                    reason: "required with common.security.tlsMode 2".into(),
-                });
-            }
-            (TlsMode::Server, _) => None,
+        let ca = match &files.mode {
+            TlsMode::Mutual { ca } => Some(read("tls.caPemPath", ca)?),
+            TlsMode::Server => None,
         };
         Ok(Material {
             cert: read("tls.serverPemPath", &files.cert)?,
@@ -176,12 +167,12 @@ fn server_config(files: &ServerFiles, material: &Material) -> Result<ServerConfi
     })?;
     let versions: &[&rustls::SupportedProtocolVersion] = match files.mode {
         TlsMode::Server => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsMode::Mutual => &[&rustls::version::TLS13],
+        TlsMode::Mutual { .. } => &[&rustls::version::TLS13],
     };
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
-    let builder = match (&material.ca, &files.ca) {
-        (Some(ca), Some(ca_path)) => {
+    let builder = match (&material.ca, &files.mode) {
+        (Some(ca), TlsMode::Mutual { ca: ca_path }) => {
             let mut roots = RootCertStore::empty();
             for cert in certificates("tls.caPemPath", ca_path, ca)? {
                 roots.add(cert)?;
@@ -217,8 +208,8 @@ impl ServerTls {
         })
     }
 
-    pub fn mode(&self) -> TlsMode {
-        self.files.mode
+    pub fn mode(&self) -> &TlsMode {
+        &self.files.mode
     }
 
     /// Reads the files again; swaps the configuration in when their contents changed and
@@ -395,7 +386,6 @@ mod tests {
             mode,
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
-            ca: Some(dir.join("ca.pem")),
         }
     }
 
@@ -429,9 +419,11 @@ mod tests {
     #[test]
     fn mutual_tls_needs_a_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let mut mutual = files(dir.path(), TlsMode::Mutual);
-        mutual.ca = None;
-        let err = ServerTls::load(mutual).err().unwrap().to_string();
+        let ca = dir.path().join("ca.pem");
+        let err = ServerTls::load(files(dir.path(), TlsMode::Mutual { ca }))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tls.caPemPath"), "{err}");
     }
 
