@@ -350,15 +350,9 @@ async fn rolling_restart_loses_no_call() {
     let yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root("rolling"))
         .set("credstore.shutdown.drainMs", 500)
         .yaml();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let yaml = yaml.clone();
-        replicas.push(Some(
-            tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
-                .await
-                .unwrap(),
-        ));
-    }
+    let mut replicas: Vec<_> = common::start_replicas_from([yaml.clone(), yaml.clone()])
+        .map(Some)
+        .into();
     let uris: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
         replicas.iter().flatten().map(|r| r.uri()).collect(),
     ));
@@ -457,15 +451,9 @@ async fn rolling_restart_behind_a_health_checking_balancer() {
     let yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root("balanced"))
         .set("credstore.shutdown.drainMs", 1000)
         .yaml();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let yaml = yaml.clone();
-        replicas.push(Some(
-            tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
-                .await
-                .unwrap(),
-        ));
-    }
+    let mut replicas: Vec<_> = common::start_replicas_from([yaml.clone(), yaml.clone()])
+        .map(Some)
+        .into();
     // (uri, last health answer was SERVING)
     let pool: Arc<Mutex<Vec<(String, bool)>>> = Arc::new(Mutex::new(
         replicas

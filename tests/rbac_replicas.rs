@@ -422,11 +422,9 @@ async fn insert(channel: &Channel, user: &str, password: &str) -> Result<(), Cod
     let mut client = tonic::client::Grpc::new(channel.clone());
     client.ready().await.map_err(|_| Code::Unavailable)?;
     // InsertRequest { collection_name (3): "c1" }
-    let mut request = tonic::Request::new(prost::bytes::Bytes::from_static(&[0x1a, 2, b'c', b'1']));
-    let header = common::b64(&format!("{user}:{password}"))
-        .parse()
-        .expect("base64 is ASCII");
-    request.metadata_mut().insert("authorization", header);
+    let mut request = credstore::client::Authorization::credentials(user, password).apply(
+        tonic::Request::new(prost::bytes::Bytes::from_static(&[0x1a, 2, b'c', b'1'])),
+    );
     request.set_timeout(Duration::from_secs(5));
     let path = "/milvus.proto.milvus.MilvusService/Insert"
         .parse()
