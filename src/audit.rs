@@ -63,6 +63,10 @@ pub enum LoginFailure {
     Denied,
     /// The hashing queue was full (RESOURCE_EXHAUSTED).
     Busy,
+    /// An API key or OIDC token refused, with the finer reason (`apikey_expired`,
+    /// `jwt_bad_signature`, …): keys and tokens are random or signed, so saying why enumerates
+    /// nothing.
+    Credential(&'static str),
 }
 
 impl LoginFailure {
@@ -72,6 +76,7 @@ impl LoginFailure {
             LoginFailure::Malformed => "malformed",
             LoginFailure::Denied => "denied",
             LoginFailure::Busy => "busy",
+            LoginFailure::Credential(reason) => reason,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Cache coherence across replicas. Owns the only watches: the credential watch that drops
-//! cached passwords when a user changes, the session (a key on a store lease) that tells
+//! cached passwords when a user changes (and cached API keys and tokens when credstore's own
+//! identity records under `{meta}/credstore/auth/` change: both prefixes are followed as one
+//! stream, `meta::MergedWatch`), the session (a key on a store lease) that tells
 //! writers which replicas are alive and how far each has applied the log, and the
 //! acknowledgement a writer waits for before telling its client a change is done.
 //! It must not speak gRPC or name a storage backend: leases come from `meta::Leases`.
@@ -106,6 +108,8 @@ struct Inner<S> {
     policies: Policies,
     /// What the watch follows: every credential key and the privilege groups.
     credential_prefix: String,
+    /// And credstore's own identity records (`{meta}/credstore/auth/`).
+    identity_prefix: String,
     sessions_prefix: String,
     /// This replica's session key.
     session_key: String,
@@ -200,6 +204,7 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
         config: CoherenceConfig,
     ) -> Result<(Coherence<S>, CoherenceTasks<S>), CoherenceError> {
         let credential_prefix = catalog.watch_prefix();
+        let identity_prefix = catalog.identity_prefix();
         let start = store.get(&credential_prefix).await?.revision;
         let sessions_prefix = format!("{}sessions/", credstore_root(&catalog));
         let ttl = config.session_ttl;
@@ -212,6 +217,7 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             auth,
             policies,
             credential_prefix,
+            identity_prefix,
             sessions_prefix,
             address: config.address,
             ttl,
@@ -628,11 +634,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
         let mut failures = Failures::default();
         loop {
             let from = self.applied() + 1;
-            let opened = timeout(
-                self.silence_bound,
-                self.store.watch(&self.credential_prefix, from),
-            )
-            .await;
+            let opened = timeout(self.silence_bound, self.open_watch(from)).await;
             let outcome = match opened {
                 // After repeated identical failures, only a delivered message restores trust:
                 // a stream that opens and then always fails the same way answers too.
@@ -660,6 +662,14 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             // Short cap: while this replica's watch is down, writers wait for it.
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// The credential watch: Milvus's `root-coord/` (credentials, grants, groups) and
+    /// credstore's own identity records (API keys, OIDC revocations), as one stream.
+    async fn open_watch(&self, from: Revision) -> Result<Watch, MetaError> {
+        let milvus = self.store.watch(&self.credential_prefix, from).await?;
+        let identity = self.store.watch(&self.identity_prefix, from).await?;
+        Ok(Watch::merge(milvus, identity, from))
     }
 
     /// Follows one watch stream (opened at `from`) until it breaks, goes silent for longer
@@ -711,6 +721,9 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                         let changed = self.catalog.classify_key(&event.key);
                         if let Some(change) = changed.and_then(PolicyChange::of) {
                             self.policies.invalidate(&change);
+                        }
+                        if let Some(change) = self.catalog.identity_of_key(&event.key) {
+                            self.auth.identity_changed(change, event.revision);
                         }
                     }
                     revision

@@ -46,6 +46,12 @@ struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -89,6 +95,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     auth: Family<AuthLabels, Counter>,
+    credentials: Family<CredentialLabels, Counter>,
     hash_seconds: Histogram,
     ack_wait: Histogram,
     etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
@@ -110,6 +117,13 @@ impl Metrics {
             "credstore_auth_requests",
             "gRPC requests authenticated, by result",
             auth.clone(),
+        );
+        let credentials = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "credstore_auth_credentials",
+            "Authentications by credential kind (password, apikey, oidc) and result (ok, denied; \
+             password failures are counted only in credstore_auth_requests)",
+            credentials.clone(),
         );
         // 1 ms .. ~16 s: argon2id at OWASP's parameters takes tens of milliseconds.
         let hash_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
@@ -155,6 +169,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 auth,
+                credentials,
                 hash_seconds,
                 ack_wait,
                 etcd,
@@ -170,6 +185,15 @@ impl Metrics {
             .get_or_create(&AuthLabels {
                 result: outcome.label(),
             })
+            .inc();
+    }
+
+    /// Counts one authentication by credential `kind` (`password`, `apikey`, `oidc`, `none`).
+    pub fn credential(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "denied" };
+        self.inner
+            .credentials
+            .get_or_create(&CredentialLabels { kind, result })
             .inc();
     }
 

@@ -1,4 +1,5 @@
-//! The generated Milvus wire types (`milvus.proto.common`, `milvus.proto.milvus`), built from
+//! The generated wire types — Milvus's (`milvus.proto.common`, `milvus.proto.milvus`) and
+//! credstore's own (`credstore.v1`: API keys, OIDC revocation) — built from
 //! `proto/` by `build.rs`. Only `service`, the admin client and tests use them; inner modules
 //! speak domain types.
 
@@ -10,4 +11,8 @@ pub mod common {
 
 pub mod milvus {
     tonic::include_proto!("milvus.proto.milvus");
+}
+
+pub mod credstore {
+    tonic::include_proto!("credstore.v1");
 }

@@ -24,9 +24,11 @@ use sha2::Sha256;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use crate::auth::apikey::ApiKeys;
+use crate::auth::bearer::{self, Bearer, Refusal};
 use crate::auth::cache::{CredentialCache, Verified, Verifier};
 use crate::auth::{AuthError, AuthStats, Authenticated};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, IdentityChange};
 use crate::hash_pool::HashPool;
 use crate::meta::Revision;
 use crate::password::{HashError, Limits, Password, PasswordHash, Username};
@@ -63,6 +65,8 @@ struct Inner {
     /// Only for coalescing: concurrent misses with the same (user, verifier, watermark)
     /// share one load.
     loading: Cache<(Username, Verifier, Revision), Verified>,
+    /// API keys (headers without a colon that start `csk_`).
+    keys: ApiKeys,
 }
 
 impl Authenticator {
@@ -85,7 +89,15 @@ impl Authenticator {
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(60))
             .build();
+        let keys = ApiKeys::new(
+            catalog.clone(),
+            cache.clone(),
+            config.super_users.clone(),
+            config.cache_capacity,
+        )
+        .map_err(|e| HashError::Hashing(e.to_string()))?;
         let inner = Inner {
+            keys,
             config,
             catalog,
             pool,
@@ -113,7 +125,13 @@ impl Authenticator {
         if !self.inner.config.enabled {
             return Ok(Authenticated::unchecked());
         }
-        let credentials = crate::auth::parse_header(header)?;
+        let credentials = match crate::auth::parse_header(header) {
+            Ok(credentials) => credentials,
+            Err(err @ (AuthError::ApiKey | AuthError::BadToken)) => {
+                return Box::pin(self.authenticate_token(header, err)).await;
+            }
+            Err(err) => return Err(err),
+        };
         let Some(user) = credentials.username(&self.inner.config.limits) else {
             return self.refuse_name(credentials.password()).await;
         };
@@ -125,6 +143,33 @@ impl Authenticator {
             .iter()
             .any(|s| s == user.as_str());
         Ok(Authenticated::user(user, super_user))
+    }
+
+    /// A header without `user:`: an API key or a JWT (see `bearer`); anything else keeps
+    /// `err`, the answer Milvus gives.
+    async fn authenticate_token(
+        &self,
+        header: Option<&[u8]>,
+        err: AuthError,
+    ) -> Result<Authenticated, AuthError> {
+        match bearer::parse(header) {
+            Some(Bearer::ApiKey(token)) => self.inner.keys.authenticate(&token).await,
+            Some(Bearer::Jwt(_)) => Err(AuthError::Refused(Refusal::OidcOff)),
+            None => Err(err),
+        }
+    }
+
+    /// The API keys (creation, last-use flushing).
+    pub fn keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+
+    /// Applies a change of one of credstore's own identity records (seen by the watch).
+    pub fn identity_changed(&self, change: IdentityChange<'_>, _revision: Revision) {
+        match change {
+            IdentityChange::ApiKey(id) => self.inner.keys.invalidate_key(id),
+            IdentityChange::OidcRevocation => {}
+        }
     }
 
     /// Whether `password` is `user`'s password, `user` spelled exactly (see the module doc).
@@ -277,11 +322,14 @@ impl Authenticator {
     /// Forgets `user`'s verified password because their record changed at `revision`.
     pub fn invalidate_user(&self, user: &str, revision: Revision) {
         self.inner.cache.invalidate_user(user, revision);
+        // A deleted owner's keys stop working.
+        self.inner.keys.invalidate_owner(user);
     }
 
     /// Forgets everything (a compacted watch, a re-sync): entries read before `revision` go.
     pub fn invalidate_all(&self, revision: Revision) {
         self.inner.cache.invalidate_all(revision);
+        self.inner.keys.invalidate_all();
     }
 
     /// See [`CredentialCache::trust_until`].

@@ -102,6 +102,11 @@ fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Op
         AuthError::MissingHeader => LoginFailure::MissingHeader,
         AuthError::BadToken | AuthError::ApiKey => LoginFailure::Malformed,
         AuthError::Denied => LoginFailure::Denied,
+        AuthError::Refused(refusal) => {
+            let name = crate::auth::bearer::audit_name(header);
+            audit.login_failed(name.as_deref(), peer, LoginFailure::Credential(refusal.as_str()));
+            return;
+        }
         AuthError::Busy => LoginFailure::Busy,
         AuthError::Unavailable(_) => return,
     };
@@ -142,6 +147,11 @@ where
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
             let result = authenticator.authenticate(header).await;
             if let Some(metrics) = &metrics {
+                match &result {
+                    Ok(who) => metrics.credential(who.kind().as_str(), true),
+                    Err(AuthError::Refused(refusal)) => metrics.credential(refusal.kind(), false),
+                    Err(_) => {}
+                }
                 metrics.auth(match &result {
                     Ok(_) => AuthOutcome::Ok,
                     Err(AuthError::Busy) => AuthOutcome::Busy,
@@ -150,7 +160,8 @@ where
                         AuthError::MissingHeader
                         | AuthError::BadToken
                         | AuthError::ApiKey
-                        | AuthError::Denied,
+                        | AuthError::Denied
+                        | AuthError::Refused(_),
                     ) => AuthOutcome::Denied,
                 });
             }
@@ -168,7 +179,7 @@ where
                     if !matches!(err, AuthError::Unavailable(_)) {
                         tokio::time::sleep(failure_delay).await;
                     }
-                    tracing::debug!(path = request.uri().path(), reason = %err, "request not authenticated");
+                    tracing::debug!(path = request.uri().path(), reason = ?err, "request not authenticated");
                     Ok(err.to_status().into_http())
                 }
             }

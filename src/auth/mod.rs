@@ -12,11 +12,17 @@
 //! `Debug` prints no password.
 //!
 //! `cache` holds the verified-password cache, its invalidation watermarks and the trust
-//! deadline; `authenticator` the flow; `layer` the tower plumbing.
+//! deadline; `authenticator` the flow; `layer` the tower plumbing. A header without a colon
+//! is a token (`bearer`): an API key (`apikey`) or an OIDC JWT (`oidc`); those refusals answer
+//! with the text of a wrong password and carry their finer reason ([`Refusal`]) to the audit.
 
+pub mod apikey;
 mod authenticator;
+mod bearer;
 mod cache;
 mod layer;
+
+use std::sync::Arc;
 
 use base64::Engine;
 use zeroize::Zeroize;
@@ -24,6 +30,7 @@ use zeroize::Zeroize;
 use crate::password::{HashError, Limits, Username};
 
 pub use authenticator::{Authenticator, AuthenticatorConfig};
+pub use bearer::Refusal;
 pub use cache::{AuthStats, CredentialCache};
 pub use layer::{AuthLayer, AuthService};
 
@@ -46,38 +53,127 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<(Authenticated, String)>
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authenticated {
     /// `None` when authorization is disabled: every operation is allowed, as in Milvus.
-    user: Option<Username>,
+    name: Option<Name>,
     super_user: bool,
+    /// Which roles count when the request is authorized (`rbac::Policies` honours it).
+    roles: Roles,
+    kind: CredentialKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Name {
+    /// A user in the store (a password, or the owner of an API key).
+    Local(Username),
+    /// An identity from an OIDC issuer (`oidc:<claim>`), never a valid local name.
+    External(Arc<str>),
+}
+
+/// Which roles count when a request is authorized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Roles {
+    /// The user's roles in the store (a password; an API key without a role list).
+    Stored,
+    /// Those of the user's stored roles that are also listed (an API key with roles). An
+    /// owner who passes every check without roles (root) holds exactly the listed ones.
+    Within(Arc<Vec<String>>),
+    /// Exactly these (an OIDC identity: roles mapped from its token; none are stored).
+    Given(Arc<Vec<String>>),
+}
+
+/// The kind of credential a request was authenticated with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// Authorization is disabled: no credential was checked.
+    None,
+    Password,
+    ApiKey,
+    Oidc,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::None => "none",
+            CredentialKind::Password => "password",
+            CredentialKind::ApiKey => "apikey",
+            CredentialKind::Oidc => "oidc",
+        }
+    }
 }
 
 impl Authenticated {
     pub(crate) fn user(name: Username, super_user: bool) -> Authenticated {
         Authenticated {
-            user: Some(name),
+            name: Some(Name::Local(name)),
             super_user,
+            roles: Roles::Stored,
+            kind: CredentialKind::Password,
+        }
+    }
+
+    /// The owner of an API key, limited to `roles` when the key lists any.
+    pub(crate) fn api_key(
+        owner: Username,
+        super_user: bool,
+        roles: Option<Arc<Vec<String>>>,
+    ) -> Authenticated {
+        Authenticated {
+            name: Some(Name::Local(owner)),
+            super_user,
+            roles: roles.map_or(Roles::Stored, Roles::Within),
+            kind: CredentialKind::ApiKey,
+        }
+    }
+
+    /// An OIDC identity with the roles its token maps to.
+    pub(crate) fn external(name: Arc<str>, roles: Arc<Vec<String>>) -> Authenticated {
+        Authenticated {
+            name: Some(Name::External(name)),
+            super_user: false,
+            roles: Roles::Given(roles),
+            kind: CredentialKind::Oidc,
         }
     }
 
     pub(crate) fn unchecked() -> Authenticated {
         Authenticated {
-            user: None,
+            name: None,
             super_user: false,
+            roles: Roles::Stored,
+            kind: CredentialKind::None,
         }
     }
 
-    /// The verified username, or `None` when authorization is disabled.
+    /// The verified name (a local user or `oidc:…`), or `None` when authorization is disabled.
     pub fn name(&self) -> Option<&str> {
-        self.user.as_ref().map(Username::as_str)
+        match self.name.as_ref()? {
+            Name::Local(user) => Some(user.as_str()),
+            Name::External(name) => Some(name),
+        }
     }
 
-    /// The verified canonical name, or `None` when authorization is disabled.
+    /// The verified canonical name of a local user (`None` for an OIDC identity or when
+    /// authorization is disabled).
     pub fn username(&self) -> Option<&Username> {
-        self.user.as_ref()
+        match self.name.as_ref()? {
+            Name::Local(user) => Some(user),
+            Name::External(_) => None,
+        }
     }
 
     /// Listed in `common.security.superUsers`: may reset passwords without the old one.
     pub fn is_super_user(&self) -> bool {
         self.super_user
+    }
+
+    /// Which roles count for this request.
+    pub fn roles(&self) -> &Roles {
+        &self.roles
+    }
+
+    /// The credential this request was authenticated with.
+    pub fn kind(&self) -> CredentialKind {
+        self.kind
     }
 }
 
@@ -92,6 +188,9 @@ pub enum AuthError {
     ApiKey,
     #[error("auth check failure, please check username and password are correct")]
     Denied,
+    /// An API key or token refused; the client sees the text of a wrong password.
+    #[error("auth check failure, please check username and password are correct")]
+    Refused(Refusal),
     /// The hash pool's queue is full; the text is the pool's own (one busy condition, one text).
     #[error("{}", HashError::Busy)]
     Busy,
@@ -108,7 +207,8 @@ impl AuthError {
             AuthError::MissingHeader
             | AuthError::BadToken
             | AuthError::ApiKey
-            | AuthError::Denied => tonic::Status::unauthenticated(self.to_string()),
+            | AuthError::Denied
+            | AuthError::Refused(_) => tonic::Status::unauthenticated(self.to_string()),
             AuthError::Busy => tonic::Status::resource_exhausted(self.to_string()),
             AuthError::Unavailable(_) => tonic::Status::unavailable(self.to_string()),
         }

@@ -8,12 +8,14 @@
 mod embedded;
 mod etcd;
 mod lease;
+mod merged;
 
 use std::future::Future;
 
 pub use embedded::EmbeddedKv;
 pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver};
 pub use lease::{Lease, Leases};
+pub use merged::MergedWatch;
 
 /// An etcd-style revision: every write to the store raises it by one.
 pub type Revision = i64;
@@ -154,14 +156,22 @@ pub trait MetaKv: Send + Sync {
 pub enum Watch {
     Etcd(etcd::EtcdWatch),
     Embedded(embedded::EmbeddedWatch),
+    /// Two watches as one stream (see [`MergedWatch`]).
+    Merged(Box<MergedWatch>),
 }
 
 impl Watch {
+    /// `first` and `second`, both opened at `from`, followed as one stream.
+    pub fn merge(first: Watch, second: Watch, from: Revision) -> Watch {
+        Watch::Merged(Box::new(MergedWatch::new(first, second, from)))
+    }
+
     /// The next message; `Err(WatchClosed)` or another error when the stream broke.
     pub async fn next(&mut self) -> Result<WatchMessage, MetaError> {
         match self {
             Watch::Etcd(w) => w.next().await,
             Watch::Embedded(w) => w.next().await,
+            Watch::Merged(w) => w.next().await,
         }
     }
 
@@ -172,6 +182,7 @@ impl Watch {
         match self {
             Watch::Etcd(w) => w.answers(),
             Watch::Embedded(_) => 0,
+            Watch::Merged(w) => w.answers(),
         }
     }
 
@@ -180,6 +191,7 @@ impl Watch {
         match self {
             Watch::Etcd(w) => w.request_progress().await,
             Watch::Embedded(w) => w.request_progress(),
+            Watch::Merged(w) => w.request_progress().await,
         }
     }
 }

@@ -59,12 +59,12 @@ impl Gate {
         if REFLECTED.contains(&method) || FILTERED.contains(&method) {
             return Ok(());
         }
-        if self.policies.exempt(user) {
+        if self.policies.exempt(caller) {
             return Ok(());
         }
         let Some(rule) = rule else {
             self.log_once(method);
-            let roles = self.policies.user_roles(user).await.map_err(unavailable)?;
+            let roles = self.policies.roles_of(caller).await.map_err(unavailable)?;
             return match roles.iter().any(|r| r == ADMIN_ROLE) {
                 true => Ok(()),
                 false => Err(Status::permission_denied(format!(
@@ -81,7 +81,7 @@ impl Gate {
             };
             if !self
                 .policies
-                .allows(user, &check)
+                .allows(caller, &check)
                 .await
                 .map_err(unavailable)?
             {

@@ -14,18 +14,19 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Authenticated;
 use crate::proto::milvus::{ShowCollectionsRequest, ShowCollectionsResponse};
 use crate::proxy::router::Proxy;
 
 /// The method this module answers.
 pub const METHOD: &str = "ShowCollections";
 
-/// Forwards the listing and cuts the answer to what `user` may see in `db` (the request's
-/// `db_name` wins over the `dbname` header, as in Milvus). `user` is `None` when
-/// authorization is off: the answer passes whole.
+/// Forwards the listing and cuts the answer to what `caller` may see in `db` (the request's
+/// `db_name` wins over the `dbname` header, as in Milvus). Without a name (authorization
+/// off) the answer passes whole.
 pub async fn show_collections(
     proxy: &Proxy,
-    user: Option<&str>,
+    caller: &Authenticated,
     header_db: &str,
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, Status> {
@@ -36,9 +37,9 @@ pub async fn show_collections(
         named => named.to_string(),
     };
     let response = proxy.forwarder.forward(METHOD, request).await?;
-    let Some(user) = user else {
+    if caller.name().is_none() {
         return Ok(response);
-    };
+    }
     let (metadata, body, extensions) = response.into_parts();
     let mut answer = ShowCollectionsResponse::decode(body.clone()).map_err(|e| {
         Status::internal(format!(
@@ -48,7 +49,7 @@ pub async fn show_collections(
     let visible = proxy
         .gate
         .policies()
-        .visible_collections(user, &db, &answer.collection_names)
+        .visible_collections(caller, &db, &answer.collection_names)
         .await
         .map_err(|e| Status::unavailable(format!("cannot load the caller's grants: {e}")))?;
     if visible.iter().all(|&v| v) {

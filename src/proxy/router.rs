@@ -213,7 +213,7 @@ async fn authorize_and_forward(
         .await?;
     match method {
         health::METHOD => health::check_health(proxy, request).await,
-        listing::METHOD => listing::show_collections(proxy, caller.name(), &db, request).await,
+        listing::METHOD => listing::show_collections(proxy, &caller, &db, request).await,
         _ => proxy.forwarder.forward(method, request).await,
     }
 }

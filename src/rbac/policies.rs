@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::auth::{Authenticated, Roles};
 use crate::catalog::{Catalog, CatalogError, ChangedKey, ROOT_USER, StoredGrant};
 use crate::rbac::policy::{ADMIN_ROLE, Check, CustomGroups, Grant, PUBLIC_ROLE, RolePolicy};
 use crate::rbac::privileges::{BuiltinGroups, ObjectType};
@@ -69,19 +70,53 @@ impl Policies {
         &self.inner.builtin
     }
 
-    /// Whether `user` passes every check without looking at grants: root, unless
-    /// `common.security.rootShouldBindRole`.
-    pub fn exempt(&self, user: &str) -> bool {
+    /// Whether `who` passes every check without looking at grants: root with its own roles,
+    /// unless `common.security.rootShouldBindRole` (an API key of root that lists roles is
+    /// limited to them); everyone when authorization is disabled (no name).
+    pub fn exempt(&self, who: &Authenticated) -> bool {
+        match who.name() {
+            None => true,
+            Some(user) => self.exempt_name(user) && *who.roles() == Roles::Stored,
+        }
+    }
+
+    fn exempt_name(&self, user: &str) -> bool {
         user == ROOT_USER && !self.inner.root_binds_role
     }
 
-    /// Whether `user` may do `check`: an exempt root passes; so does `admin` among their
-    /// roles; otherwise one of their roles or the implicit `public` must allow it.
-    pub async fn allows(&self, user: &str, check: &Check<'_>) -> Result<bool, CatalogError> {
-        if self.exempt(user) {
+    /// The roles that count for `who` — the one place where a credential's limits are
+    /// honoured: a password's (or an unlimited API key's) stored roles; for an API key with a
+    /// role list, the stored roles that are listed (all listed ones for an exempt owner);
+    /// for an OIDC identity, the roles its token mapped to.
+    pub async fn roles_of(&self, who: &Authenticated) -> Result<Arc<Vec<String>>, CatalogError> {
+        let Some(user) = who.name() else {
+            return Ok(Arc::default());
+        };
+        match who.roles() {
+            Roles::Stored => self.user_roles(user).await,
+            Roles::Given(roles) => Ok(roles.clone()),
+            Roles::Within(listed) if self.exempt_name(user) => Ok(listed.clone()),
+            Roles::Within(listed) => {
+                let stored = self.user_roles(user).await?;
+                Ok(Arc::new(
+                    stored
+                        .iter()
+                        .filter(|role| listed.contains(role))
+                        .cloned()
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    /// Whether `who` may do `check`: an exempt root passes; so does `admin` among their
+    /// roles ([`Policies::roles_of`]); otherwise one of their roles or the implicit `public`
+    /// must allow it.
+    pub async fn allows(&self, who: &Authenticated, check: &Check<'_>) -> Result<bool, CatalogError> {
+        if self.exempt(who) {
             return Ok(true);
         }
-        let roles = self.user_roles(user).await?;
+        let roles = self.roles_of(who).await?;
         if roles.iter().any(|r| r == ADMIN_ROLE) {
             return Ok(true);
         }
@@ -94,19 +129,19 @@ impl Policies {
         Ok(false)
     }
 
-    /// Which of `names` (collections of `db`) `user` may see in a listing: all for an exempt
+    /// Which of `names` (collections of `db`) `who` may see in a listing: all for an exempt
     /// root and `admin`; otherwise those one of their roles or `public` sees
     /// ([`RolePolicy::sees_collection`]).
     pub async fn visible_collections(
         &self,
-        user: &str,
+        who: &Authenticated,
         db: &str,
         names: &[String],
     ) -> Result<Vec<bool>, CatalogError> {
-        if self.exempt(user) {
+        if self.exempt(who) {
             return Ok(vec![true; names.len()]);
         }
-        let roles = self.user_roles(user).await?;
+        let roles = self.roles_of(who).await?;
         if roles.iter().any(|r| r == ADMIN_ROLE) {
             return Ok(vec![true; names.len()]);
         }

@@ -187,9 +187,9 @@ impl Api {
         let role = entity.role.ok_or(Refusal::NoGrantRole)?;
         let role = role_name(&role.name)?;
         let holds = match caller.who.name() {
-            Some(user) => self
+            Some(_) => self
                 .policies
-                .user_roles(user)
+                .roles_of(&caller.who)
                 .await?
                 .contains(&role.as_str().to_string()),
             None => true,
