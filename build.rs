@@ -4,7 +4,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["proto/milvus.proto", "proto/credstore_keys.proto"], ["proto"])?;
+    let fds = protox::compile(
+        ["proto/milvus.proto", "proto/credstore_keys.proto"],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -1,7 +1,7 @@
 //! The client side of the gRPC API, for the admin CLI (`credstore user …`, `credstore health`),
 //! `credstore bench` and the Rust tests: a channel, the `authorization` header (attached in one
 //! place, [`Authorization::apply`]) and an authorized `MilvusServiceClient`; [`Admin`] wraps the
-//! user RPCs; [`read_secret`] reads a password from a prompt or standard input, so the CLI never
+//! user RPCs, [`Keys`] credstore's own API-key and OIDC services; [`read_secret`] reads a password from a prompt or standard input, so the CLI never
 //! needs one on its command line (where `ps` shows it).
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -14,6 +14,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::common::Status;
+use crate::proto::credstore::api_keys_client::ApiKeysClient;
+use crate::proto::credstore::oidc_client::OidcClient;
+use crate::proto::credstore::{
+    ApiKeyInfo, CreateApiKeyRequest, CreateApiKeyResponse, ListApiKeysRequest, ListOidcRequest,
+    ListOidcResponse, RevokeApiKeyRequest, RevokeTokensRequest,
+};
 use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
 use crate::tls::{ClientTls, TlsError};
@@ -61,6 +67,12 @@ impl Authorization {
         let encoded = b64(&format!("{user}:{password}"));
         // Base64 is visible ASCII, always a valid header value.
         Authorization(encoded.parse().ok())
+    }
+
+    /// A token without a colon (an API key or a JWT), as pymilvus sends
+    /// `MilvusClient(token=…)`: base64 of the token itself.
+    pub fn token(token: &str) -> Authorization {
+        Authorization(b64(token).parse().ok())
     }
 
     /// A header exactly as given (tests send malformed ones).
@@ -284,6 +296,88 @@ impl Admin {
             Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(()),
             Err(status) => Err(rpc(status)),
         }
+    }
+}
+
+/// credstore's own services — API keys and OIDC revocation (`credstore.v1`) — over an
+/// authorized channel, for `credstore apikey …` / `credstore oidc …` and the tests.
+pub struct Keys {
+    keys: ApiKeysClient<InterceptedService<Channel, Authorization>>,
+    oidc: OidcClient<InterceptedService<Channel, Authorization>>,
+}
+
+impl Keys {
+    /// Connects to `uri` (over TLS with `tls` when it is `https://`).
+    pub async fn connect_tls(
+        uri: &str,
+        tls: &ClientTls,
+        authorization: Authorization,
+    ) -> Result<Keys, ClientError> {
+        let channel = channel_tls(uri, tls).await?;
+        Ok(Keys {
+            keys: ApiKeysClient::with_interceptor(channel.clone(), authorization.clone()),
+            oidc: OidcClient::with_interceptor(channel, authorization),
+        })
+    }
+
+    /// Creates a key for `owner`; the answer holds the whole key, shown this once.
+    pub async fn create(
+        &mut self,
+        owner: &str,
+        roles: &[String],
+        ttl_seconds: u64,
+        description: &str,
+    ) -> Result<CreateApiKeyResponse, ClientError> {
+        let request = CreateApiKeyRequest {
+            owner: owner.into(),
+            roles: roles.to_vec(),
+            ttl_seconds,
+            description: description.into(),
+        };
+        Ok(self
+            .keys
+            .create_api_key(request)
+            .await
+            .map_err(rpc)?
+            .into_inner())
+    }
+
+    /// The keys of `owner` (every key the caller may see when empty).
+    pub async fn list(&mut self, owner: &str) -> Result<Vec<ApiKeyInfo>, ClientError> {
+        let request = ListApiKeysRequest {
+            owner: owner.into(),
+        };
+        Ok(self
+            .keys
+            .list_api_keys(request)
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .keys)
+    }
+
+    /// Revokes key `id`; when this returns, no live replica accepts it.
+    pub async fn revoke(&mut self, id: &str) -> Result<(), ClientError> {
+        let request = RevokeApiKeyRequest { id: id.into() };
+        self.keys.revoke_api_key(request).await.map_err(rpc)?;
+        Ok(())
+    }
+
+    /// Revokes the token `jti`, or every token of `subject` issued before now; returns the
+    /// revocation's time (seconds since the epoch).
+    pub async fn revoke_tokens(&mut self, jti: &str, subject: &str) -> Result<i64, ClientError> {
+        let request = RevokeTokensRequest {
+            jti: jti.into(),
+            subject: subject.into(),
+        };
+        let answer = self.oidc.revoke_tokens(request).await.map_err(rpc)?;
+        Ok(answer.into_inner().revoked_unix)
+    }
+
+    /// The OIDC revocations in force and the identities the answering replica saw recently.
+    pub async fn list_oidc(&mut self) -> Result<ListOidcResponse, ClientError> {
+        let answer = self.oidc.list_oidc(ListOidcRequest {}).await.map_err(rpc)?;
+        Ok(answer.into_inner())
     }
 }
 

@@ -633,8 +633,12 @@ impl<S: Leases + Clone + 'static> Inner<S> {
         let mut backoff = Duration::from_millis(50);
         let mut failures = Failures::default();
         loop {
-            let from = self.applied() + 1;
-            let opened = timeout(self.silence_bound, self.open_watch(from)).await;
+            let opened = timeout(self.silence_bound, self.open_watch()).await;
+            let (opened, from) = match opened {
+                Ok(Ok((watch, from))) => (Ok(Ok(watch)), from),
+                Ok(Err(e)) => (Ok(Err(e)), self.applied() + 1),
+                Err(elapsed) => (Err(elapsed), self.applied() + 1),
+            };
             let outcome = match opened {
                 // After repeated identical failures, only a delivered message restores trust:
                 // a stream that opens and then always fails the same way answers too.
@@ -665,11 +669,38 @@ impl<S: Leases + Clone + 'static> Inner<S> {
     }
 
     /// The credential watch: Milvus's `root-coord/` (credentials, grants, groups) and
-    /// credstore's own identity records (API keys, OIDC revocations), as one stream.
-    async fn open_watch(&self, from: Revision) -> Result<Watch, MetaError> {
-        let milvus = self.store.watch(&self.credential_prefix, from).await?;
-        let identity = self.store.watch(&self.identity_prefix, from).await?;
-        Ok(Watch::merge(milvus, identity, from))
+    /// credstore's own identity records (API keys, OIDC revocations), as one stream, and the
+    /// revision it starts at.
+    ///
+    /// It resumes at `applied + 1`. A stream that starts behind the store (something was
+    /// written since, if only a session) and then stays idle would never report progress on
+    /// etcd 3.4 (`Watch::starts_behind`), and the merged stream reports only as far as both
+    /// have come: a write under the other prefix could then never be confirmed. So such a
+    /// watch starts again at the head, and every cache is dropped at the head instead of
+    /// replaying what changed in between (as after a compaction). This happens only when the
+    /// watch is (re)opened.
+    async fn open_watch(&self) -> Result<(Watch, Revision), MetaError> {
+        let mut from = self.applied() + 1;
+        let mut flushed_at = None;
+        for _ in 0..16 {
+            let milvus = self.store.watch(&self.credential_prefix, from).await?;
+            let identity = self.store.watch(&self.identity_prefix, from).await?;
+            let watch = Watch::merge(milvus, identity, from);
+            if !watch.starts_behind() {
+                if let Some(head) = flushed_at {
+                    self.advance(head);
+                }
+                return Ok((watch, from));
+            }
+            let head = self.store.get(&self.credential_prefix).await?.revision;
+            self.auth.invalidate_all(head);
+            self.policies.invalidate_all();
+            flushed_at = Some(head);
+            from = head + 1;
+        }
+        Err(MetaError::Unavailable(
+            "the store kept moving while the credential watch was opened".into(),
+        ))
     }
 
     /// Follows one watch stream (opened at `from`) until it breaks, goes silent for longer

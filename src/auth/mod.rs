@@ -29,7 +29,7 @@ use zeroize::Zeroize;
 
 use crate::password::{HashError, Limits, Username};
 
-pub use authenticator::{Authenticator, AuthenticatorConfig};
+pub use authenticator::{Authenticator, AuthenticatorConfig, SeenIdentity};
 pub use bearer::Refusal;
 pub use cache::{AuthStats, CredentialCache};
 pub use layer::{AuthLayer, AuthService};

@@ -136,7 +136,11 @@ impl Catalog {
     /// The key `id`, read at the returned revision.
     pub async fn get_api_key(&self, id: &str) -> Result<Read<Option<StoredKey>>, CatalogError> {
         let read = self.kv.get(&self.api_key_key(id)).await?;
-        let value = read.value.as_ref().map(|kv| decode_key(id, kv)).transpose()?;
+        let value = read
+            .value
+            .as_ref()
+            .map(|kv| decode_key(id, kv))
+            .transpose()?;
         Ok(Read {
             value,
             revision: read.revision,
@@ -241,8 +245,8 @@ impl Catalog {
             let current = self.kv.get(&path).await?.value;
             let compare = match &current {
                 Some(kv) => {
-                    let stored = serde_json::from_slice::<SubjectJson>(&kv.value)
-                        .map_or(0, |s| s.before);
+                    let stored =
+                        serde_json::from_slice::<SubjectJson>(&kv.value).map_or(0, |s| s.before);
                     if stored >= before {
                         return Ok(None);
                     }

@@ -425,13 +425,20 @@ impl MetaKv for EtcdKv {
         })
         .await
         .map_err(map_err)?;
-        Ok(Watch::Etcd(EtcdWatch {
+        let mut watch = EtcdWatch {
             stream,
             from,
             synced: false,
             created_at: None,
             answers: 0,
-        }))
+            early: None,
+        };
+        // Wait for etcd's `created` answer, so the caller knows where the watch starts.
+        let first = watch.read().await?;
+        if first.is_some() {
+            watch.early = first;
+        }
+        Ok(Watch::Etcd(watch))
     }
 }
 
@@ -450,69 +457,90 @@ pub struct EtcdWatch {
     created_at: Option<Revision>,
     /// Responses received, including those not passed on (a sign of life while replaying).
     answers: u64,
+    /// A message read while waiting for the `created` answer, handed out first.
+    early: Option<WatchMessage>,
 }
 
 impl EtcdWatch {
+    /// Whether the watch started behind the store (its start revision is not after the
+    /// revision etcd created it at): etcd then replays what changed in between, and etcd
+    /// 3.4 cannot say when that replay is over, so progress is not reported until an event
+    /// newer than the creation arrives.
+    pub(crate) fn starts_behind(&self) -> bool {
+        self.created_at.is_some_and(|created| self.from <= created)
+    }
+
     pub(crate) async fn next(&mut self) -> Result<WatchMessage, MetaError> {
-        loop {
-            let Some(response) = self.stream.message().await.map_err(map_err)? else {
-                return Err(MetaError::WatchClosed);
-            };
-            self.answers += 1;
-            // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
-            if response.compact_revision() > 0 {
-                return Ok(WatchMessage::Compacted {
-                    compact_revision: response.compact_revision(),
-                });
-            }
-            if response.canceled() {
-                return Err(MetaError::Etcd(format!(
-                    "watch canceled: {}",
-                    response.cancel_reason()
-                )));
-            }
-            let revision = header_revision(response.header());
-            if response.created() {
-                self.created_at = Some(revision);
-                self.synced = self.from > revision;
-            }
-            if response.events().is_empty() {
-                match response.created() || !self.synced {
-                    true => continue,
-                    false => return Ok(WatchMessage::Progress { revision }),
-                }
-            }
-            // Every event of this watch up to the newest one in the batch has been delivered.
-            let revision = response
-                .events()
-                .iter()
-                .filter_map(|e| e.kv())
-                .map(|kv| kv.mod_revision())
-                .max()
-                .unwrap_or(revision);
-            if self.created_at.is_some_and(|created| revision >= created) {
-                self.synced = true;
-            }
-            let events = response
-                .events()
-                .iter()
-                .filter_map(|e| {
-                    let kv = e.kv()?;
-                    let kind = match e.event_type() {
-                        etcd_client::EventType::Put => EventKind::Put,
-                        etcd_client::EventType::Delete => EventKind::Delete,
-                    };
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    Some(Event {
-                        kind,
-                        key,
-                        value: kv.value().to_vec(),
-                        revision: kv.mod_revision(),
-                    })
-                })
-                .collect();
-            return Ok(WatchMessage::Events { events, revision });
+        if let Some(message) = self.early.take() {
+            return Ok(message);
         }
+        loop {
+            if let Some(message) = self.read().await? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// Reads one answer: `None` for one that is not passed on (`created`, progress while
+    /// not caught up).
+    async fn read(&mut self) -> Result<Option<WatchMessage>, MetaError> {
+        let Some(response) = self.stream.message().await.map_err(map_err)? else {
+            return Err(MetaError::WatchClosed);
+        };
+        self.answers += 1;
+        // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
+        if response.compact_revision() > 0 {
+            return Ok(Some(WatchMessage::Compacted {
+                compact_revision: response.compact_revision(),
+            }));
+        }
+        if response.canceled() {
+            return Err(MetaError::Etcd(format!(
+                "watch canceled: {}",
+                response.cancel_reason()
+            )));
+        }
+        let revision = header_revision(response.header());
+        if response.created() {
+            self.created_at = Some(revision);
+            self.synced = self.from > revision;
+        }
+        if response.events().is_empty() {
+            return Ok(match response.created() || !self.synced {
+                true => None,
+                false => Some(WatchMessage::Progress { revision }),
+            });
+        }
+        // Every event of this watch up to the newest one in the batch has been delivered.
+        let revision = response
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .map(|kv| kv.mod_revision())
+            .max()
+            .unwrap_or(revision);
+        if self.created_at.is_some_and(|created| revision >= created) {
+            self.synced = true;
+        }
+        let events = response
+            .events()
+            .iter()
+            .filter_map(|e| {
+                let kv = e.kv()?;
+                let kind = match e.event_type() {
+                    etcd_client::EventType::Put => EventKind::Put,
+                    etcd_client::EventType::Delete => EventKind::Delete,
+                };
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                Some(Event {
+                    kind,
+                    key,
+                    value: kv.value().to_vec(),
+                    revision: kv.mod_revision(),
+                })
+            })
+            .collect();
+        Ok(Some(WatchMessage::Events { events, revision }))
     }
 
     pub(crate) async fn request_progress(&mut self) -> Result<(), MetaError> {

@@ -114,6 +114,10 @@ impl MergedWatch {
         Ok(())
     }
 
+    pub(crate) fn starts_behind(&self) -> bool {
+        self.parts.iter().any(|p| p.watch.starts_behind())
+    }
+
     pub(crate) fn answers(&self) -> u64 {
         self.parts.iter().map(|p| p.watch.answers()).sum()
     }

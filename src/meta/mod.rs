@@ -186,6 +186,18 @@ impl Watch {
         }
     }
 
+    /// Whether the watch started behind the store: etcd replays what changed between its
+    /// start revision and its creation, and (3.4) cannot say when that replay is over, so a
+    /// watch with nothing to replay reports no progress until its next event. Followers that
+    /// need progress from an idle watch start again at the head instead.
+    pub fn starts_behind(&self) -> bool {
+        match self {
+            Watch::Etcd(w) => w.starts_behind(),
+            Watch::Embedded(_) => false,
+            Watch::Merged(w) => w.starts_behind(),
+        }
+    }
+
     /// Asks for a `Progress` message carrying the current revision.
     pub async fn request_progress(&mut self) -> Result<(), MetaError> {
         match self {

@@ -112,7 +112,11 @@ impl Policies {
     /// Whether `who` may do `check`: an exempt root passes; so does `admin` among their
     /// roles ([`Policies::roles_of`]); otherwise one of their roles or the implicit `public`
     /// must allow it.
-    pub async fn allows(&self, who: &Authenticated, check: &Check<'_>) -> Result<bool, CatalogError> {
+    pub async fn allows(
+        &self,
+        who: &Authenticated,
+        check: &Check<'_>,
+    ) -> Result<bool, CatalogError> {
         if self.exempt(who) {
             return Ok(true);
         }

@@ -6,6 +6,7 @@
 
 mod backup;
 mod grants;
+mod keys;
 mod roles;
 pub mod status;
 mod users;
