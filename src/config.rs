@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::auth::AuthenticatorConfig;
+use crate::auth::{AuthenticatorConfig, JwksSource, OidcSettings};
 use crate::coherence::CoherenceConfig;
 use crate::meta::{EtcdOptions, EtcdTls};
 use crate::password::{
@@ -333,6 +333,8 @@ pub struct CredstoreConfig {
     pub shutdown: ShutdownConfig,
     /// The audit log of changes and failed logins.
     pub audit: AuditConfig,
+    /// OIDC single sign-on: JWTs from one issuer as pymilvus's `token`.
+    pub oidc: OidcConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -349,6 +351,51 @@ impl Default for CredstoreConfig {
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
             audit: AuditConfig::default(),
+            oidc: OidcConfig::default(),
+        }
+    }
+}
+
+/// `credstore.oidc.*`: off while `issuer` is empty.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct OidcConfig {
+    /// The `iss` tokens must carry; empty turns OIDC off.
+    pub issuer: String,
+    /// The `aud` tokens must carry (one of theirs).
+    pub audience: String,
+    /// The issuer's keys: `https://…` (verified against `caPemPath`) or `file:///…`.
+    pub jwks_uri: String,
+    /// The CA that signed the JWKS server's certificate (no system roots are trusted).
+    pub ca_pem_path: String,
+    /// The claim whose value (after `userPrefix`) is the caller's name.
+    pub username_claim: String,
+    /// The claim (a string or a list of strings) mapped to roles by `roleMapping`.
+    pub roles_claim: String,
+    /// Claim value → credstore role; values not listed grant nothing.
+    pub role_mapping: std::collections::BTreeMap<String, String>,
+    /// Put before every OIDC name; must hold a character no local user name can, so an
+    /// identity from the issuer can never be a local user.
+    pub user_prefix: String,
+    /// Tolerance of `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// The JWKS is fetched again for an unknown `kid` at most this often.
+    pub jwks_refetch_seconds: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_uri: String::new(),
+            ca_pem_path: String::new(),
+            username_claim: "sub".into(),
+            roles_claim: "groups".into(),
+            role_mapping: Default::default(),
+            user_prefix: "oidc:".into(),
+            leeway_seconds: 30,
+            jwks_refetch_seconds: 10,
         }
     }
 }
@@ -694,7 +741,92 @@ impl Config {
         self.root_password()?;
         self.builtin_groups()?;
         self.server_tls()?;
+        self.oidc()?;
         Ok(())
+    }
+
+    /// The OIDC settings, or `None` while `credstore.oidc.issuer` is empty.
+    pub fn oidc(&self) -> Result<Option<OidcSettings>, ConfigError> {
+        let o = &self.credstore.oidc;
+        let issuer = o.issuer.trim();
+        if issuer.is_empty() {
+            return Ok(None);
+        }
+        let bad = |key: &str, reason: String| ConfigError::Key {
+            key: format!("credstore.oidc.{key}"),
+            reason,
+        };
+        let required = |key: &str, value: &str| match value.trim() {
+            "" => Err(bad(key, "required when credstore.oidc.issuer is set".into())),
+            value => Ok(value.to_string()),
+        };
+        let audience = required("audience", &o.audience)?;
+        let uri = required("jwksUri", &o.jwks_uri)?;
+        let jwks = if let Some(path) = uri.strip_prefix("file://") {
+            JwksSource::File(PathBuf::from(path))
+        } else if let Some(rest) = uri.strip_prefix("https://") {
+            let (authority, path) = match rest.find('/') {
+                Some(at) => (&rest[..at], &rest[at..]),
+                None => (rest, "/"),
+            };
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((host, port)) => (
+                    host,
+                    port.parse::<u16>()
+                        .map_err(|_| bad("jwksUri", format!("{port:?} is not a port")))?,
+                ),
+                None => (authority, 443),
+            };
+            if host.is_empty() {
+                return Err(bad("jwksUri", "has no host".into()));
+            }
+            let ca = required("caPemPath", &o.ca_pem_path)?;
+            JwksSource::Https {
+                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port,
+                path: path.to_string(),
+                ca_pem: PathBuf::from(ca),
+            }
+        } else {
+            return Err(bad(
+                "jwksUri",
+                "must be https://… (with caPemPath) or file://…".into(),
+            ));
+        };
+        let prefix = &o.user_prefix;
+        if !prefix
+            .chars()
+            .any(|c| !c.is_ascii_alphanumeric() && c != '_')
+        {
+            return Err(bad(
+                "userPrefix",
+                format!(
+                    "{prefix:?} must hold a character no user name can (such as ':'), so an OIDC identity can never be a local user"
+                ),
+            ));
+        }
+        for (key, value) in [("usernameClaim", &o.username_claim), ("rolesClaim", &o.roles_claim)] {
+            required(key, value)?;
+        }
+        for (claim, role) in &o.role_mapping {
+            crate::catalog::RoleName::parse(role)
+                .map_err(|e| bad(&format!("roleMapping.{claim}"), e))?;
+        }
+        Ok(Some(OidcSettings {
+            issuer: issuer.to_string(),
+            audience,
+            jwks,
+            username_claim: o.username_claim.trim().to_string(),
+            roles_claim: o.roles_claim.trim().to_string(),
+            role_mapping: o
+                .role_mapping
+                .iter()
+                .map(|(claim, role)| (claim.clone(), role.trim().to_string()))
+                .collect(),
+            user_prefix: prefix.clone(),
+            leeway_seconds: o.leeway_seconds,
+            refetch_every: Duration::from_secs(o.jwks_refetch_seconds),
+        }))
     }
 
     /// The listener's TLS files, or `None` for plaintext (`common.security.tlsMode` 0).

@@ -112,7 +112,10 @@ impl State {
         if created {
             tracing::info!("created user root with common.security.defaultRootPassword");
         }
-        let auth = Authenticator::new(config.authenticator(), catalog.clone(), pool).await?;
+        let auth =
+            Authenticator::with_oidc(config.authenticator(), catalog.clone(), pool, config.oidc()?)
+                .await?;
+        auth.warm_up_oidc().await;
         let policies = Policies::new(
             catalog.clone(),
             config.builtin_groups()?,

@@ -76,6 +76,12 @@ pub enum TlsError {
     },
     #[error("the TLS configuration was refused: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("TLS connection to {host} failed: {source}")]
+    Connect {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The server's TLS configuration, swappable while serving; cheap to clone.
@@ -375,6 +381,38 @@ impl ClientTls {
         }
         Ok(config)
     }
+}
+
+/// A TLS 1.2/1.3 connection to `host:port` (HTTP/1.1 by ALPN) whose certificate must chain
+/// to the CA in `ca_pem` (`key` names the setting in errors) and name `host`; no system roots.
+/// For fetching an OIDC issuer's keys (`credstore.oidc.jwksUri`).
+pub async fn connect_https(
+    host: &str,
+    port: u16,
+    key: &'static str,
+    ca_pem: &Path,
+) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + use<>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(key, ca_pem, &read(key, ca_pem)?)? {
+        roots.add(cert)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let failed = |source: io::Error| TlsError::Connect {
+        host: host.to_string(),
+        source,
+    };
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let tcp = TcpStream::connect((host, port)).await.map_err(failed)?;
+    let _ = tcp.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(failed)
 }
 
 #[cfg(test)]

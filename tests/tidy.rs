@@ -98,6 +98,8 @@ const MATRIX: &[(&str, &[&str])] = &[
             "hash_pool",
             "metrics",
             "audit",
+            // OIDC fetches the issuer's keys over TLS (`tls::connect_https`).
+            "tls",
         ],
     ),
     // A leaf: the server hands it closures that read the other parts at scrape time.

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use crate::auth::apikey::ApiKeys;
 use crate::auth::bearer::{self, Bearer, Refusal};
 use crate::auth::cache::{CredentialCache, Verified, Verifier};
-use crate::auth::{AuthError, AuthStats, Authenticated};
+use crate::auth::{AuthError, AuthStats, Authenticated, Oidc, OidcSettings};
 use crate::catalog::{Catalog, CatalogError, IdentityChange};
 use crate::hash_pool::HashPool;
 use crate::meta::Revision;
@@ -75,6 +75,8 @@ struct Inner {
     loading: Cache<(Username, Verifier, Revision), Verified>,
     /// API keys (headers without a colon that start `csk_`).
     keys: ApiKeys,
+    /// OIDC tokens, when an issuer is configured.
+    oidc: Option<Oidc>,
 }
 
 impl Authenticator {
@@ -83,6 +85,16 @@ impl Authenticator {
         config: AuthenticatorConfig,
         catalog: Catalog,
         pool: HashPool,
+    ) -> Result<Authenticator, HashError> {
+        Authenticator::with_oidc(config, catalog, pool, None).await
+    }
+
+    /// [`Authenticator::new`], accepting OIDC tokens from the issuer `oidc` describes.
+    pub async fn with_oidc(
+        config: AuthenticatorConfig,
+        catalog: Catalog,
+        pool: HashPool,
+        oidc: Option<OidcSettings>,
     ) -> Result<Authenticator, HashError> {
         let hasher = pool.hasher().clone();
         let dummy = tokio::task::spawn_blocking(move || hasher.dummy_hash())
@@ -104,8 +116,12 @@ impl Authenticator {
             config.cache_capacity,
         )
         .map_err(|e| HashError::Hashing(e.to_string()))?;
+        let oidc = oidc.map(|settings| {
+            Oidc::new(settings, catalog.clone(), cache.clone(), config.cache_capacity)
+        });
         let inner = Inner {
             keys,
+            oidc,
             config,
             catalog,
             pool,
@@ -162,14 +178,24 @@ impl Authenticator {
     ) -> Result<Authenticated, AuthError> {
         match bearer::parse(header) {
             Some(Bearer::ApiKey(token)) => self.inner.keys.authenticate(&token).await,
-            Some(Bearer::Jwt(_)) => Err(AuthError::Refused(Refusal::OidcOff)),
+            Some(Bearer::Jwt(token)) => match &self.inner.oidc {
+                Some(oidc) => oidc.authenticate(&token).await,
+                None => Err(AuthError::Refused(Refusal::OidcOff)),
+            },
             None => Err(err),
         }
     }
 
     /// The OIDC identities this replica has authenticated recently.
     pub fn oidc_identities(&self) -> Vec<SeenIdentity> {
-        Vec::new()
+        self.inner.oidc.as_ref().map(Oidc::seen).unwrap_or_default()
+    }
+
+    /// Fetches the OIDC issuer's keys once, if an issuer is configured (at start).
+    pub async fn warm_up_oidc(&self) {
+        if let Some(oidc) = &self.inner.oidc {
+            oidc.warm_up().await;
+        }
     }
 
     /// The API keys (creation, last-use flushing).
@@ -181,7 +207,11 @@ impl Authenticator {
     pub fn identity_changed(&self, change: IdentityChange<'_>, _revision: Revision) {
         match change {
             IdentityChange::ApiKey(id) => self.inner.keys.invalidate_key(id),
-            IdentityChange::OidcRevocation => {}
+            IdentityChange::OidcRevocation => {
+                if let Some(oidc) = &self.inner.oidc {
+                    oidc.invalidate_all();
+                }
+            }
         }
     }
 
@@ -343,6 +373,9 @@ impl Authenticator {
     pub fn invalidate_all(&self, revision: Revision) {
         self.inner.cache.invalidate_all(revision);
         self.inner.keys.invalidate_all();
+        if let Some(oidc) = &self.inner.oidc {
+            oidc.invalidate_all();
+        }
     }
 
     /// See [`CredentialCache::trust_until`].
