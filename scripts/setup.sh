@@ -31,8 +31,8 @@ requirements=tests/compat/requirements.txt
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 stamp=.venv/.requirements.sha256
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
-    || ! .venv/bin/python -c 'import pymilvus, pytest, bcrypt, milvus_lite' 2>/dev/null; then
-  echo "setup: installing $requirements into .venv (pymilvus, pytest, milvus-lite)"
+    || ! .venv/bin/python -c 'import pymilvus, pytest, bcrypt, milvus_lite, jwt, cryptography' 2>/dev/null; then
+  echo "setup: installing $requirements into .venv (pymilvus, pytest, milvus-lite, the test OIDC issuer's pyjwt)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r "$requirements"
   echo "$want" > "$stamp"

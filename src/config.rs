@@ -757,7 +757,10 @@ impl Config {
             reason,
         };
         let required = |key: &str, value: &str| match value.trim() {
-            "" => Err(bad(key, "required when credstore.oidc.issuer is set".into())),
+            "" => Err(bad(
+                key,
+                "required when credstore.oidc.issuer is set".into(),
+            )),
             value => Ok(value.to_string()),
         };
         let audience = required("audience", &o.audience)?;
@@ -782,7 +785,10 @@ impl Config {
             }
             let ca = required("caPemPath", &o.ca_pem_path)?;
             JwksSource::Https {
-                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
                 port,
                 path: path.to_string(),
                 ca_pem: PathBuf::from(ca),
@@ -805,7 +811,10 @@ impl Config {
                 ),
             ));
         }
-        for (key, value) in [("usernameClaim", &o.username_claim), ("rolesClaim", &o.roles_claim)] {
+        for (key, value) in [
+            ("usernameClaim", &o.username_claim),
+            ("rolesClaim", &o.roles_claim),
+        ] {
             required(key, value)?;
         }
         for (claim, role) in &o.role_mapping {

@@ -112,9 +112,13 @@ impl State {
         if created {
             tracing::info!("created user root with common.security.defaultRootPassword");
         }
-        let auth =
-            Authenticator::with_oidc(config.authenticator(), catalog.clone(), pool, config.oidc()?)
-                .await?;
+        let auth = Authenticator::with_oidc(
+            config.authenticator(),
+            catalog.clone(),
+            pool,
+            config.oidc()?,
+        )
+        .await?;
         auth.warm_up_oidc().await;
         let policies = Policies::new(
             catalog.clone(),

@@ -117,7 +117,12 @@ impl Authenticator {
         )
         .map_err(|e| HashError::Hashing(e.to_string()))?;
         let oidc = oidc.map(|settings| {
-            Oidc::new(settings, catalog.clone(), cache.clone(), config.cache_capacity)
+            Oidc::new(
+                settings,
+                catalog.clone(),
+                cache.clone(),
+                config.cache_capacity,
+            )
         });
         let inner = Inner {
             keys,

@@ -124,7 +124,12 @@ struct Inner {
 }
 
 impl Oidc {
-    pub fn new(settings: OidcSettings, catalog: Catalog, cache: CredentialCache, capacity: u64) -> Oidc {
+    pub fn new(
+        settings: OidcSettings,
+        catalog: Catalog,
+        cache: CredentialCache,
+        capacity: u64,
+    ) -> Oidc {
         Oidc {
             inner: Arc::new(Inner {
                 settings,
@@ -260,7 +265,11 @@ impl Oidc {
 
     /// The keys a token signed with `algorithm` (and `kid`, if it names one) may be checked with.
     fn candidates(&self, algorithm: Algorithm, kid: Option<&str>) -> Vec<DecodingKey> {
-        let keys = self.inner.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let keys = self
+            .inner
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         keys.iter()
             .filter(|k| k.algorithm == algorithm)
             .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
@@ -297,12 +306,20 @@ impl Oidc {
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
         let keys = usable_keys(&set);
         let old: HashSet<Option<String>> = {
-            let current = self.inner.keys.read().unwrap_or_else(PoisonError::into_inner);
+            let current = self
+                .inner
+                .keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             current.iter().map(|k| k.kid.clone()).collect()
         };
         let new: HashSet<Option<String>> = keys.iter().map(|k| k.kid.clone()).collect();
         tracing::info!(keys = keys.len(), "fetched the OIDC issuer's keys");
-        *self.inner.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        *self
+            .inner
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
         if !old.is_subset(&new) {
             // A key was withdrawn: tokens it signed must not outlive it in the cache.
             let mut epoch = self.epoch();
@@ -445,7 +462,9 @@ fn usable_keys(set: &JwkSet) -> Vec<IssuerKey> {
                 algorithm,
                 key,
             }),
-            Err(e) => tracing::warn!(kid = ?jwk.common.key_id, error = %e, "an unreadable key in the OIDC issuer's JWKS"),
+            Err(e) => {
+                tracing::warn!(kid = ?jwk.common.key_id, error = %e, "an unreadable key in the OIDC issuer's JWKS")
+            }
         }
     }
     keys
@@ -491,7 +510,10 @@ async fn fetch(source: &JwksSource) -> Result<Vec<u8>, String> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             match bytes.len() > MAX_JWKS_BYTES {
-                true => Err(format!("{} is larger than {MAX_JWKS_BYTES} bytes", path.display())),
+                true => Err(format!(
+                    "{} is larger than {MAX_JWKS_BYTES} bytes",
+                    path.display()
+                )),
                 false => Ok(bytes),
             }
         }
@@ -556,10 +578,18 @@ mod tests {
                 .map_err(AuthError::Refused);
             assert_eq!(got, want, "{json}");
         };
-        check(r#"{"alg":"RS256","kid":"k1"}"#, Ok((Algorithm::RS256, Some("k1"))));
+        check(
+            r#"{"alg":"RS256","kid":"k1"}"#,
+            Ok((Algorithm::RS256, Some("k1"))),
+        );
         check(r#"{"alg":"ES256"}"#, Ok((Algorithm::ES256, None)));
-        check(r#"{"alg":"EdDSA","kid":"e"}"#, Ok((Algorithm::EdDSA, Some("e"))));
-        for refused in ["none", "HS256", "HS384", "HS512", "RS384", "PS256", "ES384", ""] {
+        check(
+            r#"{"alg":"EdDSA","kid":"e"}"#,
+            Ok((Algorithm::EdDSA, Some("e"))),
+        );
+        for refused in [
+            "none", "HS256", "HS384", "HS512", "RS384", "PS256", "ES384", "",
+        ] {
             check(
                 &format!(r#"{{"alg":"{refused}"}}"#),
                 Err(Refusal::TokenAlgorithm),
@@ -584,7 +614,10 @@ mod tests {
         )
         .unwrap();
         let keys = usable_keys(&set);
-        let kinds: Vec<_> = keys.iter().map(|k| (k.kid.as_deref(), k.algorithm)).collect();
+        let kinds: Vec<_> = keys
+            .iter()
+            .map(|k| (k.kid.as_deref(), k.algorithm))
+            .collect();
         assert_eq!(kinds, vec![(Some("ed"), Algorithm::EdDSA)]);
     }
 }
