@@ -24,6 +24,9 @@ pub struct MergedWatch {
     reported: Revision,
     /// A compaction seen on either stream, handed out next.
     compacted: Option<Revision>,
+    /// The follower asked for progress: once every stream has answered, a `Progress` is
+    /// owed even if the revision did not move (the answer itself is a sign of life).
+    owed: bool,
 }
 
 struct Part {
@@ -47,6 +50,7 @@ impl MergedWatch {
             pending: Vec::new(),
             reported: from - 1,
             compacted: None,
+            owed: false,
         }
     }
 
@@ -56,7 +60,9 @@ impl MergedWatch {
                 return Ok(WatchMessage::Compacted { compact_revision });
             }
             let low = self.parts.iter().map(|p| p.reached).min().unwrap_or(0);
-            if !self.pending.is_empty() || low > self.reported {
+            let answered = self.owed && self.parts.iter().all(|p| !p.asked);
+            if !self.pending.is_empty() || low > self.reported || answered {
+                self.owed = false;
                 self.reported = self.reported.max(low);
                 let events = std::mem::take(&mut self.pending);
                 return Ok(match events.is_empty() {
@@ -108,7 +114,9 @@ impl MergedWatch {
     }
 
     pub(crate) async fn request_progress(&mut self) -> Result<(), MetaError> {
+        self.owed = true;
         for part in &mut self.parts {
+            part.asked = true;
             Box::pin(part.watch.request_progress()).await?;
         }
         Ok(())
