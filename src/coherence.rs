@@ -693,6 +693,11 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                 return Ok((watch, from));
             }
             let head = self.store.get(&self.credential_prefix).await?.revision;
+            tracing::warn!(
+                from,
+                head,
+                "the credential watch starts behind the store (it was away, or the store compacted what it missed); dropping the whole cache and starting at the head"
+            );
             self.auth.invalidate_all(head);
             self.policies.invalidate_all();
             flushed_at = Some(head);
