@@ -1214,6 +1214,67 @@ mod tests {
     }
 
     #[test]
+    fn oidc_settings_are_checked_and_named_by_key() {
+        let base = "credstore:\n  oidc:\n    issuer: https://idp\n    audience: cs\n";
+        let check = |extra: &str, expected: Result<JwksSource, &str>| {
+            let got = load(&format!("{base}{extra}"), &[]).map(|c| c.oidc().unwrap().unwrap().jwks);
+            match (got, expected) {
+                (Ok(jwks), Ok(want)) => assert_eq!(jwks, want, "{extra}"),
+                (Err(e), Err(key)) => assert!(e.to_string().contains(key), "{extra}: {e}"),
+                (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
+            }
+        };
+        check(
+            "    jwksUri: file:///etc/jwks.json\n",
+            Ok(JwksSource::File("/etc/jwks.json".into())),
+        );
+        check(
+            "    jwksUri: https://idp.example:8443/certs\n    caPemPath: /ca.pem\n",
+            Ok(JwksSource::Https {
+                host: "idp.example".into(),
+                port: 8443,
+                path: "/certs".into(),
+                ca_pem: "/ca.pem".into(),
+            }),
+        );
+        check(
+            "    jwksUri: https://idp/certs\n",
+            Err("credstore.oidc.caPemPath"),
+        );
+        check(
+            "    jwksUri: http://idp/certs\n",
+            Err("credstore.oidc.jwksUri"),
+        );
+        check("", Err("credstore.oidc.jwksUri"));
+        check(
+            "    jwksUri: file:///j\n    userPrefix: oidc_\n",
+            Err("credstore.oidc.userPrefix"),
+        );
+        check(
+            "    jwksUri: file:///j\n    roleMapping: {g: \"not a role\"}\n",
+            Err("credstore.oidc.roleMapping.g"),
+        );
+        assert_eq!(
+            load("", &[]).unwrap().oidc().unwrap(),
+            None,
+            "off by default"
+        );
+        let on = load(&format!("{base}    jwksUri: file:///j\n"), &[]).unwrap();
+        let settings = on.oidc().unwrap().unwrap();
+        assert_eq!(
+            (
+                settings.username_claim.as_str(),
+                settings.roles_claim.as_str()
+            ),
+            ("sub", "groups")
+        );
+        assert_eq!(
+            (settings.user_prefix.as_str(), settings.leeway_seconds),
+            ("oidc:", 30)
+        );
+    }
+
+    #[test]
     fn builtin_groups_are_overridden_by_milvus_keys() {
         use crate::rbac::Privilege;
         let names = |groups: &BuiltinGroups, group: &str| -> Vec<&'static str> {

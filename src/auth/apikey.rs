@@ -401,7 +401,78 @@ mod tests {
         assert!(!matches_stored(&new.hash, id, &wrong));
         assert!(!matches_stored(&new.hash, "0000000000000000", secret));
         assert_ne!(generate().unwrap().id, new.id);
-        assert_eq!(format!("{new:?}").contains(new.key.as_str()), false);
+        assert!(!format!("{new:?}").contains(new.key.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_key_works_until_revoked_or_its_owner_is_gone() {
+        use crate::catalog::StoredKey;
+        use crate::meta::{EmbeddedKv, Store};
+        use crate::password::{Limits, PasswordHash};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
+        let catalog = Catalog::new(store, "t/meta");
+        let alice = Username::parse("alice", &Limits::default()).unwrap();
+        let hash =
+            PasswordHash::parse("$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy")
+                .unwrap();
+        catalog.create_user(&alice, &hash, None).await.unwrap();
+        let keys =
+            ApiKeys::new(catalog.clone(), CredentialCache::new(10, None), vec![], 10).unwrap();
+        let new = generate().unwrap();
+        let record = StoredKey {
+            id: new.id.clone(),
+            owner: alice.clone(),
+            hash: new.hash.clone(),
+            roles: vec!["reader".into()],
+            created: 0,
+            expires: None,
+            description: String::new(),
+            revoked: None,
+            mod_revision: 0,
+        };
+        catalog.create_api_key(&record).await.unwrap().unwrap();
+        let refused = |r| Err(AuthError::Refused(r));
+        let who = keys.authenticate(new.key.as_bytes()).await.unwrap();
+        assert_eq!(who.name(), Some("alice"));
+        assert_eq!(
+            *who.roles(),
+            crate::auth::Roles::Within(Arc::new(vec!["reader".into()]))
+        );
+        assert!(keys.is_cached(&new.id));
+        let mut wrong = new.key.to_string();
+        wrong.pop();
+        wrong.push(if new.key.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(
+            keys.authenticate(wrong.as_bytes()).await,
+            refused(Refusal::KeyWrongSecret)
+        );
+        assert_eq!(
+            keys.authenticate(b"csk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+                .await,
+            refused(Refusal::KeyUnknown)
+        );
+        assert_eq!(
+            keys.authenticate(b"csk_nope").await,
+            refused(Refusal::KeyMalformed)
+        );
+        // The owner goes: the watch's invalidation drops the key, and a load refuses it.
+        catalog.delete_user(&alice).await.unwrap();
+        keys.invalidate_owner("alice");
+        assert!(!keys.is_cached(&new.id));
+        assert_eq!(
+            keys.authenticate(new.key.as_bytes()).await,
+            refused(Refusal::KeyOwnerGone)
+        );
+        // Revoked: a tombstone refuses it with its own reason.
+        catalog.create_user(&alice, &hash, None).await.unwrap();
+        let stored = catalog.get_api_key(&new.id).await.unwrap().value.unwrap();
+        catalog.revoke_api_key(&stored, 1).await.unwrap().unwrap();
+        keys.invalidate_key(&new.id);
+        assert_eq!(
+            keys.authenticate(new.key.as_bytes()).await,
+            refused(Refusal::KeyRevoked)
+        );
     }
 
     #[test]

@@ -156,7 +156,7 @@ mod tests {
         assert_eq!(kind("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0"), None);
         assert_eq!(kind("eyJ.a b.c"), None);
         assert_eq!(kind("an-api-key"), None);
-        assert_eq!(parse(Some(b"%%%")).is_none(), true);
+        assert!(parse(Some(b"%%%")).is_none());
         assert!(parse(Some(&[b'A'; MAX_TOKEN_HEADER_LEN + 4])).is_none());
         assert_eq!(
             format!("{:?}", parse(Some(b"Y3NrX3g=")).unwrap()),

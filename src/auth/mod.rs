@@ -355,6 +355,10 @@ mod tests {
             AuthError::Denied.to_status().message(),
             "auth check failure, please check username and password are correct"
         );
+        // A refused key or token reads exactly like a wrong password.
+        let refused = AuthError::Refused(Refusal::KeyRevoked).to_status();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(refused.message(), AuthError::Denied.to_status().message());
         assert_eq!(
             AuthError::Busy.to_status().code(),
             tonic::Code::ResourceExhausted

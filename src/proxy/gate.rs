@@ -81,7 +81,7 @@ impl Gate {
             };
             if !self
                 .policies
-                .allows(caller, &check)
+                .allows_as(caller, &check)
                 .await
                 .map_err(unavailable)?
             {

@@ -109,10 +109,10 @@ impl Policies {
         }
     }
 
-    /// Whether `who` may do `check`: an exempt root passes; so does `admin` among their
-    /// roles ([`Policies::roles_of`]); otherwise one of their roles or the implicit `public`
-    /// must allow it.
-    pub async fn allows(
+    /// Whether `who` may do `check` — the decision for a request: an exempt root passes; so
+    /// does `admin` among the roles that count for it ([`Policies::roles_of`]); otherwise one
+    /// of those roles or the implicit `public` must allow it.
+    pub async fn allows_as(
         &self,
         who: &Authenticated,
         check: &Check<'_>,
@@ -121,6 +121,21 @@ impl Policies {
             return Ok(true);
         }
         let roles = self.roles_of(who).await?;
+        self.roles_allow(&roles, check).await
+    }
+
+    /// Whether the local user `user`, with all of their stored roles (a password's view), may
+    /// do `check`. Requests are decided by [`Policies::allows_as`], which honours a
+    /// credential's limits.
+    pub async fn allows(&self, user: &str, check: &Check<'_>) -> Result<bool, CatalogError> {
+        if self.exempt_name(user) {
+            return Ok(true);
+        }
+        let roles = self.user_roles(user).await?;
+        self.roles_allow(&roles, check).await
+    }
+
+    async fn roles_allow(&self, roles: &[String], check: &Check<'_>) -> Result<bool, CatalogError> {
         if roles.iter().any(|r| r == ADMIN_ROLE) {
             return Ok(true);
         }
@@ -274,4 +289,68 @@ fn to_grant(stored: &StoredGrant) -> Option<Grant> {
         name: stored.target.name.clone(),
         privilege: stored.privilege.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::catalog::RoleName;
+    use crate::meta::{EmbeddedKv, Store};
+    use crate::password::{Limits, PasswordHash, Username};
+
+    /// A key's role list limits its owner's roles; root holds exactly the listed ones; an
+    /// OIDC identity holds its mapped roles and nothing from the store.
+    #[tokio::test]
+    async fn the_roles_that_count_follow_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
+        let catalog = Catalog::new(store, "t/meta");
+        catalog.ensure_default_roles().await.unwrap();
+        let hash =
+            PasswordHash::parse("$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy")
+                .unwrap();
+        let name = |raw: &str| Username::parse(raw, &Limits::default()).unwrap();
+        catalog
+            .create_user(&name("alice"), &hash, None)
+            .await
+            .unwrap();
+        for role in ["reader", "writer"] {
+            let role = RoleName::parse(role).unwrap();
+            catalog.create_role(&role).await.unwrap();
+            catalog
+                .add_user_to_role(&name("alice"), &role)
+                .await
+                .unwrap();
+        }
+        let policies = Policies::new(catalog, BuiltinGroups::default(), 100, false);
+        let list = |roles: &[&str]| Arc::new(roles.iter().map(|r| r.to_string()).collect());
+        let check = async |who: Authenticated, expected: &[&str], exempt: bool| {
+            let got = policies.roles_of(&who).await.unwrap();
+            assert_eq!(*got, expected.to_vec(), "{who:?}");
+            assert_eq!(policies.exempt(&who), exempt, "{who:?}");
+        };
+        check(
+            Authenticated::user(name("alice"), false),
+            &["reader", "writer"],
+            false,
+        )
+        .await;
+        check(
+            Authenticated::api_key(name("alice"), false, None),
+            &["reader", "writer"],
+            false,
+        )
+        .await;
+        let limited =
+            Authenticated::api_key(name("alice"), false, Some(list(&["reader", "admin"])));
+        check(limited, &["reader"], false).await;
+        check(Authenticated::user(name("root"), true), &[], true).await;
+        let root_key = Authenticated::api_key(name("root"), false, Some(list(&["admin"])));
+        check(root_key, &["admin"], false).await;
+        let external = Authenticated::external("oidc:alice".into(), list(&["writer"]));
+        check(external, &["writer"], false).await;
+        check(Authenticated::unchecked(), &[], true).await;
+    }
 }

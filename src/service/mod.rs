@@ -161,7 +161,7 @@ impl Api {
             db: &caller.db,
             name,
         };
-        match self.policies.allows(&caller.who, &check).await? {
+        match self.policies.allows_as(&caller.who, &check).await? {
             true => Ok(()),
             false => Err(ServiceError::PermissionDenied {
                 privilege: rule.privilege,
