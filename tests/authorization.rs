@@ -24,13 +24,15 @@ use common::upstream::{
 use credstore::catalog::{GrantTarget, RoleName};
 use credstore::client::Authorization;
 use credstore::password::{Limits, Username};
+use credstore::proxy::RawCodec;
 use credstore::proxy::methods::{CALLER_DEPENDENT, FILTERED, OWNED, STREAMING, UNANNOTATED};
 use credstore::proxy::subject::{self, Subject};
-use credstore::proxy::RawCodec;
 use credstore::rbac::{Reach, methods};
 use prost::Message;
 use prost::bytes::Bytes;
-use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value,
+};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Request, Response, Status};
 
@@ -58,7 +60,9 @@ fn pool() -> DescriptorPool {
 fn input(pool: &DescriptorPool, method: &str) -> MessageDescriptor {
     let service = pool.get_service_by_name(SERVICE).unwrap();
     let found = service.methods().find(|m| m.name() == method);
-    found.unwrap_or_else(|| panic!("{method} is not in pymilvus's descriptors")).input()
+    found
+        .unwrap_or_else(|| panic!("{method} is not in pymilvus's descriptors"))
+        .input()
 }
 
 /// A request of `method` acting in `db` on collection `name`: its own database field, every
@@ -144,14 +148,18 @@ fn seen_with(upstream: &Upstream, id: &str) -> Option<common::upstream::Seen> {
 async fn set_grant(credstore: &Credstore, target: &GrantTarget, privilege: &str, on: bool) {
     let role = RoleName::parse("tbl").unwrap();
     let revision = match on {
-        true => credstore
-            .catalog
-            .grant_privilege(&role, target, privilege, "root")
-            .await,
-        false => credstore
-            .catalog
-            .revoke_privilege(&role, target, privilege)
-            .await,
+        true => {
+            credstore
+                .catalog
+                .grant_privilege(&role, target, privilege, "root")
+                .await
+        }
+        false => {
+            credstore
+                .catalog
+                .revoke_privilege(&role, target, privilege)
+                .await
+        }
     };
     if let Some(revision) = revision.unwrap() {
         credstore.coherence.confirm(revision).await.unwrap();
@@ -195,15 +203,23 @@ impl Case<'_> {
             );
             assert!(upstreams, "{}: {status:?}", self.method);
         }
-        let seen = seen_with(upstream, id).unwrap_or_else(|| panic!("{} not forwarded", self.method));
+        let seen =
+            seen_with(upstream, id).unwrap_or_else(|| panic!("{} not forwarded", self.method));
         assert_eq!(seen.method, self.method);
         assert_eq!(seen.body.as_ref(), &self.body[..], "{}", self.method);
         let dbs: Vec<_> = seen.metadata.get_all("dbname").iter().collect();
         assert_eq!(dbs, [D], "{}: forwarded dbname", self.method);
         for dropped in ["sourceid", "x-evil"] {
-            assert!(seen.metadata.get(dropped).is_none(), "{}: {dropped} crossed", self.method);
+            assert!(
+                seen.metadata.get(dropped).is_none(),
+                "{}: {dropped} crossed",
+                self.method
+            );
         }
-        assert_eq!(seen.metadata.get("authorization").unwrap(), common::b64("svc:tok").as_str());
+        assert_eq!(
+            seen.metadata.get("authorization").unwrap(),
+            common::b64("svc:tok").as_str()
+        );
     }
 
     /// Asserts the call was refused with PERMISSION_DENIED and never reached the upstream.
@@ -211,9 +227,23 @@ impl Case<'_> {
         let header = self.header.parse().unwrap();
         let answer = call(credstore, self.method, self.body.clone(), header, id).await;
         let status = answer.expect_err(self.method);
-        assert_eq!(status.code(), Code::PermissionDenied, "{}: {status:?}", self.method);
-        assert!(status.message().contains(text), "{}: {:?} lacks {text:?}", self.method, status.message());
-        assert!(seen_with(upstream, id).is_none(), "{} reached the upstream", self.method);
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{}: {status:?}",
+            self.method
+        );
+        assert!(
+            status.message().contains(text),
+            "{}: {:?} lacks {text:?}",
+            self.method,
+            status.message()
+        );
+        assert!(
+            seen_with(upstream, id).is_none(),
+            "{} reached the upstream",
+            self.method
+        );
     }
 }
 
@@ -234,7 +264,11 @@ async fn every_forwarded_method_reaches_the_upstream_with_what_was_authorized() 
     let bob = create_bob(&credstore).await;
     let role = RoleName::parse("tbl").unwrap();
     credstore.catalog.create_role(&role).await.unwrap();
-    let bound = credstore.catalog.add_user_to_role(&bob, &role).await.unwrap();
+    let bound = credstore
+        .catalog
+        .add_user_to_role(&bob, &role)
+        .await
+        .unwrap();
     credstore.coherence.confirm(bound.unwrap()).await.unwrap();
     let admin = RoleName::parse("admin").unwrap();
 
@@ -250,11 +284,25 @@ async fn every_forwarded_method_reaches_the_upstream_with_what_was_authorized() 
         };
         let id = |n: usize| format!("{i}-{n}");
         let Some(rule) = methods::rule(method) else {
-            case.refused(&credstore, &upstream, &id(0), "allowed to root and the admin role only").await;
-            let r = credstore.catalog.add_user_to_role(&bob, &admin).await.unwrap();
+            case.refused(
+                &credstore,
+                &upstream,
+                &id(0),
+                "allowed to root and the admin role only",
+            )
+            .await;
+            let r = credstore
+                .catalog
+                .add_user_to_role(&bob, &admin)
+                .await
+                .unwrap();
             credstore.coherence.confirm(r.unwrap()).await.unwrap();
             case.forwarded(&credstore, &upstream, &id(1)).await;
-            let r = credstore.catalog.remove_user_from_role(&bob, &admin).await.unwrap();
+            let r = credstore
+                .catalog
+                .remove_user_from_role(&bob, &admin)
+                .await
+                .unwrap();
             credstore.coherence.confirm(r.unwrap()).await.unwrap();
             continue;
         };
@@ -276,7 +324,8 @@ async fn every_forwarded_method_reaches_the_upstream_with_what_was_authorized() 
         set_grant(&credstore, &granted, &privilege, false).await;
         for (n, wrong) in std::iter::once(elsewhere).chain(other_name).enumerate() {
             set_grant(&credstore, &wrong, &privilege, true).await;
-            case.refused(&credstore, &upstream, &id(n + 1), &denied).await;
+            case.refused(&credstore, &upstream, &id(n + 1), &denied)
+                .await;
             set_grant(&credstore, &wrong, &privilege, false).await;
         }
     }
@@ -290,17 +339,40 @@ async fn an_unreadable_dbname_header_is_refused_not_forwarded() {
     let credstore = start_credstore(&running, "svc:tok").await;
     let bob = create_bob(&credstore).await;
     let admin = RoleName::parse("admin").unwrap();
-    let r = credstore.catalog.add_user_to_role(&bob, &admin).await.unwrap();
+    let r = credstore
+        .catalog
+        .add_user_to_role(&bob, &admin)
+        .await
+        .unwrap();
     credstore.coherence.confirm(r.unwrap()).await.unwrap();
     let (body, _) = request(&pool(), "Query", "", X);
     // Positive control: a readable header is forwarded as the database.
-    let good = call(&credstore, "Query", body.clone(), "mydb".parse().unwrap(), "ok").await;
+    let good = call(
+        &credstore,
+        "Query",
+        body.clone(),
+        "mydb".parse().unwrap(),
+        "ok",
+    )
+    .await;
     assert!(good.is_ok(), "{good:?}");
-    assert_eq!(seen_with(&upstream, "ok").unwrap().metadata.get("dbname").unwrap(), "mydb");
+    assert_eq!(
+        seen_with(&upstream, "ok")
+            .unwrap()
+            .metadata
+            .get("dbname")
+            .unwrap(),
+        "mydb"
+    );
     let raw = AsciiMetadataValue::try_from(&b"\x80db\xff"[..]).unwrap();
-    let refused = call(&credstore, "Query", body, raw, "raw").await.unwrap_err();
+    let refused = call(&credstore, "Query", body, raw, "raw")
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert_eq!(refused.message(), "the dbname header is not a readable database name");
+    assert_eq!(
+        refused.message(),
+        "the dbname header is not a readable database name"
+    );
     assert!(seen_with(&upstream, "raw").is_none(), "forwarded");
 }
 
@@ -414,7 +486,14 @@ fn reference(message: &DynamicMessage, headers: &[&str]) -> Option<Subject> {
     };
     let mut own_db = String::new();
     let (mut other, mut names, mut aliases) = (Vec::new(), Vec::new(), Vec::new());
-    walk(message, 0, &mut own_db, &mut other, &mut names, &mut aliases);
+    walk(
+        message,
+        0,
+        &mut own_db,
+        &mut other,
+        &mut names,
+        &mut aliases,
+    );
     let db = match (own_db.as_str(), header) {
         ("", Some(h)) => h,
         ("", None) => "default".to_string(),
@@ -522,7 +601,11 @@ fn the_subject_is_what_a_protobuf_decoder_reads_or_the_request_is_refused() {
             });
         match (reference(&decoded, &headers), ours) {
             (Some(theirs), Ok(ours)) => {
-                assert_eq!(ours, theirs, "case {case} (seed {seed}): {} {body:?} {headers:?}", methods[i]);
+                assert_eq!(
+                    ours, theirs,
+                    "case {case} (seed {seed}): {} {body:?} {headers:?}",
+                    methods[i]
+                );
                 agreed += 1;
             }
             (None, Err(_)) => refused_both += 1,
@@ -548,5 +631,8 @@ fn the_subject_is_what_a_protobuf_decoder_reads_or_the_request_is_refused() {
         "{agreed} agreed, {refused_both} refused by both, {refused_only_here} refused by credstore only, {undecodable} undecodable"
     );
     assert!(agreed > cases / 3, "too few comparable cases: {agreed}");
-    assert!(refused_only_here < cases / 100, "{refused_only_here} refused by credstore only");
+    assert!(
+        refused_only_here < cases / 100,
+        "{refused_only_here} refused by credstore only"
+    );
 }

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use common::upstream::{
     Running, Upstream, call, listing, start_credstore, start_credstore_with, start_upstream,
 };
-use tokio::sync::oneshot;
 use credstore::proto::milvus::{
     CheckHealthRequest, CheckHealthResponse, CreateCredentialRequest, ShowCollectionsRequest,
     ShowCollectionsResponse,
 };
 use prost::Message;
+use tokio::sync::oneshot;
 use tonic::Code;
 
 /// Creates user bob (password `password1`, no role) as root.

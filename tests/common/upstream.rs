@@ -311,4 +311,3 @@ pub async fn call(
     let path = format!("/{SERVICE}/{method}").parse().unwrap();
     client.unary(request, path, RawCodec).await
 }
-
