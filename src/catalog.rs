@@ -10,6 +10,7 @@
 
 mod grants;
 mod identity;
+mod lifecycle;
 
 use serde::{Deserialize, Serialize};
 
