@@ -1,9 +1,10 @@
 //! The `credstore` binary: parses the command line, sets up logging, and either serves
 //! (`credstore serve`) or acts as an admin client of a running server (`user`, `role`,
 //! `health`, `bench`). Each admin command prints one line saying what it did (listings: one
-//! name per line), or an error on stderr with a non-zero exit. Passwords come from a flag, an environment variable, a prompt (when standard input
-//! is a terminal) or standard input, one per line: never only from the command line, which `ps`
-//! shows. Everything else lives in the library.
+//! name per line), or an error on stderr with a non-zero exit. Passwords come from a flag, an
+//! environment variable, a prompt (when standard input is a terminal) or standard input, one
+//! per line: never only from the command line, which `ps` shows. Everything else lives in the
+//! library.
 
 #![forbid(unsafe_code)]
 

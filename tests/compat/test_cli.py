@@ -472,6 +472,14 @@ def test_reset_root_beside_a_live_embedded_server_says_what_to_do(tmp_path, bina
         assert f"the embedded store at {store} is held by a running `credstore serve`: " \
                "stop that server" in r.stderr, r.stderr
         assert "Database already open" not in r.stderr
+        # A second server on the same store is refused the same way, not a fork.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CREDSTORE_")}
+        second = subprocess.run(
+            [str(binary), "serve", "--config", s.config_path, "--listen", "127.0.0.1:0"],
+            cwd=str(workdir), capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert second.returncode != 0, second.stderr
+        assert f"embedded store at {store} failed: another process has it open" in second.stderr
         # Nothing changed, and the server still serves.
         assert clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
     finally:
