@@ -560,3 +560,52 @@ impl EmbeddedWatch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(result: Result<EmbeddedKv, MetaError>) -> Option<EmbeddedFailure> {
+        match result {
+            Ok(_) => None,
+            Err(MetaError::Embedded { kind, .. }) => Some(kind),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn opening_creates_only_when_asked_and_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store").join("kv.redb");
+        // An existing store only: nothing there, and nothing left behind.
+        assert_eq!(
+            kind(EmbeddedKv::open_existing(&path)),
+            Some(EmbeddedFailure::Missing)
+        );
+        assert!(!dir.path().join("store").exists());
+        let created = EmbeddedKv::open(&path).unwrap();
+        assert!(created.was_created());
+        assert!(created.path().is_absolute());
+        // Held by this process's handle: a second open is InUse, whichever way it opens.
+        assert_eq!(kind(EmbeddedKv::open(&path)), Some(EmbeddedFailure::InUse));
+        assert_eq!(
+            kind(EmbeddedKv::open_existing(&path)),
+            Some(EmbeddedFailure::InUse)
+        );
+        drop(created);
+        let reopened = EmbeddedKv::open_existing(&path).unwrap();
+        assert!(!reopened.was_created());
+        drop(reopened);
+        assert!(!EmbeddedKv::open(&path).unwrap().was_created());
+    }
+
+    #[test]
+    fn a_relative_path_is_reported_absolute() {
+        let err = match EmbeddedKv::open_existing(Path::new("no-such-dir/kv.redb")) {
+            Err(MetaError::Embedded { path, .. }) => path,
+            _ => panic!("a missing store must not open"),
+        };
+        let expected = std::env::current_dir().unwrap().join("no-such-dir/kv.redb");
+        assert_eq!(err, expected.display().to_string());
+    }
+}

@@ -18,6 +18,9 @@ How blocks run
   must create what it uses. A line `print(...)  # TEXT` must print TEXT, where `...` in TEXT
   matches anything.
 - Other languages (`json`, `yaml`, none) are shown, never run.
+- What a block leaves on the servers, later blocks see (one store throughout): examples remove
+  what they create. The break-glass example in "Operate it" sets root's password to
+  `Recovered-root-1` (and exports it as CREDSTORE_PASSWORD): blocks after it log in with that.
 - Addresses: the README's ports are mapped to free loopback ports before a block runs, so
   the test never collides with another server: 19530 (credstore's gRPC port), 19531 (the
   upstream Milvus the proxy example starts) and 9091 (the metrics port). To match, servers
