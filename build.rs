@@ -1,6 +1,7 @@
 //! Compiles credstore's own `.proto` files with the pure-Rust `protox`, so building
 //! credstore itself needs no system `protoc` (etcd-client's build script still does; see
-//! `.cargo/config.toml`).
+//! `.cargo/config.toml`). Milvus's wire types (`milvus.proto.*`) first; then credstore's own
+//! API (`credstore.v1`), which refers to the Milvus types already generated.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -10,6 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // The generated `connect` constructor would clash with the `Connect` RPC.
         .build_transport(false)
+        .compile_fds(fds)?;
+    let fds = protox::compile(["proto/credstore_admin.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        .extern_path(".milvus.proto.common", "crate::proto::common")
         .compile_fds(fds)?;
     Ok(())
 }

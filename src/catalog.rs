@@ -9,6 +9,7 @@
 //! Knows nothing of gRPC, caches or hashing algorithms.
 
 mod grants;
+mod lockout;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,9 @@ use crate::meta::{Compare, KeyValue, MetaError, MetaKv, Op, Read, Revision, Stor
 use crate::password::{HashError, PasswordHash, Username};
 
 pub use grants::{ChangedKey, DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
+pub use lockout::{
+    LockoutRecord, LockoutSubject, LockoutWrite, MAX_LOCKOUT_WRITES, decode_lockout, encode_lockout,
+};
 
 /// The built-in role whose members manage users and roles.
 pub const ADMIN_ROLE: &str = "admin";

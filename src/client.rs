@@ -1,7 +1,7 @@
 //! The client side of the gRPC API, for the admin CLI (`credstore user …`, `credstore health`),
 //! `credstore bench` and the Rust tests: a channel, the `authorization` header (attached in one
 //! place, [`Authorization::apply`]) and an authorized `MilvusServiceClient`; [`Admin`] wraps the
-//! user RPCs; [`read_secret`] reads a password from a prompt or standard input, so the CLI never
+//! user RPCs (and credstore's own `Unlock`); [`read_secret`] reads a password from a prompt or standard input, so the CLI never
 //! needs one on its command line (where `ps` shows it).
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -14,6 +14,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::common::Status;
+use crate::proto::credstore::UnlockRequest;
+use crate::proto::credstore::credstore_admin_client::CredstoreAdminClient;
 use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
 use crate::tls::{ClientTls, TlsError};
@@ -198,6 +200,8 @@ pub async fn ready(uri: &str, tls: &ClientTls) -> Result<(), ClientError> {
 /// The user RPCs the admin CLI needs, over an authorized [`Client`].
 pub struct Admin {
     client: Client,
+    /// credstore's own API on the same channel.
+    admin: CredstoreAdminClient<InterceptedService<Channel, Authorization>>,
 }
 
 impl Admin {
@@ -211,9 +215,22 @@ impl Admin {
         tls: &ClientTls,
         authorization: Authorization,
     ) -> Result<Admin, ClientError> {
+        let channel = channel_tls(uri, tls).await?;
         Ok(Admin {
-            client: client(channel_tls(uri, tls).await?, authorization),
+            client: client(channel.clone(), authorization.clone()),
+            admin: CredstoreAdminClient::with_interceptor(channel, authorization),
         })
+    }
+
+    /// Lifts every login lock of `name` on every replica (root or admin); returns whether
+    /// anything was locked.
+    pub async fn unlock(&mut self, name: &str) -> Result<bool, ClientError> {
+        let request = UnlockRequest {
+            user_name: name.into(),
+        };
+        let response = self.admin.unlock(request).await.map_err(rpc)?.into_inner();
+        check(response.status.unwrap_or_default())?;
+        Ok(response.was_locked)
     }
 
     pub async fn create_user(&mut self, name: &str, password: &str) -> Result<(), ClientError> {

@@ -20,6 +20,13 @@
 //! 4. a watch that broke resumes from `applied + 1`; if that was compacted, the whole cache
 //!    is dropped and the watch starts again from the current revision.
 //!
+//! The lockout's counts are shared the same way, without acknowledgement: a third watch (of
+//! `{meta}/credstore/lockout/`, listed first and re-listed after a compaction or a silent
+//! stream) keeps every replica's mirror of them (`auth::Lockout`) current, so a lock one
+//! replica writes is enforced by all within a watch event; the lockout's writer task runs
+//! among these tasks. The number of live sessions is handed to the lockout (each replica's
+//! share of an in-flight budget).
+//!
 //! [`Coherence`] is the cheap handle handlers clone (`confirm`, `applied`, `sessions`);
 //! [`CoherenceTasks`] owns the background tasks and ends the session on `shutdown`.
 
@@ -33,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::auth::Authenticator;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError, decode_lockout};
 use crate::meta::{
     Event, EventKind, Lease, Leases, MetaError, Read, Revision, Store, Watch, WatchMessage,
 };
@@ -224,7 +231,11 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             resync: Notify::new(),
         });
         let registration = inner.register().await?;
-        if let Err(e) = inner.relist().await {
+        let listed = match inner.relist_lockouts().await {
+            Ok(_) => inner.relist().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = listed {
             let _ = timeout(
                 inner.request_deadline(),
                 inner.store.revoke(&registration.lease),
@@ -243,6 +254,10 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             .tasks
             .push(tokio::spawn(inner.clone().sessions_loop()));
         tasks.tasks.push(tokio::spawn(inner.clone().watch_loop()));
+        tasks.tasks.push(tokio::spawn(inner.clone().lockout_loop()));
+        tasks
+            .tasks
+            .push(tokio::spawn(inner.auth.lockout().clone().write_loop()));
         let deadline = Instant::now() + ttl;
         while !inner.auth.is_trusted() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -316,6 +331,12 @@ impl<S: Leases + Clone + 'static> CoherenceTasks<S> {
     /// Stops the tasks and revokes the session's lease (its key goes with it), so writers
     /// waiting for this replica are released at once.
     pub async fn shutdown(mut self) {
+        // Failures counted here and not yet written would be lost to the other replicas.
+        self.inner
+            .auth
+            .lockout()
+            .flush(Duration::from_secs(1))
+            .await;
         for task in self.tasks.drain(..) {
             task.abort();
             // Wait until the task is really gone, so the store it holds is released.
@@ -587,7 +608,81 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                 revision: read.revision,
             })
         });
+        self.count_replicas();
         Ok(())
+    }
+
+    /// Tells the lockout how many replicas share its budgets.
+    fn count_replicas(&self) {
+        let live = self.view.borrow().sessions.len();
+        self.auth.lockout().set_replicas(live);
+    }
+
+    /// Replaces the lockout mirror with a listing of every lockout record.
+    async fn relist_lockouts(&self) -> Result<Revision, MetaError> {
+        let read = self.catalog.list_lockouts().await.map_err(|e| match e {
+            CatalogError::Meta(e) => e,
+            other => MetaError::Etcd(other.to_string()),
+        })?;
+        self.auth.lockout().replace(read.value, read.revision);
+        Ok(read.revision)
+    }
+
+    /// Keeps the lockout mirror current: lists the records, then follows their watch from
+    /// there; lists again after a compaction, a broken stream, or a stream silent for longer
+    /// than the bound (asked for progress meanwhile). Nothing here touches trust: a stale
+    /// mirror only lets this replica see other replicas' locks late.
+    async fn lockout_loop(self: Arc<Self>) {
+        let prefix = self.catalog.lockout_prefix();
+        let lockout = self.auth.lockout().clone();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let followed = async {
+                let listed = self.relist_lockouts().await?;
+                let mut watch = timeout(self.silence_bound, self.store.watch(&prefix, listed + 1))
+                    .await
+                    .map_err(|_| timed_out(self.silence_bound))??;
+                let mut progress = tokio::time::interval(self.progress_every);
+                let mut heard = Instant::now();
+                loop {
+                    let message = tokio::select! {
+                        message = watch.next() => message?,
+                        _ = progress.tick() => {
+                            if heard.elapsed() > self.silence_bound {
+                                return Err(CoherenceError::Meta(MetaError::Unavailable("the lockout watch went silent".into())));
+                            }
+                            let _ = timeout(self.progress_every, watch.request_progress()).await;
+                            continue;
+                        }
+                    };
+                    heard = Instant::now();
+                    match message {
+                        WatchMessage::Events { events, .. } => {
+                            for event in events {
+                                let Some(subject) = self.catalog.lockout_subject(&event.key) else {
+                                    continue;
+                                };
+                                let record = match event.kind {
+                                    EventKind::Put => Some(decode_lockout(&event.value)),
+                                    EventKind::Delete => None,
+                                };
+                                lockout.apply(subject, record, event.revision);
+                            }
+                        }
+                        WatchMessage::Progress { .. } => {}
+                        WatchMessage::Compacted { .. } => return Ok::<(), CoherenceError>(()),
+                    }
+                }
+            };
+            match followed.await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lockout watch interrupted; listing again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Keeps the view of the sessions up to date from a watch (writers wait on it; `confirm`
@@ -606,6 +701,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                             self.view.send_if_modified(|view| {
                                 view.apply(&self.sessions_prefix, &events, revision)
                             });
+                            self.count_replicas();
                         }
                         Ok(WatchMessage::Progress { revision }) => {
                             self.view
@@ -1000,6 +1096,7 @@ mod tests {
                 limits: Limits::default(),
                 cache_capacity: 100,
                 cache_ttl: None,
+                lockout: crate::auth::LockoutPolicy::default(),
             };
             let auth = Authenticator::new(config, self.catalog.clone(), self.pool.clone())
                 .await

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::auth::AuthenticatorConfig;
+use crate::auth::{AuthenticatorConfig, LockoutPolicy};
 use crate::coherence::CoherenceConfig;
 use crate::meta::{EtcdOptions, EtcdTls};
 use crate::password::{
@@ -333,6 +333,8 @@ pub struct CredstoreConfig {
     pub shutdown: ShutdownConfig,
     /// The audit log of changes and failed logins.
     pub audit: AuditConfig,
+    /// Locks after repeated failed logins (issue 18).
+    pub lockout: LockoutConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -349,6 +351,36 @@ impl Default for CredstoreConfig {
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
             audit: AuditConfig::default(),
+            lockout: LockoutConfig::default(),
+        }
+    }
+}
+
+/// `credstore.lockout.*`: failed logins counted per (user name, peer address) and per user
+/// name across replicas; see `auth::LockoutPolicy` (whose defaults these are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct LockoutConfig {
+    pub enabled: bool,
+    /// Failures of one user name from one address that lock that pair.
+    pub threshold: u32,
+    /// Failures of one user name from any addresses that lock the name (never root's).
+    pub account_threshold: u32,
+    /// How long a lock lasts.
+    pub duration_seconds: u64,
+    /// A count lapses this long after its newest failure.
+    pub reset_seconds: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        let policy = LockoutPolicy::default();
+        LockoutConfig {
+            enabled: policy.enabled,
+            threshold: policy.threshold,
+            account_threshold: policy.account_threshold,
+            duration_seconds: policy.duration.as_secs(),
+            reset_seconds: policy.reset.as_secs(),
         }
     }
 }
@@ -488,6 +520,9 @@ pub struct PasswordConfig {
     pub max_concurrent_hashes: usize,
     /// Hash computations allowed to wait for a slot; beyond that, RESOURCE_EXHAUSTED.
     pub max_queued_hashes: usize,
+    /// Verifications one peer address may hold admitted (running or waiting); beyond that
+    /// its logins get RESOURCE_EXHAUSTED while other addresses still get slots.
+    pub max_queued_hashes_per_peer: usize,
     /// CPU priority of the hashing threads (Linux nice, 0..=19): higher yields the CPU to
     /// cached logins and other requests when hashing competes with them.
     pub hash_niceness: i32,
@@ -502,6 +537,7 @@ impl Default for PasswordConfig {
             allow_weak_parameters: false,
             max_concurrent_hashes: 0,
             max_queued_hashes: 256,
+            max_queued_hashes_per_peer: 32,
             hash_niceness: 10,
         }
     }
@@ -656,6 +692,26 @@ impl Config {
                 "must be between 0 and 19",
             );
         }
+        if self.credstore.password.max_queued_hashes_per_peer == 0 {
+            return bad(
+                "credstore.password.maxQueuedHashesPerPeer",
+                "must be at least 1",
+            );
+        }
+        let lockout = &self.credstore.lockout;
+        for (key, value) in [
+            ("threshold", u64::from(lockout.threshold)),
+            ("accountThreshold", u64::from(lockout.account_threshold)),
+            ("durationSeconds", lockout.duration_seconds),
+            ("resetSeconds", lockout.reset_seconds),
+        ] {
+            if value == 0 {
+                return bad(
+                    &format!("credstore.lockout.{key}"),
+                    "must be at least 1 (credstore.lockout.enabled: false turns lockout off)",
+                );
+            }
+        }
         if self.credstore.session.ttl_seconds < 2 {
             return bad("credstore.session.ttlSeconds", "must be at least 2");
         }
@@ -804,6 +860,7 @@ impl Config {
             scheme: self.hash_scheme(),
             concurrent,
             queued: p.max_queued_hashes,
+            per_peer: p.max_queued_hashes_per_peer,
             niceness: p.hash_niceness,
         }
     }
@@ -824,6 +881,19 @@ impl Config {
             limits: self.limits(),
             cache_capacity: self.credstore.cache.capacity,
             cache_ttl: self.cache_ttl(),
+            lockout: self.lockout(),
+        }
+    }
+
+    /// `credstore.lockout.*` as the authenticator's lockout policy.
+    pub fn lockout(&self) -> LockoutPolicy {
+        let l = &self.credstore.lockout;
+        LockoutPolicy {
+            enabled: l.enabled,
+            threshold: l.threshold,
+            account_threshold: l.account_threshold,
+            duration: Duration::from_secs(l.duration_seconds),
+            reset: Duration::from_secs(l.reset_seconds),
         }
     }
 
@@ -952,6 +1022,8 @@ pub struct HashPoolConfig {
     pub concurrent: usize,
     /// Computations allowed to wait for a thread.
     pub queued: usize,
+    /// Computations one peer address may hold (running or waiting).
+    pub per_peer: usize,
     /// CPU priority of the hashing threads.
     pub niceness: i32,
 }
@@ -1422,6 +1494,7 @@ mod tests {
                 scheme: HashScheme::Bcrypt { cost: 11 },
                 concurrent: 3,
                 queued: 7,
+                per_peer: 32,
                 niceness: 5
             }
         );

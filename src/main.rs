@@ -151,6 +151,11 @@ enum UserAction {
         name: String,
     },
     List,
+    /// Lift the login lockout of a user name (its account and every address) on every
+    /// replica. Root or the admin role.
+    Unlock {
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -303,6 +308,13 @@ async fn user(
                 println!("{name}");
             }
         }
+        UserAction::Unlock { name } => match admin.unlock(&name).await? {
+            true => println!("unlocked {}", name.trim()),
+            false => println!(
+                "{} was not locked; its failure counts are cleared",
+                name.trim()
+            ),
+        },
     }
     Ok(())
 }

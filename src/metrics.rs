@@ -23,8 +23,10 @@ pub enum AuthOutcome {
     Ok,
     /// Missing or malformed header, wrong user name or password: UNAUTHENTICATED.
     Denied,
-    /// The hash pool was full: RESOURCE_EXHAUSTED.
+    /// The hash pool was full, or the peer's share of it taken: RESOURCE_EXHAUSTED.
     Busy,
+    /// The (name, address) pair or the name is locked after repeated failures.
+    Locked,
     /// The store was away or the cache not trusted: UNAVAILABLE.
     Unavailable,
 }
@@ -35,6 +37,7 @@ impl AuthOutcome {
             AuthOutcome::Ok => "ok",
             AuthOutcome::Denied => "denied",
             AuthOutcome::Busy => "busy",
+            AuthOutcome::Locked => "locked",
             AuthOutcome::Unavailable => "unavailable",
         }
     }
@@ -43,6 +46,23 @@ impl AuthOutcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     result: &'static str,
+}
+
+/// A lockout change, as `credstore_lockouts_total{scope=…}` and `credstore_unlocks_total`
+/// count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockoutEvent {
+    /// A (user name, peer address) pair reached `credstore.lockout.threshold`.
+    PairLocked,
+    /// A user name reached `credstore.lockout.accountThreshold`.
+    AccountLocked,
+    /// An operator lifted a user's locks (`credstore user unlock`).
+    Unlocked,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +95,11 @@ pub struct Reading {
     pub trusted: bool,
     /// Audit lines dropped because the audit writer fell behind.
     pub audit_dropped: u64,
+    /// (user name, peer) pairs and user names locked now, as this replica sees them.
+    pub locked_pairs: u64,
+    pub locked_accounts: u64,
+    /// Logins refused because their peer held its share of the hash pool.
+    pub hashes_refused_peer: u64,
 }
 
 /// Supplies a [`Reading`] on each scrape.
@@ -93,6 +118,8 @@ struct Inner {
     ack_wait: Histogram,
     etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
     forwarded: Family<ForwardLabels, Counter>,
+    lockouts: Family<ScopeLabels, Counter>,
+    unlocks: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -139,12 +166,28 @@ impl Metrics {
             "Calls routed to the upstream Milvus, by method and the gRPC code the client got",
             forwarded.clone(),
         );
+        let lockouts = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "credstore_lockouts",
+            "Locks this replica's writes started, by scope (pair: a user name from one address; account: a user name from every address)",
+            lockouts.clone(),
+        );
+        let unlocks = Counter::default();
+        registry.register(
+            "credstore_unlocks",
+            "Unlock requests this replica served (credstore user unlock)",
+            unlocks.clone(),
+        );
+        for scope in ["pair", "account"] {
+            drop(lockouts.get_or_create(&ScopeLabels { scope }));
+        }
         registry.register_collector(Box::new(Scraped { read }));
         // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
         for outcome in [
             AuthOutcome::Ok,
             AuthOutcome::Denied,
             AuthOutcome::Busy,
+            AuthOutcome::Locked,
             AuthOutcome::Unavailable,
         ] {
             drop(auth.get_or_create(&AuthLabels {
@@ -159,6 +202,8 @@ impl Metrics {
                 ack_wait,
                 etcd,
                 forwarded,
+                lockouts,
+                unlocks,
             }),
         }
     }
@@ -184,6 +229,26 @@ impl Metrics {
     pub fn hash_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
         let histogram = self.inner.hash_seconds.clone();
         move |took| histogram.observe(took.as_secs_f64())
+    }
+
+    /// What the lockout calls on each lock and unlock. It holds only the counters, for the
+    /// reason [`Metrics::hash_observer`] gives.
+    pub fn lockout_observer(&self) -> impl Fn(LockoutEvent) + Send + Sync + 'static {
+        let lockouts = self.inner.lockouts.clone();
+        let unlocks = self.inner.unlocks.clone();
+        move |event| match event {
+            LockoutEvent::PairLocked => {
+                lockouts.get_or_create(&ScopeLabels { scope: "pair" }).inc();
+            }
+            LockoutEvent::AccountLocked => {
+                lockouts
+                    .get_or_create(&ScopeLabels { scope: "account" })
+                    .inc();
+            }
+            LockoutEvent::Unlocked => {
+                unlocks.inc();
+            }
+        }
     }
 
     /// Records how long an acknowledged write waited for every live replica.
@@ -241,7 +306,7 @@ impl fmt::Debug for Scraped {
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let r = (self.read)();
-        let counters: [(&str, &str, u64); 3] = [
+        let counters: [(&str, &str, u64); 4] = [
             (
                 "credstore_cache_hits",
                 "Authentications answered from the verified-password cache",
@@ -257,6 +322,11 @@ impl Collector for Scraped {
                 "Audit log lines dropped because the audit writer fell behind",
                 r.audit_dropped,
             ),
+            (
+                "credstore_hashes_refused_peer",
+                "Logins refused (RESOURCE_EXHAUSTED) because their peer address held its share of the hash pool",
+                r.hashes_refused_peer,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -268,7 +338,7 @@ impl Collector for Scraped {
             )?)?;
         }
         let gauge_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 8] = [
             (
                 "credstore_cache_entries",
                 "Users whose verified password this replica caches",
@@ -299,6 +369,16 @@ impl Collector for Scraped {
                 "1 while the replica is registered and trusts its cache, else 0",
                 i64::from(r.trusted),
             ),
+            (
+                "credstore_locked_pairs",
+                "(user name, peer address) pairs whose logins are locked now",
+                gauge_i64(r.locked_pairs),
+            ),
+            (
+                "credstore_locked_accounts",
+                "User names whose logins are locked now from every address",
+                gauge_i64(r.locked_accounts),
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
@@ -320,6 +400,7 @@ mod tests {
             sessions_live: 2,
             applied_revision: 42,
             trusted: true,
+            locked_pairs: 3,
             ..Reading::default()
         }));
         metrics.auth(AuthOutcome::Ok);
@@ -331,6 +412,9 @@ mod tests {
         metrics.forwarded("Search", "ok");
         metrics.forwarded("Search", "ok");
         metrics.forwarded("Search", "permission_denied");
+        let lockouts = metrics.lockout_observer();
+        lockouts(LockoutEvent::PairLocked);
+        lockouts(LockoutEvent::Unlocked);
         let text = metrics.render();
         for line in [
             "credstore_auth_requests_total{result=\"ok\"} 2",
@@ -348,6 +432,13 @@ mod tests {
             "credstore_forwarded_requests_total{method=\"Search\",code=\"ok\"} 2",
             "credstore_forwarded_requests_total{method=\"Search\",code=\"permission_denied\"} 1",
             "credstore_audit_dropped_total 0",
+            "credstore_auth_requests_total{result=\"locked\"} 0",
+            "credstore_lockouts_total{scope=\"pair\"} 1",
+            "credstore_lockouts_total{scope=\"account\"} 0",
+            "credstore_unlocks_total 1",
+            "credstore_locked_pairs 3",
+            "credstore_locked_accounts 0",
+            "credstore_hashes_refused_peer_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         }

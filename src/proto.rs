@@ -1,6 +1,6 @@
-//! The generated Milvus wire types (`milvus.proto.common`, `milvus.proto.milvus`), built from
-//! `proto/` by `build.rs`. Only `service`, the admin client and tests use them; inner modules
-//! speak domain types.
+//! The generated wire types, built from `proto/` by `build.rs`: Milvus's
+//! (`milvus.proto.common`, `milvus.proto.milvus`) and credstore's own API (`credstore.v1`).
+//! Only `service`, the admin client and tests use them; inner modules speak domain types.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -10,4 +10,9 @@ pub mod common {
 
 pub mod milvus {
     tonic::include_proto!("milvus.proto.milvus");
+}
+
+/// credstore's own API (`credstore.v1`): `CredstoreAdmin`.
+pub mod credstore {
+    tonic::include_proto!("credstore.v1");
 }

@@ -19,6 +19,7 @@ use crate::http::Readiness;
 use crate::meta::{EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
+use crate::proto::credstore::credstore_admin_server::CredstoreAdminServer;
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer};
 use crate::rbac::Policies;
@@ -98,7 +99,8 @@ impl State {
             settings.concurrent,
             settings.queued,
             settings.niceness,
-        );
+        )
+        .with_peer_limit(settings.per_peer);
         catalog.ensure_default_roles().await?;
         if config.proxy.enable_public_privilege {
             catalog.ensure_public_grants().await?;
@@ -313,6 +315,7 @@ fn reading(auth: Authenticator, coherence: Coherence, audit: Audit) -> crate::me
     Box::new(move || {
         let cache = auth.stats();
         let pool = auth.pool().stats();
+        let locked = auth.lockout().locked_counts();
         Reading {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
@@ -323,6 +326,9 @@ fn reading(auth: Authenticator, coherence: Coherence, audit: Audit) -> crate::me
             applied_revision: coherence.applied(),
             trusted: auth.is_trusted(),
             audit_dropped: audit.dropped(),
+            locked_pairs: locked.pairs as u64,
+            locked_accounts: locked.accounts as u64,
+            hashes_refused_peer: pool.refused_peer,
         }
     })
 }
@@ -415,6 +421,8 @@ pub async fn run(
     let proxy = proxy.with_metrics(metrics.clone());
     auth.pool()
         .observe_durations(Box::new(metrics.hash_observer()));
+    auth.lockout()
+        .report_to(audit.clone(), Box::new(metrics.lockout_observer()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_listener = match http_listener(address, config.credstore.http.port).await {
         Ok(listener) => listener,
@@ -474,6 +482,8 @@ pub async fn run(
         )
         // Outside the proxy, and let through the auth layer without credentials.
         .add_service(health_service)
+        // credstore's own API (unlock): inside auth, never forwarded.
+        .add_service(CredstoreAdminServer::new(api.clone()))
         // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
         .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)));
     let served = match tls {

@@ -10,6 +10,10 @@
 //! CPU, and it caps how fast one client can try passwords or flood the hashing queue. Each
 //! failed login (not an UNAVAILABLE: nothing was decided about the caller) is written to the
 //! audit log with the name as sent, the peer and the class the client's answer implies.
+//!
+//! The peer a login is counted and hashed for is the TCP peer's IP address (from the accepted
+//! connection); headers such as `x-forwarded-for` are never read — a client could claim any
+//! address there.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,10 +107,15 @@ fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Op
         AuthError::BadToken | AuthError::ApiKey => LoginFailure::Malformed,
         AuthError::Denied => LoginFailure::Denied,
         AuthError::Busy => LoginFailure::Busy,
+        AuthError::Locked { .. } => LoginFailure::Locked,
+        AuthError::Throttled => LoginFailure::Throttled,
         AuthError::Unavailable(_) => return,
     };
     let credentials = match why {
-        LoginFailure::Denied | LoginFailure::Busy => crate::auth::parse_header(header).ok(),
+        LoginFailure::Denied
+        | LoginFailure::Busy
+        | LoginFailure::Locked
+        | LoginFailure::Throttled => crate::auth::parse_header(header).ok(),
         _ => None,
     };
     audit.login_failed(credentials.as_ref().map(|c| c.user()), peer, why);
@@ -140,11 +149,13 @@ where
         }
         Box::pin(async move {
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
-            let result = authenticator.authenticate(header).await;
+            let from = peer(&request).map(|address| address.ip().to_canonical());
+            let result = authenticator.authenticate_from(header, from).await;
             if let Some(metrics) = &metrics {
                 metrics.auth(match &result {
                     Ok(_) => AuthOutcome::Ok,
-                    Err(AuthError::Busy) => AuthOutcome::Busy,
+                    Err(AuthError::Busy | AuthError::Throttled) => AuthOutcome::Busy,
+                    Err(AuthError::Locked { .. }) => AuthOutcome::Locked,
                     Err(AuthError::Unavailable(_)) => AuthOutcome::Unavailable,
                     Err(
                         AuthError::MissingHeader

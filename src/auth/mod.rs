@@ -12,11 +12,14 @@
 //! `Debug` prints no password.
 //!
 //! `cache` holds the verified-password cache, its invalidation watermarks and the trust
-//! deadline; `authenticator` the flow; `layer` the tower plumbing.
+//! deadline; `authenticator` the flow; `lockout` the failed-login counts and locks (shared
+//! through the store, consulted only when a login misses the cache); `layer` the tower
+//! plumbing.
 
 mod authenticator;
 mod cache;
 mod layer;
+mod lockout;
 
 use base64::Engine;
 use zeroize::Zeroize;
@@ -26,6 +29,7 @@ use crate::password::{HashError, Limits, Username};
 pub use authenticator::{Authenticator, AuthenticatorConfig};
 pub use cache::{AuthStats, CredentialCache};
 pub use layer::{AuthLayer, AuthService};
+pub use lockout::{LockedCounts, Lockout, LockoutObserver, LockoutPolicy, MAX_TRACKED};
 
 /// Who sent `request` (put there by [`AuthLayer`]; `None` if it did not pass through it) and
 /// the database it names in Milvus's `dbname` header (absent or empty: `default`). The
@@ -95,6 +99,13 @@ pub enum AuthError {
     /// The hash pool's queue is full; the text is the pool's own (one busy condition, one text).
     #[error("{}", HashError::Busy)]
     Busy,
+    /// Too many failures: the (name, address) pair, or the name from every address, is
+    /// locked for `seconds` more. The same for names that exist and names that do not.
+    #[error("{}", locked_text(*account, *seconds))]
+    Locked { account: bool, seconds: u64 },
+    /// This replica is already verifying its share of the attempts a lock still allows.
+    #[error("too many logins of this user are being verified at once; retry in a moment")]
+    Throttled,
     #[error("credential store unavailable: {0}")]
     Unavailable(String),
 }
@@ -108,11 +119,26 @@ impl AuthError {
             AuthError::MissingHeader
             | AuthError::BadToken
             | AuthError::ApiKey
-            | AuthError::Denied => tonic::Status::unauthenticated(self.to_string()),
-            AuthError::Busy => tonic::Status::resource_exhausted(self.to_string()),
+            | AuthError::Denied
+            | AuthError::Locked { .. } => tonic::Status::unauthenticated(self.to_string()),
+            AuthError::Busy | AuthError::Throttled => {
+                tonic::Status::resource_exhausted(self.to_string())
+            }
             AuthError::Unavailable(_) => tonic::Status::unavailable(self.to_string()),
         }
     }
+}
+
+/// The lock answer: that attempts are locked and for how long, never whether the user exists.
+fn locked_text(account: bool, seconds: u64) -> String {
+    let whom = match account {
+        true => "this user from every address",
+        false => "this user from this address",
+    };
+    format!(
+        "auth check failure: login attempts for {whom} are locked after too many failures; \
+         retry in {seconds} s or ask an administrator to unlock"
+    )
 }
 
 /// Most bytes of an `authorization` header we decode: base64 of a 32-byte name, a colon and a
@@ -260,6 +286,26 @@ mod tests {
         assert_eq!(
             AuthError::Unavailable("x".into()).to_status().code(),
             tonic::Code::Unavailable
+        );
+        let locked = AuthError::Locked {
+            account: false,
+            seconds: 897,
+        }
+        .to_status();
+        assert_eq!(locked.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            locked.message(),
+            "auth check failure: login attempts for this user from this address are locked \
+             after too many failures; retry in 897 s or ask an administrator to unlock"
+        );
+        let account = AuthError::Locked {
+            account: true,
+            seconds: 1,
+        };
+        assert!(account.to_string().contains("from every address"));
+        assert_eq!(
+            AuthError::Throttled.to_status().code(),
+            tonic::Code::ResourceExhausted
         );
     }
 }
