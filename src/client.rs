@@ -5,6 +5,7 @@
 //! needs one on its command line (where `ps` shows it).
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use base64::Engine;
@@ -43,6 +44,8 @@ pub enum ClientError {
     Tls(#[from] TlsError),
     #[error("TLS options were given but the URI is not https://")]
     TlsWithoutHttps,
+    #[error("a source address works with http:// URIs only")]
+    SourceWithTls,
     #[error("the server is not ready: {0}")]
     NotReady(String),
 }
@@ -122,6 +125,43 @@ pub async fn channel_tls(uri: &str, tls: &ClientTls) -> Result<Channel, ClientEr
         return Err(ClientError::TlsWithoutHttps);
     }
     endpoint.connect().await.map_err(connect_err)
+}
+
+/// A connected plaintext HTTP/2 channel to `uri` whose TCP connection leaves from the local
+/// address `source` (`127.0.0.2` on loopback, say): how tests and `credstore bench
+/// --source-ip` act as another peer, which the server tells apart by that address only.
+pub async fn channel_from(uri: &str, source: IpAddr) -> Result<Channel, ClientError> {
+    if uri.starts_with("https://") {
+        return Err(ClientError::SourceWithTls);
+    }
+    let connect_err = |source| ClientError::Connect {
+        uri: uri.to_string(),
+        source,
+    };
+    let endpoint = Endpoint::from_shared(uri.to_string())
+        .map_err(connect_err)?
+        .connect_timeout(Duration::from_secs(5));
+    let connector = tower::service_fn(move |target: tonic::codegen::http::Uri| async move {
+        let host = target.host().unwrap_or("127.0.0.1");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = target.port_u16().unwrap_or(80);
+        let address = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
+        let socket = match source {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket.connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(connect_err)
 }
 
 /// A client on `channel` sending `authorization` with every call.

@@ -17,7 +17,9 @@
 //! another address waits for at most the jobs already running, however many one address has
 //! queued. When the whole pool is full, a newcomer holding fewer jobs than the largest holder
 //! pushes out that holder's newest waiting job (its caller gets `Busy`): one address cannot
-//! keep everyone else out by filling the queue first.
+//! keep everyone else out by filling the queue first. A login takes its admission before it
+//! reads the user from the store ([`HashPool::reserve`], then [`Slot::verify`]), so an address
+//! over its share costs no store read either.
 //!
 //! Passwords handed to the pool are wiped when the job is dropped (`zeroize`).
 
@@ -365,23 +367,63 @@ impl HashPool {
             .await
     }
 
+    /// Admits a verification from `peer` now and computes it later ([`Slot::verify`]): a
+    /// login reserves its hash before it reads the user, so an address over its share costs
+    /// no store read either. Dropping the slot unused gives the admission back.
+    pub fn reserve(&self, peer: Class) -> Result<Slot, HashError> {
+        self.check_workers()?;
+        self.admit(peer)?;
+        Ok(Slot {
+            pool: self.clone(),
+            class: peer,
+            held: true,
+        })
+    }
+
+    /// `Busy` when `peer` holds its whole share now: a cheap early refusal for a login that
+    /// would be refused admission anyway (admission itself decides, under the lock).
+    pub fn refuse_full_peer(&self, peer: Class) -> Result<(), HashError> {
+        let queue = &self.handle.queue;
+        let per_peer = queue.per_peer.load(Ordering::Relaxed);
+        if peer.is_none() || per_peer == usize::MAX || queue.lock().held_by(&peer) < per_peer {
+            return Ok(());
+        }
+        queue.refused_peer.fetch_add(1, Ordering::Relaxed);
+        Err(HashError::Busy)
+    }
+
+    fn check_workers(&self) -> Result<(), HashError> {
+        match self.handle.queue.workers.load(Ordering::Acquire) {
+            0 => Err(HashError::Hashing(
+                "no hashing thread could be started".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         class: Class,
         work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
+        self.check_workers()?;
+        self.admit(class)?;
+        self.submit(class, work).await
+    }
+
+    /// Queues `work` on an admission `class` already holds, and waits for its answer.
+    async fn submit<T: Send + 'static>(
+        &self,
+        class: Class,
+        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
         let queue = &self.handle.queue;
-        if queue.workers.load(Ordering::Acquire) == 0 {
-            return Err(HashError::Hashing(
-                "no hashing thread could be started".into(),
-            ));
-        }
         let (answer, answered) = oneshot::channel();
         let job = Job {
             task: Box::new(Pending { work, answer }),
             class,
         };
-        self.admit(job)?;
+        queue.lock().push(job);
         queue.ready.notify_one();
         // If this future is dropped here, the job stays queued with its admission until a
         // worker or a sweep sees that `answered` is gone and drops it uncomputed.
@@ -390,14 +432,13 @@ impl HashPool {
             .map_err(|_| HashError::Hashing("a hashing thread failed".into()))?
     }
 
-    /// Queues `job`, or refuses it with `Busy`: when its peer holds its share, or when the
-    /// pool is full even after sweeping out abandoned jobs and pushing out one job of a peer
-    /// that holds more than it. Whatever leaves the queue is dropped (or answered) outside
-    /// the lock.
-    fn admit(&self, job: Job) -> Result<(), HashError> {
+    /// Admits one job of `class`, or refuses with `Busy`: when the class holds its share, or
+    /// when the pool is full even after sweeping out abandoned jobs and pushing out one job
+    /// of a class that holds more than it. Whatever leaves the queue is dropped (or
+    /// answered) outside the lock.
+    fn admit(&self, class: Class) -> Result<(), HashError> {
         let queue = &self.handle.queue;
         let per_peer = queue.per_peer.load(Ordering::Relaxed);
-        let class = job.class;
         let (admitted, swept, pushed) = {
             let mut state = queue.lock();
             let mut swept = Vec::new();
@@ -412,7 +453,6 @@ impl HashPool {
             let admitted = state.held < queue.capacity && !over_share(&state);
             if admitted {
                 state.hold(class);
-                state.push(job);
             }
             (admitted, swept, pushed)
         };
@@ -437,6 +477,40 @@ impl HashPool {
                 }
                 Err(HashError::Busy)
             }
+        }
+    }
+}
+
+/// An admission reserved with [`HashPool::reserve`]: counts against its peer's share and the
+/// pool's bound until its verification has run, or until it is dropped unused.
+pub struct Slot {
+    pool: HashPool,
+    class: Class,
+    /// Still this slot's to give back (not yet handed to a queued job).
+    held: bool,
+}
+
+impl Slot {
+    /// Whether `password` matches `hash`, computed on this slot's admission.
+    pub async fn verify(
+        mut self,
+        hash: PasswordHash,
+        password: Vec<u8>,
+    ) -> Result<bool, HashError> {
+        let password = Zeroizing::new(password);
+        let hasher = self.pool.hasher.clone();
+        // From here the queued job holds the admission (it is pushed before the first await).
+        self.held = false;
+        let pool = self.pool.clone();
+        pool.submit(self.class, move || hasher.verify(&hash, &password))
+            .await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.held {
+            self.pool.handle.queue.lock().release(&self.class);
         }
     }
 }

@@ -231,6 +231,8 @@ impl Authenticator {
         self.inner.cache.record_miss();
         // Before joining a load another peer started: a locked peer learns nothing from it.
         self.inner.lockout.check(user, peer)?;
+        // A peer holding its whole share of the hash pool is refused before any other work.
+        self.inner.pool.refuse_full_peer(peer).map_err(hash_error)?;
         let key = (
             user.clone(),
             verifier.clone(),
@@ -266,6 +268,8 @@ impl Authenticator {
         peer: Option<IpAddr>,
     ) -> Result<Verified, AuthError> {
         let attempt = self.inner.lockout.attempt(user, peer)?;
+        // The hash is reserved before the store is read: a peer over its share reads nothing.
+        let slot = self.inner.pool.reserve(peer).map_err(hash_error)?;
         let _load = self.inner.cache.begin_load();
         let read = self
             .inner
@@ -274,14 +278,16 @@ impl Authenticator {
             .await
             .map_err(store_error)?;
         let Some(stored) = read.value else {
-            self.deny_unknown(password, peer).await?;
+            // Spend the same work as a real verification so timing does not reveal who exists.
+            let _ = slot
+                .verify(self.inner.dummy.clone(), password.to_vec())
+                .await
+                .map_err(hash_error)?;
             attempt.failed();
             return Err(AuthError::Denied);
         };
-        let matches = self
-            .inner
-            .pool
-            .verify_for(peer, stored.hash.clone(), password.to_vec())
+        let matches = slot
+            .verify(stored.hash.clone(), password.to_vec())
             .await
             .map_err(hash_error)?;
         if !matches {

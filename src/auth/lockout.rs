@@ -112,13 +112,18 @@ struct Clock {
 }
 
 impl Clock {
+    /// Reads the two clocks back to back, again if something came between them (a
+    /// preempted thread would put this replica's times behind the others').
     fn new() -> Clock {
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Clock {
-            wall_ms,
-            start: Instant::now(),
+        loop {
+            let before = Instant::now();
+            let wall_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let start = Instant::now();
+            if start.duration_since(before) < Duration::from_millis(2) {
+                return Clock { wall_ms, start };
+            }
         }
     }
 
@@ -139,6 +144,20 @@ struct Delta {
 impl Delta {
     fn is_empty(&self) -> bool {
         !self.reset && self.failures == 0
+    }
+
+    /// `self` as of `now`: failures whose newest is `reset` old have lapsed (a write that
+    /// was held up must not add them to a count that started since).
+    fn lapsed(self, limits: Limits, now: u64) -> Delta {
+        let stale = now >= self.last_ms.saturating_add(limits.reset_ms);
+        match self.failures > 0 && stale {
+            true => Delta {
+                failures: 0,
+                last_ms: 0,
+                ..self
+            },
+            false => self,
+        }
     }
 
     /// `self`, then `later`.
@@ -164,8 +183,8 @@ struct Entry {
     revision: Revision,
     /// Changes not yet sent.
     pending: Delta,
-    /// Changes being written now.
-    sending: Option<Delta>,
+    /// Changes being written now, and the revision of the record they are written on.
+    sending: Option<(Delta, Revision)>,
     /// Attempts this replica is verifying now.
     in_flight: u32,
     /// Listed in `Table::dirty`.
@@ -178,14 +197,21 @@ impl Entry {
     }
 
     /// The count as this replica sees it now: the stored record (lapsed as of `now`), then
-    /// what is being sent, then what is pending — lapsed as a whole as of `now` too.
+    /// what is being sent, then what is pending — lapsed as a whole as of `now` too. What is
+    /// being sent counts only while the record is still the one it is written on: once the
+    /// record moved (the watch may bring the write before the writer hears it landed), it
+    /// either holds those failures or the write loses its race and they are pending again.
     fn view(&self, limits: Limits, now: u64) -> LockoutRecord {
         let base = self
             .stored
             .map(|r| lapsed(r, limits, now))
             .unwrap_or_default();
-        let local = self.sending.unwrap_or_default().then(self.pending);
-        lapsed(with(base, local, limits), limits, now)
+        let sending = self
+            .sending
+            .filter(|(_, on)| *on == self.revision)
+            .map(|(delta, _)| delta);
+        let local = sending.unwrap_or_default().then(self.pending);
+        lapsed(with(base, local.lapsed(limits, now), limits), limits, now)
     }
 }
 
@@ -594,7 +620,7 @@ impl Lockout {
                 continue;
             }
             let delta = std::mem::take(&mut entry.pending);
-            entry.sending = Some(delta);
+            entry.sending = Some((delta, entry.revision));
             batch.push(Sending {
                 subject,
                 stored: entry.stored,
@@ -610,7 +636,7 @@ impl Lockout {
         let mut table = self.table();
         for sent in batch {
             if let Some(entry) = table.entries.get_mut(&sent.subject) {
-                let sending = entry.sending.take().unwrap_or_default();
+                let sending = entry.sending.take().map(|(d, _)| d).unwrap_or_default();
                 entry.pending = sending.then(entry.pending);
             }
             table.mark_dirty(&sent.subject);
@@ -676,7 +702,7 @@ impl Lockout {
                 .stored
                 .map(|r| lapsed(r, limits, now))
                 .unwrap_or_default();
-            let after = with(before, sent.delta, limits);
+            let after = with(before, sent.delta.lapsed(limits, now), limits);
             let value = (!is_zero(&after)).then_some(after);
             let expected = sent.stored.map(|_| sent.revision);
             if value.is_some() || expected.is_some() {
@@ -711,9 +737,12 @@ impl Lockout {
         for (sent, (before, after)) in batch.iter().zip(results) {
             if let Some(entry) = table.entries.get_mut(&sent.subject) {
                 entry.sending = None;
-                if let Some(outcome) = outcome {
+                // Unless the watch already brought this write, or a newer one.
+                if let Some(outcome) = outcome
+                    && outcome.revision > entry.revision
+                {
                     entry.stored = after;
-                    entry.revision = entry.revision.max(outcome.revision);
+                    entry.revision = outcome.revision;
                 }
             }
             table.drop_if_empty(&sent.subject);
@@ -936,6 +965,15 @@ mod tests {
             25,
             record(6, 25, 900_020),
         );
+        // Failures held up (not written) until they lapsed add nothing to a newer count.
+        let held_up = fails(3, 10).lapsed(LIMITS, 900_010);
+        check(
+            record(1, 900_005, 0),
+            held_up,
+            900_010,
+            record(1, 900_005, 0),
+        );
+        assert_eq!(fails(3, 10).lapsed(LIMITS, 900_009), fails(3, 10));
     }
 
     fn name(raw: &str) -> Username {
