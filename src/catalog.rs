@@ -6,7 +6,9 @@
 //! writes it (an empty value, as Milvus ≤ 2.6 and the built-in roles have, reads as no
 //! description); `user-role-mapping/{user}/{role}` is empty.
 //! Every write is a transaction with a condition, so racing writers never overwrite each other.
-//! Knows nothing of gRPC, caches or hashing algorithms.
+//! Besides Milvus's keys, credstore's own failed-login records live under
+//! `{meta}/credstore/lockout/` (`lockout.rs`). Knows nothing of gRPC, caches or hashing
+//! algorithms.
 
 mod grants;
 mod lockout;
