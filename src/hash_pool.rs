@@ -61,7 +61,8 @@ pub struct PoolStats {
     pub admitted: u64,
     /// Jobs computed.
     pub completed: u64,
-    /// Jobs dropped without computing because their caller had gone.
+    /// Admissions given back without computing: the caller had gone, or a reserved slot was
+    /// not used (its login ended before its hash, e.g. at the store read).
     pub skipped: u64,
     /// Calls refused because their peer already held its share.
     pub refused_peer: u64,
@@ -510,7 +511,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.held {
-            self.pool.handle.queue.lock().release(&self.class);
+            let queue = &self.pool.handle.queue;
+            queue.lock().release(&self.class);
+            queue.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -131,22 +131,22 @@ impl Authenticator {
     /// Authenticates the `authorization` header of a request that has no peer address (an
     /// in-process caller): its failures count as one peer's.
     pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<Authenticated, AuthError> {
-        self.authenticate_from(header, None).await
+        self.authenticate_from(header, || None).await
     }
 
     /// Authenticates the `authorization` header of a request from `peer` (the TCP peer's
-    /// address; forwarded-for headers are never read).
+    /// address; forwarded-for headers are never read), which is asked only on a cache miss.
     pub async fn authenticate_from(
         &self,
         header: Option<&[u8]>,
-        peer: Option<IpAddr>,
+        peer: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<Authenticated, AuthError> {
         if !self.inner.config.enabled {
             return Ok(Authenticated::unchecked());
         }
         let credentials = crate::auth::parse_header(header)?;
         let Some(user) = credentials.username(&self.inner.config.limits) else {
-            return self.refuse_name(credentials.password(), peer).await;
+            return self.refuse_name(credentials.password(), peer()).await;
         };
         self.verify_from(&user, credentials.password(), peer)
             .await?;
@@ -173,22 +173,22 @@ impl Authenticator {
         peer: Option<IpAddr>,
     ) -> Result<(), AuthError> {
         match Username::parse_exact(user, &self.inner.config.limits) {
-            Ok(user) => self.verify_from(&user, password, peer).await,
+            Ok(user) => self.verify_from(&user, password, || peer).await,
             Err(_) => self.refuse_name(password, peer).await.map(|_| ()),
         }
     }
 
     /// Whether `password` is `user`'s password.
     pub async fn verify_user(&self, user: &Username, password: &[u8]) -> Result<(), AuthError> {
-        self.verify_from(user, password, None).await
+        self.verify_from(user, password, || None).await
     }
 
-    /// Whether `password` is `user`'s password, asked from `peer`.
+    /// Whether `password` is `user`'s password, asked from `peer` (asked for on a miss only).
     async fn verify_from(
         &self,
         user: &Username,
         password: &[u8],
-        peer: Option<IpAddr>,
+        peer: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<(), AuthError> {
         self.check_trust()?;
         let verifier = self.verifier(user, password);
@@ -196,7 +196,7 @@ impl Authenticator {
             return Ok(());
         }
         // Boxed so the hot path's future stays small; the slow path costs milliseconds anyway.
-        Box::pin(self.verify_slow(user, password, verifier, peer)).await
+        Box::pin(self.verify_slow(user, password, verifier, peer())).await
     }
 
     fn check_trust(&self) -> Result<(), AuthError> {

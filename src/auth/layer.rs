@@ -88,7 +88,10 @@ pub struct AuthService<S> {
 
 /// The client's address, from the connection tonic accepted (plain TCP, or TCP under TLS).
 pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    let extensions = request.extensions();
+    peer_in(request.extensions())
+}
+
+fn peer_in(extensions: &http::Extensions) -> Option<SocketAddr> {
     extensions
         .get::<TcpConnectInfo>()
         .or_else(|| {
@@ -149,7 +152,9 @@ where
         }
         Box::pin(async move {
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
-            let from = peer(&request).map(|address| address.ip().to_canonical());
+            // Looked up only if the login misses the cache.
+            let extensions = request.extensions();
+            let from = || peer_in(extensions).map(|address| address.ip().to_canonical());
             let result = authenticator.authenticate_from(header, from).await;
             if let Some(metrics) = &metrics {
                 metrics.auth(match &result {

@@ -149,10 +149,12 @@ const MAX_HEADER_LEN: usize = 1024;
 const MAX_DECODED_LEN: usize = MAX_HEADER_LEN / 4 * 3;
 
 /// A decoded `authorization` header: user and password in one fixed buffer (no allocation
-/// on the hot path). The password is never printed (`Debug` is redacted), and the buffer is
-/// wiped when dropped.
+/// on the hot path). The password is never printed (`Debug` is redacted), and the bytes the
+/// decoder wrote are wiped when dropped.
 pub struct Credentials {
     decoded: [u8; MAX_DECODED_LEN],
+    /// How many leading bytes of `decoded` may hold header bytes (all of it until decoding
+    /// succeeded: a failed decode may have written any prefix).
     len: usize,
     colon: usize,
 }
@@ -177,7 +179,9 @@ impl Credentials {
 
 impl Drop for Credentials {
     fn drop(&mut self) {
-        self.decoded.zeroize();
+        // Only what was written: the base64 decoder writes exactly the decoded bytes, and the
+        // wipe is byte-by-byte volatile writes (a whole 768-byte buffer was ~0.3 µs a request).
+        self.decoded[..self.len].zeroize();
     }
 }
 
@@ -201,7 +205,7 @@ pub fn parse_header(value: Option<&[u8]>) -> Result<Credentials, AuthError> {
     // Built first so that the buffer is wiped on every return below.
     let mut credentials = Credentials {
         decoded: [0u8; MAX_DECODED_LEN],
-        len: 0,
+        len: MAX_DECODED_LEN,
         colon: 0,
     };
     credentials.len = base64::engine::general_purpose::STANDARD
