@@ -12,7 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -48,6 +48,16 @@ struct AuthLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +103,53 @@ struct Inner {
     ack_wait: Histogram,
     etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
     forwarded: Family<ForwardLabels, Counter>,
+    connections: Connections,
+}
+
+/// The gRPC port's connections (`transport`).
+struct Connections {
+    open: Gauge,
+    caps: Family<ScopeLabels, Gauge>,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+}
+
+impl Connections {
+    fn register(registry: &mut Registry) -> Connections {
+        let connections = Connections {
+            open: Gauge::default(),
+            caps: Family::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+        };
+        registry.register(
+            "credstore_connections_open",
+            "Connections open on the gRPC port",
+            connections.open.clone(),
+        );
+        registry.register(
+            "credstore_connection_limit",
+            "The connection caps in force (scope total or per_peer), after fitting the file limit",
+            connections.caps.clone(),
+        );
+        registry.register(
+            "credstore_connections_refused",
+            "Connections closed at accept, by the cap that was reached",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "credstore_connections_closed",
+            "Connections the server closed: handshake_timeout, handshake_failed, idle (GOAWAY), resets (cut off)",
+            connections.closed.clone(),
+        );
+        for reason in ["max_connections", "max_connections_per_peer"] {
+            drop(connections.refused.get_or_create(&ReasonLabels { reason }));
+        }
+        for reason in ["handshake_timeout", "handshake_failed", "idle", "resets"] {
+            drop(connections.closed.get_or_create(&ReasonLabels { reason }));
+        }
+        connections
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -139,6 +196,7 @@ impl Metrics {
             "Calls routed to the upstream Milvus, by method and the gRPC code the client got",
             forwarded.clone(),
         );
+        let connections = Connections::register(&mut registry);
         registry.register_collector(Box::new(Scraped { read }));
         // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
         for outcome in [
@@ -159,6 +217,7 @@ impl Metrics {
                 ack_wait,
                 etcd,
                 forwarded,
+                connections,
             }),
         }
     }
@@ -212,6 +271,32 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    /// Records the connection caps in force.
+    pub fn connection_caps(&self, total: usize, per_peer: usize) {
+        let caps = &self.inner.connections.caps;
+        for (scope, value) in [("total", total), ("per_peer", per_peer)] {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            caps.get_or_create(&ScopeLabels { scope }).set(value);
+        }
+    }
+
+    /// One connection more (`1`) or less (`-1`) open.
+    pub fn connections_open(&self, delta: i64) {
+        self.inner.connections.open.inc_by(delta);
+    }
+
+    /// Counts a connection closed at accept; `reason` is one of a fixed set.
+    pub fn connection_refused(&self, reason: &'static str) {
+        let labels = ReasonLabels { reason };
+        self.inner.connections.refused.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection the server closed; `reason` is one of a fixed set.
+    pub fn connection_closed(&self, reason: &'static str) {
+        let labels = ReasonLabels { reason };
+        self.inner.connections.closed.get_or_create(&labels).inc();
     }
 
     /// The exposition text (OpenMetrics, which Prometheus reads), see [`Metrics::CONTENT_TYPE`].
@@ -331,6 +416,10 @@ mod tests {
         metrics.forwarded("Search", "ok");
         metrics.forwarded("Search", "ok");
         metrics.forwarded("Search", "permission_denied");
+        metrics.connection_caps(896, 448);
+        metrics.connections_open(1);
+        metrics.connection_refused("max_connections_per_peer");
+        metrics.connection_closed("handshake_timeout");
         let text = metrics.render();
         for line in [
             "credstore_auth_requests_total{result=\"ok\"} 2",
@@ -348,6 +437,13 @@ mod tests {
             "credstore_forwarded_requests_total{method=\"Search\",code=\"ok\"} 2",
             "credstore_forwarded_requests_total{method=\"Search\",code=\"permission_denied\"} 1",
             "credstore_audit_dropped_total 0",
+            "credstore_connections_open 1",
+            "credstore_connection_limit{scope=\"total\"} 896",
+            "credstore_connection_limit{scope=\"per_peer\"} 448",
+            "credstore_connections_refused_total{reason=\"max_connections_per_peer\"} 1",
+            "credstore_connections_refused_total{reason=\"max_connections\"} 0",
+            "credstore_connections_closed_total{reason=\"handshake_timeout\"} 1",
+            "credstore_connections_closed_total{reason=\"idle\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         }

@@ -18,6 +18,7 @@ pub mod router;
 pub use codec::RawCodec;
 pub use forwarder::Forwarder;
 pub use gate::Gate;
+pub use limit::{BodyLimits, ConnectionBudget};
 pub use router::{Proxy, ProxyLayer, Router};
 
 use std::time::Duration;
@@ -35,6 +36,11 @@ pub struct Upstream {
     pub token: String,
     /// Largest request or response message forwarded.
     pub max_message_bytes: usize,
+    /// Request bodies held at once by this replica, and by one connection (`limit.rs`).
+    pub max_in_flight_bytes: usize,
+    pub max_in_flight_bytes_per_connection: usize,
+    /// A request body must be complete within this long.
+    pub body_timeout: Duration,
     /// Deadline of a call whose client sent no `grpc-timeout`.
     pub default_timeout: Duration,
     /// How to reach an `https://` upstream.
@@ -54,6 +60,12 @@ impl std::fmt::Debug for Upstream {
                 },
             )
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field(
+                "max_in_flight_bytes_per_connection",
+                &self.max_in_flight_bytes_per_connection,
+            )
+            .field("body_timeout", &self.body_timeout)
             .field("default_timeout", &self.default_timeout)
             .field("tls", &self.tls)
             .finish()
@@ -88,6 +100,7 @@ impl ProxyLayer {
             forwarder: Forwarder::new(config)?,
             gate: Gate::new(policies),
             max_message_bytes: config.max_message_bytes,
+            bodies: BodyLimits::new(config),
             auth,
         };
         tracing::info!(upstream = %config.uri.trim(), "forwarding calls credstore does not own");

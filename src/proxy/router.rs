@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::codec::RawCodec;
 use crate::proxy::forwarder::Forwarder;
 use crate::proxy::gate::Gate;
-use crate::proxy::limit::Bounded;
+use crate::proxy::limit::{BodyLimits, ConnectionBudget};
 use crate::proxy::methods::{Route, route};
 use crate::proxy::{health, listing};
 
@@ -31,6 +31,8 @@ pub struct Proxy {
     pub forwarder: Forwarder,
     pub gate: Gate,
     pub max_message_bytes: usize,
+    /// Size, in-flight budgets and time limit of forwarded bodies.
+    pub bodies: BodyLimits,
     /// This replica's own state, folded into the upstream's `CheckHealth`.
     pub auth: Authenticator,
 }
@@ -62,6 +64,15 @@ impl ProxyLayer {
     pub fn with_metrics(mut self, metrics: Metrics) -> ProxyLayer {
         self.metrics = Some(metrics);
         self
+    }
+}
+
+impl ProxyLayer {
+    /// What each connection's requests carry for the proxy tier: its body budget (none
+    /// without an upstream).
+    pub fn connection_budgets(&self) -> impl Fn() -> Option<ConnectionBudget> + use<> {
+        let proxy = self.proxy.clone();
+        move || proxy.as_ref().map(|proxy| proxy.bodies.connection_budget())
     }
 }
 
@@ -124,8 +135,10 @@ where
                     metrics: self.metrics.clone(),
                 };
                 let limit = proxy.max_message_bytes;
+                // The reservation is held until the forwarded call has ended.
+                let (request, held) = proxy.bodies.bound(request);
                 Box::pin(async move {
-                    let request = request.map(|body| Bounded::new(body, limit));
+                    let _held = held;
                     let mut grpc = tonic::server::Grpc::new(RawCodec)
                         .max_decoding_message_size(limit)
                         .max_encoding_message_size(limit);
