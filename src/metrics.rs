@@ -104,6 +104,9 @@ struct Inner {
     etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
     forwarded: Family<ForwardLabels, Counter>,
     connections: Connections,
+    /// Forwarded request bodies held now, and bodies refused by the proxy tier's limits.
+    body_bytes: Gauge,
+    body_refused: Family<ReasonLabels, Counter>,
 }
 
 /// The gRPC port's connections (`transport`).
@@ -197,6 +200,21 @@ impl Metrics {
             forwarded.clone(),
         );
         let connections = Connections::register(&mut registry);
+        let body_bytes = Gauge::default();
+        registry.register(
+            "credstore_forwarded_body_bytes",
+            "Bytes of forwarded request bodies held now (reserved against credstore.upstream.maxInFlightBytes)",
+            body_bytes.clone(),
+        );
+        let body_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "credstore_forwarded_bodies_refused",
+            "Forwarded request bodies refused: replica_budget, connection_budget (RESOURCE_EXHAUSTED), timeout (DEADLINE_EXCEEDED)",
+            body_refused.clone(),
+        );
+        for reason in ["replica_budget", "connection_budget", "timeout"] {
+            drop(body_refused.get_or_create(&ReasonLabels { reason }));
+        }
         registry.register_collector(Box::new(Scraped { read }));
         // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
         for outcome in [
@@ -218,6 +236,8 @@ impl Metrics {
                 etcd,
                 forwarded,
                 connections,
+                body_bytes,
+                body_refused,
             }),
         }
     }
@@ -297,6 +317,17 @@ impl Metrics {
     pub fn connection_closed(&self, reason: &'static str) {
         let labels = ReasonLabels { reason };
         self.inner.connections.closed.get_or_create(&labels).inc();
+    }
+
+    /// Forwarded request body bytes held: `delta` more (or fewer).
+    pub fn body_bytes(&self, delta: i64) {
+        self.inner.body_bytes.inc_by(delta);
+    }
+
+    /// Counts a forwarded body refused by a limit; `reason` is one of a fixed set.
+    pub fn body_refused(&self, reason: &'static str) {
+        let labels = ReasonLabels { reason };
+        self.inner.body_refused.get_or_create(&labels).inc();
     }
 
     /// The exposition text (OpenMetrics, which Prometheus reads), see [`Metrics::CONTENT_TYPE`].
@@ -420,6 +451,8 @@ mod tests {
         metrics.connections_open(1);
         metrics.connection_refused("max_connections_per_peer");
         metrics.connection_closed("handshake_timeout");
+        metrics.body_bytes(4096);
+        metrics.body_refused("timeout");
         let text = metrics.render();
         for line in [
             "credstore_auth_requests_total{result=\"ok\"} 2",
@@ -444,6 +477,9 @@ mod tests {
             "credstore_connections_refused_total{reason=\"max_connections\"} 0",
             "credstore_connections_closed_total{reason=\"handshake_timeout\"} 1",
             "credstore_connections_closed_total{reason=\"idle\"} 0",
+            "credstore_forwarded_body_bytes 4096",
+            "credstore_forwarded_bodies_refused_total{reason=\"timeout\"} 1",
+            "credstore_forwarded_bodies_refused_total{reason=\"replica_budget\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         }

@@ -14,8 +14,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,15 +25,18 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::codegen::http;
 
+use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 
 /// gRPC's frame header: a compression flag and a big-endian u32 length.
 const HEADER_LEN: usize = 5;
 
-/// Bytes of request messages held at once, at most `limit`.
+/// Bytes of request messages held at once, at most `limit`. The replica's budget shows its
+/// use and its refusals in the metrics.
 pub struct Budget {
     limit: usize,
     used: AtomicUsize,
+    metrics: OnceLock<Metrics>,
 }
 
 impl Budget {
@@ -41,6 +44,7 @@ impl Budget {
         Arc::new(Budget {
             limit,
             used: AtomicUsize::new(0),
+            metrics: OnceLock::new(),
         })
     }
 
@@ -50,15 +54,29 @@ impl Budget {
     }
 
     fn take(&self, bytes: usize) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|total| *total <= self.limit)
             })
-            .is_ok()
+            .is_ok();
+        if taken && let Some(metrics) = self.metrics.get() {
+            metrics.body_bytes(bytes as i64);
+        }
+        taken
     }
 
     fn give(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.body_bytes(-(bytes as i64));
+        }
+    }
+
+    fn refused(&self, reason: &'static str) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.body_refused(reason);
+        }
     }
 }
 
@@ -89,9 +107,14 @@ impl BodyLimits {
         ConnectionBudget(Budget::new(self.per_connection))
     }
 
-    /// The replica's budget (what is held now, for tests and metrics).
+    /// The replica's budget (what is held now).
     pub fn replica(&self) -> &Budget {
         &self.replica
+    }
+
+    /// Shows the bytes held and the bodies refused in `metrics` from now on.
+    pub fn observe(&self, metrics: Metrics) {
+        let _ = self.replica.metrics.set(metrics);
     }
 
     /// `request` with its body bounded, and what holds the body's reservation: keep it until
@@ -135,6 +158,7 @@ impl Reservation {
             return Ok(());
         };
         if !self.replica.take(more) {
+            self.replica.refused("replica_budget");
             return Err(Status::resource_exhausted(format!(
                 "request bodies in flight on this replica would exceed {} bytes (credstore.upstream.maxInFlightBytes); retry later",
                 self.replica.limit
@@ -144,6 +168,7 @@ impl Reservation {
             && !connection.take(more)
         {
             self.replica.give(more);
+            self.replica.refused("connection_budget");
             return Err(Status::resource_exhausted(format!(
                 "request bodies in flight on this connection would exceed {} bytes (credstore.upstream.maxInFlightBytesPerConnection); retry later",
                 connection.limit
@@ -265,6 +290,7 @@ where
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             ready!(timer.as_mut().poll(cx));
+            this.reservation.replica.refused("timeout");
             return Poll::Ready(Some(Err(body_timeout(this.limits.timeout))));
         };
         match frame {

@@ -60,8 +60,11 @@ impl ProxyLayer {
         }
     }
 
-    /// Counts forwarded calls by method and answer in `metrics`.
+    /// Counts forwarded calls by method and answer in `metrics`, and the bodies held.
     pub fn with_metrics(mut self, metrics: Metrics) -> ProxyLayer {
+        if let Some(proxy) = &self.proxy {
+            proxy.bodies.observe(metrics.clone());
+        }
         self.metrics = Some(metrics);
         self
     }

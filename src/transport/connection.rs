@@ -241,7 +241,7 @@ async fn read_preface<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Vec<u8>>
     let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
     let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
     let settings = header[3] == SETTINGS && header[4] & ACK == 0 && stream == 0;
-    if !settings || length % 6 != 0 || length > MAX_FRAME {
+    if !settings || !length.is_multiple_of(6) || length > MAX_FRAME {
         return Err(not_http2("the HTTP/2 preface is not followed by SETTINGS"));
     }
     let start = read.len();
@@ -319,19 +319,20 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 struct Activity {
     started: AtomicU64,
     ended: AtomicU64,
-    /// Streams that ended before their answer did: the client reset them (or went away).
+    /// Streams the client reset (or abandoned) before their answer was out.
     cancelled: AtomicU64,
     cut_off: AtomicBool,
     abusive: Notify,
 }
 
 impl Activity {
-    fn start(self: &Arc<Self>) -> StreamGuard {
+    fn start(self: &Arc<Self>) -> Stream {
         self.started.fetch_add(1, Ordering::Relaxed);
-        StreamGuard {
+        Stream(Arc::new(StreamState {
             activity: self.clone(),
-            answered: false,
-        }
+            answered: AtomicBool::new(false),
+            reset: AtomicBool::new(false),
+        }))
     }
 }
 
@@ -354,16 +355,33 @@ impl Idle {
     }
 }
 
-/// One open stream; it ends when its answer has gone out, or when it is dropped unanswered.
-struct StreamGuard {
+/// One open stream, shared by its request body, its handler and its answer. It ends when the
+/// last of them is gone; it counts as cancelled when its answer did not go out whole, or
+/// its request body broke off (the client reset it: the handler may still have answered,
+/// into a stream that no longer exists).
+#[derive(Clone)]
+struct Stream(Arc<StreamState>);
+
+struct StreamState {
     activity: Arc<Activity>,
-    answered: bool,
+    answered: AtomicBool,
+    reset: AtomicBool,
 }
 
-impl Drop for StreamGuard {
+impl Stream {
+    fn answered(&self) {
+        self.0.answered.store(true, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.0.reset.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamState {
     fn drop(&mut self) {
         let activity = &self.activity;
-        if !self.answered {
+        if self.reset.load(Ordering::Relaxed) || !self.answered.load(Ordering::Relaxed) {
             let cancelled = activity.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
             let started = activity.started.load(Ordering::Relaxed);
             if cancelled >= RESET_FLOOR
@@ -374,6 +392,36 @@ impl Drop for StreamGuard {
             }
         }
         activity.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request body that marks its stream reset when it breaks off.
+struct Received {
+    body: Incoming,
+    stream: Stream,
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if let Some(Err(_)) = &frame {
+            self.stream.reset();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -397,7 +445,13 @@ impl<S: Stack, X: Clone + Send + Sync + 'static> hyper::service::Service<http::R
     type Future = BoxFuture<Self::Response>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        let mut request = request.map(tonic::body::Body::new);
+        let stream = self.activity.start();
+        let mut request = request.map(|body| {
+            tonic::body::Body::new(Received {
+                body,
+                stream: stream.clone(),
+            })
+        });
         let limit = grpc_timeout(request.headers())
             .map_or(REQUEST_TIMEOUT, |client| client.min(REQUEST_TIMEOUT));
         let extensions = request.extensions_mut();
@@ -405,7 +459,6 @@ impl<S: Stack, X: Clone + Send + Sync + 'static> hyper::service::Service<http::R
         if let Some(extension) = &self.extension {
             extensions.insert(extension.clone());
         }
-        let stream = self.activity.start();
         let mut stack = self.stack.clone();
         Box::pin(async move {
             let answer = async {
@@ -450,11 +503,11 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 /// A response body that ends its stream's count once the last frame is out.
 struct Answer {
     body: tonic::body::Body,
-    stream: Option<StreamGuard>,
+    stream: Option<Stream>,
 }
 
 impl Answer {
-    fn new(body: tonic::body::Body, stream: StreamGuard) -> Answer {
+    fn new(body: tonic::body::Body, stream: Stream) -> Answer {
         let mut answer = Answer {
             body,
             stream: Some(stream),
@@ -467,8 +520,8 @@ impl Answer {
     }
 
     fn answered(&mut self) {
-        if let Some(mut stream) = self.stream.take() {
-            stream.answered = true;
+        if let Some(stream) = self.stream.take() {
+            stream.answered();
         }
     }
 }
@@ -580,15 +633,12 @@ mod tests {
         let stream = activity.start();
         assert_eq!(idle.quiet_checks(&activity), 0);
         assert_eq!(idle.quiet_checks(&activity), 0, "a stream is open");
-        let mut stream = stream;
-        stream.answered = true;
+        stream.answered();
         drop(stream);
         assert_eq!(idle.quiet_checks(&activity), 0, "a stream ended since");
         assert_eq!(idle.quiet_checks(&activity), 1);
         // A stream that started and ended between two checks.
-        let mut quick = activity.start();
-        quick.answered = true;
-        drop(quick);
+        activity.start().answered();
         assert_eq!(idle.quiet_checks(&activity), 0);
         assert_eq!(idle.quiet_checks(&activity), 1);
         assert_eq!(idle.quiet_checks(&activity), 2);
@@ -599,10 +649,16 @@ mod tests {
         let activity = Arc::new(Activity::default());
         // Answered streams keep a connection that cancels some of its calls.
         for _ in 0..RESET_FLOOR {
-            activity.start().answered = true;
+            activity.start().answered();
         }
-        for _ in 0..RESET_FLOOR {
+        for _ in 0..RESET_FLOOR / 2 {
             drop(activity.start());
+        }
+        // Answered into a stream the client had reset: cancelled too.
+        for _ in 0..RESET_FLOOR / 2 {
+            let stream = activity.start();
+            stream.reset();
+            stream.answered();
         }
         assert!(!activity.cut_off.load(Ordering::Relaxed), "half, not more");
         drop(activity.start());

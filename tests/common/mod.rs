@@ -25,6 +25,7 @@ mod client;
 mod config;
 mod etcd;
 pub mod proxy;
+pub mod raw;
 mod replica;
 
 // A test binary that uses no name of a part would warn about its re-export.
