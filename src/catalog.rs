@@ -9,6 +9,7 @@
 //! Knows nothing of gRPC, caches or hashing algorithms.
 
 mod grants;
+mod lifecycle;
 
 use serde::{Deserialize, Serialize};
 

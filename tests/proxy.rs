@@ -296,7 +296,8 @@ async fn call(
         Authorization::credentials(user, password).apply(Request::new(Bytes::from(body)));
     let metadata = request.metadata_mut();
     metadata.insert("dbname", db.parse().unwrap());
-    metadata.insert("x-client", "kept".parse().unwrap());
+    metadata.insert("x-client", "dropped".parse().unwrap());
+    metadata.insert("client-request-id", "kept".parse().unwrap());
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
@@ -347,7 +348,11 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
         "the caller's authorization never goes upstream"
     );
     assert_eq!(first.metadata.get("dbname").unwrap(), "db7");
-    assert_eq!(first.metadata.get("x-client").unwrap(), "kept");
+    assert_eq!(first.metadata.get("client-request-id").unwrap(), "kept");
+    assert!(
+        first.metadata.get("x-client").is_none(),
+        "only allowlisted client headers cross"
+    );
     assert!(
         first.metadata.get("grpc-timeout").is_some(),
         "a default deadline is sent when the client has none"

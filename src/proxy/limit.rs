@@ -11,6 +11,9 @@
 //!   when the call ends ([`Held`]): the message is forwarded from memory until then;
 //! - a body not complete within `bodyTimeoutMs` of the call's start is refused with
 //!   DEADLINE_EXCEEDED, which frees what it held.
+//!
+//! The replica's budget shows what it holds and what it refused in the metrics.
+//! Must not: buffer anything itself, or wait for room (a refusal is at once).
 
 use std::future::Future;
 use std::pin::Pin;
