@@ -500,7 +500,7 @@ pub async fn run(
         let milvus = tower::Layer::layer(&proxy, MilvusServiceServer::new(api));
         let connections = config.connections();
         let serving = transport::Serving {
-            caps: transport::caps_for(&connections),
+            caps: transport::caps_for(&connections, &metrics),
             settings: connections,
             tls: tls.clone(),
             stack: stack(auth_layer, health_service, milvus),

@@ -139,9 +139,9 @@ pub fn raise_file_limit() -> FileLimit {
     }
 }
 
-/// The caps for `settings` under the process's raised file limit, logged; a warning says
-/// when they had to be lowered.
-pub fn caps_for(settings: &ConnectionSettings) -> Caps {
+/// The caps for `settings` under the process's raised file limit, logged and shown in
+/// `metrics`; a warning says when they had to be lowered.
+pub fn caps_for(settings: &ConnectionSettings, metrics: &Metrics) -> Caps {
     let files = raise_file_limit();
     let caps = Caps::fit(settings, files.soft);
     if caps.total < settings.max_connections {
@@ -165,6 +165,7 @@ pub fn caps_for(settings: &ConnectionSettings) -> Caps {
         max_connections_per_peer = caps.per_peer,
         "connection caps"
     );
+    metrics.connection_caps(caps.total, caps.per_peer);
     caps
 }
 
@@ -224,7 +225,6 @@ pub struct Slot {
 impl Admission {
     /// Open connections are shown in `metrics`.
     pub fn new(caps: Caps, metrics: Metrics) -> Arc<Admission> {
-        metrics.connection_caps(caps.total, caps.per_peer);
         Arc::new(Admission {
             caps,
             open: Mutex::new(Counts::default()),
