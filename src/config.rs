@@ -10,9 +10,10 @@
 //!
 //! `Config` is the file's shape; each component's settings are derived from it here, typed
 //! and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::authenticator`],
-//! [`Config::coherence`], [`Config::limits`], …), so `server` only wires. This module sits
-//! above the components (it names their settings types); none of them reads it. The password
-//! defaults and minimums are `password`'s constants, not repeated here. Secrets (the etcd
+//! [`Config::coherence`], [`Config::limits`], [`Config::connections`], …), so `server` only
+//! wires. This module sits above the components (it names their settings types); none of
+//! them reads it. The password defaults and minimums are `password`'s constants, not
+//! repeated here. Secrets (the etcd
 //! password, the default root password, a TLS key) are redacted in `Debug`.
 
 use std::fmt;

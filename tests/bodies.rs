@@ -98,7 +98,8 @@ async fn unanswered(call: &mut RawCall) -> bool {
 async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
     let upstream = Replica::bench_upstream();
-    let body_timeout = Duration::from_millis(6_000);
+    // Long enough for the steps before the timeout on a loaded machine.
+    let body_timeout = Duration::from_millis(12_000);
     let metrics = common::free_port();
     let replica = Replica::start(
         &TestConfig::new()
@@ -173,7 +174,7 @@ async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
         assert_eq!(code, DEADLINE_EXCEEDED, "{message}");
         assert_eq!(
             message,
-            "request body not complete within 6000 ms (credstore.upstream.bodyTimeoutMs)"
+            "request body not complete within 12000 ms (credstore.upstream.bodyTimeoutMs)"
         );
     }
     let took = started.elapsed();

@@ -126,7 +126,8 @@ async fn silent_connections_are_closed_by_the_handshake_deadline_while_a_call_ge
     // process needs room for the other ends. The caps are raised so that 1 100 connections
     // from one address are admitted (one peer may hold half of maxConnections).
     files_for(SILENT as u64);
-    let handshake = Duration::from_millis(8_000);
+    // Long enough to open them all and make the call on a loaded machine.
+    let handshake = Duration::from_millis(15_000);
     let (replica, metrics) = replica(&[
         (
             "credstore.grpc.handshakeTimeoutMs",
@@ -401,31 +402,39 @@ async fn a_reset_flood_is_cut_off_while_valid_calls_keep_working() {
         sent < FLOOD,
         "{FLOOD} reset streams and the connection still open"
     );
-    // 2. Paced: streams the server has accepted and started before each is reset, which
-    // h2's pending-reset limit does not see.
-    let mut paced = RawConnection::connect(replica.addr).await;
-    let mut sent = 0;
-    'flood: while sent < PACED {
-        let mut batch = Vec::new();
-        // At most h2's limit of 20 unaccepted resets per batch, and time for the server to
-        // accept (and start) each stream before it is reset.
-        for _ in 0..10 {
-            match paced.open("GetVersion", "root", "Milvus").await {
-                Ok(call) => batch.push(call),
-                Err(_) => break 'flood,
+    // 2. Paced: batches of streams the server has accepted and started before each is
+    // reset, never more than h2's 20 unaccepted at once, so h2's limit does not see them.
+    // On a loaded machine the server may still fall behind and h2 end a connection first;
+    // a fresh connection tries again, and one of them must meet the cut-off for resets.
+    let resets = "credstore_connections_closed_total{reason=\"resets\"}";
+    for attempt in 1..=5 {
+        let mut paced = RawConnection::connect(replica.addr).await;
+        let mut sent = 0;
+        'flood: while sent < PACED {
+            let mut batch = Vec::new();
+            for _ in 0..10 {
+                match paced.open("GetVersion", "root", "Milvus").await {
+                    Ok(call) => batch.push(call),
+                    Err(_) => break 'flood,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for mut call in batch {
+                call.body.send_reset(h2::Reason::CANCEL);
+                sent += 1;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for mut call in batch {
-            call.body.send_reset(h2::Reason::CANCEL);
-            sent += 1;
+        println!(
+            "paced reset, attempt {attempt}: {sent} streams before the server ended the connection"
+        );
+        assert!(
+            sent < PACED,
+            "{PACED} reset streams and the connection still open"
+        );
+        if sample(&scrape(metrics).await, resets) >= 1.0 {
+            break;
         }
     }
-    println!("paced reset: {sent} streams before the server ended the connection");
-    assert!(
-        sent < PACED,
-        "{PACED} reset streams and the connection still open"
-    );
     let _ = stop.send(true);
     let answered = common::time_limit(SLACK, valid)
         .await
@@ -434,12 +443,6 @@ async fn a_reset_flood_is_cut_off_while_valid_calls_keep_working() {
     println!("{answered} valid calls answered during the floods");
     assert!(answered > 0, "no valid call was made during the floods");
     let text = scrape(metrics).await;
-    assert!(
-        sample(
-            &text,
-            "credstore_connections_closed_total{reason=\"resets\"}"
-        ) >= 1.0,
-        "{text}"
-    );
+    assert!(sample(&text, resets) >= 1.0, "{text}");
     assert_eq!(call_from(ip("127.0.0.1"), replica.addr).await, Ok(()));
 }
