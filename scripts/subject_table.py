@@ -19,8 +19,10 @@ Columns: method, kind, path. Kinds:
   alias  an alias name (`alias`)
   caller a field whose meaning depends on the caller's identity at the upstream
          (row-level security); a request that sets one is refused
-A path is field numbers from the request down, `N[]` for a repeated field; a repeated leaf
-names every value, a singular one the last value sent (protobuf's rule).
+A path is field numbers from the request down, `N[]` for a repeated field, `N|M,K` for a
+member of a oneof whose other members are M and K (a request that sets the member and one of
+them is refused: which one the upstream keeps depends on their order); a repeated leaf names
+every value, a singular one the last value sent (protobuf's rule).
 
 `--descriptors` prints the serialized FileDescriptorSet of milvus.proto and its imports,
 which the Rust property test decodes requests with (tests/subject.rs).
@@ -64,7 +66,13 @@ def kind(field, top_level):
 
 
 def segment(field):
-    return f"{field.number}[]" if field.is_repeated else str(field.number)
+    if field.is_repeated:
+        return f"{field.number}[]"
+    oneof = field.containing_oneof
+    if oneof is not None and not (len(oneof.fields) == 1 and oneof.name.startswith("_")):
+        others = ",".join(str(f.number) for f in oneof.fields if f.number != field.number)
+        return f"{field.number}|{others}"
+    return str(field.number)
 
 
 def walk(message, path, depth, seen):

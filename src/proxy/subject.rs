@@ -76,10 +76,12 @@ enum Kind {
     Caller,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Step {
     number: u32,
     repeated: bool,
+    /// The other members of the oneof this field belongs to (empty: none).
+    oneof: Vec<u32>,
 }
 
 /// One listed position: what it holds and the path of field numbers to it.
@@ -122,6 +124,13 @@ fn parse_row(line: &'static str) -> Option<(&'static str, Field)> {
         .next()?
         .split('.')
         .map(|s| {
+            let (s, oneof) = match s.split_once('|') {
+                Some((n, others)) => {
+                    let others = others.split(',').map(|o| o.parse().ok());
+                    (n, others.collect::<Option<Vec<u32>>>()?)
+                }
+                None => (s, Vec::new()),
+            };
             let (number, repeated) = match s.strip_suffix("[]") {
                 Some(n) => (n, true),
                 None => (s, false),
@@ -129,6 +138,7 @@ fn parse_row(line: &'static str) -> Option<(&'static str, Field)> {
             Some(Step {
                 number: number.parse().ok()?,
                 repeated,
+                oneof,
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -215,6 +225,16 @@ fn collect(
     };
     let leaf = rest.is_empty();
     let found = occurrences(chunks, step.number, leaf && kind == Kind::Caller)?;
+    if !found.is_empty() {
+        for other in &step.oneof {
+            if !occurrences(chunks, *other, true)?.is_empty() {
+                return Err(SubjectError::Malformed(format!(
+                    "field {} and field {other} of one oneof are both set",
+                    step.number
+                )));
+            }
+        }
+    }
     match (leaf, step.repeated) {
         (true, _) if kind == Kind::Caller => {
             out.extend(found.iter().filter_map(|v| caller_value(v)));
