@@ -22,3 +22,4 @@ pub mod rbac;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod transport;

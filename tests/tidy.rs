@@ -39,6 +39,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "hash_pool",
             "proto",
             "tls",
+            "transport",
         ],
     ),
     (
@@ -121,11 +122,15 @@ const MATRIX: &[(&str, &[&str])] = &[
             "password",
             "hash_pool",
             "tls",
+            "transport",
         ],
     ),
     ("proto", &[]),
     // A leaf: TLS files to rustls configurations, server and client side.
     ("tls", &[]),
+    // The gRPC port's connections (caps, handshake, HTTP/2 limits, idle): below `server`,
+    // which hands it the request stack; above `tls` (handshakes) and `metrics` (counts).
+    ("transport", &["tls", "metrics"]),
     ("client", &["proto", "tls"]),
     ("admin", &["client", "proto", "password"]),
     ("bench", &["client", "proto", "password", "tls"]),

@@ -314,6 +314,9 @@ mod tests {
             uri: uri.into(),
             token: String::new(),
             max_message_bytes: 1 << 20,
+            max_in_flight_bytes: 1 << 30,
+            max_in_flight_bytes_per_connection: 1 << 28,
+            body_timeout: Duration::from_secs(30),
             default_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
         };
