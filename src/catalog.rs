@@ -8,6 +8,7 @@
 //! Every write is a transaction with a condition, so racing writers never overwrite each other.
 //! Knows nothing of gRPC, caches or hashing algorithms.
 
+mod batch;
 mod grants;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{Compare, KeyValue, MetaError, MetaKv, Op, Read, Revision, Store, Txn};
 use crate::password::{HashError, PasswordHash, Username};
 
+pub use batch::{BatchOutcome, Existing, Grantee, Kind, Mode};
 pub use grants::{ChangedKey, DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
 
 /// The built-in role whose members manage users and roles.
@@ -28,7 +30,7 @@ pub const ROOT_USER: &str = "root";
 
 /// etcd refuses a transaction with more than this many compares or operations
 /// (`--max-txn-ops`, default 128); a role's memberships are deleted in batches of at most it.
-pub const MAX_TXN_OPS: usize = 128;
+pub const MAX_TXN_OPS: usize = crate::meta::MAX_TXN_OPS;
 /// How often `drop_role` starts over when grants keep racing it before it reports a conflict.
 const DROP_ROLE_ATTEMPTS: usize = 8;
 

@@ -39,6 +39,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "hash_pool",
             "proto",
             "tls",
+            "import",
         ],
     ),
     (
@@ -105,6 +106,9 @@ const MATRIX: &[(&str, &[&str])] = &[
     // A leaf: callers hand it names, addresses and classes, never the types they come from.
     ("audit", &[]),
     ("catalog", &["meta", "password"]),
+    // `admin import`: reads a Milvus keyspace (meta's paged etcd reads, the catalog's
+    // readers) and writes through the catalog; the source's etcd.* keys go through config.
+    ("import", &["config", "catalog", "meta", "password"]),
     ("hash_pool", &["password"]),
     ("meta", &[]),
     ("password", &[]),
@@ -152,6 +156,7 @@ const NO_GRPC: &[&str] = &[
     "coherence",
     "metrics",
     "audit",
+    "import",
 ];
 
 /// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or
