@@ -528,7 +528,9 @@ mod tests {
         assert!(argon.needs_rehash(&parsed));
         assert!(!bcrypt_hasher.needs_rehash(&parsed));
         // Shared mode: a cheaper bcrypt hash Milvus wrote stays as it is; argon2id does not.
-        let cheap = Hasher::new(HashScheme::Bcrypt { cost: 4 }).hash(&password).unwrap();
+        let cheap = Hasher::new(HashScheme::Bcrypt { cost: 4 })
+            .hash(&password)
+            .unwrap();
         assert!(cheap.as_str().starts_with("$2a$04$"));
         assert!(!bcrypt_hasher.needs_rehash(&cheap));
         assert!(bcrypt_hasher.needs_rehash(&argon.hash(&password).unwrap()));

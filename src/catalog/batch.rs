@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 
 use crate::catalog::grants::{GroupValue, encode_group, parse_target};
 use crate::catalog::{
@@ -103,6 +104,12 @@ pub struct Grantee {
     /// collection by id, which only that Milvus's collection catalog can resolve.
     pub by_collection_id: bool,
 }
+
+/// The field an imported user's record carries: a fingerprint of the record it was copied
+/// from (SHA-256 of the source's hash and description), so a later import still knows it as
+/// the same user after credstore rehashed its password (at login) or it changed it through
+/// credstore, both of which keep the record's other fields.
+pub const IMPORTED_FIELD: &str = "imported_from";
 
 /// One value to store at `key` unless an equal one is there.
 struct Wanted {
@@ -238,12 +245,18 @@ impl Catalog {
     ) -> Result<BatchOutcome, CatalogError> {
         let wanted = users
             .iter()
-            .map(|(name, user)| Wanted {
-                name: name.to_string(),
-                key: self.user_key(name.as_str()),
-                value: user.encode(),
+            .map(|(name, user)| {
+                let mut copy = user.clone();
+                copy.extra
+                    .insert(IMPORTED_FIELD.into(), fingerprint(user).into());
+                Wanted {
+                    name: name.to_string(),
+                    key: self.user_key(name.as_str()),
+                    value: copy.encode(),
+                }
             })
             .collect();
+        // The same hash and description, or copied from this very record before.
         let same = |stored: &[u8], wanted: &[u8]| {
             let read = |value: &[u8]| {
                 let kv = KeyValue {
@@ -255,7 +268,12 @@ impl Catalog {
                 StoredUser::decode(&kv).ok()
             };
             match (read(stored), read(wanted)) {
-                (Some(a), Some(b)) => a.hash == b.hash && a.description == b.description,
+                (Some(a), Some(b)) => {
+                    (a.hash == b.hash && a.description == b.description)
+                        || a.extra
+                            .get(IMPORTED_FIELD)
+                            .is_some_and(|f| Some(f) == b.extra.get(IMPORTED_FIELD))
+                }
                 _ => false,
             }
         };
@@ -506,6 +524,20 @@ impl Catalog {
             .filter(|rest| !rest.is_empty() && !rest.contains('/'))
             .ok_or_else(|| bad(kv, format!("not {prefix}{{name}}")))
     }
+}
+
+/// Hex SHA-256 of a record's hash and description: names the record, reveals nothing a
+/// password guess could be checked against (the hash's salt is not in it).
+fn fingerprint(user: &StoredUser) -> String {
+    let mut digest = Sha256::new();
+    digest.update(user.hash.as_str().as_bytes());
+    digest.update([0]);
+    digest.update(user.description.as_deref().unwrap_or_default().as_bytes());
+    digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn bad(kv: &KeyValue, reason: String) -> CatalogError {
