@@ -178,15 +178,14 @@ async fn write_keyspace(store: &Store, meta: &str, keys: &[(String, Vec<u8>)]) {
 /// Runs `credstore admin import --config CONFIG --from-etcd ENDPOINT --from-root-path ROOT
 /// EXTRA…`.
 fn import(config: &Path, endpoint: &str, root: &str, extra: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_credstore"))
+    Command::new(env!("CARGO_BIN_EXE_credstore"))
         .args(["admin", "import", "--config"])
         .arg(config)
         .args(["--from-etcd", endpoint, "--from-root-path", root])
         .args(extra)
         .env("RUST_LOG", "warn")
         .output()
-        .expect("credstore admin import runs");
-    output
+        .expect("credstore admin import runs")
 }
 
 fn stdout(output: &Output) -> String {
