@@ -328,7 +328,6 @@ impl Source {
         };
         let mut summary = Summary {
             source: self.meta_root.clone(),
-            root_skipped: (!options.include_root).then_some(0),
             ..Summary::default()
         };
         for kind in Kind::ALL {
@@ -354,9 +353,13 @@ impl Source {
                         summary
                             .users
                             .add(write(target.import_users(&users, existing, mode).await)?);
-                        if options.include_root && !root.is_empty() {
-                            let replaced = target.import_users(&root, Existing::Replace, mode);
-                            summary.users.add(write(replaced.await)?);
+                        match (options.include_root, root.is_empty()) {
+                            (_, true) => {}
+                            (true, false) => {
+                                let replaced = target.import_users(&root, Existing::Replace, mode);
+                                summary.users.add(write(replaced.await)?);
+                            }
+                            (false, false) => summary.root_skipped = Some(0),
                         }
                     }
                     Kind::Groups => {
@@ -368,10 +371,13 @@ impl Source {
                     }
                     Kind::Bindings => {
                         let mut bindings = self.decoded(&page.kvs, Catalog::decode_binding)?;
-                        if let Some(skipped) = summary.root_skipped.as_mut() {
+                        if !options.include_root {
                             let before = bindings.len();
                             bindings.retain(|(user, _)| user != ROOT_USER);
-                            *skipped += before - bindings.len();
+                            if bindings.len() < before {
+                                let skipped = summary.root_skipped.get_or_insert(0);
+                                *skipped += before - bindings.len();
+                            }
                         }
                         if mode == Mode::Write {
                             summary
