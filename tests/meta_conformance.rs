@@ -651,7 +651,10 @@ async fn etcd_pages_and_prefix_lists_read_one_revision() {
             err.to_string().contains("has compacted that revision"),
             "{err}"
         );
-        let err = kv.list_each_at(&[prefix.clone()], at).await.unwrap_err();
+        let err = kv
+            .list_each_at(std::slice::from_ref(&prefix), at)
+            .await
+            .unwrap_err();
         assert!(
             err.to_string().contains("has compacted that revision"),
             "{err}"
