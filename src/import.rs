@@ -5,9 +5,9 @@
 //! credstore's store.
 //!
 //! - One consistent read: every page of the source is read at the revision of the first.
-//! - Streamed: the source is read [`PAGE_KEYS`] keys at a time (grants [`MAX_TXN_OPS`]
-//!   grantees at a time) and each page is written before the next is read, so memory follows
-//!   the page, not the keyspace.
+//! - Streamed: the source is read [`PAGE_KEYS`] keys at a time (a page of grantee keys has
+//!   its privileges read and written [`MAX_TXN_OPS`] grantees at a time) and each page is
+//!   written before the next is read, so memory follows the page, not the keyspace.
 //! - Two passes over that one revision: a check that reads and compares everything and writes
 //!   nothing (an unreadable value, a name credstore refuses, or a user, role or group stored
 //!   with other content stops the import before anything changed), then the writes, through
@@ -22,15 +22,17 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::catalog::{
-    BatchOutcome, Catalog, CatalogError, Existing, Kind, MAX_TXN_OPS, Mode, ROOT_USER, StoredGrant,
-    StoredGroup, StoredUser,
+    BatchOutcome, Catalog, CatalogError, Existing, Grantee, Kind, MAX_TXN_OPS, Mode, ROOT_USER,
+    StoredGrant, StoredGroup, StoredUser,
 };
 use crate::config::{Config, ConfigError, Secret, StoreConfig, StringList};
 use crate::meta::{EtcdKv, KeyValue, MetaError, Revision, Store};
 use crate::password::{Limits, Username};
 
-/// Keys per page of users, roles, bindings and groups read from the source.
-pub const PAGE_KEYS: usize = 1_000;
+/// Keys per page read from the source (a few MiB at most). Large because etcd 3.4 walks the
+/// rest of a range's index for every page: 1 000-key pages made an import of 100 000 users
+/// and grants take twice as long (BENCHMARKS.md, "Import at scale").
+pub const PAGE_KEYS: usize = 10_000;
 
 /// How many conflicting names an error lists (it counts them all).
 const NAMES_SHOWN: usize = 10;
@@ -331,13 +333,9 @@ impl Source {
             ..Summary::default()
         };
         for kind in Kind::ALL {
-            let limit = match kind {
-                Kind::Grantees => MAX_TXN_OPS,
-                _ => PAGE_KEYS,
-            };
             let mut after: Option<String> = None;
             loop {
-                let page = self.page(kind, after.as_deref(), at, limit).await?;
+                let page = self.page(kind, after.as_deref(), at, PAGE_KEYS).await?;
                 after = page.kvs.last().map(|kv| kv.key.clone());
                 let more = page.more && after.is_some();
                 let write = |r: Result<BatchOutcome, CatalogError>| r.map_err(ImportError::Write);
@@ -386,11 +384,13 @@ impl Source {
                         }
                     }
                     Kind::Grantees => {
-                        let grants = self.grants(&page.kvs, mode, at, &mut summary).await?;
+                        let grantees = self.grantees(&page.kvs, &mut summary)?;
                         if mode == Mode::Write {
-                            summary
-                                .grants
-                                .add(write(target.import_grants(&grants).await)?);
+                            for chunk in grantees.chunks(MAX_TXN_OPS) {
+                                let grants = self.grants(chunk, at).await?;
+                                let written = target.import_grants(&grants).await;
+                                summary.grants.add(write(written)?);
+                            }
                         }
                     }
                 }
@@ -458,22 +458,26 @@ impl Source {
         Ok((root, users))
     }
 
-    /// The grants of a page of grantee keys; their privileges are read (at `at`) only when
-    /// they are to be written. Keys naming a collection by id are counted and left out.
-    async fn grants(
+    /// A page of grantee keys, decoded; keys naming a collection by id are counted and left out.
+    fn grantees(
         &self,
         kvs: &[KeyValue],
-        mode: Mode,
-        at: &Option<Revision>,
         summary: &mut Summary,
-    ) -> Result<Vec<StoredGrant>, ImportError> {
+    ) -> Result<Vec<Grantee>, ImportError> {
         let mut grantees = self.decoded(kvs, Catalog::decode_grantee)?;
         let before = grantees.len();
         grantees.retain(|g| !g.by_collection_id);
         summary.grantees_by_id += before - grantees.len();
-        if mode == Mode::Check || grantees.is_empty() {
-            return Ok(Vec::new());
-        }
+        Ok(grantees)
+    }
+
+    /// The grants of at most [`MAX_TXN_OPS`] grantees, their privileges read at `at` in one
+    /// request.
+    async fn grants(
+        &self,
+        grantees: &[Grantee],
+        at: &Option<Revision>,
+    ) -> Result<Vec<StoredGrant>, ImportError> {
         let at = at.expect("a page was read, so the revision is fixed");
         let prefixes: Vec<String> = grantees
             .iter()
