@@ -11,6 +11,7 @@
 
 mod batch;
 mod grants;
+mod lifecycle;
 
 use serde::{Deserialize, Serialize};
 

@@ -129,8 +129,12 @@ impl State {
         .await?;
         let proxy = ProxyLayer::from_config(
             &config.credstore.upstream.options(),
-            policies.clone(),
-            auth.clone(),
+            crate::proxy::Parts {
+                policies: policies.clone(),
+                auth: auth.clone(),
+                catalog: catalog.clone(),
+                coherence: coherence.clone(),
+            },
         )?;
         Ok(State {
             catalog,

@@ -77,11 +77,18 @@ pub fn grantee_id(relative_key: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangedKey<'k> {
     User(&'k str),
-    Mapping { user: &'k str, role: &'k str },
+    Mapping {
+        user: &'k str,
+        role: &'k str,
+    },
     Role(&'k str),
-    Grantee { role: &'k str },
+    Grantee {
+        role: &'k str,
+    },
     GranteeId,
     PrivilegeGroup,
+    /// The alias epoch (`lifecycle.rs`): some alias may point elsewhere now.
+    AliasEpoch,
 }
 
 impl Catalog {
@@ -102,6 +109,9 @@ impl Catalog {
                 "grantee-id" => Some(ChangedKey::GranteeId),
                 _ => None,
             };
+        }
+        if key == self.alias_epoch_key() {
+            return Some(ChangedKey::AliasEpoch);
         }
         key.starts_with(&self.group_prefix())
             .then_some(ChangedKey::PrivilegeGroup)

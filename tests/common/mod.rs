@@ -26,6 +26,7 @@ mod config;
 mod etcd;
 pub mod proxy;
 mod replica;
+pub mod upstream;
 
 // A test binary that uses no name of a part would warn about its re-export.
 #[allow(unused_imports)]
