@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
 use crate::http::Readiness;
 use crate::import::{ImportError, ImportOptions, Source, Summary};
-use crate::meta::{EmbeddedKv, EtcdKv, MetaError, Revision, Store};
+use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
@@ -52,6 +52,23 @@ pub enum ServerError {
     RootRaced,
     #[error(transparent)]
     Import(#[from] ImportError),
+    #[error(
+        "no embedded store at {0}: `admin reset-root` never creates one. Give it the server's \
+         --config, or run it in the directory the server was started from (etcd.data.dir is \
+         relative to the working directory)"
+    )]
+    NoStore(String),
+    #[error(
+        "the embedded store at {0} is held by a running `credstore serve`: stop that server, \
+         run `credstore admin reset-root` again, then start the server (an embedded store \
+         serves one process; with etcd, reset-root runs beside live replicas)"
+    )]
+    StoreInUse(String),
+    #[error(
+        "{0} holds no root user: nothing to reset, and `admin reset-root` never creates a store \
+         (is etcd.rootPath the one the servers use?)"
+    )]
+    NoRoot(String),
     #[error(
         "cannot serve metrics and health on {address} (credstore.http.port; 0 turns it off): {source}"
     )]
@@ -88,13 +105,28 @@ pub struct State {
 }
 
 impl State {
-    /// Opens the store, bootstraps root and the default roles, joins the cluster.
+    /// Opens the store (creating an embedded one on first start), bootstraps root and the
+    /// default roles, joins the cluster.
     /// `address` is where clients reach this replica (recorded in its session).
     pub async fn build(config: Config, address: SocketAddr) -> Result<State, ServerError> {
+        State::build_on(config, address, Opening::CreateIfMissing).await
+    }
+
+    async fn build_on(
+        config: Config,
+        address: SocketAddr,
+        opening: Opening,
+    ) -> Result<State, ServerError> {
         let tls = config.server_tls()?.map(ServerTls::load).transpose()?;
         let audit = open_audit(&config.credstore.audit.path)?;
-        let store = open_store(&config).await?;
+        let store = open_store(&config, opening).await?;
         let catalog = Catalog::new(store, &config.meta_root());
+        if let Opening::Existing = opening {
+            let root = Username::parse(ROOT_USER, &config.limits()).expect("root is a valid name");
+            if catalog.get_user(&root).await?.value.is_none() {
+                return Err(ServerError::NoRoot(describe_store(&config)));
+            }
+        }
         let settings = config.hash_pool();
         let pool = HashPool::new(
             Hasher::new(settings.scheme),
@@ -150,6 +182,24 @@ impl State {
     }
 }
 
+/// Whether `State` may create the store: `serve` does on its first start; `admin reset-root`
+/// never does (it would reset root in a store no server uses).
+#[derive(Clone, Copy)]
+enum Opening {
+    CreateIfMissing,
+    /// An existing store holding root's record.
+    Existing,
+}
+
+/// What `credstore admin reset-root` did.
+#[derive(Debug)]
+pub struct RootReset {
+    /// The write's revision.
+    pub revision: Revision,
+    /// Which store: the embedded store's absolute path, or etcd's endpoints and meta root.
+    pub store: String,
+}
+
 fn open_audit(path: &str) -> Result<Audit, ServerError> {
     Audit::open(path).map_err(|source| ServerError::Audit {
         path: path.to_string(),
@@ -161,13 +211,16 @@ fn open_audit(path: &str) -> Result<Audit, ServerError> {
 /// own credentials, no login. It is an ordinary acknowledged change: this process joins the
 /// cluster for the length of the write (a session, the watch), writes root's record with a
 /// compare-and-swap, waits until every live replica applied it, then leaves (its lease is
-/// revoked). Returns the write's revision.
-pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<Revision, ServerError> {
+/// revoked). It never creates a store: an embedded store must exist (and no server may hold
+/// it), and the store must hold root's record.
+pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<RootReset, ServerError> {
     // It serves nothing: the listener's certificates need not be on this machine.
     config.common.security.tls_mode = 0;
     let password =
         Password::new(password.to_vec(), &config.limits()).map_err(ServerError::RootPassword)?;
-    let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let store = describe_store(&config);
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let state = State::build_on(config, local, Opening::Existing).await?;
     let written = write_root(&state, password).await;
     let confirmed = match &written {
         Ok(revision) => state
@@ -193,7 +246,10 @@ pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<Revision,
     state.audit.flush().await;
     state.coherence_tasks.shutdown().await;
     confirmed?;
-    written
+    Ok(RootReset {
+        revision: written?,
+        store,
+    })
 }
 
 /// Hashes `password` and writes it as root's (compare-and-swap, retried on a race).
@@ -286,17 +342,75 @@ pub async fn import(
     Ok(summary)
 }
 
-async fn open_store(config: &Config) -> Result<Store, ServerError> {
+async fn open_store(config: &Config, opening: Opening) -> Result<Store, ServerError> {
     match config.store()? {
         StoreConfig::Embedded { path } => {
-            tracing::info!(path = %path.display(), "using the embedded store");
-            Ok(Store::Embedded(EmbeddedKv::open(&path)?))
+            let opened = match opening {
+                Opening::CreateIfMissing => EmbeddedKv::open(&path),
+                Opening::Existing => EmbeddedKv::open_existing(&path),
+            };
+            let kv = match opened {
+                Ok(kv) => kv,
+                Err(MetaError::Embedded { path, kind, .. })
+                    if matches!(opening, Opening::Existing)
+                        && matches!(kind, EmbeddedFailure::Missing) =>
+                {
+                    return Err(ServerError::NoStore(path));
+                }
+                Err(MetaError::Embedded {
+                    path,
+                    kind: EmbeddedFailure::InUse,
+                    ..
+                }) if matches!(opening, Opening::Existing) => {
+                    return Err(ServerError::StoreInUse(path));
+                }
+                Err(other) => return Err(other.into()),
+            };
+            let path = kv.path().display().to_string();
+            match kv.was_created() {
+                // A new store where an old one was meant is a forked cluster: say so loudly.
+                true => tracing::warn!(
+                    "created a new, empty embedded store at {path} (etcd.data.dir is relative \
+                     to the working directory: if a store exists elsewhere, stop and start \
+                     there); {}",
+                    root_password_source(config)
+                ),
+                false => tracing::info!("opened the embedded store at {path}"),
+            }
+            Ok(Store::Embedded(kv))
         }
         StoreConfig::Etcd(options) => {
             let endpoints = &options.endpoints;
             tracing::info!(?endpoints, root = %config.meta_root(), "connecting to etcd");
             Ok(Store::Etcd(EtcdKv::connect(&options).await?))
         }
+    }
+}
+
+/// Where root's first password comes from, for the new-store warning; never the password
+/// itself unless it is Milvus's well-known default.
+fn root_password_source(config: &Config) -> &'static str {
+    match config.common.security.default_root_password.expose() {
+        "Milvus" => {
+            "root's password is `Milvus`, the default common.security.defaultRootPassword: \
+             change it before anyone else can reach this port"
+        }
+        _ => "root's password is common.security.defaultRootPassword as configured",
+    }
+}
+
+/// The store `config` names, for messages: the embedded store's absolute path, or etcd's
+/// endpoints and meta root.
+fn describe_store(config: &Config) -> String {
+    match config.store() {
+        Ok(StoreConfig::Embedded { path }) => {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            format!("the embedded store {}", path.display())
+        }
+        Ok(StoreConfig::Etcd(options)) => {
+            format!("etcd {:?} under {}", options.endpoints, config.meta_root())
+        }
+        Err(_) => "the configured store".to_string(),
     }
 }
 

@@ -565,6 +565,7 @@ fn walk(
 
 #[test]
 fn the_subject_is_what_a_protobuf_decoder_reads_or_the_request_is_refused() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
     let cases: usize = std::env::var("SUBJECT_PROPERTY_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

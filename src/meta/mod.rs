@@ -121,9 +121,25 @@ pub enum MetaError {
     #[error("etcd request failed: {0}")]
     Etcd(String),
     #[error("embedded store at {path} failed: {reason}")]
-    Embedded { path: String, reason: String },
+    Embedded {
+        path: String,
+        kind: EmbeddedFailure,
+        reason: String,
+    },
     #[error("watch stream closed")]
     WatchClosed,
+}
+
+/// Why the embedded store failed, for callers that answer differently: `credstore admin
+/// reset-root` names what to do when there is no store, or when a server holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddedFailure {
+    /// Opening an existing store: there is no file at the path.
+    Missing,
+    /// Another process has the file open (redb locks it): a running `credstore serve`.
+    InUse,
+    /// Anything else (I/O, a damaged file, a revoked lease).
+    Other,
 }
 
 /// The storage operations, with etcd's semantics, shared by both backends.
