@@ -12,7 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -93,6 +93,7 @@ struct Inner {
     ack_wait: Histogram,
     etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
     forwarded: Family<ForwardLabels, Counter>,
+    upstream_up: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -139,6 +140,12 @@ impl Metrics {
             "Calls routed to the upstream Milvus, by method and the gRPC code the client got",
             forwarded.clone(),
         );
+        let upstream_up = Gauge::default();
+        registry.register(
+            "credstore_upstream_up",
+            "1 when the last call forwarded to the upstream Milvus reached it, 0 when it could not be reached (or none was forwarded yet)",
+            upstream_up.clone(),
+        );
         registry.register_collector(Box::new(Scraped { read }));
         // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
         for outcome in [
@@ -159,6 +166,7 @@ impl Metrics {
                 ack_wait,
                 etcd,
                 forwarded,
+                upstream_up,
             }),
         }
     }
@@ -200,6 +208,11 @@ impl Metrics {
                 .get_or_create(&OpLabels { op })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// Records whether the upstream answered the last forwarded call.
+    pub fn upstream_reached(&self, up: bool) {
+        self.inner.upstream_up.set(i64::from(up));
     }
 
     /// Counts one forwarded-route call: `method` must come from a bounded set (the caller
