@@ -22,7 +22,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import grpc
 import pytest
@@ -120,14 +120,15 @@ def run_all(uri: str) -> Dict[str, Tuple]:
 
 @contextlib.contextmanager
 def milvus_235(base: Path, extra_args: Tuple[str, ...] = (), scheme: str = "http",
-               **client_kwargs: Any) -> Iterator[str]:
+               etcd_port: Optional[int] = None, **client_kwargs: Any) -> Iterator[str]:
     """A running Milvus 2.3.5 standalone with authorization on, data under `base`; yields its
     `scheme://127.0.0.1:PORT`. `extra_args` go to milvus-server (e.g. --tls-mode 2);
-    `client_kwargs` are what pymilvus needs to reach it (certificates)."""
+    `etcd_port` is its embedded etcd's client port (a free one when None; etcd keeps its data
+    under `base`); `client_kwargs` are what pymilvus needs to reach it (certificates)."""
     assert MILVUS.exists(), (
         f"{MILVUS} is missing: scripts/setup.sh installs the `milvus` 2.3.5 package into .venv"
     )
-    client_port, peer_port, proxy_port = free_port(), free_port(), free_port()
+    client_port, peer_port, proxy_port = etcd_port or free_port(), free_port(), free_port()
     etcd_config = base / "etcd.yaml"
     etcd_config.write_text(
         f"listen-client-urls: http://127.0.0.1:{client_port}\n"
