@@ -4,7 +4,11 @@
 //! API (`credstore.v1`), which refers to the Milvus types already generated.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A directory's mtime moves only when entries come or go: name each file too.
     println!("cargo:rerun-if-changed=proto");
+    for entry in std::fs::read_dir("proto")? {
+        println!("cargo:rerun-if-changed={}", entry?.path().display());
+    }
     let fds = protox::compile(["proto/milvus.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -15,7 +15,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if [ ! -x .tools/bin/protox ]; then
   echo "setup: installing protox into .tools/ (a protoc for etcd-client's build script)"
-  cargo install --locked --quiet --root .tools protox@0.10.0 --features bin
+  cargo install --locked --root .tools protox@0.10.0 --features bin
+  echo "setup: protox is in .tools/bin; .cargo/config.toml points the build at it (no PATH change needed)"
 fi
 [ "$mode" = build ] && exit 0
 

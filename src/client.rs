@@ -1,8 +1,9 @@
 //! The client side of the gRPC API, for the admin CLI (`credstore user …`, `credstore health`),
 //! `credstore bench` and the Rust tests: a channel, the `authorization` header (attached in one
 //! place, [`Authorization::apply`]) and an authorized `MilvusServiceClient`; [`Admin`] wraps the
-//! user RPCs (and credstore's own `Unlock`); [`read_secret`] reads a password from a prompt or standard input, so the CLI never
-//! needs one on its command line (where `ps` shows it).
+//! user, role and grant RPCs (and credstore's own `Unlock`); [`read_secret`] reads a password
+//! from a prompt or standard input, so the CLI never needs one on its command line (where `ps`
+//! shows it).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -237,7 +238,21 @@ pub async fn ready(uri: &str, tls: &ClientTls) -> Result<(), ClientError> {
     }
 }
 
-/// The user RPCs the admin CLI needs, over an authorized [`Client`].
+/// One privilege on one object, as `OperatePrivilege` (Milvus's `grant_privilege`) names it.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    pub role: &'a str,
+    /// `Global`, `Collection` or `User`.
+    pub object_type: &'a str,
+    /// The object's name, or `*` for every object of that type.
+    pub object_name: &'a str,
+    /// Milvus's privilege name (`Search`, `Insert`, `CreateCollection`, `*`, …).
+    pub privilege: &'a str,
+    /// The database (`default` when empty).
+    pub db: &'a str,
+}
+
+/// The user and role RPCs the admin CLI needs, over an authorized [`Client`].
 pub struct Admin {
     client: Client,
     /// credstore's own API on the same channel.
@@ -332,6 +347,147 @@ impl Admin {
             .into_inner();
         check(response.status.unwrap_or_default())?;
         Ok(response.usernames)
+    }
+
+    pub async fn create_role(&mut self, role: &str) -> Result<(), ClientError> {
+        let request = CreateRoleRequest {
+            entity: Some(RoleEntity {
+                name: role.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        check(
+            self.client
+                .create_role(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
+    }
+
+    /// Drops `role`, which must have no grants.
+    pub async fn drop_role(&mut self, role: &str) -> Result<(), ClientError> {
+        self.drop_role_as(role, false).await
+    }
+
+    /// Drops `role` and its grants (Milvus's `force_drop`).
+    pub async fn force_drop_role(&mut self, role: &str) -> Result<(), ClientError> {
+        self.drop_role_as(role, true).await
+    }
+
+    async fn drop_role_as(&mut self, role: &str, force_drop: bool) -> Result<(), ClientError> {
+        let request = DropRoleRequest {
+            role_name: role.into(),
+            force_drop,
+            ..Default::default()
+        };
+        check(
+            self.client
+                .drop_role(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
+    }
+
+    /// Every role's name.
+    pub async fn list_roles(&mut self) -> Result<Vec<String>, ClientError> {
+        let response = self
+            .client
+            .select_role(SelectRoleRequest::default())
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        check(response.status.unwrap_or_default())?;
+        Ok(response
+            .results
+            .into_iter()
+            .filter_map(|result| result.role.map(|role| role.name))
+            .collect())
+    }
+
+    /// Grants `grant.privilege` (Milvus's name: `Search`, `Insert`, `*`, …) on an object.
+    pub async fn grant_privilege(&mut self, grant: &Grant<'_>) -> Result<(), ClientError> {
+        self.operate_privilege(grant, OperatePrivilegeType::Grant)
+            .await
+    }
+
+    pub async fn revoke_privilege(&mut self, grant: &Grant<'_>) -> Result<(), ClientError> {
+        self.operate_privilege(grant, OperatePrivilegeType::Revoke)
+            .await
+    }
+
+    async fn operate_privilege(
+        &mut self,
+        grant: &Grant<'_>,
+        operation: OperatePrivilegeType,
+    ) -> Result<(), ClientError> {
+        let request = OperatePrivilegeRequest {
+            entity: Some(GrantEntity {
+                role: Some(RoleEntity {
+                    name: grant.role.into(),
+                    ..Default::default()
+                }),
+                object: Some(ObjectEntity {
+                    name: grant.object_type.into(),
+                }),
+                object_name: grant.object_name.into(),
+                grantor: Some(GrantorEntity {
+                    privilege: Some(PrivilegeEntity {
+                        name: grant.privilege.into(),
+                    }),
+                    ..Default::default()
+                }),
+                db_name: grant.db.into(),
+            }),
+            r#type: operation as i32,
+            ..Default::default()
+        };
+        check(
+            self.client
+                .operate_privilege(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
+    }
+
+    /// Gives `user` the role `role`.
+    pub async fn add_user_to_role(&mut self, user: &str, role: &str) -> Result<(), ClientError> {
+        self.operate_user_role(user, role, OperateUserRoleType::AddUserToRole)
+            .await
+    }
+
+    /// Takes the role `role` from `user`.
+    pub async fn remove_user_from_role(
+        &mut self,
+        user: &str,
+        role: &str,
+    ) -> Result<(), ClientError> {
+        self.operate_user_role(user, role, OperateUserRoleType::RemoveUserFromRole)
+            .await
+    }
+
+    async fn operate_user_role(
+        &mut self,
+        user: &str,
+        role: &str,
+        operation: OperateUserRoleType,
+    ) -> Result<(), ClientError> {
+        let request = OperateUserRoleRequest {
+            username: user.into(),
+            role_name: role.into(),
+            r#type: operation as i32,
+            ..Default::default()
+        };
+        check(
+            self.client
+                .operate_user_role(request)
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        )
     }
 
     /// Whether the server answers at all; UNAUTHENTICATED counts as an answer.

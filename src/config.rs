@@ -10,9 +10,10 @@
 //!
 //! `Config` is the file's shape; each component's settings are derived from it here, typed
 //! and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::authenticator`],
-//! [`Config::coherence`], [`Config::limits`], …), so `server` only wires. This module sits
-//! above the components (it names their settings types); none of them reads it. The password
-//! defaults and minimums are `password`'s constants, not repeated here. Secrets (the etcd
+//! [`Config::coherence`], [`Config::limits`], [`Config::connections`], …), so `server` only
+//! wires. This module sits above the components (it names their settings types); none of
+//! them reads it. The password defaults and minimums are `password`'s constants, not
+//! repeated here. Secrets (the etcd
 //! password, the default root password, a TLS key) are redacted in `Debug`.
 
 use std::fmt;
@@ -31,6 +32,7 @@ use crate::password::{
 };
 use crate::rbac::BuiltinGroups;
 use crate::tls::{ClientTls, ServerFiles, TlsMode};
+use crate::transport::ConnectionSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -335,6 +337,8 @@ pub struct CredstoreConfig {
     pub audit: AuditConfig,
     /// Locks after repeated failed logins (issue 18).
     pub lockout: LockoutConfig,
+    /// The gRPC port's connections: time limits and caps.
+    pub grpc: GrpcConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -352,6 +356,7 @@ impl Default for CredstoreConfig {
             shutdown: ShutdownConfig::default(),
             audit: AuditConfig::default(),
             lockout: LockoutConfig::default(),
+            grpc: GrpcConfig::default(),
         }
     }
 }
@@ -381,6 +386,37 @@ impl Default for LockoutConfig {
             account_threshold: policy.account_threshold,
             duration_seconds: policy.duration.as_secs(),
             reset_seconds: policy.reset.as_secs(),
+        }
+    }
+}
+
+/// `credstore.grpc`: the gRPC port's connections (`transport::ConnectionSettings`, whose
+/// defaults these are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct GrpcConfig {
+    /// TLS and the HTTP/2 preface must be complete within this long.
+    pub handshake_timeout_ms: u64,
+    /// A connection without a stream for this long gets GOAWAY.
+    pub idle_timeout_seconds: u64,
+    /// HTTP/2 PINGs this often; a peer not answering within the timeout is closed.
+    pub keepalive_interval_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
+    /// Connections open at once, in all and from one peer (lowered to fit the file limit).
+    pub max_connections: u64,
+    pub max_connections_per_peer: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        let d = ConnectionSettings::default();
+        GrpcConfig {
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            idle_timeout_seconds: d.idle_timeout.as_secs(),
+            keepalive_interval_seconds: d.keepalive_interval.as_secs(),
+            keepalive_timeout_seconds: d.keepalive_timeout.as_secs(),
+            max_connections: d.max_connections as u64,
+            max_connections_per_peer: d.max_connections_per_peer as u64,
         }
     }
 }
@@ -446,6 +482,11 @@ pub struct UpstreamConfig {
     pub timeout_ms: u64,
     /// For an `https://` upstream.
     pub tls: UpstreamTls,
+    /// Request bodies this replica holds at once, and one connection holds at once.
+    pub max_in_flight_bytes: u64,
+    pub max_in_flight_bytes_per_connection: u64,
+    /// A forwarded request's body must be complete within this long.
+    pub body_timeout_ms: u64,
 }
 
 /// `credstore.upstream.tls.*`: how credstore verifies an `https://` upstream, and the
@@ -481,6 +522,10 @@ impl Default for UpstreamConfig {
             // Below the server's 60 s per-request limit, so the caller sees this deadline.
             timeout_ms: 55_000,
             tls: UpstreamTls::default(),
+            max_in_flight_bytes: 1024 * 1024 * 1024,
+            // One largest message per connection; a quarter of the replica's budget.
+            max_in_flight_bytes_per_connection: 256 * 1024 * 1024,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -491,11 +536,18 @@ impl UpstreamConfig {
         crate::proxy::Upstream {
             uri: self.uri.trim().to_string(),
             token: self.token.clone(),
-            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            max_message_bytes: bytes(self.max_message_bytes),
             default_timeout: Duration::from_millis(self.timeout_ms),
             tls: self.tls.client(),
+            max_in_flight_bytes: bytes(self.max_in_flight_bytes),
+            max_in_flight_bytes_per_connection: bytes(self.max_in_flight_bytes_per_connection),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
         }
     }
+}
+
+fn bytes(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -747,10 +799,68 @@ impl Config {
                 &format!("must be at most {MAX_BCRYPT_COST}"),
             );
         }
+        self.validate_connections()?;
         self.root_password()?;
         self.builtin_groups()?;
         self.server_tls()?;
         Ok(())
+    }
+
+    /// `credstore.grpc.*` and the body limits of `credstore.upstream.*`.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let grpc = &self.credstore.grpc;
+        for (key, value) in [
+            ("handshakeTimeoutMs", grpc.handshake_timeout_ms),
+            ("idleTimeoutSeconds", grpc.idle_timeout_seconds),
+            ("keepaliveIntervalSeconds", grpc.keepalive_interval_seconds),
+            ("keepaliveTimeoutSeconds", grpc.keepalive_timeout_seconds),
+            ("maxConnections", grpc.max_connections),
+            ("maxConnectionsPerPeer", grpc.max_connections_per_peer),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Key {
+                    key: format!("credstore.grpc.{key}"),
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        let upstream = &self.credstore.upstream;
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Key {
+                key: format!("credstore.upstream.{key}"),
+                reason: reason.into(),
+            })
+        };
+        if upstream.body_timeout_ms == 0 {
+            return bad("bodyTimeoutMs", "must be at least 1");
+        }
+        if upstream.max_in_flight_bytes_per_connection > upstream.max_in_flight_bytes {
+            return bad(
+                "maxInFlightBytesPerConnection",
+                "must be at most credstore.upstream.maxInFlightBytes",
+            );
+        }
+        if upstream.max_message_bytes > upstream.max_in_flight_bytes_per_connection {
+            return bad(
+                "maxMessageBytes",
+                "must be at most credstore.upstream.maxInFlightBytesPerConnection (a larger message could never be held)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The gRPC port's connection settings (`credstore.grpc`).
+    pub fn connections(&self) -> ConnectionSettings {
+        let grpc = &self.credstore.grpc;
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        ConnectionSettings {
+            handshake_timeout: Duration::from_millis(grpc.handshake_timeout_ms),
+            idle_timeout: Duration::from_secs(grpc.idle_timeout_seconds),
+            keepalive_interval: Duration::from_secs(grpc.keepalive_interval_seconds),
+            keepalive_timeout: Duration::from_secs(grpc.keepalive_timeout_seconds),
+            max_connections: count(grpc.max_connections),
+            max_connections_per_peer: count(grpc.max_connections_per_peer),
+        }
     }
 
     /// The listener's TLS files, or `None` for plaintext (`common.security.tlsMode` 0).
@@ -1424,6 +1534,63 @@ mod tests {
         let defaults = Config::default().credstore.upstream;
         assert_eq!(defaults.max_message_bytes, 256 << 20);
         assert!(defaults.uri.is_empty());
+    }
+
+    #[test]
+    fn connection_and_body_limits() {
+        let defaults = Config::default();
+        assert_eq!(defaults.connections(), ConnectionSettings::default());
+        let upstream = defaults.credstore.upstream.options();
+        assert_eq!(upstream.max_in_flight_bytes, 1 << 30);
+        assert_eq!(upstream.max_in_flight_bytes_per_connection, 256 << 20);
+        assert_eq!(upstream.body_timeout, Duration::from_secs(30));
+        let config = load(
+            "credstore:\n  grpc:\n    handshakeTimeoutMs: 1500\n    maxConnectionsPerPeer: 7\n  upstream:\n    maxMessageBytes: 1024\n    maxInFlightBytes: 4096\n    maxInFlightBytesPerConnection: 2048\n    bodyTimeoutMs: 900\n",
+            &[("CREDSTORE_GRPC_IDLETIMEOUTSECONDS", "12")],
+        )
+        .unwrap();
+        let connections = config.connections();
+        assert_eq!(connections.handshake_timeout, Duration::from_millis(1500));
+        assert_eq!(connections.idle_timeout, Duration::from_secs(12));
+        assert_eq!(connections.max_connections_per_peer, 7);
+        assert_eq!(connections.max_connections, 10_000);
+        let upstream = config.credstore.upstream.options();
+        assert_eq!(
+            (
+                upstream.max_in_flight_bytes,
+                upstream.max_in_flight_bytes_per_connection
+            ),
+            (4096, 2048)
+        );
+        assert_eq!(upstream.body_timeout, Duration::from_millis(900));
+        for (yaml, key) in [
+            (
+                "grpc:\n    maxConnections: 0",
+                "credstore.grpc.maxConnections",
+            ),
+            (
+                "grpc:\n    handshakeTimeoutMs: 0",
+                "credstore.grpc.handshakeTimeoutMs",
+            ),
+            (
+                "grpc:\n    idleTimeoutSecond: 5",
+                "credstore.grpc.idleTimeoutSecond",
+            ),
+            (
+                "upstream:\n    bodyTimeoutMs: 0",
+                "credstore.upstream.bodyTimeoutMs",
+            ),
+            (
+                "upstream:\n    maxInFlightBytes: 1000",
+                "credstore.upstream.maxInFlightBytesPerConnection",
+            ),
+            (
+                "upstream:\n    maxInFlightBytesPerConnection: 1000",
+                "credstore.upstream.maxMessageBytes",
+            ),
+        ] {
+            check_error(&format!("credstore:\n  {yaml}\n"), &[], key);
+        }
     }
 
     #[test]

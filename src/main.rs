@@ -1,8 +1,10 @@
 //! The `credstore` binary: parses the command line, sets up logging, and either serves
-//! (`credstore serve`) or acts as an admin client of a running server (`user`, `health`,
-//! `bench`). Passwords come from a flag, an environment variable, a prompt (when standard input
-//! is a terminal) or standard input, one per line: never only from the command line, which `ps`
-//! shows. Everything else lives in the library.
+//! (`credstore serve`) or acts as an admin client of a running server (`user`, `role`,
+//! `health`, `bench`). Each admin command prints one line saying what it did (listings: one
+//! name per line), or an error on stderr with a non-zero exit. Passwords come from a flag, an
+//! environment variable, a prompt (when standard input is a terminal) or standard input, one
+//! per line: never only from the command line, which `ps` shows. Everything else lives in the
+//! library.
 
 #![forbid(unsafe_code)]
 
@@ -17,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use credstore::bench::BenchConfig;
-use credstore::client::{Admin, Authorization, read_secret};
+use credstore::client::{Admin, Authorization, Grant, read_secret};
 use credstore::config::{Config, Overrides};
 use credstore::server::{self, State};
 use credstore::tls::ClientTls;
@@ -57,6 +59,13 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Manage roles, their privileges and their users on a running server (Milvus's RBAC).
+    Role {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        action: RoleAction,
+    },
     /// Load-generate against a Milvus-compatible endpoint and report throughput and latency.
     Bench {
         #[command(flatten)]
@@ -78,7 +87,13 @@ enum Command {
     },
     /// Exit 0 when the server at --uri answers (with --ready: when it is ready to serve).
     Health {
-        #[arg(long, default_value = "http://127.0.0.1:19530")]
+        /// The server.
+        #[arg(
+            long,
+            env = "CREDSTORE_URI",
+            hide_env_values = true,
+            default_value = "http://127.0.0.1:19530"
+        )]
         uri: String,
         /// Ask the standard gRPC health service instead: exit 0 only while the replica is
         /// registered, trusts its cache and is not shutting down (a readiness probe).
@@ -92,7 +107,8 @@ enum Command {
 #[derive(Subcommand)]
 enum AdminAction {
     /// Set root's password, read from standard input (one line; a prompt on a terminal).
-    /// Every running replica refuses the old password once this returns.
+    /// Every running replica refuses the old password once this returns. It never creates a
+    /// store; an embedded store must not be held by a running server (stop it first).
     ResetRoot {
         /// The config the replicas use (its etcd settings and credentials).
         #[arg(long)]
@@ -101,12 +117,37 @@ enum AdminAction {
         #[arg(long)]
         etcd_endpoints: Option<String>,
     },
+    /// Copy a running Milvus's users (bcrypt hashes as they are), roles, bindings, grants and
+    /// privilege groups from its etcd, in one consistent read; prints one summary line. Every
+    /// running replica serves the imported state once this returns.
+    Import {
+        /// The config the replicas use (credstore's store and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        source: credstore::import::SourceArgs,
+        /// Replace users, roles and privilege groups credstore stores with other content.
+        #[arg(long)]
+        overwrite: bool,
+        /// Copy Milvus's root (its password and roles) over credstore's.
+        #[arg(long)]
+        include_root: bool,
+    },
 }
 
 #[derive(clap::Args)]
 struct Connection {
-    #[arg(long, global = true, default_value = "http://127.0.0.1:19530")]
+    /// The server to manage.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSTORE_URI",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:19530"
+    )]
     uri: String,
+    /// Who calls: a user allowed to do it (root, a member of `admin`, or one with the
+    /// privilege).
     #[arg(long, global = true, default_value = "root")]
     user: String,
     /// The caller's password. A flag is visible to `ps`: prefer CREDSTORE_PASSWORD, or give
@@ -132,6 +173,8 @@ struct NewPassword {
 
 #[derive(Subcommand)]
 enum UserAction {
+    /// Create a user; the new password comes from --new-password, CREDSTORE_NEW_PASSWORD,
+    /// a prompt or standard input.
     Create {
         name: String,
         #[command(flatten)]
@@ -147,15 +190,82 @@ enum UserAction {
         #[arg(long, env = "CREDSTORE_OLD_PASSWORD", hide_env_values = true)]
         old_password: Option<String>,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a user (never root).
+    Delete { name: String },
+    /// Print every user's name, one per line.
     List,
     /// Lift the login lockout of a user name (its account and every address) on every
     /// replica. Root or the admin role.
-    Unlock {
-        name: String,
+    Unlock { name: String },
+}
+
+#[derive(Subcommand)]
+enum RoleAction {
+    /// Create a role.
+    Create { role: String },
+    /// Drop a role. It must have no grants unless --force, which drops them with it.
+    Drop {
+        role: String,
+        /// Drop the role's grants too (Milvus's force_drop).
+        #[arg(long)]
+        force: bool,
     },
+    /// Print every role's name, one per line (`admin` and `public` are built in).
+    List,
+    /// Grant a privilege on an object to a role (Milvus's grant_privilege).
+    Grant(PrivilegeArgs),
+    /// Revoke a privilege on an object from a role (Milvus's revoke_privilege).
+    Revoke(PrivilegeArgs),
+    /// Give a user a role.
+    Bind(Membership),
+    /// Take a role from a user.
+    Unbind(Membership),
+}
+
+/// `USER ROLE`. Not `user`: that is the caller (`--user`), a global flag.
+#[derive(clap::Args)]
+struct Membership {
+    #[arg(value_name = "USER")]
+    member: String,
+    role: String,
+}
+
+/// `ROLE OBJECT_TYPE OBJECT_NAME PRIVILEGE [--db DB]`, Milvus's names throughout.
+#[derive(clap::Args)]
+struct PrivilegeArgs {
+    /// The role.
+    role: String,
+    /// Global, Collection or User.
+    object_type: String,
+    /// The object's name, or * for every object of the type (Global: *).
+    object_name: String,
+    /// Milvus's privilege name: Search, Query, Insert, Delete, Load, CreateCollection,
+    /// DescribeCollection, ShowCollections, CreateOwnership, UpdateUser, SelectUser, …, or *
+    /// for all. Privilege groups need MilvusClient's grant_privilege_v2.
+    privilege: String,
+    /// The database the grant is in.
+    #[arg(long, default_value = "default")]
+    db: String,
+}
+
+impl PrivilegeArgs {
+    fn grant(&self) -> Grant<'_> {
+        Grant {
+            role: &self.role,
+            object_type: &self.object_type,
+            object_name: &self.object_name,
+            privilege: &self.privilege,
+            db: &self.db,
+        }
+    }
+
+    /// `Search on Collection books in database default`.
+    fn describe(&self) -> String {
+        format!(
+            "{} on {} {} in database {}",
+            self.privilege, self.object_type, self.object_name, self.db
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -184,6 +294,7 @@ fn main() -> ExitCode {
                 upstream,
             } => serve(config, listen, etcd_endpoints, upstream).await,
             Command::User { connection, action } => user(connection, action).await,
+            Command::Role { connection, action } => role(connection, action).await,
             Command::Bench { config, json } => bench(config, json).await,
             Command::BenchUpstream { listen } => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -196,6 +307,26 @@ fn main() -> ExitCode {
                         etcd_endpoints,
                     },
             } => reset_root(config, etcd_endpoints).await,
+            Command::Admin {
+                action:
+                    AdminAction::Import {
+                        config,
+                        source,
+                        overwrite,
+                        include_root,
+                    },
+            } => {
+                let config =
+                    Config::load(config.as_deref(), std::env::vars(), &Overrides::default())?;
+                let timeout = std::time::Duration::from_millis(config.credstore.etcd_timeout_ms);
+                let source = source.connect(timeout).await?;
+                let options = credstore::import::ImportOptions {
+                    overwrite,
+                    include_root,
+                };
+                println!("{}", server::import(config, &source, &options).await?);
+                Ok(())
+            }
             Command::Health { uri, ready, tls } => health(&uri, ready, &tls).await,
         }
     });
@@ -249,8 +380,11 @@ async fn reset_root(
         &Overrides { etcd_endpoints },
     )?;
     let password = read_secret("new password for root: ")?;
-    let revision = server::reset_root(config, password.as_bytes()).await?;
-    println!("root's password was reset at revision {revision}; every live replica applied it");
+    let reset = server::reset_root(config, password.as_bytes()).await?;
+    println!(
+        "reset root's password in {} at revision {}; every live replica applied it",
+        reset.store, reset.revision
+    );
     Ok(())
 }
 
@@ -267,16 +401,23 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// The caller's password (flag, CREDSTORE_PASSWORD, prompt or standard input) and a connected
+/// [`Admin`].
+async fn connect(connection: &Connection) -> Result<(Admin, String), Box<dyn std::error::Error>> {
+    let password = match &connection.password {
+        Some(password) => password.clone(),
+        None => read_secret(&format!("Password for {}: ", connection.user))?,
+    };
+    let authorization = Authorization::credentials(&connection.user, &password);
+    let admin = Admin::connect_tls(&connection.uri, &connection.tls, authorization).await?;
+    Ok((admin, password))
+}
+
 async fn user(
     connection: Connection,
     action: UserAction,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let password = match connection.password {
-        Some(password) => password,
-        None => read_secret(&format!("Password for {}: ", connection.user))?,
-    };
-    let authorization = Authorization::credentials(&connection.user, &password);
-    let mut admin = Admin::connect_tls(&connection.uri, &connection.tls, authorization).await?;
+    let (mut admin, password) = connect(&connection).await?;
     let new_password = |given: NewPassword, name: &str| match given.new_password {
         Some(password) => Ok(password),
         None => read_secret(&format!("New password for {name}: ")),
@@ -287,7 +428,8 @@ async fn user(
             new_password: given,
         } => {
             let new = new_password(given, &name)?;
-            admin.create_user(&name, &new).await?
+            admin.create_user(&name, &new).await?;
+            println!("created user {name}");
         }
         UserAction::Passwd {
             name,
@@ -300,9 +442,13 @@ async fn user(
                 None if name.trim() == connection.user => Some(password),
                 None => None,
             };
-            admin.change_password(&name, old.as_deref(), &new).await?
+            admin.change_password(&name, old.as_deref(), &new).await?;
+            println!("changed the password of user {name}");
         }
-        UserAction::Delete { name } => admin.delete_user(&name).await?,
+        UserAction::Delete { name } => {
+            admin.delete_user(&name).await?;
+            println!("deleted user {name}");
+        }
         UserAction::List => {
             for name in admin.list_users().await? {
                 println!("{name}");
@@ -319,14 +465,63 @@ async fn user(
     Ok(())
 }
 
+async fn role(
+    connection: Connection,
+    action: RoleAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (mut admin, _) = connect(&connection).await?;
+    match action {
+        RoleAction::Create { role } => {
+            admin.create_role(&role).await?;
+            println!("created role {role}");
+        }
+        RoleAction::Drop { role, force } => match force {
+            true => {
+                admin.force_drop_role(&role).await?;
+                println!("dropped role {role} and its grants");
+            }
+            false => {
+                admin.drop_role(&role).await?;
+                println!("dropped role {role}");
+            }
+        },
+        RoleAction::List => {
+            for role in admin.list_roles().await? {
+                println!("{role}");
+            }
+        }
+        RoleAction::Grant(args) => {
+            admin.grant_privilege(&args.grant()).await?;
+            println!("granted {} to role {}", args.describe(), args.role);
+        }
+        RoleAction::Revoke(args) => {
+            admin.revoke_privilege(&args.grant()).await?;
+            println!("revoked {} from role {}", args.describe(), args.role);
+        }
+        RoleAction::Bind(Membership { member, role }) => {
+            admin.add_user_to_role(&member, &role).await?;
+            println!("added user {member} to role {role}");
+        }
+        RoleAction::Unbind(Membership { member, role }) => {
+            admin.remove_user_from_role(&member, &role).await?;
+            println!("removed user {member} from role {role}");
+        }
+    }
+    Ok(())
+}
+
 async fn health(uri: &str, ready: bool, tls: &ClientTls) -> Result<(), Box<dyn std::error::Error>> {
     match ready {
-        true => credstore::client::ready(uri, tls).await?,
+        true => {
+            credstore::client::ready(uri, tls).await?;
+            println!("{uri} is ready");
+        }
         false => {
             Admin::connect_tls(uri, tls, Authorization::none())
                 .await?
                 .health()
-                .await?
+                .await?;
+            println!("{uri} answers");
         }
     }
     Ok(())

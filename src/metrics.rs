@@ -12,7 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -69,13 +69,18 @@ pub enum LockoutEvent {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScopeLabels {
-    scope: &'static str,
+struct OpLabels {
+    op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OpLabels {
-    op: &'static str,
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +135,57 @@ struct Inner {
     forwarded: Family<ForwardLabels, Counter>,
     lockouts: Family<ScopeLabels, Counter>,
     unlocks: Counter,
+    upstream_up: Gauge,
+    connections: Connections,
+    /// Forwarded request bodies held now, and bodies refused by the proxy tier's limits.
+    body_bytes: Gauge,
+    body_refused: Family<ReasonLabels, Counter>,
+}
+
+/// The gRPC port's connections (`transport`).
+struct Connections {
+    open: Gauge,
+    caps: Family<ScopeLabels, Gauge>,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+}
+
+impl Connections {
+    fn register(registry: &mut Registry) -> Connections {
+        let connections = Connections {
+            open: Gauge::default(),
+            caps: Family::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+        };
+        registry.register(
+            "credstore_connections_open",
+            "Connections open on the gRPC port",
+            connections.open.clone(),
+        );
+        registry.register(
+            "credstore_connection_limit",
+            "The connection caps in force (scope total or per_peer), after fitting the file limit",
+            connections.caps.clone(),
+        );
+        registry.register(
+            "credstore_connections_refused",
+            "Connections closed at accept, by the cap that was reached",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "credstore_connections_closed",
+            "Connections the server closed: handshake_timeout, handshake_failed, idle (GOAWAY), resets (cut off)",
+            connections.closed.clone(),
+        );
+        for reason in ["max_connections", "max_connections_per_peer"] {
+            drop(connections.refused.get_or_create(&ReasonLabels { reason }));
+        }
+        for reason in ["handshake_timeout", "handshake_failed", "idle", "resets"] {
+            drop(connections.closed.get_or_create(&ReasonLabels { reason }));
+        }
+        connections
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -191,6 +247,28 @@ impl Metrics {
         for scope in ["pair", "account"] {
             drop(lockouts.get_or_create(&ScopeLabels { scope }));
         }
+        let upstream_up = Gauge::default();
+        registry.register(
+            "credstore_upstream_up",
+            "1 when the last call forwarded to the upstream Milvus reached it, 0 when it could not be reached (or none was forwarded yet)",
+            upstream_up.clone(),
+        );
+        let connections = Connections::register(&mut registry);
+        let body_bytes = Gauge::default();
+        registry.register(
+            "credstore_forwarded_body_bytes",
+            "Bytes of forwarded request bodies held now (reserved against credstore.upstream.maxInFlightBytes)",
+            body_bytes.clone(),
+        );
+        let body_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "credstore_forwarded_bodies_refused",
+            "Forwarded request bodies refused: replica_budget, connection_budget (RESOURCE_EXHAUSTED), timeout (DEADLINE_EXCEEDED)",
+            body_refused.clone(),
+        );
+        for reason in ["replica_budget", "connection_budget", "timeout"] {
+            drop(body_refused.get_or_create(&ReasonLabels { reason }));
+        }
         registry.register_collector(Box::new(Scraped { read }));
         // Every result appears from the start, so a rate over a fresh replica is 0, not absent.
         let auth = AuthOutcome::ALL.map(|outcome| {
@@ -209,6 +287,10 @@ impl Metrics {
                 forwarded,
                 lockouts,
                 unlocks,
+                upstream_up,
+                connections,
+                body_bytes,
+                body_refused,
             }),
         }
     }
@@ -274,6 +356,11 @@ impl Metrics {
         }
     }
 
+    /// Records whether the upstream answered the last forwarded call.
+    pub fn upstream_reached(&self, up: bool) {
+        self.inner.upstream_up.set(i64::from(up));
+    }
+
     /// Counts one forwarded-route call: `method` must come from a bounded set (the caller
     /// routes only known method names here), `code` is the gRPC code's name.
     pub fn forwarded(&self, method: &str, code: &'static str) {
@@ -284,6 +371,43 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    /// Records the connection caps in force.
+    pub fn connection_caps(&self, total: usize, per_peer: usize) {
+        let caps = &self.inner.connections.caps;
+        for (scope, value) in [("total", total), ("per_peer", per_peer)] {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            caps.get_or_create(&ScopeLabels { scope }).set(value);
+        }
+    }
+
+    /// One connection more (`1`) or less (`-1`) open.
+    pub fn connections_open(&self, delta: i64) {
+        self.inner.connections.open.inc_by(delta);
+    }
+
+    /// Counts a connection closed at accept; `reason` is one of a fixed set.
+    pub fn connection_refused(&self, reason: &'static str) {
+        let labels = ReasonLabels { reason };
+        self.inner.connections.refused.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection the server closed; `reason` is one of a fixed set.
+    pub fn connection_closed(&self, reason: &'static str) {
+        let labels = ReasonLabels { reason };
+        self.inner.connections.closed.get_or_create(&labels).inc();
+    }
+
+    /// Forwarded request body bytes held: `delta` more (or fewer).
+    pub fn body_bytes(&self, delta: i64) {
+        self.inner.body_bytes.inc_by(delta);
+    }
+
+    /// Counts a forwarded body refused by a limit; `reason` is one of a fixed set.
+    pub fn body_refused(&self, reason: &'static str) {
+        let labels = ReasonLabels { reason };
+        self.inner.body_refused.get_or_create(&labels).inc();
     }
 
     /// The exposition text (OpenMetrics, which Prometheus reads), see [`Metrics::CONTENT_TYPE`].
@@ -422,6 +546,12 @@ mod tests {
         let lockouts = metrics.lockout_observer();
         lockouts(LockoutEvent::PairLocked);
         lockouts(LockoutEvent::Unlocked);
+        metrics.connection_caps(896, 448);
+        metrics.connections_open(1);
+        metrics.connection_refused("max_connections_per_peer");
+        metrics.connection_closed("handshake_timeout");
+        metrics.body_bytes(4096);
+        metrics.body_refused("timeout");
         let text = metrics.render();
         for line in [
             "credstore_auth_requests_total{result=\"ok\"} 2",
@@ -446,6 +576,16 @@ mod tests {
             "credstore_locked_pairs 3",
             "credstore_locked_accounts 0",
             "credstore_hashes_refused_peer_total 0",
+            "credstore_connections_open 1",
+            "credstore_connection_limit{scope=\"total\"} 896",
+            "credstore_connection_limit{scope=\"per_peer\"} 448",
+            "credstore_connections_refused_total{reason=\"max_connections_per_peer\"} 1",
+            "credstore_connections_refused_total{reason=\"max_connections\"} 0",
+            "credstore_connections_closed_total{reason=\"handshake_timeout\"} 1",
+            "credstore_connections_closed_total{reason=\"idle\"} 0",
+            "credstore_forwarded_body_bytes 4096",
+            "credstore_forwarded_bodies_refused_total{reason=\"timeout\"} 1",
+            "credstore_forwarded_bodies_refused_total{reason=\"replica_budget\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         }

@@ -6,259 +6,18 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use credstore::client::Authorization;
-use credstore::config::{Config, Overrides};
+use common::upstream::{
+    Running, Upstream, call, listing, start_credstore, start_credstore_with, start_upstream,
+};
 use credstore::proto::milvus::{
     CheckHealthRequest, CheckHealthResponse, CreateCredentialRequest, ShowCollectionsRequest,
     ShowCollectionsResponse,
 };
-use credstore::proxy::RawCodec;
-use credstore::server::{self, State};
 use prost::Message;
-use prost::bytes::Bytes;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codegen::http;
-use tonic::metadata::MetadataMap;
-use tonic::{Code, Request, Response, Status};
-
-const SERVICE: &str = "milvus.proto.milvus.MilvusService";
-
-/// One call as the upstream saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    metadata: MetadataMap,
-    body: Bytes,
-}
-
-/// The recording upstream: echoes the body for most methods; `Flush` fails with details and
-/// metadata; `GetMetrics` never answers in time.
-#[derive(Clone, Default)]
-struct Upstream {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Calls whose handler was dropped before it answered (the caller went away).
-    abandoned: Arc<Mutex<Vec<String>>>,
-}
-
-impl Upstream {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl tonic::server::NamedService for Upstream {
-    const NAME: &'static str = SERVICE;
-}
-
-type BoxFuture<T, E> = std::pin::Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl tower::Service<http::Request<tonic::body::Body>> for Upstream {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let handler = Handler {
-            seen: self.seen.clone(),
-            abandoned: self.abandoned.clone(),
-            method,
-        };
-        Box::pin(async move {
-            Ok(tonic::server::Grpc::new(RawCodec)
-                .unary(handler, request)
-                .await)
-        })
-    }
-}
-
-struct Handler {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    abandoned: Arc<Mutex<Vec<String>>>,
-    method: String,
-}
-
-/// Records its method in `abandoned` when dropped unless disarmed.
-struct Abandoned(Option<(Arc<Mutex<Vec<String>>>, String)>);
-
-impl Abandoned {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Abandoned {
-    fn drop(&mut self) {
-        if let Some((abandoned, method)) = self.0.take() {
-            abandoned.lock().unwrap().push(method);
-        }
-    }
-}
-
-impl tower::Service<Request<Bytes>> for Handler {
-    type Response = Response<Bytes>;
-    type Error = Status;
-    type Future = BoxFuture<Response<Bytes>, Status>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Status>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        self.seen.lock().unwrap().push(Seen {
-            method: self.method.clone(),
-            metadata: request.metadata().clone(),
-            body: request.get_ref().clone(),
-        });
-        let method = self.method.clone();
-        let mut guard = Abandoned(Some((self.abandoned.clone(), method.clone())));
-        Box::pin(async move {
-            let answer = match method.as_str() {
-                "Flush" => {
-                    let mut status = Status::with_details(
-                        Code::Aborted,
-                        "upstream says no",
-                        Bytes::from_static(b"\x01\x02details"),
-                    );
-                    status
-                        .metadata_mut()
-                        .insert("x-upstream", "flush".parse().unwrap());
-                    Err(status)
-                }
-                "GetMetrics" => {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    Err(Status::internal("too late"))
-                }
-                "ShowCollections" => Ok(Response::new(listing())),
-                "CheckHealth" => Ok(Response::new(Bytes::from(
-                    CheckHealthResponse {
-                        status: Some(Default::default()),
-                        is_healthy: false,
-                        reasons: vec!["querynode 7 is down".into()],
-                        quota_states: vec![2],
-                    }
-                    .encode_to_vec(),
-                ))),
-                _ => {
-                    let mut response = Response::new(request.into_inner());
-                    response
-                        .metadata_mut()
-                        .insert("x-upstream", "echo".parse().unwrap());
-                    Ok(response)
-                }
-            };
-            guard.disarm();
-            answer
-        })
-    }
-}
-
-/// The recording upstream's answer to ShowCollections: two collections.
-fn listing() -> Bytes {
-    let answer = ShowCollectionsResponse {
-        status: Some(Default::default()),
-        collection_names: vec!["c1".into(), "c2".into()],
-        collection_ids: vec![1, 2],
-        created_timestamps: vec![10, 20],
-        ..Default::default()
-    };
-    Bytes::from(answer.encode_to_vec())
-}
-
-/// The upstream on a loopback port; stops when dropped.
-struct Running {
-    address: std::net::SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start_upstream(upstream: Upstream) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(upstream)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                drop(stopped.await)
-            })
-            .await
-            .unwrap();
-    });
-    Running {
-        address,
-        _stop: stop,
-    }
-}
-
-/// credstore in-process on the embedded store, forwarding to `upstream` with `token`.
-struct Credstore {
-    uri: String,
-    _dir: tempfile::TempDir,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start_credstore(upstream: &Running, token: &str) -> Credstore {
-    let dir = tempfile::tempdir().unwrap();
-    let base = common::TestConfig::new()
-        .weak_hashing()
-        .set("etcd.data.dir", dir.path().display().to_string())
-        .set("credstore.failedAuthDelayMs", 0);
-    start_credstore_with(upstream, token, base, dir).await
-}
-
-/// credstore in-process with `base` (its store), forwarding to `upstream` with `token`.
-async fn start_credstore_with(
-    upstream: &Running,
-    token: &str,
-    base: common::TestConfig,
-    dir: tempfile::TempDir,
-) -> Credstore {
-    let yaml = base
-        .set(
-            "credstore.upstream.uri",
-            format!("http://{}", upstream.address),
-        )
-        .set("credstore.upstream.token", token)
-        .set("credstore.upstream.maxMessageBytes", 4096)
-        .yaml();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = Config::load(Some(&path), [], &Overrides::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let state = State::build(config, address).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        server::run(listener, state, async move { drop(stopped.await) })
-            .await
-            .unwrap();
-    });
-    Credstore {
-        uri: format!("http://{address}"),
-        _dir: dir,
-        _stop: stop,
-    }
-}
+use tonic::Code;
 
 /// Creates user bob (password `password1`, no role) as root.
 async fn create_bob(uri: &str) {
@@ -273,35 +32,6 @@ async fn create_bob(uri: &str) {
         .unwrap()
         .into_inner();
     assert_eq!(created.code, 0, "{created:?}");
-}
-
-/// Calls `method` through credstore with raw bytes, as `user:password` and `dbname`.
-async fn call(
-    uri: &str,
-    method: &str,
-    body: Vec<u8>,
-    credentials: &str,
-    db: &str,
-    timeout: Option<Duration>,
-) -> Result<Response<Bytes>, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(uri.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let (user, password) = credentials.split_once(':').expect("user:password");
-    let mut request =
-        Authorization::credentials(user, password).apply(Request::new(Bytes::from(body)));
-    let metadata = request.metadata_mut();
-    metadata.insert("dbname", db.parse().unwrap());
-    metadata.insert("x-client", "kept".parse().unwrap());
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    let path = format!("/{SERVICE}/{method}").parse().unwrap();
-    client.unary(request, path, RawCodec).await
 }
 
 /// An `InsertRequest` naming collection `c1` (field 3), padded with `extra` bytes (field 5).
@@ -347,7 +77,11 @@ async fn forwarded_calls_carry_credstores_token_and_come_back_as_given() {
         "the caller's authorization never goes upstream"
     );
     assert_eq!(first.metadata.get("dbname").unwrap(), "db7");
-    assert_eq!(first.metadata.get("x-client").unwrap(), "kept");
+    assert_eq!(first.metadata.get("client-request-id").unwrap(), "kept");
+    assert!(
+        first.metadata.get("x-client").is_none(),
+        "only allowlisted client headers cross"
+    );
     assert!(
         first.metadata.get("grpc-timeout").is_some(),
         "a default deadline is sent when the client has none"
@@ -661,6 +395,7 @@ async fn forwarded_calls_are_counted_by_method_and_code() {
     for line in [
         "credstore_forwarded_requests_total{method=\"HasCollection\",code=\"ok\"} 2",
         "credstore_forwarded_requests_total{method=\"Insert\",code=\"permission_denied\"} 1",
+        "credstore_upstream_up 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
     }

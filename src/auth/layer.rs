@@ -12,11 +12,12 @@
 //! audit log with the name as sent, the peer and the class the client's answer implies.
 //!
 //! The peer a login is counted and hashed for is the TCP peer's IP address (from the accepted
-//! connection); headers such as `x-forwarded-for` are never read — a client could claim any
-//! address there.
+//! connection), an IPv6 peer's /64 (which one host commonly holds whole: per address, it
+//! could rotate through 2^64 of them) — the rule the connection caps use too; headers such as
+//! `x-forwarded-for` are never read — a client could claim any address there.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,6 +92,16 @@ pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
     peer_in(request.extensions())
 }
 
+/// Whom a login is counted and hashed for: the IP address; an IPv6 peer's /64 (its first
+/// address); an IPv4-mapped IPv6 address as the IPv4 one. (`transport::PeerKey` counts
+/// connections by the same rule.)
+pub fn login_peer(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 fn peer_in(extensions: &http::Extensions) -> Option<SocketAddr> {
     extensions
         .get::<TcpConnectInfo>()
@@ -154,7 +165,7 @@ where
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
             // Looked up only if the login misses the cache.
             let extensions = request.extensions();
-            let from = || peer_in(extensions).map(|address| address.ip().to_canonical());
+            let from = || peer_in(extensions).map(|address| login_peer(address.ip()));
             let result = authenticator.authenticate_from(header, from).await;
             if let Some(metrics) = &metrics {
                 metrics.auth(match &result {
@@ -189,5 +200,28 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(address: &str, peer: &str) {
+        let address: IpAddr = address.parse().unwrap();
+        assert_eq!(
+            login_peer(address),
+            peer.parse::<IpAddr>().unwrap(),
+            "{address}"
+        );
+    }
+
+    #[test]
+    fn a_login_peer_is_the_address_or_an_ipv6_slash_64() {
+        check("10.0.0.7", "10.0.0.7");
+        check("::ffff:10.0.0.7", "10.0.0.7");
+        check("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::");
+        check("2001:db8:1:2::1", "2001:db8:1:2::");
+        check("::1", "::");
     }
 }

@@ -49,18 +49,18 @@ pub struct StoredGroup {
 
 /// `milvus.PrivilegeGroupInfo`, the stored value of a privilege group.
 #[derive(Clone, PartialEq, Message)]
-struct GroupValue {
+pub(super) struct GroupValue {
     #[prost(string, tag = "1")]
     group_name: String,
     #[prost(message, repeated, tag = "2")]
-    privileges: Vec<PrivilegeValue>,
+    pub(super) privileges: Vec<PrivilegeValue>,
 }
 
 /// `milvus.PrivilegeEntity`.
 #[derive(Clone, PartialEq, Message)]
-struct PrivilegeValue {
+pub(super) struct PrivilegeValue {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(super) name: String,
 }
 
 /// The db a grant with an empty db name is stored under, as in Milvus.
@@ -77,11 +77,18 @@ pub fn grantee_id(relative_key: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangedKey<'k> {
     User(&'k str),
-    Mapping { user: &'k str, role: &'k str },
+    Mapping {
+        user: &'k str,
+        role: &'k str,
+    },
     Role(&'k str),
-    Grantee { role: &'k str },
+    Grantee {
+        role: &'k str,
+    },
     GranteeId,
     PrivilegeGroup,
+    /// The alias epoch (`lifecycle.rs`): some alias may point elsewhere now.
+    AliasEpoch,
 }
 
 impl Catalog {
@@ -103,18 +110,21 @@ impl Catalog {
                 _ => None,
             };
         }
+        if key == self.alias_epoch_key() {
+            return Some(ChangedKey::AliasEpoch);
+        }
         key.starts_with(&self.group_prefix())
             .then_some(ChangedKey::PrivilegeGroup)
     }
 
     /// `{meta}/` — the meta root every relative Milvus key hangs off.
-    fn meta_root(&self) -> &str {
+    pub(super) fn meta_root(&self) -> &str {
         self.credential_prefix()
             .strip_suffix("root-coord/credential/")
             .expect("the credential prefix ends with root-coord/credential/")
     }
 
-    fn relative_grantee_key(role: &str, target: &GrantTarget) -> String {
+    pub(super) fn relative_grantee_key(role: &str, target: &GrantTarget) -> String {
         let db = match target.db.as_str() {
             "" => DEFAULT_DB,
             db => db,
@@ -129,11 +139,11 @@ impl Catalog {
         format!("{}grantee-privileges/{role}/", self.credential_prefix())
     }
 
-    fn grantee_id_prefix(&self, id: &str) -> String {
+    pub(super) fn grantee_id_prefix(&self, id: &str) -> String {
         format!("{}grantee-id/{id}/", self.credential_prefix())
     }
 
-    fn group_prefix(&self) -> String {
+    pub(super) fn group_prefix(&self) -> String {
         format!("{}root-coord/privilege-group/", self.meta_root())
     }
 
@@ -403,7 +413,7 @@ impl Catalog {
     }
 }
 
-fn encode_group(name: &str, privileges: &[String]) -> Vec<u8> {
+pub(super) fn encode_group(name: &str, privileges: &[String]) -> Vec<u8> {
     GroupValue {
         group_name: name.to_string(),
         privileges: privileges
@@ -415,7 +425,7 @@ fn encode_group(name: &str, privileges: &[String]) -> Vec<u8> {
 }
 
 /// `{ObjectType}/{db}.{name}` or legacy `{ObjectType}/{name}` (db `default`).
-fn parse_target(rest: &str) -> Option<GrantTarget> {
+pub(super) fn parse_target(rest: &str) -> Option<GrantTarget> {
     let (object, object_name) = rest.split_once('/')?;
     let (db, name) = object_name
         .split_once('.')

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use crate::meta::lease::Lease;
 use crate::meta::{
-    Compare, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision, Txn, TxnOutcome,
-    Watch, WatchMessage,
+    Compare, EmbeddedFailure, Event, EventKind, KeyValue, MetaError, MetaKv, Op, Read, Revision,
+    Txn, TxnOutcome, Watch, WatchMessage,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -38,9 +38,19 @@ pub struct EmbeddedKv {
 
 struct Inner {
     db: Database,
+    /// Absolute.
     path: PathBuf,
+    /// Opening created the file.
+    created: bool,
     state: Mutex<History>,
     revision_tx: watch::Sender<Revision>,
+}
+
+/// Whether a missing file may be created.
+#[derive(Clone, Copy)]
+enum Opening {
+    CreateIfMissing,
+    Existing,
 }
 
 /// Changes since start-up, for watches; revisions before `first_kept` are "compacted".
@@ -59,9 +69,16 @@ fn event_bytes(event: &Event) -> usize {
 }
 
 impl EmbeddedKv {
-    /// Opens (or creates) the store file at `path`; parent directories are created.
+    /// Opens the store file at `path`, creating it (and its parent directories) when there is
+    /// none: [`EmbeddedKv::was_created`] says which happened.
     pub fn open(path: &Path) -> Result<EmbeddedKv, MetaError> {
         EmbeddedKv::open_with_history_bytes(path, HISTORY_BYTES)
+    }
+
+    /// Opens the store file at `path` only if it exists: no file is
+    /// [`EmbeddedFailure::Missing`], never a new empty store.
+    pub fn open_existing(path: &Path) -> Result<EmbeddedKv, MetaError> {
+        EmbeddedKv::open_as(path, HISTORY_BYTES, Opening::Existing)
     }
 
     /// [`EmbeddedKv::open`] keeping at most `history_bytes` of changes for watches to
@@ -70,33 +87,73 @@ impl EmbeddedKv {
         path: &Path,
         history_bytes: usize,
     ) -> Result<EmbeddedKv, MetaError> {
-        let err = |reason: String| MetaError::Embedded {
+        EmbeddedKv::open_as(path, history_bytes, Opening::CreateIfMissing)
+    }
+
+    /// The store file's absolute path (made absolute against the working directory when it
+    /// was opened, so logs and errors say which file, wherever the process was started).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Whether opening created the file (a new, empty store) rather than finding one.
+    pub fn was_created(&self) -> bool {
+        self.inner.created
+    }
+
+    fn open_as(
+        path: &Path,
+        history_bytes: usize,
+        opening: Opening,
+    ) -> Result<EmbeddedKv, MetaError> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let fail = |kind: EmbeddedFailure, reason: String| MetaError::Embedded {
             path: path.display().to_string(),
+            kind,
             reason,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
-        }
-        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
-        let write = db.begin_write().map_err(|e| err(e.to_string()))?;
-        write.open_table(KV).map_err(|e| err(e.to_string()))?;
+        let err = |e: &dyn std::fmt::Display| fail(EmbeddedFailure::Other, e.to_string());
+        let exists = path.try_exists().map_err(|e| err(&e))?;
+        let db = match (exists, opening) {
+            (false, Opening::Existing) => {
+                return Err(fail(
+                    EmbeddedFailure::Missing,
+                    "there is no store file there".into(),
+                ));
+            }
+            (_, Opening::CreateIfMissing) => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| err(&e))?;
+                }
+                Database::create(&path)
+            }
+            (true, Opening::Existing) => Database::open(&path),
+        };
+        let db = db.map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => fail(
+                EmbeddedFailure::InUse,
+                "another process has it open (a running `credstore serve`?)".into(),
+            ),
+            other => err(&other),
+        })?;
+        let write = db.begin_write().map_err(|e| err(&e))?;
+        write.open_table(KV).map_err(|e| err(&e))?;
         let revision = {
-            let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
+            let mut meta = write.open_table(META).map_err(|e| err(&e))?;
             let current = meta
                 .get(REVISION_KEY)
-                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| err(&e))?
                 .map(|g| g.value());
             match current {
                 Some(rev) => rev,
                 None => {
-                    meta.insert(REVISION_KEY, 1)
-                        .map_err(|e| err(e.to_string()))?;
+                    meta.insert(REVISION_KEY, 1).map_err(|e| err(&e))?;
                     1
                 }
             }
         };
-        let revision = sweep_leased(&write, revision).map_err(|e| err(e.to_string()))?;
-        write.commit().map_err(|e| err(e.to_string()))?;
+        let revision = sweep_leased(&write, revision).map_err(|e| err(&e))?;
+        write.commit().map_err(|e| err(&e))?;
         let (revision_tx, _) = watch::channel(revision);
         let history = History {
             events: VecDeque::new(),
@@ -106,7 +163,8 @@ impl EmbeddedKv {
         };
         let inner = Inner {
             db,
-            path: path.to_path_buf(),
+            created: !exists,
+            path,
             state: Mutex::new(history),
             revision_tx,
         };
@@ -125,10 +183,12 @@ impl EmbeddedKv {
             .await
             .map_err(|e| MetaError::Embedded {
                 path: path.clone(),
+                kind: EmbeddedFailure::Other,
                 reason: e.to_string(),
             })?
             .map_err(|e| MetaError::Embedded {
                 path,
+                kind: EmbeddedFailure::Other,
                 reason: e.to_string(),
             })
     }
@@ -316,6 +376,21 @@ impl MetaKv for EmbeddedKv {
         .await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        let keys = keys.to_vec();
+        self.blocking(move |inner| {
+            let read = inner.db.begin_read()?;
+            let revision = snapshot_revision(&read)?;
+            let table = read.open_table(KV)?;
+            let value = keys
+                .iter()
+                .map(|key| read_key(&table, key))
+                .collect::<Result<_, _>>()?;
+            Ok(Read { value, revision })
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
         let prefix = prefix.to_string();
         self.blocking(move |inner| {
@@ -390,6 +465,7 @@ impl EmbeddedKv {
         if lease.is_revoked() {
             return Err(MetaError::Embedded {
                 path: self.inner.path.display().to_string(),
+                kind: EmbeddedFailure::Other,
                 reason: format!("lease {} was revoked", lease.id()),
             });
         }
@@ -497,5 +573,54 @@ impl EmbeddedWatch {
     pub(crate) fn request_progress(&mut self) -> Result<(), MetaError> {
         self.progress_requested = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(result: Result<EmbeddedKv, MetaError>) -> Option<EmbeddedFailure> {
+        match result {
+            Ok(_) => None,
+            Err(MetaError::Embedded { kind, .. }) => Some(kind),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn opening_creates_only_when_asked_and_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store").join("kv.redb");
+        // An existing store only: nothing there, and nothing left behind.
+        assert_eq!(
+            kind(EmbeddedKv::open_existing(&path)),
+            Some(EmbeddedFailure::Missing)
+        );
+        assert!(!dir.path().join("store").exists());
+        let created = EmbeddedKv::open(&path).unwrap();
+        assert!(created.was_created());
+        assert!(created.path().is_absolute());
+        // Held by this process's handle: a second open is InUse, whichever way it opens.
+        assert_eq!(kind(EmbeddedKv::open(&path)), Some(EmbeddedFailure::InUse));
+        assert_eq!(
+            kind(EmbeddedKv::open_existing(&path)),
+            Some(EmbeddedFailure::InUse)
+        );
+        drop(created);
+        let reopened = EmbeddedKv::open_existing(&path).unwrap();
+        assert!(!reopened.was_created());
+        drop(reopened);
+        assert!(!EmbeddedKv::open(&path).unwrap().was_created());
+    }
+
+    #[test]
+    fn a_relative_path_is_reported_absolute() {
+        let err = match EmbeddedKv::open_existing(Path::new("no-such-dir/kv.redb")) {
+            Err(MetaError::Embedded { path, .. }) => path,
+            _ => panic!("a missing store must not open"),
+        };
+        let expected = std::env::current_dir().unwrap().join("no-such-dir/kv.redb");
+        assert_eq!(err, expected.display().to_string());
     }
 }

@@ -12,8 +12,12 @@ mod lease;
 use std::future::Future;
 
 pub use embedded::EmbeddedKv;
-pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver};
+pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver, Page};
 pub use lease::{Lease, Leases};
+
+/// The most operations (and, separately, compares) etcd takes in one transaction
+/// (`--max-txn-ops`, default 128): the bound of [`MetaKv::get_many`] and of every batch.
+pub const MAX_TXN_OPS: usize = 128;
 
 /// An etcd-style revision: every write to the store raises it by one.
 pub type Revision = i64;
@@ -117,9 +121,25 @@ pub enum MetaError {
     #[error("etcd request failed: {0}")]
     Etcd(String),
     #[error("embedded store at {path} failed: {reason}")]
-    Embedded { path: String, reason: String },
+    Embedded {
+        path: String,
+        kind: EmbeddedFailure,
+        reason: String,
+    },
     #[error("watch stream closed")]
     WatchClosed,
+}
+
+/// Why the embedded store failed, for callers that answer differently: `credstore admin
+/// reset-root` names what to do when there is no store, or when a server holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddedFailure {
+    /// Opening an existing store: there is no file at the path.
+    Missing,
+    /// Another process has the file open (redb locks it): a running `credstore serve`.
+    InUse,
+    /// Anything else (I/O, a damaged file, a revoked lease).
+    Other,
 }
 
 /// The storage operations, with etcd's semantics, shared by both backends.
@@ -139,6 +159,27 @@ pub trait MetaKv: Send + Sync {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Read<Vec<String>>, MetaError>> + Send;
+    /// The values of `keys` (at most [`MAX_TXN_OPS`]) in one request; etcd reads them all at
+    /// one revision. The default asks for them one by one (the embedded store and test
+    /// wrappers; its revision is the last read's).
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Read<Vec<Option<KeyValue>>>, MetaError>> + Send {
+        async move {
+            let mut values = Vec::with_capacity(keys.len());
+            let mut revision = 0;
+            for key in keys {
+                let read = self.get(key).await?;
+                revision = revision.max(read.revision);
+                values.push(read.value);
+            }
+            Ok(Read {
+                value: values,
+                revision,
+            })
+        }
+    }
     /// Applies `txn` atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, MetaError>> + Send;
     /// Watches every key under `prefix` from `from` (inclusive).
@@ -221,6 +262,13 @@ impl MetaKv for Store {
         match self {
             Store::Etcd(kv) => kv.list_keys(prefix).await,
             Store::Embedded(kv) => kv.list_keys(prefix).await,
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        match self {
+            Store::Etcd(kv) => kv.get_many(keys).await,
+            Store::Embedded(kv) => kv.get_many(keys).await,
         }
     }
 

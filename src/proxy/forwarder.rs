@@ -1,16 +1,19 @@
 //! [`Forwarder`]: sends one unary `MilvusService` call upstream over a single pooled tonic
 //! `Channel` (HTTP/2, multiplexed) and returns the upstream's answer as it came.
 //!
-//! What crosses: the request bytes and the client's metadata (`dbname`, user agent, …) with
-//! the caller's `authorization` replaced by credstore's own token (none when it is empty),
-//! and the deadline: the client's `grpc-timeout`, or the configured default when it sent
-//! none, both sent upstream and enforced here. What comes back: the answer bytes, headers and
+//! What crosses: the request bytes; the `dbname` the caller was authorized in (always, and
+//! only that one); of the client's other metadata only [`FORWARDED_HEADERS`] (request ids,
+//! pymilvus's connection identifier, trace context) — never its `authorization` (credstore's
+//! own token replaces it; none when it is empty), `-bin` headers, or anything Milvus trusts
+//! from internal callers; and the deadline: the client's `grpc-timeout`, or the configured
+//! default when it sent none, both sent upstream and enforced here. What comes back: the answer bytes, headers and
 //! trailers (as response metadata), or the upstream's status with its message, details and
 //! metadata. A transport failure (refused, reset, no connection) is UNAVAILABLE, which
 //! pymilvus retries; dropping the call (the client cancelled) resets the upstream stream.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,15 +33,14 @@ use crate::proxy::{ProxyError, Upstream};
 /// queue. Milvus's own proxy allows far more streams; this bounds what one replica holds.
 const MAX_IN_FLIGHT: usize = 1024;
 
-/// Request headers that describe this hop's encoding, not the client's intent: tonic sets
-/// its own, and the answer must come back in an encoding the forwarder reads (identity).
-const HOP_HEADERS: &[&str] = &[
-    "authorization",
-    "grpc-timeout",
-    "grpc-encoding",
-    "grpc-accept-encoding",
-    "te",
-    "content-type",
+/// The client headers forwarded as they came (first value, ASCII only): everything else is
+/// dropped. `dbname` is not among them: the forwarder sets it to the authorized database.
+pub const FORWARDED_HEADERS: &[&str] = &[
+    "client-request-id",
+    "client-request-unixmsec",
+    "identifier",
+    "traceparent",
+    "tracestate",
 ];
 
 /// The forwarding client; cheap to clone.
@@ -90,7 +92,11 @@ impl Forwarder {
             .concurrency_limit(MAX_IN_FLIGHT)
             .connect_lazy();
         let max = config.max_message_bytes;
-        let client = tonic::client::Grpc::new(Link(channel))
+        let link = Link {
+            channel,
+            uri: Arc::from(uri),
+        };
+        let client = tonic::client::Grpc::new(link)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         let token = match config.token.is_empty() {
@@ -110,21 +116,26 @@ impl Forwarder {
         })
     }
 
-    /// Forwards `request` as `method` and returns the upstream's answer.
+    /// Forwards `request` as `method`, to act in database `db` (the one it was authorized
+    /// in), and returns the upstream's answer.
     pub async fn forward(
         &self,
         method: &str,
+        db: &str,
         request: Request<Bytes>,
     ) -> Result<Response<Bytes>, Status> {
         let path = http::uri::PathAndQuery::try_from(format!("/{SERVICE}/{method}"))
             .map_err(|_| Status::unimplemented(format!("no such method {method:?}")))?;
-        let (mut metadata, _extensions, body) = request.into_parts();
-        let timeout = metadata
+        let (incoming, _extensions, body) = request.into_parts();
+        let timeout = incoming
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .unwrap_or(self.default_timeout);
-        strip(&mut metadata, HOP_HEADERS);
+        let mut metadata = forwarded_metadata(&incoming);
+        let db = AsciiMetadataValue::try_from(db)
+            .map_err(|_| Status::invalid_argument(format!("invalid database name {db:?}")))?;
+        metadata.insert("dbname", db);
         if let Some(token) = &self.token {
             metadata.insert("authorization", token.clone());
         }
@@ -150,6 +161,17 @@ impl Forwarder {
             ))),
         }
     }
+}
+
+/// The allowlisted client headers ([`FORWARDED_HEADERS`]), first value each.
+fn forwarded_metadata(incoming: &MetadataMap) -> MetadataMap {
+    let mut metadata = MetadataMap::new();
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = incoming.get(*name) {
+            metadata.insert(*name, value.clone());
+        }
+    }
+    metadata
 }
 
 fn strip(metadata: &mut MetadataMap, names: &[&str]) {
@@ -179,7 +201,11 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 /// The channel, with every transport failure turned into UNAVAILABLE (tonic would report a
 /// refused connection as UNKNOWN "transport error", which pymilvus does not retry).
 #[derive(Clone)]
-pub struct Link(Channel);
+pub struct Link {
+    channel: Channel,
+    /// The upstream's URI, named in every "unreachable" answer.
+    uri: Arc<str>,
+}
 
 impl Service<http::Request<tonic::body::Body>> for Link {
     type Response = http::Response<tonic::body::Body>;
@@ -187,16 +213,26 @@ impl Service<http::Request<tonic::body::Body>> for Link {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        self.0.poll_ready(cx).map_err(unavailable)
+        let uri = &self.uri;
+        self.channel.poll_ready(cx).map_err(|e| unavailable(uri, e))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let call = self.0.call(request);
-        Box::pin(async move { call.await.map_err(unavailable) })
+        let call = self.channel.call(request);
+        let uri = self.uri.clone();
+        Box::pin(async move { call.await.map_err(|e| unavailable(&uri, e)) })
     }
 }
 
-fn unavailable(e: tonic::transport::Error) -> Status {
+/// Whether `status` says the upstream could not be reached (this module's UNAVAILABLE).
+pub fn unreachable(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().starts_with(UNREACHABLE)
+}
+
+/// How every "the upstream could not be reached" answer starts.
+const UNREACHABLE: &str = "upstream unavailable";
+
+fn unavailable(uri: &str, e: tonic::transport::Error) -> Status {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(&e);
     // The channel enforces the `grpc-timeout` it sends: that is the caller's deadline
@@ -216,13 +252,44 @@ fn unavailable(e: tonic::transport::Error) -> Status {
         source = cause.source();
     }
     tracing::debug!(%reason, "upstream unavailable");
-    Status::unavailable(format!("upstream unavailable: {reason}"))
+    Status::unavailable(format!("{UNREACHABLE} at {uri}: {reason}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tls::ClientTls;
+
+    #[test]
+    fn only_allowlisted_headers_cross() {
+        let mut incoming = MetadataMap::new();
+        for (k, v) in [
+            ("authorization", "cm9vdDpNaWx2dXM="),
+            ("dbname", "secretdb"),
+            ("sourceid", "-1"),
+            ("client-request-id", "abc"),
+            ("identifier", "42"),
+            ("x-anything", "1"),
+        ] {
+            incoming.append(k, v.parse().unwrap());
+        }
+        incoming.append("client-request-id", "second".parse().unwrap());
+        incoming.append_bin(
+            "authorization-bin",
+            tonic::metadata::BinaryMetadataValue::from_bytes(b"x"),
+        );
+        let out = forwarded_metadata(&incoming);
+        let kept: Vec<_> = out
+            .iter()
+            .map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    format!("{}={}", k.as_str(), v.to_str().unwrap())
+                }
+                tonic::metadata::KeyAndValueRef::Binary(k, _) => k.as_str().to_string(),
+            })
+            .collect();
+        assert_eq!(kept, ["client-request-id=abc", "identifier=42"]);
+    }
 
     #[test]
     fn grpc_timeouts() {
@@ -247,6 +314,9 @@ mod tests {
             uri: uri.into(),
             token: String::new(),
             max_message_bytes: 1 << 20,
+            max_in_flight_bytes: 1 << 30,
+            max_in_flight_bytes_per_connection: 1 << 28,
+            body_timeout: Duration::from_secs(30),
             default_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
         };

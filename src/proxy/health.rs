@@ -21,9 +21,10 @@ pub const RESYNCING: &str = "credstore replica is re-syncing with etcd";
 /// Asks the upstream, then folds in `trusted` (whether this replica trusts its cache).
 pub async fn check_health(
     proxy: &Proxy,
+    db: &str,
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, Status> {
-    let upstream = proxy.forwarder.forward(METHOD, request).await;
+    let upstream = proxy.forwarder.forward(METHOD, db, request).await;
     let folded = fold(upstream, proxy.trusted());
     Ok(Response::new(Bytes::from(folded.encode_to_vec())))
 }

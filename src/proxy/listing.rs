@@ -1,8 +1,11 @@
-//! `ShowCollections` through the proxy tier: any authenticated caller may list, and sees only
-//! the collections their grants reach (some privilege on the collection, on every collection,
-//! `All`, or Global `ShowCollections`), as Milvus 2.4+ filters the list; root and `admin` see
-//! every one. The upstream answers with credstore's token, so without this cut every user
-//! would see every name.
+//! The two listings any authenticated caller may make, cut to the caller's grants as Milvus
+//! 2.4+ cuts them; root and `admin` see everything. The upstream answers with credstore's
+//! token, so without the cut every user would see every name.
+//!
+//! - `ShowCollections`: the collections of the request's database (its subject's, read like
+//!   every forwarded call's) that the caller's grants reach (some privilege on the collection,
+//!   on every collection, `All`, or Global `ShowCollections`).
+//! - `ListDatabases`: the databases the caller holds any grant in.
 //!
 //! The answer's lists are parallel (entry i of each describes collection i): each is cut with
 //! the same mask. A list of another length cannot be attributed and is emptied, and fields
@@ -14,28 +17,27 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use crate::proto::milvus::{ShowCollectionsRequest, ShowCollectionsResponse};
+use crate::proto::milvus::{ListDatabasesResponse, ShowCollectionsResponse};
 use crate::proxy::router::Proxy;
+use crate::proxy::subject::Subject;
 
-/// The method this module answers.
-pub const METHOD: &str = "ShowCollections";
+/// The methods this module answers.
+pub const SHOW_COLLECTIONS: &str = "ShowCollections";
+pub const LIST_DATABASES: &str = "ListDatabases";
 
-/// Forwards the listing and cuts the answer to what `user` may see in `db` (the request's
-/// `db_name` wins over the `dbname` header, as in Milvus). `user` is `None` when
-/// authorization is off: the answer passes whole.
+/// Forwards the listing and cuts the answer to what `user` may see in the subject's
+/// database. `user` is `None` when authorization is off: the answer passes whole.
 pub async fn show_collections(
     proxy: &Proxy,
     user: Option<&str>,
-    header_db: &str,
+    subject: &Subject,
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, Status> {
-    let asked = ShowCollectionsRequest::decode(request.get_ref().clone())
-        .map_err(|e| Status::invalid_argument(format!("unreadable ShowCollectionsRequest: {e}")))?;
-    let db = match asked.db_name.trim() {
-        "" => header_db.to_string(),
-        named => named.to_string(),
-    };
-    let response = proxy.forwarder.forward(METHOD, request).await?;
+    let db = subject.db.as_str();
+    let response = proxy
+        .forwarder
+        .forward(SHOW_COLLECTIONS, db, request)
+        .await?;
     let Some(user) = user else {
         return Ok(response);
     };
@@ -46,9 +48,9 @@ pub async fn show_collections(
         ))
     })?;
     let visible = proxy
-        .gate
+        .authorizer
         .policies()
-        .visible_collections(user, &db, &answer.collection_names)
+        .visible_collections(user, db, &answer.collection_names)
         .await
         .map_err(|e| Status::unavailable(format!("cannot load the caller's grants: {e}")))?;
     if visible.iter().all(|&v| v) {
@@ -63,19 +65,60 @@ pub async fn show_collections(
     ))
 }
 
+/// Forwards `ListDatabases` and cuts the answer to the databases `user` holds a grant in.
+pub async fn list_databases(
+    proxy: &Proxy,
+    user: Option<&str>,
+    subject: &Subject,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, Status> {
+    let response = proxy
+        .forwarder
+        .forward(LIST_DATABASES, &subject.db, request)
+        .await?;
+    let Some(user) = user else {
+        return Ok(response);
+    };
+    let (metadata, body, extensions) = response.into_parts();
+    let mut answer = ListDatabasesResponse::decode(body.clone()).map_err(|e| {
+        Status::internal(format!(
+            "the upstream's ListDatabases answer is unreadable: {e}"
+        ))
+    })?;
+    let visible = proxy
+        .authorizer
+        .policies()
+        .visible_databases(user, &answer.db_names)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot load the caller's grants: {e}")))?;
+    if visible.iter().all(|&v| v) {
+        return Ok(Response::from_parts(metadata, body, extensions));
+    }
+    filter(&mut answer.created_timestamp, &visible);
+    filter(&mut answer.db_ids, &visible);
+    filter(&mut answer.db_names, &visible);
+    Ok(Response::from_parts(
+        metadata,
+        Bytes::from(answer.encode_to_vec()),
+        extensions,
+    ))
+}
+
+/// Keeps entry i of `list` where `keep[i]`; a list of another length is emptied.
+fn filter<T>(list: &mut Vec<T>, keep: &[bool]) {
+    if list.len() != keep.len() {
+        list.clear();
+        return;
+    }
+    let mut i = 0;
+    list.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
 /// Keeps entry i of every parallel list where `keep[i]`.
 fn cut(answer: &mut ShowCollectionsResponse, keep: &[bool]) {
-    fn filter<T>(list: &mut Vec<T>, keep: &[bool]) {
-        if list.len() != keep.len() {
-            list.clear();
-            return;
-        }
-        let mut i = 0;
-        list.retain(|_| {
-            i += 1;
-            keep[i - 1]
-        });
-    }
     filter(&mut answer.collection_ids, keep);
     filter(&mut answer.created_timestamps, keep);
     filter(&mut answer.created_utc_timestamps, keep);

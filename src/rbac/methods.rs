@@ -6,15 +6,10 @@
 //! unchecked silently. A method absent from the table has no privilege entry: callers treat it
 //! as root/admin only (fail safe).
 //!
-//! [`MethodRule::object_name`] reads the object name straight from a request's encoded bytes
-//! (one field, or field 1 of a message field), without decoding the whole message, so the
-//! proxy tier can authorize a forwarded call it never deserializes.
+//! Table data only: reading names out of a request's bytes is `proxy::subject`'s job.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
-
-use prost::bytes::Buf;
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 
 use crate::rbac::privileges::{ObjectType, Privilege};
 
@@ -30,11 +25,6 @@ pub struct MethodRule {
     /// The name field is a message whose field 1 holds the name (`SelectUser.user`).
     nested: bool,
 }
-
-/// Why a request's object name could not be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the request's object name cannot be read: {0}")]
-pub struct NameError(String);
 
 const TABLE: &str = include_str!("methods.tsv");
 
@@ -78,109 +68,25 @@ pub fn all() -> impl Iterator<Item = (&'static str, &'static MethodRule)> {
 }
 
 impl MethodRule {
-    /// The object names the request acts on: its name field, or each entry of its repeated
-    /// name field; `["*"]` when it has none or the field is empty (Milvus's rule).
-    pub fn object_names(&self, mut body: &[u8]) -> Result<Vec<String>, NameError> {
-        let wanted = match (self.name_field, self.names_field) {
-            (0, 0) => return Ok(vec!["*".to_string()]),
-            (0, repeated) => repeated,
-            (single, _) => single,
-        };
-        let mut names = Vec::new();
-        while body.has_remaining() {
-            let (tag, wire) = decode_key(&mut body).map_err(err)?;
-            if tag == wanted && wire == WireType::LengthDelimited {
-                let value = length_delimited(&mut body)?;
-                let name = match self.nested {
-                    true => first_string(value)?,
-                    false => utf8(value)?,
-                };
-                if self.name_field != 0 {
-                    names.clear();
-                }
-                names.push(name);
-            } else {
-                skip_field(wire, tag, &mut body, DecodeContext::default()).map_err(err)?;
-            }
-        }
-        names.retain(|n| !n.is_empty());
-        if names.is_empty() {
-            names.push("*".to_string());
-        }
-        Ok(names)
+    /// The field numbers that name the request's object (its name field, or its repeated
+    /// name field); none when the object is `*`. `proxy::subject` reads them, with every
+    /// other name a request carries.
+    pub fn name_fields(&self) -> Vec<u32> {
+        [self.name_field, self.names_field]
+            .into_iter()
+            .filter(|f| *f != 0)
+            .collect()
     }
-}
 
-fn length_delimited<'a>(body: &mut &'a [u8]) -> Result<&'a [u8], NameError> {
-    let len = usize::try_from(decode_varint(body).map_err(err)?)
-        .map_err(|_| NameError("length overflows".into()))?;
-    if len > body.len() {
-        return Err(NameError("truncated field".into()));
+    /// Whether the name field is a message whose field 1 holds the name (`SelectUser.user`).
+    pub fn name_is_nested(&self) -> bool {
+        self.nested
     }
-    let (value, rest) = body.split_at(len);
-    *body = rest;
-    Ok(value)
-}
-
-/// Field 1 of an embedded message, as a string ("" when absent).
-fn first_string(mut message: &[u8]) -> Result<String, NameError> {
-    let mut found = String::new();
-    while message.has_remaining() {
-        let (tag, wire) = decode_key(&mut message).map_err(err)?;
-        if tag == 1 && wire == WireType::LengthDelimited {
-            found = utf8(length_delimited(&mut message)?)?;
-        } else {
-            skip_field(wire, tag, &mut message, DecodeContext::default()).map_err(err)?;
-        }
-    }
-    Ok(found)
-}
-
-fn utf8(bytes: &[u8]) -> Result<String, NameError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| NameError("name is not UTF-8".into()))
-}
-
-fn err(e: prost::DecodeError) -> NameError {
-    NameError(e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
-
-    /// Stand-ins with the same field numbers as Milvus's requests.
-    #[derive(Clone, PartialEq, Message)]
-    struct Insert {
-        #[prost(string, tag = "2")]
-        db_name: String,
-        #[prost(string, tag = "3")]
-        collection_name: String,
-        #[prost(bytes = "vec", tag = "5")]
-        payload: Vec<u8>,
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct UserEntity {
-        #[prost(string, tag = "1")]
-        name: String,
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct SelectUser {
-        #[prost(message, optional, tag = "2")]
-        user: Option<UserEntity>,
-        #[prost(bool, tag = "3")]
-        include_role_info: bool,
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct Flush {
-        #[prost(string, tag = "2")]
-        db_name: String,
-        #[prost(string, repeated, tag = "3")]
-        collection_names: Vec<String>,
-    }
 
     #[test]
     fn the_table_covers_milvus_annotations() {
@@ -197,55 +103,10 @@ mod tests {
     }
 
     #[test]
-    fn object_names_are_read_from_encoded_requests() {
-        let body = Insert {
-            db_name: "db1".into(),
-            collection_name: "c1".into(),
-            payload: vec![7; 1000],
-        }
-        .encode_to_vec();
-        assert_eq!(rule("Insert").unwrap().object_names(&body).unwrap(), ["c1"]);
-
-        let select = |name: &str| {
-            SelectUser {
-                user: Some(UserEntity { name: name.into() }),
-                include_role_info: true,
-            }
-            .encode_to_vec()
-        };
-        let rule_select = rule("SelectUser").unwrap();
-        assert_eq!(rule_select.object_names(&select("bob")).unwrap(), ["bob"]);
-        assert_eq!(rule_select.object_names(&select("")).unwrap(), ["*"]);
-        assert_eq!(rule_select.object_names(&[]).unwrap(), ["*"]);
-
-        let flush = Flush {
-            db_name: "default".into(),
-            collection_names: vec!["a".into(), "b".into()],
-        }
-        .encode_to_vec();
-        assert_eq!(
-            rule("Flush").unwrap().object_names(&flush).unwrap(),
-            ["a", "b"]
-        );
-        assert_eq!(
-            rule("CreateCollection")
-                .unwrap()
-                .object_names(&body)
-                .unwrap(),
-            ["*"]
-        );
-    }
-
-    #[test]
-    fn malformed_bodies_are_errors_not_panics() {
-        let insert = rule("Insert").unwrap();
-        for body in [
-            &[0x1a, 0x05, b'a'][..],
-            &[0xff; 11],
-            &[0x1a, 0x02, 0xff, 0xfe],
-            &[0x0b],
-        ] {
-            assert!(insert.object_names(body).is_err(), "{body:?}");
-        }
+    fn name_fields_follow_the_annotations() {
+        assert_eq!(rule("Insert").unwrap().name_fields(), [3]);
+        assert_eq!(rule("Flush").unwrap().name_fields(), [3]);
+        assert!(rule("CreateCollection").unwrap().name_fields().is_empty());
+        assert!(rule("SelectUser").unwrap().name_is_nested());
     }
 }

@@ -6,13 +6,15 @@
 //! No gRPC types and no etcd: the catalog stores grants in Milvus's layout, `policies` reads
 //! them through it; the service and the proxy tier ask for decisions.
 
+pub mod decision;
 pub mod methods;
 pub mod policies;
 pub mod policy;
 pub mod privileges;
 pub mod validate;
 
-pub use methods::{MethodRule, NameError};
+pub use decision::{Denial, Reach, Refused, Target, decide, may_hold};
+pub use methods::MethodRule;
 pub use policies::{Policies, PolicyChange};
 pub use policy::{ADMIN_ROLE, Check, CustomGroups, Grant, PUBLIC_ROLE, RolePolicy, allowed};
 pub use privileges::{BuiltinGroups, Level, ObjectType, Privilege};

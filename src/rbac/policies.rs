@@ -24,6 +24,8 @@ pub enum PolicyChange {
     Role(String),
     /// `grantee-id/…` or a privilege group: any role's policy may have changed.
     All,
+    /// The alias epoch: any alias may point elsewhere now.
+    Aliases,
 }
 
 /// The cached authorization state of one replica; cheap to clone.
@@ -38,6 +40,9 @@ struct Inner {
     user_roles: moka::sync::Cache<String, Arc<Vec<String>>>,
     roles: moka::sync::Cache<String, Arc<RolePolicy>>,
     groups: RwLock<Option<Arc<CustomGroups>>>,
+    /// (db, name) → the collection the name resolves to (itself when it is no alias), as
+    /// the proxy tier last learnt it from the upstream.
+    aliases: moka::sync::Cache<(String, String), Arc<str>>,
     /// `common.security.rootShouldBindRole`: root is checked through its roles like anyone.
     root_binds_role: bool,
     /// Bumped by every invalidation; a load inserts only if it is unchanged since its read.
@@ -57,6 +62,7 @@ impl Policies {
             user_roles: moka::sync::Cache::new(capacity),
             roles: moka::sync::Cache::new(capacity),
             groups: RwLock::new(None),
+            aliases: moka::sync::Cache::new(capacity),
             root_binds_role,
             epoch: AtomicU64::new(0),
         };
@@ -94,6 +100,56 @@ impl Policies {
         Ok(false)
     }
 
+    /// Whether `user` holds `privilege` on some object in some database (for refusing a
+    /// request before its body is read): an exempt root and `admin` do.
+    pub async fn holds_anywhere(
+        &self,
+        user: &str,
+        privilege: crate::rbac::Privilege,
+    ) -> Result<bool, CatalogError> {
+        Ok(match self.restricted_policies(user).await? {
+            None => true,
+            Some(policies) => policies.iter().any(|p| p.mentions(privilege)),
+        })
+    }
+
+    /// Which of `dbs` `user` may see in a listing: all for an exempt root and `admin`;
+    /// otherwise those one of their roles (or `public`) holds a grant in.
+    pub async fn visible_databases(
+        &self,
+        user: &str,
+        dbs: &[String],
+    ) -> Result<Vec<bool>, CatalogError> {
+        let Some(policies) = self.restricted_policies(user).await? else {
+            return Ok(vec![true; dbs.len()]);
+        };
+        Ok(dbs
+            .iter()
+            .map(|db| policies.iter().any(|p| p.reaches_db(db)))
+            .collect())
+    }
+
+    /// The policies of `user`'s roles and `public`; `None` for an exempt root or `admin`,
+    /// who see everything.
+    async fn restricted_policies(
+        &self,
+        user: &str,
+    ) -> Result<Option<Vec<Arc<RolePolicy>>>, CatalogError> {
+        if self.exempt(user) {
+            return Ok(None);
+        }
+        let roles = self.user_roles(user).await?;
+        if roles.iter().any(|r| r == ADMIN_ROLE) {
+            return Ok(None);
+        }
+        let implicit = (!roles.iter().any(|r| r == PUBLIC_ROLE)).then_some(PUBLIC_ROLE);
+        let mut policies = Vec::new();
+        for role in roles.iter().map(String::as_str).chain(implicit) {
+            policies.push(self.role_policy(role).await?);
+        }
+        Ok(Some(policies))
+    }
+
     /// Which of `names` (collections of `db`) `user` may see in a listing: all for an exempt
     /// root and `admin`; otherwise those one of their roles or `public` sees
     /// ([`RolePolicy::sees_collection`]).
@@ -103,18 +159,9 @@ impl Policies {
         db: &str,
         names: &[String],
     ) -> Result<Vec<bool>, CatalogError> {
-        if self.exempt(user) {
+        let Some(policies) = self.restricted_policies(user).await? else {
             return Ok(vec![true; names.len()]);
-        }
-        let roles = self.user_roles(user).await?;
-        if roles.iter().any(|r| r == ADMIN_ROLE) {
-            return Ok(vec![true; names.len()]);
-        }
-        let implicit = (!roles.iter().any(|r| r == PUBLIC_ROLE)).then_some(PUBLIC_ROLE);
-        let mut policies = Vec::new();
-        for role in roles.iter().map(String::as_str).chain(implicit) {
-            policies.push(self.role_policy(role).await?);
-        }
+        };
         Ok(names
             .iter()
             .map(|name| policies.iter().any(|p| p.sees_collection(db, name)))
@@ -189,6 +236,27 @@ impl Policies {
         }
     }
 
+    /// The collection `name` of `db` resolves to, if this replica has learnt it since the
+    /// last alias change.
+    pub fn cached_alias(&self, db: &str, name: &str) -> Option<Arc<str>> {
+        self.inner.aliases.get(&(db.to_string(), name.to_string()))
+    }
+
+    /// A token to pass to [`Policies::remember_alias`]: taken before asking the upstream, so
+    /// an answer that raced an alias change is not kept.
+    pub fn alias_token(&self) -> u64 {
+        self.epoch()
+    }
+
+    /// Keeps what `name` of `db` resolved to, unless anything was invalidated since `token`.
+    pub fn remember_alias(&self, token: u64, db: &str, name: &str, target: Arc<str>) {
+        self.insert_if_current(token, || {
+            self.inner
+                .aliases
+                .insert((db.to_string(), name.to_string()), target.clone())
+        });
+    }
+
     /// Applies a changed key's meaning to the cache.
     pub fn invalidate(&self, change: &PolicyChange) {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
@@ -196,6 +264,7 @@ impl Policies {
             PolicyChange::User(user) => self.inner.user_roles.invalidate(user),
             PolicyChange::Role(role) => self.inner.roles.invalidate(role),
             PolicyChange::All => self.clear(),
+            PolicyChange::Aliases => self.inner.aliases.invalidate_all(),
         }
     }
 
@@ -207,6 +276,7 @@ impl Policies {
     fn clear(&self) {
         self.inner.user_roles.invalidate_all();
         self.inner.roles.invalidate_all();
+        self.inner.aliases.invalidate_all();
         *self.inner.groups.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
@@ -222,6 +292,7 @@ impl PolicyChange {
                 Some(PolicyChange::Role(role.to_string()))
             }
             ChangedKey::GranteeId | ChangedKey::PrivilegeGroup => Some(PolicyChange::All),
+            ChangedKey::AliasEpoch => Some(PolicyChange::Aliases),
         }
     }
 }

@@ -177,17 +177,15 @@ impl RolePolicy {
         }
     }
 
-    /// A group member applies to its own object type; Global members to every name.
+    /// A group member applies to its own object type, within the grant's database and name:
+    /// a group granted on one collection grants its members on that collection only, Global
+    /// members included (Milvus 2.5 lets them reach every name of the database; see the
+    /// README's differences).
     fn add_member(&mut self, member: Privilege, grant: &Grant) {
-        let object = member.object_type();
-        let name = match object {
-            ObjectType::Global => Pattern::Any,
-            _ => Pattern::new(&grant.name),
-        };
         let scope = Scope {
-            object: Some(object),
+            object: Some(member.object_type()),
             db: Pattern::new(&grant.db),
-            name,
+            name: Pattern::new(&grant.name),
         };
         if member.is_all() {
             self.any_privilege.push(Scope {
@@ -231,6 +229,23 @@ impl RolePolicy {
                 .by_privilege
                 .values()
                 .any(|scopes| scopes.iter().any(on_it))
+    }
+
+    /// Whether this role holds any grant in `db` (a grant in `*` counts): the databases a
+    /// `ListDatabases` answer shows the caller, as Milvus 2.4+ cuts it.
+    pub fn reaches_db(&self, db: &str) -> bool {
+        self.any_privilege.iter().any(|s| s.db.matches(db))
+            || self
+                .by_privilege
+                .values()
+                .any(|scopes| scopes.iter().any(|s| s.db.matches(db)))
+    }
+
+    /// Whether this role holds `privilege` on any object at all (or `*` / `All` anywhere).
+    pub fn mentions(&self, privilege: Privilege) -> bool {
+        self.by_privilege.contains_key(&privilege)
+            || !self.any_privilege.any_name.is_empty()
+            || !self.any_privilege.by_name.is_empty()
     }
 
     /// Stored privilege names that granted nothing (unknown to this build).
@@ -385,8 +400,12 @@ mod tests {
         assert!(p.allows(&check(Collection, "Query", "db1", "c1")));
         assert!(!p.allows(&check(Collection, "Query", "db1", "c2")));
         assert!(!p.allows(&check(Collection, "Insert", "db1", "c1")));
-        // A Global member applies to every name in the db.
-        assert!(p.allows(&check(Global, "DescribeCollection", "db1", "*")));
+        // A Global member applies to the granted collection only, never db-wide.
+        assert!(p.allows(&check(Global, "DescribeCollection", "db1", "c1")));
+        assert!(!p.allows(&check(Global, "DescribeCollection", "db1", "c2")));
+        assert!(!p.allows(&check(Global, "DescribeCollection", "db1", "*")));
+        assert!(p.mentions(Privilege::from_api("Query").unwrap()));
+        assert!(!p.mentions(Privilege::from_api("Insert").unwrap()));
         let admin = policy(&[grant(Global, "*", "*", "PrivilegeGroupClusterAdmin")]);
         assert!(admin.allows(&check(User, "UpdateUser", "default", "bob")));
         assert!(admin.allows(&check(Global, "CreateOwnership", "default", "*")));

@@ -28,17 +28,10 @@ use crate::password::{Limits, Password, Username};
 use crate::proto::common::{ErrorCode, ServerInfo, Status};
 use crate::proto::milvus::milvus_service_server::MilvusService;
 use crate::proto::milvus::*;
-use crate::rbac::{self, Check, MethodRule, Policies};
+use crate::rbac::{self, Policies, Target};
 use status::{ServiceError, to_status};
 
 pub use users::MAX_DESCRIPTION_LEN;
-
-/// The privilege-table entry of a method credstore serves. Every such method is annotated
-/// in Milvus's proto (`owned_methods_are_annotated` checks it), so a miss is a bug.
-fn owned_rule(method: &str) -> &'static MethodRule {
-    rbac::methods::rule(method)
-        .unwrap_or_else(|| panic!("{method} has no entry in the privilege table"))
-}
 
 /// Who is calling, and the database they named (Milvus's `dbname` header; it only appears in
 /// the text of a denial), from where, and the newest revision the request wrote (for the
@@ -146,29 +139,16 @@ impl Api {
         self
     }
 
-    /// Decision one: may the caller do what `method` needs (its entry in Milvus's privilege
-    /// table) on the object `name`? Root may (unless `common.security.rootShouldBindRole`);
-    /// so may everyone when authorization is disabled; otherwise the caller's roles decide
-    /// (`admin` passes, `public` is implicit). Denied: PERMISSION_DENIED in Milvus's words.
+    /// May the caller do what `method` needs (its entry in Milvus's privilege table) on the
+    /// object `name`? The one decision, `rbac::decide`: every method served here is
+    /// cluster-wide, so only cluster-level grants count, whatever the `dbname` header says.
     async fn require(&self, caller: &Caller, method: &str, name: &str) -> Result<(), ServiceError> {
-        let Some(user) = caller.who.name() else {
-            return Ok(());
+        let dbs = [caller.db.as_str()];
+        let target = Target {
+            dbs: &dbs,
+            names: &[name],
         };
-        let rule = owned_rule(method);
-        let check = Check {
-            object: rule.object,
-            privilege: rule.privilege,
-            db: &caller.db,
-            name,
-        };
-        match self.policies.allows(user, &check).await? {
-            true => Ok(()),
-            false => Err(ServiceError::PermissionDenied {
-                privilege: rule.privilege,
-                user: user.to_string(),
-                db: caller.db.clone(),
-            }),
-        }
+        Ok(rbac::decide(&self.policies, &caller.who, method, target).await?)
     }
 
     /// Decision two: a user acting on their own record (`target`, as sent) needs no

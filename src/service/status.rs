@@ -9,8 +9,8 @@ use crate::coherence::CoherenceError;
 use crate::meta::MetaError;
 use crate::password::{HashError, RuleError};
 use crate::proto::common::{ErrorCode, Status};
-use crate::rbac::Privilege;
 use crate::rbac::validate::Refusal;
+use crate::rbac::{Denial, Refused};
 
 /// Everything a handler can fail with. No variant carries a password or hash; errors from the
 /// modules below are kept as sources.
@@ -60,12 +60,9 @@ pub enum ServiceError {
     Corrupt(#[source] CatalogError),
     #[error("stored data is unreadable: {0}")]
     BadHash(#[source] HashError),
-    #[error("{}: permission deny to {user} in the `{db}` database", privilege.metastore_name())]
-    PermissionDenied {
-        privilege: Privilege,
-        user: String,
-        db: String,
-    },
+    /// `rbac::decide`'s denial, in Milvus's words.
+    #[error(transparent)]
+    PermissionDenied(#[from] Denial),
     #[error("request is not authenticated")]
     Unauthenticated,
     #[error("credential store unavailable, retry: {0}")]
@@ -103,7 +100,7 @@ impl ServiceError {
                 "refused"
             }
             ServiceError::Conflict(_) => "conflict",
-            ServiceError::PermissionDenied { .. } => "permission_denied",
+            ServiceError::PermissionDenied(_) => "permission_denied",
             ServiceError::Unauthenticated => "unauthenticated",
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::Busy => "busy",
@@ -176,7 +173,7 @@ pub fn to_status(err: &ServiceError, failure: ErrorCode) -> Result<Status, tonic
             tracing::error!(%reason, "request failed");
             (65535, failure, false)
         }
-        ServiceError::PermissionDenied { .. } => {
+        ServiceError::PermissionDenied(_) => {
             tracing::debug!(%reason, "permission denied");
             return Err(tonic::Status::permission_denied(reason));
         }
@@ -202,6 +199,15 @@ pub fn to_status(err: &ServiceError, failure: ErrorCode) -> Result<Status, tonic
             .insert("is_input_error".into(), "true".into());
     }
     Ok(status)
+}
+
+impl From<Refused> for ServiceError {
+    fn from(refused: Refused) -> ServiceError {
+        match refused {
+            Refused::Denied(denial) => ServiceError::PermissionDenied(denial),
+            Refused::Unavailable(e) => e.into(),
+        }
+    }
 }
 
 impl From<CatalogError> for ServiceError {
@@ -471,11 +477,11 @@ mod tests {
             ),
         );
         check(
-            E::PermissionDenied {
-                privilege: Privilege::from_api("CreateOwnership").unwrap(),
+            E::PermissionDenied(Denial::Privilege {
+                privilege: crate::rbac::Privilege::from_api("CreateOwnership").unwrap(),
                 user: "bob".into(),
                 db: "default".into(),
-            },
+            }),
             Err((
                 tonic::Code::PermissionDenied,
                 "PrivilegeCreateOwnership: permission deny to bob in the `default` database",

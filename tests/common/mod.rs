@@ -25,7 +25,9 @@ mod client;
 mod config;
 mod etcd;
 pub mod proxy;
+pub mod raw;
 mod replica;
+pub mod upstream;
 
 // A test binary that uses no name of a part would warn about its re-export.
 #[allow(unused_imports)]

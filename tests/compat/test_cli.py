@@ -1,14 +1,18 @@
-"""The admin CLI of the same binary (`credstore user ...`, `credstore health`), which talks
-to a running server over the gRPC API; results are cross-checked with pymilvus. Passwords go
-through the environment or standard input, never only the command line (`ps` shows it)."""
+"""The admin CLI of the same binary (`credstore user ...`, `credstore role ...`, `credstore
+health`), which talks to a running server over the gRPC API; results are cross-checked with
+pymilvus. Each command prints one line saying what it did, or an error and a non-zero exit.
+Passwords go through the environment or standard input, never only the command line (`ps`
+shows it). Also `credstore admin reset-root` and the embedded store it must never create or
+fork: from another directory, beside a live server, and the start-up log of `serve`."""
 
+import os
 import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, free_port, pw, uname
+from conftest import ROOT_PASSWORD, ROOT_USER, T, Server, free_port, pw, uname
 
 
 def _ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -232,3 +236,280 @@ def test_admin_reset_root_is_an_acknowledged_change_on_every_replica(start_serve
         with pytest.raises(MilvusException):
             clients.make(s, token=f"{ROOT_USER}:{ROOT_PASSWORD}").list_users(timeout=T)
         assert ROOT_USER in clients.make(s, token=f"{ROOT_USER}:{new}").list_users(timeout=T)
+
+
+# --------------------------------------------------------------------------------------
+# every command answers: one line saying what it did, or an error and a non-zero exit
+# --------------------------------------------------------------------------------------
+
+
+def _help_entries(binary, *path):
+    """(name, description) of each subcommand `credstore PATH --help` lists."""
+    r = _ok(subprocess.run([str(binary), *path, "--help"], capture_output=True, text=True,
+                           timeout=30))
+    entries, in_commands = [], False
+    for line in r.stdout.splitlines():
+        if line.strip() == "Commands:":
+            in_commands = True
+            continue
+        if in_commands:
+            if not line.startswith("  "):
+                break
+            name, _, description = line.strip().partition(" ")
+            entries.append((name, description.strip()))
+    return entries
+
+
+def test_every_subcommand_has_help(binary):
+    """Walks the whole command tree: every subcommand is described in its parent's help, and
+    its own --help works."""
+    seen, todo = [], [()]
+    while todo:
+        path = todo.pop()
+        for name, description in _help_entries(binary, *path):
+            if name == "help":
+                continue
+            assert description, f"`credstore {' '.join(path + (name,))}` has no help text"
+            seen.append(" ".join(path + (name,)))
+            todo.append(path + (name,))
+    for expected in ("user create", "user passwd", "user delete", "user list", "role create",
+                     "role drop", "role list", "role grant", "role revoke", "role bind",
+                     "role unbind", "admin reset-root", "health", "serve"):
+        assert expected in seen, (expected, seen)
+
+
+def test_each_command_prints_one_line_saying_what_it_did(server, clients, binary):
+    name, role = uname("cli"), uname("r")
+    r = _ok(server.cli("user", "create", name, stdin=pw() + "\n"))
+    assert r.stdout == f"created user {name}\n", r.stdout
+    r = _ok(server.cli("user", "passwd", name, env={"CREDSTORE_NEW_PASSWORD": pw()}))
+    assert r.stdout == f"changed the password of user {name}\n", r.stdout
+    r = _ok(server.cli("role", "create", role))
+    assert r.stdout == f"created role {role}\n", r.stdout
+    r = _ok(server.cli("role", "grant", role, "Collection", "books", "Search"))
+    assert r.stdout == f"granted Search on Collection books in database default to role {role}\n"
+    r = _ok(server.cli("role", "grant", role, "Collection", "books", "Query", "--db", "db2"))
+    assert r.stdout == f"granted Query on Collection books in database db2 to role {role}\n"
+    r = _ok(server.cli("role", "bind", name, role))
+    assert r.stdout == f"added user {name} to role {role}\n", r.stdout
+    r = _ok(server.cli("role", "unbind", name, role))
+    assert r.stdout == f"removed user {name} from role {role}\n", r.stdout
+    r = _ok(server.cli("role", "revoke", role, "Collection", "books", "Search"))
+    assert r.stdout == f"revoked Search on Collection books in database default from role {role}\n"
+    r = _ok(server.cli("role", "drop", role, "--force"))
+    assert r.stdout == f"dropped role {role} and its grants\n", r.stdout
+    r = _ok(server.cli("user", "delete", name))
+    assert r.stdout == f"deleted user {name}\n", r.stdout
+    r = _ok(subprocess.run([str(binary), "health", "--uri", server.uri], capture_output=True,
+                           text=True, timeout=30))
+    assert r.stdout == f"{server.uri} answers\n", r.stdout
+    r = _ok(subprocess.run([str(binary), "health", "--ready", "--uri", server.uri],
+                           capture_output=True, text=True, timeout=30))
+    assert r.stdout == f"{server.uri} is ready\n", r.stdout
+    # CREDSTORE_URI stands for --uri.
+    r = _ok(subprocess.run([str(binary), "health"], capture_output=True, text=True, timeout=30,
+                           env={"PATH": "/usr/bin:/bin", "CREDSTORE_URI": server.uri}))
+    assert r.stdout == f"{server.uri} answers\n", r.stdout
+    for r in (_ok(server.cli("user", "list")), _ok(server.cli("role", "list"))):
+        assert r.stderr == "", r.stderr
+
+
+def test_role_subcommands_set_up_rbac_as_pymilvus_sees_it(server, clients):
+    root = clients.make(server)
+    role, name, password = uname("r"), uname("cli"), pw()
+    root.create_user(name, password, timeout=T)
+    _ok(server.cli("role", "create", role))
+    assert role in root.list_roles(timeout=T)
+    assert set(_names(_ok(server.cli("role", "list")))) == set(root.list_roles(timeout=T))
+
+    def grants():
+        return {(g["object_type"], g["object_name"], g["db_name"], g["privilege"])
+                for g in root.describe_role(role, timeout=T)["privileges"]}
+
+    _ok(server.cli("role", "grant", role, "Collection", "books", "Search"))
+    _ok(server.cli("role", "grant", role, "Global", "*", "CreateCollection"))
+    assert grants() == {("Collection", "books", "default", "Search"),
+                        ("Global", "*", "default", "CreateCollection")}
+    _ok(server.cli("role", "bind", name, role))
+    assert role in root.describe_user(name, timeout=T)["roles"]
+    # The member holds the grant: its own roles' grants are visible to it (SelectGrant).
+    me = clients.make(server, token=f"{name}:{password}")
+    assert role in me.describe_user(name, timeout=T)["roles"]
+
+    # A role with grants is dropped only with --force; refused, it changes nothing.
+    r = _fails(server.cli("role", "drop", role))
+    assert role in root.list_roles(timeout=T), r.stderr
+    _ok(server.cli("role", "unbind", name, role))
+    assert role not in root.describe_user(name, timeout=T)["roles"]
+    _ok(server.cli("role", "revoke", role, "Collection", "books", "Search"))
+    assert grants() == {("Global", "*", "default", "CreateCollection")}
+    _ok(server.cli("role", "revoke", role, "Global", "*", "CreateCollection"))
+    assert grants() == set()
+    _ok(server.cli("role", "drop", role))
+    assert role not in root.list_roles(timeout=T)
+
+
+def test_role_subcommand_errors_exit_non_zero_and_change_nothing(server, clients):
+    root = clients.make(server)
+    role, name, password = uname("r"), uname("cli"), pw()
+    root.create_user(name, password, timeout=T)
+    _ok(server.cli("role", "create", role))  # the positive control, on the same server
+    r = _fails(server.cli("role", "create", role))
+    assert "already exist" in r.stderr, r.stderr
+    r = _fails(server.cli("role", "grant", role, "Collection", "books", "NoSuchPrivilege"))
+    assert "NoSuchPrivilege" in r.stderr, r.stderr
+    r = _fails(server.cli("role", "grant", role, "Table", "books", "Search"))
+    assert "object" in r.stderr, r.stderr
+    # v1 grants take single privileges; groups go through grant_privilege_v2 (as in Milvus).
+    _fails(server.cli("role", "grant", role, "Collection", "books", "CollectionReadOnly"))
+    assert root.describe_role(role, timeout=T)["privileges"] == []
+    r = _fails(server.cli("role", "bind", uname("ghost"), role))
+    assert "not found the user" in r.stderr, r.stderr
+    # An ordinary user may not manage roles: refused with Milvus's text, nothing created.
+    other = uname("r")
+    r = _fails(server.cli("role", "create", other, user=name, password=password))
+    assert "permission deny" in r.stderr, r.stderr
+    assert other not in root.list_roles(timeout=T)
+    r = _fails(server.cli("role", "list", password="not-" + ROOT_PASSWORD))
+    assert "Unauthenticated" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_root_changes_its_own_password_as_the_readme_says(start_server, clients):
+    """`credstore user passwd root`: root's current password, then the new one (prompts on a
+    terminal; here two lines of standard input)."""
+    s = start_server(super_users=None)
+    new = "Changed-root-1"
+    r = _ok(s.cli("user", "passwd", ROOT_USER, password_via="stdin", stdin=new + "\n"))
+    assert r.stdout == "changed the password of user root\n", r.stdout
+    assert clients.can_connect(s, f"{ROOT_USER}:{new}")
+    assert not clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
+
+
+# --------------------------------------------------------------------------------------
+# the embedded store cannot be lost or forked by accident
+# --------------------------------------------------------------------------------------
+
+
+def _embedded_config(**security):
+    return {
+        "etcd": {"use": {"embed": True}},
+        "common": {"security": {"authorizationEnabled": True, **security}},
+        "credstore": {
+            "password": {
+                "argon2": {"memoryKiB": 64, "iterations": 1, "parallelism": 1},
+                "allowWeakParameters": True,
+            },
+            "http": {"port": 0},
+            "shutdown": {"drainMs": 0},
+        },
+    }
+
+
+def _reset_root(binary, cwd, password, *args):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CREDSTORE_", "ETCD_", "COMMON_", "PROXY_"))}
+    return subprocess.run([str(binary), "admin", "reset-root", *args], cwd=str(cwd),
+                          input=password + "\n", capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def test_serve_logs_the_absolute_path_and_whether_it_created_the_store(tmp_path):
+    first = tmp_path / "first"
+    store = first / "default.etcd" / "credstore.redb"
+    s = Server(_embedded_config(), str(first), name="emb")
+    s.stop()
+    log = s.log_text()
+    created = [line for line in log.splitlines() if "created a new, empty embedded store" in line]
+    assert len(created) == 1 and " WARN " in created[0], log
+    assert f"at {store} " in created[0], created
+    assert "root's password is `Milvus`, the default common.security.defaultRootPassword" in created[0]
+
+    # The same directory again: opened, not created.
+    s = Server(_embedded_config(), str(first), name="emb")
+    s.stop()
+    assert f"opened the embedded store at {store}\n" in s.log_text() + "\n", s.log_text()
+    assert "created a new" not in s.log_text()
+
+    # Another directory with its own first password: a new store, and the warning names where
+    # root's password came from without printing it.
+    secret = "Configured-root-1"
+    other = tmp_path / "other"
+    s = Server(_embedded_config(defaultRootPassword=secret), str(other), name="emb")
+    s.stop()
+    log = s.log_text()
+    assert f"created a new, empty embedded store at {other / 'default.etcd' / 'credstore.redb'} " in log
+    assert "root's password is common.security.defaultRootPassword as configured" in log
+    assert secret not in log
+
+
+def test_reset_root_never_creates_a_store(tmp_path, binary):
+    """From a directory with no store (the server ran elsewhere): a non-zero exit naming the
+    absolute path it looked at, and no store left behind — with or without the server's
+    --config, whose etcd.data.dir is relative to the working directory."""
+    server_dir, elsewhere = tmp_path / "server", tmp_path / "elsewhere"
+    s = Server(_embedded_config(), str(server_dir), name="emb")
+    s.stop()
+    elsewhere.mkdir()
+    for args in ((), ("--config", s.config_path)):
+        r = _fails(_reset_root(binary, elsewhere, "Break-glass-1", *args))
+        missing = elsewhere / "default.etcd" / "credstore.redb"
+        assert f"no embedded store at {missing}: `admin reset-root` never creates one" in r.stderr
+        assert r.stdout == ""
+        assert not (elsewhere / "default.etcd").exists(), "reset-root created a store"
+    # The positive control: in the server's directory it works.
+    r = _ok(_reset_root(binary, server_dir, "Break-glass-1"))
+    assert f"in the embedded store {server_dir / 'default.etcd' / 'credstore.redb'} at revision" in r.stdout
+
+
+def test_reset_root_beside_a_live_embedded_server_says_what_to_do(tmp_path, binary, clients):
+    workdir = tmp_path / "srv"
+    store = workdir / "default.etcd" / "credstore.redb"
+    s = Server(_embedded_config(), str(workdir), name="emb")
+    try:
+        assert clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
+        r = _fails(_reset_root(binary, workdir, "Break-glass-2", "--config", s.config_path))
+        assert f"the embedded store at {store} is held by a running `credstore serve`: " \
+               "stop that server" in r.stderr, r.stderr
+        assert "Database already open" not in r.stderr
+        # A second server on the same store is refused the same way, not a fork.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CREDSTORE_")}
+        second = subprocess.run(
+            [str(binary), "serve", "--config", s.config_path, "--listen", "127.0.0.1:0"],
+            cwd=str(workdir), capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert second.returncode != 0, second.stderr
+        assert f"embedded store at {store} failed: another process has it open" in second.stderr
+        # Nothing changed, and the server still serves.
+        assert clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
+    finally:
+        s.stop()
+    # As the message says: with the server stopped it works, and the restarted server (same
+    # store) takes the new password only.
+    r = _ok(_reset_root(binary, workdir, "Break-glass-2", "--config", s.config_path))
+    assert f"reset root's password in the embedded store {store} at revision" in r.stdout
+    assert "Break-glass-2" not in r.stdout + r.stderr
+    s = Server(_embedded_config(), str(workdir), name="emb")
+    try:
+        assert f"opened the embedded store at {store}" in s.log_text()
+        assert clients.can_connect(s, f"{ROOT_USER}:Break-glass-2")
+        assert not clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
+    finally:
+        s.stop()
+
+
+def test_reset_root_refuses_an_etcd_root_path_without_root(etcd, server, tmp_path, binary):
+    """With etcd, a root path no server uses (a typo in etcd.rootPath) holds no root: refused,
+    naming where it looked, and nothing is written there."""
+    import uuid
+
+    from conftest import base_config, to_yaml
+
+    root_path = f"compat-typo-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "typo.yaml"
+    path.write_text(to_yaml(base_config(root_path, [etcd.endpoint])) + "\n")
+    r = _fails(_reset_root(binary, tmp_path, "Break-glass-3", "--config", str(path)))
+    assert f"under {root_path}/meta holds no root user" in r.stderr, r.stderr
+    assert etcd.get_prefix(root_path) == {}
+    # The positive control: the servers' own root path has root, and the same etcd answers.
+    assert etcd.get_prefix(f"{server.root_path}/meta/root-coord/credential/users/root")

@@ -13,19 +13,22 @@ and the process is stopped by pid (SIGKILL after a short grace: its graceful sto
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import grpc
 import pytest
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
+from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 
 from conftest import ROOT_PASSWORD, ROOT_USER, T, free_port, raises_rpc
 
@@ -117,14 +120,15 @@ def run_all(uri: str) -> Dict[str, Tuple]:
 
 @contextlib.contextmanager
 def milvus_235(base: Path, extra_args: Tuple[str, ...] = (), scheme: str = "http",
-               **client_kwargs: Any) -> Iterator[str]:
+               etcd_port: Optional[int] = None, **client_kwargs: Any) -> Iterator[str]:
     """A running Milvus 2.3.5 standalone with authorization on, data under `base`; yields its
     `scheme://127.0.0.1:PORT`. `extra_args` go to milvus-server (e.g. --tls-mode 2);
-    `client_kwargs` are what pymilvus needs to reach it (certificates)."""
+    `etcd_port` is its embedded etcd's client port (a free one when None; etcd keeps its data
+    under `base`); `client_kwargs` are what pymilvus needs to reach it (certificates)."""
     assert MILVUS.exists(), (
         f"{MILVUS} is missing: scripts/setup.sh installs the `milvus` 2.3.5 package into .venv"
     )
-    client_port, peer_port, proxy_port = free_port(), free_port(), free_port()
+    client_port, peer_port, proxy_port = etcd_port or free_port(), free_port(), free_port()
     etcd_config = base / "etcd.yaml"
     etcd_config.write_text(
         f"listen-client-urls: http://127.0.0.1:{client_port}\n"
@@ -297,7 +301,10 @@ def test_the_milvus_yaml_milvus_ships_loads(milvus_server, etcd, binary, tmp_pat
 
 
 # step -> why the proxy tier's answer differs from Milvus 2.3.5's for the same user and grants.
-PROXY_DIFFERENCES: Dict[str, str] = {}
+PROXY_DIFFERENCES: Dict[str, str] = {
+    "list_databases": "credstore lists the databases the caller holds a grant in, as Milvus "
+    "2.4+ does; Milvus 2.3.5 refuses a user without PrivilegeListDatabases",
+}
 
 
 def data_steps(uri: str, name: str) -> List[Tuple[str, Callable[[], Any]]]:
@@ -358,3 +365,100 @@ def test_data_calls_through_credstore_are_authorized_as_milvus_2_3_5_does(milvus
                 root_direct.drop_collection(name)
         with contextlib.suppress(Exception):
             root_direct.drop_user("viewer")
+
+
+def test_a_body_database_escapes_milvus_grants_but_not_credstores(milvus, start_server):
+    """Row 1 and 1b of issue 16 on the real Milvus 2.3.5. Milvus itself authorizes the
+    `dbname` header's database and executes the body's `db_name`: alice, granted Query on
+    `default.c` only, reads `secretdb.c` straight from Milvus. Through credstore in front of
+    the same Milvus, with the same grants, the body's database is the one checked: refused,
+    beside a positive control, and nothing happens upstream."""
+    direct = MilvusClient(uri=milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
+    tag = uuid.uuid4().hex[:6]
+    secret, victim, mine = f"secretdb_{tag}", f"victimdb_{tag}", f"mydb_{tag}"
+    for db in (secret, victim, mine):
+        direct.create_database(db)
+    rows = lambda start: [{"id": i, "vector": [0.1, 0.2, 0.3, 0.4]} for i in range(start, start + 3)]  # noqa: E731
+    in_db = lambda db: MilvusClient(uri=milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}",  # noqa: E731
+                                    timeout=T, db_name=db)
+    for db, start in (("default", 0), (secret, 100)):
+        in_db(db).create_collection(f"c_{tag}", dimension=4, consistency_level="Strong")
+        in_db(db).insert(f"c_{tag}", rows(start))
+
+    def grant_alice(client: MilvusClient, password: str) -> str:
+        client.create_user(f"alice_{tag}", password)
+        client.create_role(f"reader_{tag}")
+        client.grant_privilege(f"reader_{tag}", "Collection", "Query", f"c_{tag}", db_name="default")
+        for p in ("DropDatabase", "CreateCollection"):
+            client.grant_privilege(f"reader_{tag}", "Global", p, "*", db_name=mine)
+        client.grant_role(f"alice_{tag}", f"reader_{tag}")
+        return f"alice_{tag}:{password}"
+
+    def query_once(uri: str, credentials: str, db: str):
+        with grpc.insecure_channel(uri.split("//")[-1]) as channel:
+            stub = milvus_pb2_grpc.MilvusServiceStub(channel)
+            md = [("authorization", base64.b64encode(credentials.encode()).decode())]
+            request = milvus_pb2.QueryRequest(db_name=db, collection_name=f"c_{tag}", expr="id >= 0",
+                                              output_fields=["id"], consistency_level=2)
+            answer = stub.Query(request, metadata=md, timeout=T)
+            assert answer.status.code == 0, answer.status
+            return sorted(answer.fields_data[0].scalars.long_data.data)
+
+    def query(uri: str, credentials: str, db: str):
+        if uri != milvus:
+            return query_once(uri, credentials, db)
+        # Milvus's proxy learns new users and grants asynchronously: retry for a while.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return query_once(uri, credentials, db)
+            except (grpc.RpcError, AssertionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def drop_database(uri: str, credentials: str, db: str):
+        with grpc.insecure_channel(uri.split("//")[-1]) as channel:
+            stub = milvus_pb2_grpc.MilvusServiceStub(channel)
+            md = [("authorization", base64.b64encode(credentials.encode()).decode()), ("dbname", mine)]
+            return stub.DropDatabase(milvus_pb2.DropDatabaseRequest(db_name=db), metadata=md, timeout=T)
+
+    alice_direct = grant_alice(direct, "password1")
+    s = start_server(
+        super_users=None,
+        overrides={"credstore": {"upstream": {"token": f"{ROOT_USER}:{ROOT_PASSWORD}"}}},
+        extra_args=("--upstream", milvus),
+    )
+    alice_tier = grant_alice(MilvusClient(uri=s.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T),
+                             "password2")
+    try:
+        # Milvus 2.3.5 has the hole: the grant on default.c reads secretdb.c.
+        assert query(milvus, alice_direct, "default") == [0, 1, 2]
+        assert query(milvus, alice_direct, secret) == [100, 101, 102]
+        # credstore: the positive control, then the same attack refused.
+        assert query(s.uri, alice_tier, "default") == [0, 1, 2]
+        with raises_rpc(grpc.StatusCode.PERMISSION_DENIED,
+                        rf"^PrivilegeQuery: permission deny to alice_{tag} in the `{secret}` database$"):
+            query(s.uri, alice_tier, secret)
+        # Row 1b: DropDatabase granted in mydb, aimed at victimdb by the body.
+        with raises_rpc(grpc.StatusCode.PERMISSION_DENIED,
+                        rf"^PrivilegeDropDatabase: permission deny to alice_{tag} in the `{victim}` database$"):
+            drop_database(s.uri, alice_tier, victim)
+        assert victim in direct.list_databases(), "the upstream never saw the drop"
+        # Milvus 2.3.5 itself executes the same request: it checks the header's database.
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(grpc.RpcError):
+                if drop_database(milvus, alice_direct, victim).code == 0:
+                    break
+            assert time.monotonic() < deadline, "Milvus 2.3.5 did not execute the drop"
+            time.sleep(0.5)
+        assert victim not in direct.list_databases(), "Milvus 2.3.5 dropped it"
+    finally:
+        for db in (secret, victim, mine):
+            with contextlib.suppress(Exception):
+                for c in in_db(db).list_collections():
+                    in_db(db).drop_collection(c)
+                direct.drop_database(db)
+        with contextlib.suppress(Exception):
+            direct.drop_collection(f"c_{tag}")

@@ -29,3 +29,34 @@ def test_table_names_user_management_privileges_as_milvus_does():
     assert rows["UpdateCredential"][1:4] == ["User", "UpdateUser", "2"]
     assert rows["Insert"][1:4] == ["Collection", "Insert", "3"]
     assert "Connect" not in rows and "GetVersion" not in rows
+
+
+def load_subject_generator():
+    spec = importlib.util.spec_from_file_location("subject_table", ROOT / "scripts" / "subject_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_subject_table_and_descriptors_match_pymilvus():
+    """src/proxy/subjects.tsv (where each request names databases, collections and aliases)
+    and tests/data/milvus.fds (the descriptors the Rust property test decodes with) are what
+    scripts/subject_table.py makes of pymilvus's descriptors today."""
+    generator = load_subject_generator()
+    committed = (ROOT / "src" / "proxy" / "subjects.tsv").read_text()
+    assert committed == generator.table(), (
+        "src/proxy/subjects.tsv is out of date: run "
+        ".venv/bin/python scripts/subject_table.py > src/proxy/subjects.tsv"
+    )
+    assert (ROOT / "tests" / "data" / "milvus.fds").read_bytes() == generator.descriptors(), (
+        "tests/data/milvus.fds is out of date: run "
+        ".venv/bin/python scripts/subject_table.py --descriptors > tests/data/milvus.fds"
+    )
+
+
+def test_subject_table_reads_the_fields_of_the_attack_table():
+    rows = {tuple(line.split("\t")) for line in load_subject_generator().table().splitlines()[1:]}
+    assert ("Query", "db", "2") in rows and ("Query", "name", "3") in rows
+    assert ("RenameCollection", "db+", "5") in rows and ("RenameCollection", "name", "4") in rows
+    assert ("HybridSearch", "db+", "5[].2") in rows and ("HybridSearch", "name", "5[].3") in rows
+    assert ("AlterAlias", "alias", "4") in rows
