@@ -375,6 +375,9 @@ pub struct LockoutConfig {
     pub duration_seconds: u64,
     /// A count lapses this long after its newest failure.
     pub reset_seconds: u64,
+    /// Failed verifications (any name) one client address may cost a replica per second, four
+    /// times that at once; beyond it RESOURCE_EXHAUSTED until it has some left. 0: unpaced.
+    pub peer_failures_per_second: u32,
 }
 
 impl Default for LockoutConfig {
@@ -386,6 +389,7 @@ impl Default for LockoutConfig {
             account_threshold: policy.account_threshold,
             duration_seconds: policy.duration.as_secs(),
             reset_seconds: policy.reset.as_secs(),
+            peer_failures_per_second: policy.peer_failures_per_second,
         }
     }
 }
@@ -1004,6 +1008,7 @@ impl Config {
             account_threshold: l.account_threshold,
             duration: Duration::from_secs(l.duration_seconds),
             reset: Duration::from_secs(l.reset_seconds),
+            peer_failures_per_second: l.peer_failures_per_second,
         }
     }
 

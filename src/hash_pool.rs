@@ -15,7 +15,9 @@
 //! or none (hashing new passwords, rehashes). One peer holds at most `per_peer` admitted jobs
 //! (running or waiting); threads take the classes in turn (round robin), so a login from
 //! another address waits for at most the jobs already running, however many one address has
-//! queued. When the whole pool is full, a newcomer holding fewer jobs than the largest holder
+//! queued; and one address computes on at most half of the threads (at least one), so hashing
+//! for one address leaves the other threads — and the CPU they would take from every other
+//! request — free. When the whole pool is full, a newcomer holding fewer jobs than the largest holder
 //! pushes out that holder's newest waiting job (its caller gets `Busy`): one address cannot
 //! keep everyone else out by filling the queue first. A login takes its admission before it
 //! reads the user from the store ([`HashPool::reserve`], then [`Slot::verify`]), so an address
@@ -93,6 +95,8 @@ struct Queue {
     capacity: usize,
     /// Most jobs one peer may hold at once.
     per_peer: AtomicUsize,
+    /// Most jobs of one peer computed at once: half the threads, at least one.
+    running_per_peer: usize,
     peak: AtomicUsize,
     admitted: AtomicU64,
     completed: AtomicU64,
@@ -120,6 +124,8 @@ struct Fair {
     held_by: HashMap<Class, usize>,
     waiting_count: usize,
     running: usize,
+    /// Jobs being computed, per class; a class computing none has no entry.
+    running_by: HashMap<Class, usize>,
 }
 
 impl Fair {
@@ -153,19 +159,43 @@ impl Fair {
         self.waiting_count += 1;
     }
 
-    /// The next job in turn: the oldest of the class whose turn it is.
-    fn pop_next(&mut self) -> Option<Job> {
-        let class = self.turn.pop_front()?;
-        let waiting = self.waiting.get_mut(&class)?;
-        let job = waiting.pop_front();
-        match waiting.is_empty() {
-            true => {
-                self.waiting.remove(&class);
+    /// The next job in turn: the oldest of the first class in turn that computes fewer than
+    /// `cap` jobs now (a peer's; work that is nobody's login has no cap).
+    fn pop_next(&mut self, cap: usize) -> Option<Job> {
+        for _ in 0..self.turn.len() {
+            let class = self.turn.pop_front()?;
+            if class.is_some() && self.running_by.get(&class).is_some_and(|n| *n >= cap) {
+                self.turn.push_back(class);
+                continue;
             }
-            false => self.turn.push_back(class),
+            let waiting = self.waiting.get_mut(&class)?;
+            let job = waiting.pop_front();
+            match waiting.is_empty() {
+                true => {
+                    self.waiting.remove(&class);
+                }
+                false => self.turn.push_back(class),
+            }
+            self.waiting_count -= usize::from(job.is_some());
+            return job;
         }
-        self.waiting_count -= usize::from(job.is_some());
-        job
+        None
+    }
+
+    fn start(&mut self, class: Class) -> usize {
+        self.running += 1;
+        *self.running_by.entry(class).or_default() += 1;
+        self.running
+    }
+
+    fn stop(&mut self, class: &Class) {
+        self.running -= 1;
+        if let Some(count) = self.running_by.get_mut(class) {
+            *count -= 1;
+            if *count == 0 {
+                self.running_by.remove(class);
+            }
+        }
     }
 
     /// Removes the waiting jobs whose callers have gone, releasing their admissions.
@@ -274,6 +304,7 @@ impl HashPool {
             workers: AtomicUsize::new(0),
             capacity: concurrent + queued,
             per_peer: AtomicUsize::new(usize::MAX),
+            running_per_peer: (concurrent / 2).max(1),
             peak: AtomicUsize::new(0),
             admitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -531,14 +562,14 @@ fn worker(queue: &Queue, nice: i32) {
         let job = {
             let mut state = queue.lock();
             loop {
-                match state.pop_next() {
+                match state.pop_next(queue.running_per_peer) {
                     Some(job) if job.task.abandoned() => {
                         state.release(&job.class);
                         abandoned.push(job);
                     }
                     Some(job) => {
-                        state.running += 1;
-                        break Some((job, state.running));
+                        let running = state.start(job.class);
+                        break Some((job, running));
                     }
                     None if queue.closed.load(Ordering::Acquire) => break None,
                     None if !abandoned.is_empty() => break None,
@@ -569,11 +600,13 @@ fn worker(queue: &Queue, nice: i32) {
                 observe(started.elapsed());
             }
             let mut state = queue.lock();
-            state.running -= 1;
+            state.stop(&class);
             state.release(&class);
             drop(state);
             queue.completed.fetch_add(1, Ordering::Relaxed);
         });
+        // A job a peer's cap held back may now run on another thread.
+        queue.ready.notify_one();
     }
 }
 
@@ -698,6 +731,28 @@ mod tests {
         );
         assert_eq!(pool.stats().pushed_out, 2);
         assert_eq!(pool.stats().queued, 0);
+    }
+
+    /// One address computes on at most half of the threads: with two threads, its jobs run one
+    /// at a time, and another address's run beside them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_peer_computes_on_half_of_the_threads() {
+        let pool = HashPool::new(slowish(), 2, 16, 0).with_peer_limit(8);
+        let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
+        let hash = hash.await.unwrap();
+        let peak = pool.peak_running();
+        let results = flood(&pool, &hash, &[peer(2); 4]).await;
+        assert!(results.iter().all(|(r, _)| r.is_ok()), "{results:?}");
+        assert_eq!(
+            pool.peak_running().max(peak),
+            1,
+            "one thread for one address"
+        );
+        let mut both = vec![peer(2); 3];
+        both.extend([peer(3); 3]);
+        let results = flood(&pool, &hash, &both).await;
+        assert!(results.iter().all(|(r, _)| r.is_ok()), "{results:?}");
+        assert_eq!(pool.peak_running(), 2, "two addresses use both threads");
     }
 
     /// Polls `future` until the pool has admitted its job, then drops it: a client that sent a

@@ -34,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::cache::{CredentialCache, Verified, Verifier};
 use crate::auth::lockout::{Lockout, LockoutPolicy};
+use crate::auth::pace::FailurePace;
 use crate::auth::{AuthError, AuthStats, Authenticated};
 use crate::catalog::{Catalog, CatalogError};
 use crate::hash_pool::HashPool;
@@ -76,6 +77,8 @@ struct Inner {
     loading: Cache<(Username, Verifier, Revision), Verified>,
     /// Failed-login counts and locks, asked on every miss.
     lockout: Lockout,
+    /// Failed verifications per address and second (with the lockout: off when it is).
+    pace: FailurePace,
 }
 
 impl Authenticator {
@@ -99,9 +102,15 @@ impl Authenticator {
             .time_to_live(Duration::from_secs(60))
             .build();
         let lockout = Lockout::new(config.lockout.clone(), catalog.clone());
+        let rate = match config.lockout.enabled {
+            true => config.lockout.peer_failures_per_second,
+            false => 0,
+        };
+        let pace = FailurePace::new(rate, rate.saturating_mul(4));
         let inner = Inner {
             config,
             lockout,
+            pace,
             catalog,
             pool,
             mac,
@@ -217,7 +226,11 @@ impl Authenticator {
     ) -> Result<Authenticated, AuthError> {
         self.check_trust()?;
         self.inner.cache.record_miss();
+        if !self.inner.pace.allows(peer) {
+            return Err(AuthError::Throttled);
+        }
         self.deny_unknown(password, peer).await?;
+        self.inner.pace.failed(peer);
         Err(AuthError::Denied)
     }
 
@@ -231,8 +244,12 @@ impl Authenticator {
         self.inner.cache.record_miss();
         // Before joining a load another peer started: a locked peer learns nothing from it.
         self.inner.lockout.check(user, peer)?;
-        // A peer holding its whole share of the hash pool is refused before any other work.
+        // A peer holding its whole share of the hash pool, or one that spent its failures for
+        // now, is refused before any other work.
         self.inner.pool.refuse_full_peer(peer).map_err(hash_error)?;
+        if !self.inner.pace.allows(peer) {
+            return Err(AuthError::Throttled);
+        }
         let key = (
             user.clone(),
             verifier.clone(),
@@ -284,6 +301,7 @@ impl Authenticator {
                 .await
                 .map_err(hash_error)?;
             attempt.failed();
+            self.inner.pace.failed(peer);
             return Err(AuthError::Denied);
         };
         let matches = slot
@@ -292,6 +310,7 @@ impl Authenticator {
             .map_err(hash_error)?;
         if !matches {
             attempt.failed();
+            self.inner.pace.failed(peer);
             return Err(AuthError::Denied);
         }
         attempt.succeeded();

@@ -63,6 +63,9 @@ pub struct LockoutPolicy {
     pub duration: Duration,
     /// A count lapses this long after its newest failure.
     pub reset: Duration,
+    /// Failed verifications one peer address may cost a replica per second (4× as a burst;
+    /// see `pace`); 0: unpaced.
+    pub peer_failures_per_second: u32,
 }
 
 impl Default for LockoutPolicy {
@@ -75,6 +78,7 @@ impl Default for LockoutPolicy {
             account_threshold: 100,
             duration: Duration::from_secs(900),
             reset: Duration::from_secs(900),
+            peer_failures_per_second: 5,
         }
     }
 }

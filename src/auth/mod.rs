@@ -13,13 +13,14 @@
 //!
 //! `cache` holds the verified-password cache, its invalidation watermarks and the trust
 //! deadline; `authenticator` the flow; `lockout` the failed-login counts and locks (shared
-//! through the store, consulted only when a login misses the cache); `layer` the tower
-//! plumbing.
+//! through the store, consulted only when a login misses the cache); `pace` how many failed
+//! verifications an address may cost per second; `layer` the tower plumbing.
 
 mod authenticator;
 mod cache;
 mod layer;
 mod lockout;
+mod pace;
 
 use base64::Engine;
 use zeroize::Zeroize;
@@ -103,8 +104,11 @@ pub enum AuthError {
     /// locked for `seconds` more. The same for names that exist and names that do not.
     #[error("{}", locked_text(*account, *seconds))]
     Locked { account: bool, seconds: u64 },
-    /// This replica is already verifying its share of the attempts a lock still allows.
-    #[error("too many logins of this user are being verified at once; retry in a moment")]
+    /// This replica is already verifying its share of the attempts a lock still allows for
+    /// this user, or the address has spent its failed verifications for now (`pace`).
+    #[error(
+        "too many logins of this user, or failed logins from this address, right now; retry in a moment"
+    )]
     Throttled,
     #[error("credential store unavailable: {0}")]
     Unavailable(String),
