@@ -226,11 +226,9 @@ impl Authenticator {
     ) -> Result<Authenticated, AuthError> {
         self.check_trust()?;
         self.inner.cache.record_miss();
-        if !self.inner.pace.allows(peer) {
-            return Err(AuthError::Throttled);
-        }
+        let ticket = self.inner.pace.take(peer).ok_or(AuthError::Throttled)?;
         self.deny_unknown(password, peer).await?;
-        self.inner.pace.failed(peer);
+        ticket.failed();
         Err(AuthError::Denied)
     }
 
@@ -247,9 +245,7 @@ impl Authenticator {
         // A peer holding its whole share of the hash pool, or one that spent its failures for
         // now, is refused before any other work.
         self.inner.pool.refuse_full_peer(peer).map_err(hash_error)?;
-        if !self.inner.pace.allows(peer) {
-            return Err(AuthError::Throttled);
-        }
+        let ticket = self.inner.pace.take(peer).ok_or(AuthError::Throttled)?;
         let key = (
             user.clone(),
             verifier.clone(),
@@ -258,7 +254,11 @@ impl Authenticator {
         let load = self.load(user, password, verifier, peer);
         let result = self.inner.loading.try_get_with(key.clone(), load).await;
         self.inner.loading.invalidate(&key).await;
-        result.map(|_| ()).map_err(|e| (*e).clone())
+        let result = result.map(|_| ()).map_err(|e| (*e).clone());
+        if result == Err(AuthError::Denied) {
+            ticket.failed();
+        }
+        result
     }
 
     fn verifier(&self, user: &Username, password: &[u8]) -> Verifier {
@@ -301,7 +301,6 @@ impl Authenticator {
                 .await
                 .map_err(hash_error)?;
             attempt.failed();
-            self.inner.pace.failed(peer);
             return Err(AuthError::Denied);
         };
         let matches = slot
@@ -310,7 +309,6 @@ impl Authenticator {
             .map_err(hash_error)?;
         if !matches {
             attempt.failed();
-            self.inner.pace.failed(peer);
             return Err(AuthError::Denied);
         }
         attempt.succeeded();
