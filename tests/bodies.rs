@@ -100,11 +100,9 @@ async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
     let upstream = Replica::bench_upstream();
     // Long enough for the steps before the timeout on a loaded machine.
     let body_timeout = Duration::from_millis(12_000);
-    let metrics = common::free_port();
-    let replica = Replica::start(
+    let (replica, metrics) = Replica::start_with_metrics(
         &TestConfig::new()
             .weak_hashing()
-            .set("credstore.http.port", metrics)
             .set("credstore.upstream.uri", upstream.uri())
             .set("credstore.upstream.maxMessageBytes", 4 * MIB)
             .set("credstore.upstream.maxInFlightBytesPerConnection", 6 * MIB)
@@ -112,8 +110,7 @@ async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
             .set(
                 "credstore.upstream.bodyTimeoutMs",
                 body_timeout.as_millis() as u64,
-            )
-            .yaml(),
+            ),
     );
     let upstream_said = (UNIMPLEMENTED, "bench-upstream: no Insert".to_string());
     let insert_size = |size: usize| insert_message(size).len();

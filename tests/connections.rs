@@ -31,14 +31,11 @@ const SLACK: Duration = Duration::from_secs(15);
 
 /// A replica on the embedded store with `keys` set, its metrics port open.
 fn replica(keys: &[(&str, serde_json::Value)]) -> (Replica, u16) {
-    let port = common::free_port();
-    let mut config = TestConfig::new()
-        .weak_hashing()
-        .set("credstore.http.port", port);
+    let mut config = TestConfig::new().weak_hashing();
     for (key, value) in keys {
         config = config.set(key, value.clone());
     }
-    (Replica::start(&config.yaml()), port)
+    Replica::start_with_metrics(&config)
 }
 
 /// The replica's `/metrics` text.
