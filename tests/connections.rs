@@ -288,7 +288,12 @@ async fn a_peer_at_its_cap_is_refused_while_other_addresses_still_connect() {
     let text = scrape(metrics).await;
     let per_peer = "credstore_connections_refused_total{reason=\"max_connections_per_peer\"}";
     assert!(sample(&text, per_peer) >= 2.0, "{text}");
-    // The total cap: three more peers fill it, a fifth is refused too.
+    // The total cap: three more peers fill it, a fifth is refused too (once the calls'
+    // connections are gone, so that only the silent ones count).
+    common::eventually("only the first peer's connections are open", async || {
+        sample(&scrape(metrics).await, "credstore_connections_open") == PER_PEER as f64
+    })
+    .await;
     for peer in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         for _ in 0..PER_PEER {
             held.push(silent_from(ip(peer), replica.addr).await);
