@@ -13,6 +13,7 @@ pub mod coherence;
 pub mod config;
 pub mod hash_pool;
 pub mod http;
+pub mod import;
 pub mod meta;
 pub mod metrics;
 pub mod password;

@@ -103,6 +103,7 @@ struct Inner {
     ack_wait: Histogram,
     etcd: Family<OpLabels, Histogram, fn() -> Histogram>,
     forwarded: Family<ForwardLabels, Counter>,
+    upstream_up: Gauge,
     connections: Connections,
     /// Forwarded request bodies held now, and bodies refused by the proxy tier's limits.
     body_bytes: Gauge,
@@ -199,6 +200,12 @@ impl Metrics {
             "Calls routed to the upstream Milvus, by method and the gRPC code the client got",
             forwarded.clone(),
         );
+        let upstream_up = Gauge::default();
+        registry.register(
+            "credstore_upstream_up",
+            "1 when the last call forwarded to the upstream Milvus reached it, 0 when it could not be reached (or none was forwarded yet)",
+            upstream_up.clone(),
+        );
         let connections = Connections::register(&mut registry);
         let body_bytes = Gauge::default();
         registry.register(
@@ -235,6 +242,7 @@ impl Metrics {
                 ack_wait,
                 etcd,
                 forwarded,
+                upstream_up,
                 connections,
                 body_bytes,
                 body_refused,
@@ -279,6 +287,11 @@ impl Metrics {
                 .get_or_create(&OpLabels { op })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// Records whether the upstream answered the last forwarded call.
+    pub fn upstream_reached(&self, up: bool) {
+        self.inner.upstream_up.set(i64::from(up));
     }
 
     /// Counts one forwarded-route call: `method` must come from a bounded set (the caller

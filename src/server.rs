@@ -18,6 +18,7 @@ use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
 use crate::http::Readiness;
+use crate::import::{ImportError, ImportOptions, Source, Summary};
 use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
@@ -50,6 +51,8 @@ pub enum ServerError {
     RootPassword(#[source] RuleError),
     #[error("root's record kept changing while it was reset; run it again")]
     RootRaced,
+    #[error(transparent)]
+    Import(#[from] ImportError),
     #[error(
         "no embedded store at {0}: `admin reset-root` never creates one. Give it the server's \
          --config, or run it in the directory the server was started from (etcd.data.dir is \
@@ -280,6 +283,64 @@ async fn write_root(state: &State, password: Password) -> Result<Revision, Serve
         "root's password was reset (break-glass, admin reset-root)"
     );
     Ok(revision)
+}
+
+/// `credstore admin import`: copies a Milvus keyspace into the store (`import::import`) as
+/// `reset_root` writes root: this process joins the cluster for the length of the import,
+/// and returns once every live replica applied the last write (the usual watch delivers the
+/// imported state; nobody restarts). One audit line says what was imported, from where.
+pub async fn import(
+    mut config: Config,
+    source: &Source,
+    options: &ImportOptions,
+) -> Result<Summary, ServerError> {
+    config.common.security.tls_mode = 0;
+    let limits = config.limits();
+    let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let imported = crate::import::import(&state.catalog, source, options, &limits).await;
+    let revision = imported.as_ref().ok().and_then(Summary::revision);
+    let confirmed = match revision {
+        Some(revision) => state.coherence.confirm(revision).await,
+        None => Ok(()),
+    };
+    let written = |s: &Summary| {
+        [
+            s.users.written,
+            s.roles.written,
+            s.bindings.written,
+            s.grants.written,
+            s.groups.written,
+        ]
+    };
+    let [users, roles, bindings, grants, groups] =
+        imported.as_ref().map(written).unwrap_or_default();
+    state.audit.change(audit::Change {
+        action: "Import",
+        user: None,
+        peer: None,
+        target: audit::target([
+            ("source", source.meta_root().into()),
+            ("users", users.into()),
+            ("roles", roles.into()),
+            ("bindings", bindings.into()),
+            ("grants", grants.into()),
+            ("privilege_groups", groups.into()),
+        ]),
+        revision,
+        result: match (&imported, &confirmed) {
+            (Ok(_), Ok(())) => "ok",
+            (Ok(_), Err(_)) => "not_confirmed",
+            (Err(ImportError::Conflicts { .. } | ImportError::ChangedMeanwhile { .. }), _) => {
+                "conflict"
+            }
+            (Err(_), _) => "error",
+        },
+    });
+    state.audit.flush().await;
+    state.coherence_tasks.shutdown().await;
+    let summary = imported?;
+    confirmed?;
+    Ok(summary)
 }
 
 async fn open_store(config: &Config, opening: Opening) -> Result<Store, ServerError> {

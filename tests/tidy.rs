@@ -40,6 +40,7 @@ const MATRIX: &[(&str, &[&str])] = &[
             "proto",
             "tls",
             "transport",
+            "import",
         ],
     ),
     (
@@ -106,6 +107,9 @@ const MATRIX: &[(&str, &[&str])] = &[
     // A leaf: callers hand it names, addresses and classes, never the types they come from.
     ("audit", &[]),
     ("catalog", &["meta", "password"]),
+    // `admin import`: reads a Milvus keyspace (meta's paged etcd reads, the catalog's
+    // readers) and writes through the catalog; the source's etcd.* keys go through config.
+    ("import", &["config", "catalog", "meta", "password"]),
     ("hash_pool", &["password"]),
     ("meta", &[]),
     ("password", &[]),
@@ -157,6 +161,7 @@ const NO_GRPC: &[&str] = &[
     "coherence",
     "metrics",
     "audit",
+    "import",
 ];
 
 /// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or

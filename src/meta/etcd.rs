@@ -90,6 +90,16 @@ impl std::fmt::Debug for EtcdTls {
     }
 }
 
+/// One page of a listing read at one revision (see [`EtcdKv::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    /// The revision every key of the page was read at.
+    pub revision: Revision,
+    /// Whether keys under the prefix follow the page's last key.
+    pub more: bool,
+}
+
 /// A cheap-to-clone handle on an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdKv {
@@ -349,6 +359,106 @@ impl EtcdKv {
     }
 }
 
+impl EtcdKv {
+    /// At most `limit` keys under `prefix` that sort after `after` (from the first when
+    /// `None`), read at revision `at` (the current one when `None`; the page says which it
+    /// was). A long keyspace is read page by page at the first page's revision, so memory
+    /// follows the page, not the keyspace. A revision etcd has compacted is an error that
+    /// says so.
+    pub async fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        at: Option<Revision>,
+        limit: usize,
+    ) -> Result<Page, MetaError> {
+        let start = match after {
+            Some(key) => {
+                let mut start = key.as_bytes().to_vec();
+                start.push(0);
+                start
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let mut options = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
+        if let Some(revision) = at {
+            options = options.with_revision(revision);
+        }
+        let started = Instant::now();
+        let response = self.range(start, Some(options)).await;
+        let response = self
+            .observed("list", started, response)
+            .map_err(|e| compacted_or(e, prefix, at))?;
+        Ok(Page {
+            kvs: response.kvs().iter().map(to_kv).collect(),
+            revision: header_revision(response.header()),
+            more: response.more(),
+        })
+    }
+
+    /// Every key under each of `prefixes` (at most [`crate::meta::MAX_TXN_OPS`]), all read at
+    /// revision `at` in one request (a read-only transaction). A compacted `at` is an error.
+    pub async fn list_each_at(
+        &self,
+        prefixes: &[String],
+        at: Revision,
+    ) -> Result<Vec<Vec<KeyValue>>, MetaError> {
+        let ops: Vec<TxnOp> = prefixes
+            .iter()
+            .map(|prefix| {
+                let options = GetOptions::new().with_prefix().with_revision(at);
+                TxnOp::get(prefix.as_str(), Some(options))
+            })
+            .collect();
+        let responses = self.read_txn(ops).await.map_err(|e| {
+            let first = prefixes.first().map(String::as_str).unwrap_or_default();
+            compacted_or(e, first, Some(at))
+        })?;
+        Ok(responses
+            .into_iter()
+            .map(|(kvs, _)| kvs.iter().map(to_kv).collect())
+            .collect())
+    }
+
+    /// Runs range operations as one read-only transaction; each answer's key-values and the
+    /// transaction's revision.
+    async fn read_txn(
+        &self,
+        ops: Vec<TxnOp>,
+    ) -> Result<Vec<(Vec<etcd_client::KeyValue>, Revision)>, etcd_client::Error> {
+        let request = EtcdTxn::new().and_then(ops);
+        let started = Instant::now();
+        let response = retry_unsent(|| {
+            let (mut kv, request) = (self.kv.clone(), request.clone());
+            async move { kv.txn(request).await }
+        })
+        .await;
+        let response = self.observed("get", started, response)?;
+        let revision = header_revision(response.header());
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .map(|answer| match answer {
+                etcd_client::TxnOpResponse::Get(get) => (get.kvs().to_vec(), revision),
+                _ => (Vec::new(), revision),
+            })
+            .collect())
+    }
+}
+
+/// A read at a compacted revision says so (with the prefix and revision); anything else is
+/// mapped as usual.
+fn compacted_or(err: etcd_client::Error, prefix: &str, at: Option<Revision>) -> MetaError {
+    match (is_compacted(&err), at) {
+        (true, Some(revision)) => MetaError::Etcd(format!(
+            "reading {prefix} at revision {revision}: etcd has compacted that revision"
+        )),
+        _ => map_err(err),
+    }
+}
+
 impl MetaKv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
         let started = Instant::now();
@@ -374,6 +484,20 @@ impl MetaKv for EtcdKv {
             })
             .await;
         self.observed("list", started, listed)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        let ops = keys
+            .iter()
+            .map(|key| TxnOp::get(key.as_str(), None))
+            .collect();
+        let answers = self.read_txn(ops).await.map_err(map_err)?;
+        let revision = answers.first().map(|(_, r)| *r).unwrap_or_default();
+        let value = answers
+            .iter()
+            .map(|(kvs, _)| kvs.first().map(to_kv))
+            .collect();
+        Ok(Read { value, revision })
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {

@@ -12,8 +12,12 @@ mod lease;
 use std::future::Future;
 
 pub use embedded::EmbeddedKv;
-pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver};
+pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver, Page};
 pub use lease::{Lease, Leases};
+
+/// The most operations (and, separately, compares) etcd takes in one transaction
+/// (`--max-txn-ops`, default 128): the bound of [`MetaKv::get_many`] and of every batch.
+pub const MAX_TXN_OPS: usize = 128;
 
 /// An etcd-style revision: every write to the store raises it by one.
 pub type Revision = i64;
@@ -155,6 +159,27 @@ pub trait MetaKv: Send + Sync {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Read<Vec<String>>, MetaError>> + Send;
+    /// The values of `keys` (at most [`MAX_TXN_OPS`]) in one request; etcd reads them all at
+    /// one revision. The default asks for them one by one (the embedded store and test
+    /// wrappers; its revision is the last read's).
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Read<Vec<Option<KeyValue>>>, MetaError>> + Send {
+        async move {
+            let mut values = Vec::with_capacity(keys.len());
+            let mut revision = 0;
+            for key in keys {
+                let read = self.get(key).await?;
+                revision = revision.max(read.revision);
+                values.push(read.value);
+            }
+            Ok(Read {
+                value: values,
+                revision,
+            })
+        }
+    }
     /// Applies `txn` atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, MetaError>> + Send;
     /// Watches every key under `prefix` from `from` (inclusive).
@@ -237,6 +262,13 @@ impl MetaKv for Store {
         match self {
             Store::Etcd(kv) => kv.list_keys(prefix).await,
             Store::Embedded(kv) => kv.list_keys(prefix).await,
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        match self {
+            Store::Etcd(kv) => kv.get_many(keys).await,
+            Store::Embedded(kv) => kv.get_many(keys).await,
         }
     }
 

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::proxy::authorize::{Authorizer, header_or_default};
 use crate::proxy::codec::RawCodec;
 use crate::proxy::error::Refusal;
-use crate::proxy::forwarder::Forwarder;
+use crate::proxy::forwarder::{self, Forwarder};
 use crate::proxy::limit::{BodyLimits, ConnectionBudget};
 use crate::proxy::methods::{FILTERED, REFLECTED, Route, route};
 use crate::proxy::subject::{self, Subject};
@@ -229,6 +229,11 @@ impl Service<Request<Bytes>> for Call {
                     .as_ref()
                     .map_or_else(Status::code, |_| tonic::Code::Ok);
                 metrics.forwarded(&method, code_name(code));
+                match &answer {
+                    Ok(_) => metrics.upstream_reached(true),
+                    Err(s) if forwarder::unreachable(s) => metrics.upstream_reached(false),
+                    Err(_) => {}
+                }
             }
             answer
         })
