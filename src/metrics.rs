@@ -229,7 +229,7 @@ impl Metrics {
         let forwarded = Family::<ForwardLabels, Counter>::default();
         registry.register(
             "credstore_forwarded_requests",
-            "Calls routed to the upstream Milvus, by method and the gRPC code the client got",
+            "Calls routed to the upstream, by method and the gRPC code the client got",
             forwarded.clone(),
         );
         let lockouts = Family::<ScopeLabels, Counter>::default();
@@ -250,7 +250,7 @@ impl Metrics {
         let upstream_up = Gauge::default();
         registry.register(
             "credstore_upstream_up",
-            "1 when the last call forwarded to the upstream Milvus reached it, 0 when it could not be reached (or none was forwarded yet)",
+            "1 when the last forwarded call reached the upstream, 0 when it could not be reached (or none was forwarded yet)",
             upstream_up.clone(),
         );
         let connections = Connections::register(&mut registry);

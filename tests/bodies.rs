@@ -35,19 +35,19 @@ async fn insert(connection: &mut RawConnection, size: usize) -> (i32, String) {
     grpc_status(call.response).await.expect("an answer")
 }
 
-/// An Insert that announces `size` bytes, sends 64 KiB of them and withholds the rest.
+/// An Insert that announces `size` bytes, sends 64 KiB of them and withholds the rest. A
+/// refusal may close the stream while it is still being sent: the answer says what happened.
 async fn stall(connection: &mut RawConnection, size: usize) -> RawCall {
     let message = insert_message(size);
     let mut call = connection
         .open("Insert", "root", "Milvus")
         .await
         .expect("a call opens");
-    call.body
-        .send_data(grpc_header(message.len() as u32), false)
-        .unwrap();
-    call.body
-        .send_data(Bytes::copy_from_slice(&message[..64 * 1024]), false)
-        .unwrap();
+    let header = grpc_header(message.len() as u32);
+    let _ = call.body.send_data(header, false);
+    let _ = call
+        .body
+        .send_data(Bytes::copy_from_slice(&message[..64 * 1024]), false);
     call
 }
 
@@ -100,11 +100,9 @@ async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
     let upstream = Replica::bench_upstream();
     // Long enough for the steps before the timeout on a loaded machine.
     let body_timeout = Duration::from_millis(12_000);
-    let metrics = common::free_port();
-    let replica = Replica::start(
+    let (replica, metrics) = Replica::start_with_metrics(
         &TestConfig::new()
             .weak_hashing()
-            .set("credstore.http.port", metrics)
             .set("credstore.upstream.uri", upstream.uri())
             .set("credstore.upstream.maxMessageBytes", 4 * MIB)
             .set("credstore.upstream.maxInFlightBytesPerConnection", 6 * MIB)
@@ -112,8 +110,7 @@ async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
             .set(
                 "credstore.upstream.bodyTimeoutMs",
                 body_timeout.as_millis() as u64,
-            )
-            .yaml(),
+            ),
     );
     let upstream_said = (UNIMPLEMENTED, "bench-upstream: no Insert".to_string());
     let insert_size = |size: usize| insert_message(size).len();

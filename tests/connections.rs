@@ -31,14 +31,11 @@ const SLACK: Duration = Duration::from_secs(15);
 
 /// A replica on the embedded store with `keys` set, its metrics port open.
 fn replica(keys: &[(&str, serde_json::Value)]) -> (Replica, u16) {
-    let port = common::free_port();
-    let mut config = TestConfig::new()
-        .weak_hashing()
-        .set("credstore.http.port", port);
+    let mut config = TestConfig::new().weak_hashing();
     for (key, value) in keys {
         config = config.set(key, value.clone());
     }
-    (Replica::start(&config.yaml()), port)
+    Replica::start_with_metrics(&config)
 }
 
 /// The replica's `/metrics` text.
@@ -291,7 +288,12 @@ async fn a_peer_at_its_cap_is_refused_while_other_addresses_still_connect() {
     let text = scrape(metrics).await;
     let per_peer = "credstore_connections_refused_total{reason=\"max_connections_per_peer\"}";
     assert!(sample(&text, per_peer) >= 2.0, "{text}");
-    // The total cap: three more peers fill it, a fifth is refused too.
+    // The total cap: three more peers fill it, a fifth is refused too (once the calls'
+    // connections are gone, so that only the silent ones count).
+    common::eventually("only the first peer's connections are open", async || {
+        sample(&scrape(metrics).await, "credstore_connections_open") == PER_PEER as f64
+    })
+    .await;
     for peer in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         for _ in 0..PER_PEER {
             held.push(silent_from(ip(peer), replica.addr).await);

@@ -37,6 +37,31 @@ impl Replica {
         Replica::spawn(command, dir)
     }
 
+    /// Starts `credstore serve` with `config` and a metrics port of its own; returns the port.
+    /// The port is free when chosen, but another process can bind it before the replica
+    /// does: then the start is tried again on another port.
+    pub fn start_with_metrics(config: &super::TestConfig) -> (Replica, u16) {
+        for attempt in 1.. {
+            let port = super::free_port();
+            let yaml = config.clone().set("credstore.http.port", port).yaml();
+            let started =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Replica::start(&yaml)));
+            match started {
+                Ok(replica) => return (replica, port),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .unwrap_or_default();
+                    if attempt == 3 || !message.contains("credstore.http.port") {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
     /// Starts `credstore bench-upstream` (an empty MilvusService: fixed answers to
     /// GetVersion, Connect and HasCollection, UNIMPLEMENTED "bench-upstream: no METHOD" to
     /// the rest, no credentials checked), an upstream for proxy-tier tests.
