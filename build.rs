@@ -1,6 +1,7 @@
 //! Compiles credstore's own `.proto` files with the pure-Rust `protox`, so building
 //! credstore itself needs no system `protoc` (etcd-client's build script still does; see
-//! `.cargo/config.toml`).
+//! `.cargo/config.toml`). Milvus's wire types (`milvus.proto.*`) and credstore's own
+//! API (`credstore.v1`, which refers to Milvus's `Status`) in one compilation.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A directory's mtime moves only when entries come or go: name each file too.
@@ -8,8 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for entry in std::fs::read_dir("proto")? {
         println!("cargo:rerun-if-changed={}", entry?.path().display());
     }
+    // One compilation: credstore.v1's two files share a package, hence one generated module.
     let fds = protox::compile(
-        ["proto/milvus.proto", "proto/credstore_keys.proto"],
+        [
+            "proto/milvus.proto",
+            "proto/credstore_keys.proto",
+            "proto/credstore_admin.proto",
+        ],
         ["proto"],
     )?;
     tonic_prost_build::configure()

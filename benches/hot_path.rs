@@ -43,6 +43,7 @@ fn cached_verification(c: &mut Criterion) {
             limits: Limits::default(),
             cache_capacity: 1000,
             cache_ttl: None,
+            lockout: credstore::auth::LockoutPolicy::default(),
         };
         let auth = Authenticator::new(config, catalog, pool)
             .await

@@ -5,8 +5,9 @@ Starts its own etcd (Debian's etcd-server) and release `credstore serve` process
 loopback ports, drives them with `credstore bench` (the shipped load generator), and prints
 the tables. Ratios are measured within one run because these machines are shared and noisy.
 Usage: scripts/bench.sh (builds first), or python3 scripts/bench.py [--quick] [--only NAME,...]
-(NAME: auth, storm, acks, scale, proxy, tail, milvus; with --only the tables are printed and
-BENCHMARKS.md is left alone).
+(NAME: auth, storm, logins, acks, scale, proxy, tail, milvus; with --only the tables are printed
+and BENCHMARKS.md is left alone). CREDSTORE_BASELINE_BIN=PATH (an older credstore binary, e.g.
+main's) adds a "before" row to the logins scenario; the load generator is always this build's.
 
 The proxy-tier scenarios put `credstore bench-upstream` (an empty tonic MilvusService with fixed
 replies) behind a credstore replica; the peer comparison starts Milvus 2.3.5 from `.venv`
@@ -37,6 +38,10 @@ SCALE_USERS = 2_000 if QUICK else 100_000
 ROUNDS = 2 if QUICK else 5
 SERIAL_REQUESTS = 2_000 if QUICK else 20_000  # per round of the concurrency-1 proxy runs
 MILVUS = ROOT / ".venv" / "bin" / "milvus-server"
+BASELINE = os.environ.get("CREDSTORE_BASELINE_BIN")
+LOGIN_USERS = 10  # uncached logins from 127.0.0.1 during the logins scenario's storm
+STORM_WARMUP = 3  # seconds of the logins scenario's storm before anything is measured
+ATTACKER = "127.0.0.2"  # the storm's source address (credstore bench --source-ip)
 WORK = Path(tempfile.mkdtemp(prefix="credstore-bench-"))
 CHILDREN = []
 GROUPS = []  # process groups to kill at exit (Milvus and its children)
@@ -75,9 +80,9 @@ def start_etcd():
 class Process:
     """A credstore binary process that logs `ready on ADDRESS`; records its stderr."""
 
-    def __init__(self, args):
+    def __init__(self, args, binary=None):
         self.started = time.time()
-        self.proc = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        self.proc = subprocess.Popen([binary or BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "RUST_LOG": "info"})
         CHILDREN.append(self.proc)
         self.log = []
@@ -112,7 +117,7 @@ class Process:
 class Server(Process):
     """A `credstore serve` process."""
 
-    def __init__(self, endpoint, root, auth=True, weak=False, extra=""):
+    def __init__(self, endpoint, root, auth=True, weak=False, extra="", binary=None):
         path = WORK / f"cfg-{free_port()}.yaml"
         password = ("  password:\n    allowWeakParameters: true\n    argon2: {memoryKiB: 64, iterations: 1}\n"
                     if weak else "")
@@ -120,7 +125,7 @@ class Server(Process):
             f"etcd:\n  endpoints: \"{endpoint}\"\n  rootPath: {root}\n"
             f"common:\n  security:\n    authorizationEnabled: {'true' if auth else 'false'}\n"
             f"credstore:\n  http:\n    port: 0\n{password}{extra}")
-        super().__init__(["serve", "--config", str(path), "--listen", "127.0.0.1:0"])
+        super().__init__(["serve", "--config", str(path), "--listen", "127.0.0.1:0"], binary=binary)
 
     def rss_mib(self):
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -186,14 +191,16 @@ def auth_overhead(endpoint):
     bench(on.uri, "get-version", seconds=1)  # warm root's cache entry
     rounds = {"on": [], "off": []}
     for _ in range(5):
-        rounds["off"].append(bench(off.uri, "get-version"))
-        rounds["on"].append(bench(on.uri, "get-version"))
+        rounds["off"].append(measured(off.uri, "get-version", {"server": off}))
+        rounds["on"].append(measured(on.uri, "get-version", {"server": on}))
     on.stop()
     off.stop()
     med = {k: (statistics.median(r["requests_per_second"] for r in v), statistics.median(r["p99_us"] for r in v),
-               statistics.median(r["p50_us"] for r in v)) for k, v in rounds.items()}
+               statistics.median(r["p50_us"] for r in v), median_cpu(v, "server")) for k, v in rounds.items()}
     med["rounds"] = [(round(off["requests_per_second"]), round(on["requests_per_second"]))
                      for off, on in zip(rounds["off"], rounds["on"])]
+    med["cpu_rounds"] = [(off["cpu_us"]["server"], on["cpu_us"]["server"])
+                         for off, on in zip(rounds["off"], rounds["on"])]
     return med
 
 
@@ -205,21 +212,64 @@ def storm(endpoint):
     return alone, loaded, attack, peak
 
 
-def storm_against(uri):
-    """Valid cached GetVersion (1 × 4 in flight) alone, then during 256 in-flight wrong passwords."""
+def storm_against(uri, source=None):
+    """Valid cached GetVersion (1 × 4 in flight) alone, then during 256 in-flight wrong passwords
+    (from the address `source`, when given)."""
     setup(uri, "create-users", seconds=60, connections=1, concurrency=2, users=20, prefix="storm_")
     setup(uri, "get-version", seconds=1)
     alone = bench(uri, "get-version", connections=1, concurrency=4)
     result = {}
+    attacker = {"source_ip": source} if source else {}
 
     def attack():
-        result["storm"] = bench(uri, "wrong-passwords", connections=4, concurrency=64, users=20, prefix="storm_")
+        result["storm"] = bench(uri, "wrong-passwords", connections=4, concurrency=64, users=20, prefix="storm_",
+                                **attacker)
     t = threading.Thread(target=attack)
     t.start()
     time.sleep(0.3)
     loaded = bench(uri, "get-version", connections=1, concurrency=4, seconds=SECONDS - 0.6)
     t.join()
     return alone, loaded, result["storm"]
+
+
+def logins(endpoint):
+    """Production hashing, defaults otherwise: valid cached GetVersion from 127.0.0.1 alone and
+    during 256 in-flight wrong passwords from 127.0.0.2 (half for 20 existing users, half for
+    distinct unknown names), plus LOGIN_USERS uncached logins from 127.0.0.1 during the storm.
+    Rows: a baseline binary (CREDSTORE_BASELINE_BIN, if given), this build with the lockout
+    off (fair hashing alone), this build with its defaults (fair hashing and lockout)."""
+    configs = []
+    if BASELINE:
+        configs.append(("before: CREDSTORE_BASELINE_BIN (one shared hash queue, no lockout)", BASELINE, ""))
+    configs.append(("fair hashing, lockout off", None, "  lockout:\n    enabled: false\n"))
+    configs.append(("fair hashing and lockout (defaults)", None, ""))
+    rows = []
+    for i, (label, binary, extra) in enumerate(configs):
+        server = Server(endpoint, f"bench-logins-{i}", extra=extra, binary=binary)
+        uri = server.uri
+        setup(uri, "create-users", seconds=120, connections=1, concurrency=2, users=20, prefix="storm_")
+        setup(uri, "create-users", seconds=120, connections=1, concurrency=2, users=LOGIN_USERS, prefix="fresh_")
+        setup(uri, "get-version", seconds=1)
+        alone = bench(uri, "get-version", connections=1, concurrency=4)
+        result = {}
+
+        def attack():
+            result["storm"] = bench(uri, "wrong-passwords", connections=4, concurrency=64, users=20,
+                                    prefix="storm_", source_ip=ATTACKER, seconds=STORM_WARMUP + SECONDS + 1)
+
+        def fresh():
+            result["fresh"] = bench(uri, "login-users", connections=1, concurrency=1, users=LOGIN_USERS,
+                                    prefix="fresh_", requests=LOGIN_USERS, seconds=SECONDS)
+        threads = [threading.Thread(target=attack), threading.Thread(target=fresh)]
+        threads[0].start()
+        time.sleep(STORM_WARMUP)
+        threads[1].start()
+        loaded = bench(uri, "get-version", connections=1, concurrency=4, seconds=SECONDS - 1)
+        for t in threads:
+            t.join()
+        server.stop()
+        rows.append((label, alone, loaded, result["storm"], result["fresh"]))
+    return rows
 
 
 def acknowledged_updates(endpoint):
@@ -390,7 +440,7 @@ def milvus_peer(endpoint):
         for _ in range(ROUNDS):
             for name, uri in targets.items():
                 calls[rpc][name].append(bench(uri, rpc))
-    storms = {name: storm_against(uri) for name, uri in targets.items()}
+    storms = {name: storm_against(uri, source=ATTACKER) for name, uri in targets.items()}
     server.stop()
     ready_after = milvus.ready_after
     milvus.stop()
@@ -411,14 +461,17 @@ def auth_section(endpoint):
     return [
         "### Authentication overhead (GetVersion, 2 connections × 8 in flight, median of 5 interleaved rounds)",
         "",
-        "| server | req/s | p50 ms | p99 ms |",
-        "|---|---|---|---|",
-        f"| authorization disabled | {med['off'][0]:.0f} | {ms(med['off'][2])} | {ms(med['off'][1])} |",
-        f"| authorization enabled, warm cache | {med['on'][0]:.0f} | {ms(med['on'][2])} | {ms(med['on'][1])} |",
-        f"| **ratio (enabled / disabled)** | **{tput:.3f}** (target ≥ 0.95) | | **{p99:.3f}** (target ≤ 1.10) |",
+        "| server | req/s | p50 ms | p99 ms | server CPU µs/request |",
+        "|---|---|---|---|---|",
+        f"| authorization disabled | {med['off'][0]:.0f} | {ms(med['off'][2])} | {ms(med['off'][1])} | {med['off'][3]:.1f} |",
+        f"| authorization enabled, warm cache | {med['on'][0]:.0f} | {ms(med['on'][2])} | {ms(med['on'][1])} | {med['on'][3]:.1f} |",
+        f"| **ratio (enabled / disabled)** | **{tput:.3f}** (target ≥ 0.95) | | **{p99:.3f}** (target ≤ 1.10) "
+        f"| **{med['on'][3] - med['off'][3]:+.1f}** |",
         "",
         "Each round's req/s (disabled, enabled): " + ", ".join(f"({a}, {b})" for a, b in med["rounds"])
-        + ". The spread between rounds of the same server shows the machine's noise.",
+        + "; server CPU µs/request: " + ", ".join(f"({a:.1f}, {b:.1f})" for a, b in med["cpu_rounds"])
+        + ". The spread between rounds of the same server shows the machine's noise; CPU per request "
+        "(utime + stime of the server over the requests of a round, 10 ms ticks) is the steadier measure.",
     ]
 
 
@@ -437,6 +490,30 @@ def storm_section(endpoint):
         f"(target ≥ 50 %), p99 **{ms(loaded['p99_us'])} ms** (target < 10 ms). Most hash computations seen running at once: "
         f"**{peak}** (bound 1).",
     ]
+
+
+def logins_section(endpoint):
+    rows = logins(endpoint)
+    lines = [
+        f"### Logins under a wrong-password storm from another address (production argon2id, {SECONDS} s)",
+        "",
+        f"256 wrong passwords in flight from {ATTACKER} (4 connections × 64, each distinct, half for 20 existing "
+        "users and half for distinct unknown names); valid cached GetVersion from 127.0.0.1 at 1 connection × 4; "
+        f"{LOGIN_USERS} logins of users not yet cached, one at a time, from 127.0.0.1 during the storm. Both are "
+        f"measured from {STORM_WARMUP} s into the storm: its steady state, after the first failures (the lockout's "
+        "thresholds, the pace's burst) have been spent.",
+        "",
+        "| server | valid alone req/s | valid during storm req/s (kept) | valid p99 ms | uncached logins: ok, p50 / max ms, errors | storm req/s | storm answers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, alone, loaded, storm_report, fresh in rows:
+        kept = loaded["requests_per_second"] / max(1e-9, alone["requests_per_second"])
+        lines.append(
+            f"| {label} | {alone['requests_per_second']:.0f} | {loaded['requests_per_second']:.0f} (**{kept:.0%}**) "
+            f"| {ms(loaded['p99_us'])} | {fresh['ok']} of {LOGIN_USERS}, {ms(fresh['p50_us'])} / {ms(fresh['max_us'])}, "
+            f"{errors(fresh)} | {storm_report['requests_per_second']:.0f} | {errors(storm_report)}; "
+            f"{storm_report['ok']} accepted |")
+    return lines
 
 
 def acks_section(endpoint):
@@ -609,14 +686,15 @@ def milvus_section(endpoint):
         "",
         "### Wrong-password storm: credstore (defaults) vs Milvus 2.3.5",
         "",
-        "256 wrong passwords in flight (4 connections × 64, each distinct, half for 20 existing users and half for "
-        "unknown ones) while valid cached GetVersion runs at 1 connection × 4 in flight.",
+        f"256 wrong passwords in flight from {ATTACKER} (4 connections × 64, each distinct, half for 20 existing users "
+        "and half for unknown ones) while valid cached GetVersion runs from 127.0.0.1 at 1 connection × 4 in flight.",
         "",
         "| server | valid alone req/s | valid during storm req/s (kept) | valid p99 ms alone / during | storm req/s | storm p50 / p99 ms | storm answers | accepted |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, (alone, loaded, attack) in storms.items():
-        label = ("credstore (defaults: maxConcurrentHashes = cores, maxQueuedHashes 256, failedAuthDelayMs 250, argon2id)"
+        label = ("credstore (defaults: maxConcurrentHashes = cores, maxQueuedHashes 256, maxQueuedHashesPerPeer 32, "
+                 "lockout on, failedAuthDelayMs 250, argon2id)"
                  if name == "credstore" else "Milvus 2.3.5 (defaults: no bound, no delay)")
         lines.append(
             f"| {label} | {alone['requests_per_second']:.0f} (errors {errors(alone)}) "
@@ -644,6 +722,7 @@ def main():
     load_start = loadavg()
     sections = []
     for name, label, run in (("auth", "auth overhead", auth_section), ("storm", "storm", storm_section),
+                             ("logins", "logins under a storm", logins_section),
                              ("acks", "acknowledged updates", acks_section), ("scale", "scale", scale_section)):
         if selected(name):
             print(f"{label} ...", flush=True)

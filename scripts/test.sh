@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# CI builds from a clean checkout: incremental state would only cost disk (gigabytes).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo_test_limit="${CREDSTORE_CARGO_TEST_LIMIT:-40m}"
 pytest_limit="${CREDSTORE_PYTEST_LIMIT:-20m}"
 test_log="$(mktemp -t credstore-cargo-test.XXXXXX)"

@@ -1,6 +1,6 @@
 //! The audit trail (`credstore.audit.path`): one JSON line per credential, role, grant and
-//! privilege-group change a replica serves (and per `admin reset-root`), and one per failed
-//! login, so an operator can answer "who changed whom, from where, and did it stick". It
+//! privilege-group change a replica serves (and per `admin reset-root` and unlock), one per
+//! failed login and one per login lock a replica's write started, so an operator can answer "who changed whom, from where, and did it stick". It
 //! exists apart from `tracing` because that log is for diagnosis (levels, filters, free text)
 //! while this one is a record with a fixed shape that is kept, rotated and shipped.
 //!
@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,12 +61,17 @@ pub enum LoginFailure {
     Malformed,
     /// Unknown user, wrong password or a name that is not exactly a valid one.
     Denied,
-    /// The hashing queue was full (RESOURCE_EXHAUSTED).
+    /// The hashing queue was full, or the peer held its share of it (RESOURCE_EXHAUSTED).
     Busy,
     /// An API key or OIDC token refused, with the finer reason (`apikey_expired`,
     /// `jwt_bad_signature`, …): keys and tokens are random or signed, so saying why enumerates
     /// nothing.
     Credential(&'static str),
+    /// The (name, address) pair or the name is locked (UNAUTHENTICATED, the lock answer).
+    Locked,
+    /// This replica was already verifying its share of the user's remaining attempts
+    /// (RESOURCE_EXHAUSTED).
+    Throttled,
 }
 
 impl LoginFailure {
@@ -77,6 +82,8 @@ impl LoginFailure {
             LoginFailure::Denied => "denied",
             LoginFailure::Busy => "busy",
             LoginFailure::Credential(reason) => reason,
+            LoginFailure::Locked => "locked",
+            LoginFailure::Throttled => "throttled",
         }
     }
 }
@@ -163,6 +170,30 @@ impl Audit {
     pub fn login_failed(&self, user: Option<&str>, peer: Option<SocketAddr>, why: LoginFailure) {
         if self.is_on() {
             self.send(login_line(now_rfc3339(), user, peer, why));
+        }
+    }
+
+    /// Records a lock: `user` (a canonical name, which may not exist) from `peer` (`None`:
+    /// from every address, the account), after `failures`, until `until_ms` (ms since the
+    /// Unix epoch).
+    pub fn lockout(
+        &self,
+        user: &str,
+        peer: Option<IpAddr>,
+        scope: &str,
+        failures: u32,
+        until_ms: u64,
+    ) {
+        if self.is_on() {
+            let until = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(until_ms);
+            self.send(lockout_line(
+                now_rfc3339(),
+                user,
+                peer,
+                scope,
+                failures,
+                until,
+            ));
         }
     }
 
@@ -350,6 +381,27 @@ pub fn login_line(
     line.to_string()
 }
 
+/// A lock as one JSON line (no newline).
+pub fn lockout_line(
+    time: String,
+    user: &str,
+    peer: Option<IpAddr>,
+    scope: &str,
+    failures: u32,
+    until: SystemTime,
+) -> String {
+    let line = json!({
+        "time": time,
+        "event": "lockout",
+        "user": clip(user),
+        "peer": peer.map(|p| p.to_string()),
+        "scope": scope,
+        "failures": failures,
+        "until": rfc3339(until),
+    });
+    line.to_string()
+}
+
 /// At most [`MAX_FIELD_CHARS`] characters of `text`.
 fn clip(text: &str) -> &str {
     match text.char_indices().nth(MAX_FIELD_CHARS) {
@@ -466,6 +518,30 @@ mod tests {
         let none = parse(&login_line("t".into(), None, None, LoginFailure::Malformed));
         assert_eq!(none["user"], Value::Null);
         assert_eq!(none["reason"], "malformed");
+    }
+
+    #[test]
+    fn a_lockout_line_says_who_from_where_and_until_when() {
+        let until = UNIX_EPOCH + std::time::Duration::from_secs(1_772_323_200);
+        let peer = "10.0.0.9".parse().ok();
+        let line = lockout_line("t".into(), "alice", peer, "pair", 5, until);
+        assert_eq!(
+            parse(&line),
+            json!({
+                "time": "t", "event": "lockout", "user": "alice", "peer": "10.0.0.9",
+                "scope": "pair", "failures": 5, "until": "2026-03-01T00:00:00.000Z",
+            })
+        );
+        let account = parse(&lockout_line(
+            "t".into(),
+            "alice",
+            None,
+            "account",
+            100,
+            until,
+        ));
+        assert_eq!(account["peer"], Value::Null);
+        assert_eq!(account["scope"], "account");
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct BenchConfig {
     /// For an `https://` --uri.
     #[command(flatten)]
     pub tls: crate::tls::ClientTls,
+    /// Open every connection from this local address (plaintext only): `127.0.0.2` makes
+    /// the load come from another peer than a run from `127.0.0.1` on the same machine.
+    #[arg(long)]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
@@ -149,7 +153,10 @@ struct Tally {
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let mut channels = Vec::new();
     for _ in 0..config.connections.max(1) {
-        channels.push(client::channel_tls(&config.uri, &config.tls).await?);
+        channels.push(match config.source_ip {
+            Some(source) => client::channel_from(&config.uri, source).await?,
+            None => client::channel_tls(&config.uri, &config.tls).await?,
+        });
     }
     let config = Arc::new(config);
     let next = Arc::new(AtomicU64::new(0));

@@ -2,23 +2,32 @@
 //!
 //! Keys live under `{etcd.rootPath}/{etcd.metaSubPath}/root-coord/credential/`: `users/{name}`
 //! holds JSON `{"encrypted_password": "<hash>"}` (plus `description`, and any field Milvus
-//! wrote, kept as it was); `roles/{role}` holds JSON `{"description": "<d>"}` as Milvus master
+//! wrote, kept as it was; an imported user also `imported_from`, see `batch.rs`);
+//! `roles/{role}` holds JSON `{"description": "<d>"}` as Milvus master
 //! writes it (an empty value, as Milvus ≤ 2.6 and the built-in roles have, reads as no
 //! description); `user-role-mapping/{user}/{role}` is empty.
 //! Every write is a transaction with a condition, so racing writers never overwrite each other.
-//! Knows nothing of gRPC, caches or hashing algorithms.
+//! Besides Milvus's keys, credstore's own failed-login records live under
+//! `{meta}/credstore/lockout/` (`lockout.rs`). Knows nothing of gRPC, caches or hashing
+//! algorithms.
 
+mod batch;
 mod grants;
 mod identity;
 mod lifecycle;
+mod lockout;
 
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{Compare, KeyValue, MetaError, MetaKv, Op, Read, Revision, Store, Txn};
 use crate::password::{HashError, PasswordHash, Username};
 
+pub use batch::{BatchOutcome, Existing, Grantee, IMPORTED_FIELD, Kind, Mode};
 pub use grants::{ChangedKey, DEFAULT_DB, GrantTarget, StoredGrant, StoredGroup, grantee_id};
 pub use identity::{IdentityChange, Revocations, StoredKey};
+pub use lockout::{
+    LockoutRecord, LockoutSubject, LockoutWrite, MAX_LOCKOUT_WRITES, decode_lockout, encode_lockout,
+};
 
 /// The built-in role whose members manage users and roles.
 pub const ADMIN_ROLE: &str = "admin";
@@ -31,7 +40,7 @@ pub const ROOT_USER: &str = "root";
 
 /// etcd refuses a transaction with more than this many compares or operations
 /// (`--max-txn-ops`, default 128); a role's memberships are deleted in batches of at most it.
-pub const MAX_TXN_OPS: usize = 128;
+pub const MAX_TXN_OPS: usize = crate::meta::MAX_TXN_OPS;
 /// How often `drop_role` starts over when grants keep racing it before it reports a conflict.
 const DROP_ROLE_ATTEMPTS: usize = 8;
 

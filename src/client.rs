@@ -1,11 +1,12 @@
 //! The client side of the gRPC API, for the admin CLI (`credstore user …`, `credstore health`),
 //! `credstore bench` and the Rust tests: a channel, the `authorization` header (attached in one
 //! place, [`Authorization::apply`]) and an authorized `MilvusServiceClient`; [`Admin`] wraps the
-//! user, role and grant RPCs, [`Keys`] credstore's own API-key and OIDC services;
-//! [`read_secret`] reads a password from a prompt or standard input, so the CLI never
-//! needs one on its command line (where `ps` shows it).
+//! user, role and grant RPCs (and credstore's own `Unlock`), [`Keys`] credstore's own API-key
+//! and OIDC services; [`read_secret`] reads a password from a prompt or standard input, so the
+//! CLI never needs one on its command line (where `ps` shows it).
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,6 +22,8 @@ use crate::proto::credstore::{
     ApiKeyInfo, CreateApiKeyRequest, CreateApiKeyResponse, ListApiKeysRequest, ListOidcRequest,
     ListOidcResponse, RevokeApiKeyRequest, RevokeTokensRequest,
 };
+use crate::proto::credstore::UnlockRequest;
+use crate::proto::credstore::credstore_admin_client::CredstoreAdminClient;
 use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
 use crate::tls::{ClientTls, TlsError};
@@ -48,6 +51,8 @@ pub enum ClientError {
     Tls(#[from] TlsError),
     #[error("TLS options were given but the URI is not https://")]
     TlsWithoutHttps,
+    #[error("a source address works with http:// URIs only")]
+    SourceWithTls,
     #[error("the server is not ready: {0}")]
     NotReady(String),
 }
@@ -133,6 +138,43 @@ pub async fn channel_tls(uri: &str, tls: &ClientTls) -> Result<Channel, ClientEr
         return Err(ClientError::TlsWithoutHttps);
     }
     endpoint.connect().await.map_err(connect_err)
+}
+
+/// A connected plaintext HTTP/2 channel to `uri` whose TCP connection leaves from the local
+/// address `source` (`127.0.0.2` on loopback, say): how tests and `credstore bench
+/// --source-ip` act as another peer, which the server tells apart by that address only.
+pub async fn channel_from(uri: &str, source: IpAddr) -> Result<Channel, ClientError> {
+    if uri.starts_with("https://") {
+        return Err(ClientError::SourceWithTls);
+    }
+    let connect_err = |source| ClientError::Connect {
+        uri: uri.to_string(),
+        source,
+    };
+    let endpoint = Endpoint::from_shared(uri.to_string())
+        .map_err(connect_err)?
+        .connect_timeout(Duration::from_secs(5));
+    let connector = tower::service_fn(move |target: tonic::codegen::http::Uri| async move {
+        let host = target.host().unwrap_or("127.0.0.1");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = target.port_u16().unwrap_or(80);
+        let address = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
+        let socket = match source {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket.connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(connect_err)
 }
 
 /// A client on `channel` sending `authorization` with every call.
@@ -225,6 +267,8 @@ pub struct Grant<'a> {
 /// The user and role RPCs the admin CLI needs, over an authorized [`Client`].
 pub struct Admin {
     client: Client,
+    /// credstore's own API on the same channel.
+    admin: CredstoreAdminClient<InterceptedService<Channel, Authorization>>,
 }
 
 impl Admin {
@@ -238,9 +282,22 @@ impl Admin {
         tls: &ClientTls,
         authorization: Authorization,
     ) -> Result<Admin, ClientError> {
+        let channel = channel_tls(uri, tls).await?;
         Ok(Admin {
-            client: client(channel_tls(uri, tls).await?, authorization),
+            client: client(channel.clone(), authorization.clone()),
+            admin: CredstoreAdminClient::with_interceptor(channel, authorization),
         })
+    }
+
+    /// Lifts every login lock of `name` on every replica (root or admin); returns whether
+    /// anything was locked.
+    pub async fn unlock(&mut self, name: &str) -> Result<bool, ClientError> {
+        let request = UnlockRequest {
+            user_name: name.into(),
+        };
+        let response = self.admin.unlock(request).await.map_err(rpc)?.into_inner();
+        check(response.status.unwrap_or_default())?;
+        Ok(response.was_locked)
     }
 
     pub async fn create_user(&mut self, name: &str, password: &str) -> Result<(), ClientError> {

@@ -1,7 +1,6 @@
 //! Cache coherence across replicas. Owns the only watches: the credential watch that drops
 //! cached passwords when a user changes (and cached API keys and tokens when credstore's own
-//! identity records under `{meta}/credstore/auth/` change: both prefixes are followed as one
-//! stream, `meta::MergedWatch`), the session (a key on a store lease) that tells
+//! identity records under `{meta}/root-coord/credstore/auth/` change), the session (a key on a store lease) that tells
 //! writers which replicas are alive and how far each has applied the log, and the
 //! acknowledgement a writer waits for before telling its client a change is done.
 //! It must not speak gRPC or name a storage backend: leases come from `meta::Leases`.
@@ -22,6 +21,13 @@
 //! 4. a watch that broke resumes from `applied + 1`; if that was compacted, the whole cache
 //!    is dropped and the watch starts again from the current revision.
 //!
+//! The lockout's counts are shared the same way, without acknowledgement: a third watch (of
+//! `{meta}/credstore/lockout/`, listed first and re-listed after a compaction or a silent
+//! stream) keeps every replica's mirror of them (`auth::Lockout`) current, so a lock one
+//! replica writes is enforced by all within a watch event; the lockout's writer task runs
+//! among these tasks. The number of live sessions is handed to the lockout (each replica's
+//! share of an in-flight budget).
+//!
 //! [`Coherence`] is the cheap handle handlers clone (`confirm`, `applied`, `sessions`);
 //! [`CoherenceTasks`] owns the background tasks and ends the session on `shutdown`.
 
@@ -35,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::auth::Authenticator;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError, decode_lockout};
 use crate::meta::{
     Event, EventKind, Lease, Leases, MetaError, Read, Revision, Store, Watch, WatchMessage,
 };
@@ -108,8 +114,6 @@ struct Inner<S> {
     policies: Policies,
     /// What the watch follows: every credential key and the privilege groups.
     credential_prefix: String,
-    /// And credstore's own identity records (`{meta}/credstore/auth/`).
-    identity_prefix: String,
     sessions_prefix: String,
     /// This replica's session key.
     session_key: String,
@@ -204,7 +208,6 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
         config: CoherenceConfig,
     ) -> Result<(Coherence<S>, CoherenceTasks<S>), CoherenceError> {
         let credential_prefix = catalog.watch_prefix();
-        let identity_prefix = catalog.identity_prefix();
         let start = store.get(&credential_prefix).await?.revision;
         let sessions_prefix = format!("{}sessions/", credstore_root(&catalog));
         let ttl = config.session_ttl;
@@ -217,7 +220,6 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             auth,
             policies,
             credential_prefix,
-            identity_prefix,
             sessions_prefix,
             address: config.address,
             ttl,
@@ -230,7 +232,11 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             resync: Notify::new(),
         });
         let registration = inner.register().await?;
-        if let Err(e) = inner.relist().await {
+        let listed = match inner.relist_lockouts().await {
+            Ok(_) => inner.relist().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = listed {
             let _ = timeout(
                 inner.request_deadline(),
                 inner.store.revoke(&registration.lease),
@@ -249,6 +255,10 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             .tasks
             .push(tokio::spawn(inner.clone().sessions_loop()));
         tasks.tasks.push(tokio::spawn(inner.clone().watch_loop()));
+        tasks.tasks.push(tokio::spawn(inner.clone().lockout_loop()));
+        tasks
+            .tasks
+            .push(tokio::spawn(inner.auth.lockout().clone().write_loop()));
         let deadline = Instant::now() + ttl;
         while !inner.auth.is_trusted() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -322,6 +332,12 @@ impl<S: Leases + Clone + 'static> CoherenceTasks<S> {
     /// Stops the tasks and revokes the session's lease (its key goes with it), so writers
     /// waiting for this replica are released at once.
     pub async fn shutdown(mut self) {
+        // Failures counted here and not yet written would be lost to the other replicas.
+        self.inner
+            .auth
+            .lockout()
+            .flush(Duration::from_secs(1))
+            .await;
         for task in self.tasks.drain(..) {
             task.abort();
             // Wait until the task is really gone, so the store it holds is released.
@@ -593,7 +609,81 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                 revision: read.revision,
             })
         });
+        self.count_replicas();
         Ok(())
+    }
+
+    /// Tells the lockout how many replicas share its budgets.
+    fn count_replicas(&self) {
+        let live = self.view.borrow().sessions.len();
+        self.auth.lockout().set_replicas(live);
+    }
+
+    /// Replaces the lockout mirror with a listing of every lockout record.
+    async fn relist_lockouts(&self) -> Result<Revision, MetaError> {
+        let read = self.catalog.list_lockouts().await.map_err(|e| match e {
+            CatalogError::Meta(e) => e,
+            other => MetaError::Etcd(other.to_string()),
+        })?;
+        self.auth.lockout().replace(read.value, read.revision);
+        Ok(read.revision)
+    }
+
+    /// Keeps the lockout mirror current: lists the records, then follows their watch from
+    /// there; lists again after a compaction, a broken stream, or a stream silent for longer
+    /// than the bound (asked for progress meanwhile). Nothing here touches trust: a stale
+    /// mirror only lets this replica see other replicas' locks late.
+    async fn lockout_loop(self: Arc<Self>) {
+        let prefix = self.catalog.lockout_prefix();
+        let lockout = self.auth.lockout().clone();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let followed = async {
+                let listed = self.relist_lockouts().await?;
+                let mut watch = timeout(self.silence_bound, self.store.watch(&prefix, listed + 1))
+                    .await
+                    .map_err(|_| timed_out(self.silence_bound))??;
+                let mut progress = tokio::time::interval(self.progress_every);
+                let mut heard = Instant::now();
+                loop {
+                    let message = tokio::select! {
+                        message = watch.next() => message?,
+                        _ = progress.tick() => {
+                            if heard.elapsed() > self.silence_bound {
+                                return Err(CoherenceError::Meta(MetaError::Unavailable("the lockout watch went silent".into())));
+                            }
+                            let _ = timeout(self.progress_every, watch.request_progress()).await;
+                            continue;
+                        }
+                    };
+                    heard = Instant::now();
+                    match message {
+                        WatchMessage::Events { events, .. } => {
+                            for event in events {
+                                let Some(subject) = self.catalog.lockout_subject(&event.key) else {
+                                    continue;
+                                };
+                                let record = match event.kind {
+                                    EventKind::Put => Some(decode_lockout(&event.value)),
+                                    EventKind::Delete => None,
+                                };
+                                lockout.apply(subject, record, event.revision);
+                            }
+                        }
+                        WatchMessage::Progress { .. } => {}
+                        WatchMessage::Compacted { .. } => return Ok::<(), CoherenceError>(()),
+                    }
+                }
+            };
+            match followed.await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lockout watch interrupted; listing again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Keeps the view of the sessions up to date from a watch (writers wait on it; `confirm`
@@ -612,6 +702,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                             self.view.send_if_modified(|view| {
                                 view.apply(&self.sessions_prefix, &events, revision)
                             });
+                            self.count_replicas();
                         }
                         Ok(WatchMessage::Progress { revision }) => {
                             self.view
@@ -633,12 +724,12 @@ impl<S: Leases + Clone + 'static> Inner<S> {
         let mut backoff = Duration::from_millis(50);
         let mut failures = Failures::default();
         loop {
-            let opened = timeout(self.silence_bound, self.open_watch()).await;
-            let (opened, from) = match opened {
-                Ok(Ok((watch, from))) => (Ok(Ok(watch)), from),
-                Ok(Err(e)) => (Ok(Err(e)), self.applied() + 1),
-                Err(elapsed) => (Err(elapsed), self.applied() + 1),
-            };
+            let from = self.applied() + 1;
+            let opened = timeout(
+                self.silence_bound,
+                self.store.watch(&self.credential_prefix, from),
+            )
+            .await;
             let outcome = match opened {
                 // After repeated identical failures, only a delivered message restores trust:
                 // a stream that opens and then always fails the same way answers too.
@@ -666,46 +757,6 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             // Short cap: while this replica's watch is down, writers wait for it.
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
-    }
-
-    /// The credential watch: Milvus's `root-coord/` (credentials, grants, groups) and
-    /// credstore's own identity records (API keys, OIDC revocations), as one stream, and the
-    /// revision it starts at.
-    ///
-    /// It resumes at `applied + 1`. A stream that starts behind the store (something was
-    /// written since, if only a session) and then stays idle would never report progress on
-    /// etcd 3.4 (`Watch::starts_behind`), and the merged stream reports only as far as both
-    /// have come: a write under the other prefix could then never be confirmed. So such a
-    /// watch starts again at the head, and every cache is dropped at the head instead of
-    /// replaying what changed in between (as after a compaction). This happens only when the
-    /// watch is (re)opened.
-    async fn open_watch(&self) -> Result<(Watch, Revision), MetaError> {
-        let mut from = self.applied() + 1;
-        let mut flushed_at = None;
-        for _ in 0..16 {
-            let milvus = self.store.watch(&self.credential_prefix, from).await?;
-            let identity = self.store.watch(&self.identity_prefix, from).await?;
-            let watch = Watch::merge(milvus, identity, from);
-            if !watch.starts_behind() {
-                if let Some(head) = flushed_at {
-                    self.advance(head);
-                }
-                return Ok((watch, from));
-            }
-            let head = self.store.get(&self.credential_prefix).await?.revision;
-            tracing::warn!(
-                from,
-                head,
-                "the credential watch starts behind the store (it was away, or the store compacted what it missed); dropping the whole cache and starting at the head"
-            );
-            self.auth.invalidate_all(head);
-            self.policies.invalidate_all();
-            flushed_at = Some(head);
-            from = head + 1;
-        }
-        Err(MetaError::Unavailable(
-            "the store kept moving while the credential watch was opened".into(),
-        ))
     }
 
     /// Follows one watch stream (opened at `from`) until it breaks, goes silent for longer
@@ -1049,6 +1100,7 @@ mod tests {
                 limits: Limits::default(),
                 cache_capacity: 100,
                 cache_ttl: None,
+                lockout: crate::auth::LockoutPolicy::default(),
             };
             let auth = Authenticator::new(config, self.catalog.clone(), self.pool.clone())
                 .await

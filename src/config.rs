@@ -10,9 +10,10 @@
 //!
 //! `Config` is the file's shape; each component's settings are derived from it here, typed
 //! and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::authenticator`],
-//! [`Config::coherence`], [`Config::limits`], …), so `server` only wires. This module sits
-//! above the components (it names their settings types); none of them reads it. The password
-//! defaults and minimums are `password`'s constants, not repeated here. Secrets (the etcd
+//! [`Config::coherence`], [`Config::limits`], [`Config::connections`], …), so `server` only
+//! wires. This module sits above the components (it names their settings types); none of
+//! them reads it. The password defaults and minimums are `password`'s constants, not
+//! repeated here. Secrets (the etcd
 //! password, the default root password, a TLS key) are redacted in `Debug`.
 
 use std::fmt;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::auth::{AuthenticatorConfig, JwksSource, OidcSettings};
+use crate::auth::{AuthenticatorConfig, JwksSource, LockoutPolicy, OidcSettings};
 use crate::coherence::CoherenceConfig;
 use crate::meta::{EtcdOptions, EtcdTls};
 use crate::password::{
@@ -31,6 +32,7 @@ use crate::password::{
 };
 use crate::rbac::BuiltinGroups;
 use crate::tls::{ClientTls, ServerFiles, TlsMode};
+use crate::transport::ConnectionSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -335,6 +337,10 @@ pub struct CredstoreConfig {
     pub audit: AuditConfig,
     /// OIDC single sign-on: JWTs from one issuer as pymilvus's `token`.
     pub oidc: OidcConfig,
+    /// Locks after repeated failed logins (issue 18).
+    pub lockout: LockoutConfig,
+    /// The gRPC port's connections: time limits and caps.
+    pub grpc: GrpcConfig,
 }
 
 impl Default for CredstoreConfig {
@@ -352,6 +358,8 @@ impl Default for CredstoreConfig {
             shutdown: ShutdownConfig::default(),
             audit: AuditConfig::default(),
             oidc: OidcConfig::default(),
+            lockout: LockoutConfig::default(),
+            grpc: GrpcConfig::default(),
         }
     }
 }
@@ -396,6 +404,70 @@ impl Default for OidcConfig {
             user_prefix: "oidc:".into(),
             leeway_seconds: 30,
             jwks_refetch_seconds: 10,
+        }
+    }
+}
+
+/// `credstore.lockout.*`: failed logins counted per (user name, peer address) and per user
+/// name across replicas; see `auth::LockoutPolicy` (whose defaults these are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct LockoutConfig {
+    pub enabled: bool,
+    /// Failures of one user name from one address that lock that pair.
+    pub threshold: u32,
+    /// Failures of one user name from any addresses that lock the name (never root's).
+    pub account_threshold: u32,
+    /// How long a lock lasts.
+    pub duration_seconds: u64,
+    /// A count lapses this long after its newest failure.
+    pub reset_seconds: u64,
+    /// Failed verifications (any name) one client address may cost a replica per second, four
+    /// times that at once; beyond it RESOURCE_EXHAUSTED until it has some left. 0: unpaced.
+    pub peer_failures_per_second: u32,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        let policy = LockoutPolicy::default();
+        LockoutConfig {
+            enabled: policy.enabled,
+            threshold: policy.threshold,
+            account_threshold: policy.account_threshold,
+            duration_seconds: policy.duration.as_secs(),
+            reset_seconds: policy.reset.as_secs(),
+            peer_failures_per_second: policy.peer_failures_per_second,
+        }
+    }
+}
+
+/// `credstore.grpc`: the gRPC port's connections (`transport::ConnectionSettings`, whose
+/// defaults these are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct GrpcConfig {
+    /// TLS and the HTTP/2 preface must be complete within this long.
+    pub handshake_timeout_ms: u64,
+    /// A connection without a stream for this long gets GOAWAY.
+    pub idle_timeout_seconds: u64,
+    /// HTTP/2 PINGs this often; a peer not answering within the timeout is closed.
+    pub keepalive_interval_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
+    /// Connections open at once, in all and from one peer (lowered to fit the file limit).
+    pub max_connections: u64,
+    pub max_connections_per_peer: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        let d = ConnectionSettings::default();
+        GrpcConfig {
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            idle_timeout_seconds: d.idle_timeout.as_secs(),
+            keepalive_interval_seconds: d.keepalive_interval.as_secs(),
+            keepalive_timeout_seconds: d.keepalive_timeout.as_secs(),
+            max_connections: d.max_connections as u64,
+            max_connections_per_peer: d.max_connections_per_peer as u64,
         }
     }
 }
@@ -461,6 +533,11 @@ pub struct UpstreamConfig {
     pub timeout_ms: u64,
     /// For an `https://` upstream.
     pub tls: UpstreamTls,
+    /// Request bodies this replica holds at once, and one connection holds at once.
+    pub max_in_flight_bytes: u64,
+    pub max_in_flight_bytes_per_connection: u64,
+    /// A forwarded request's body must be complete within this long.
+    pub body_timeout_ms: u64,
 }
 
 /// `credstore.upstream.tls.*`: how credstore verifies an `https://` upstream, and the
@@ -496,6 +573,10 @@ impl Default for UpstreamConfig {
             // Below the server's 60 s per-request limit, so the caller sees this deadline.
             timeout_ms: 55_000,
             tls: UpstreamTls::default(),
+            max_in_flight_bytes: 1024 * 1024 * 1024,
+            // One largest message per connection; a quarter of the replica's budget.
+            max_in_flight_bytes_per_connection: 256 * 1024 * 1024,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -506,11 +587,18 @@ impl UpstreamConfig {
         crate::proxy::Upstream {
             uri: self.uri.trim().to_string(),
             token: self.token.clone(),
-            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            max_message_bytes: bytes(self.max_message_bytes),
             default_timeout: Duration::from_millis(self.timeout_ms),
             tls: self.tls.client(),
+            max_in_flight_bytes: bytes(self.max_in_flight_bytes),
+            max_in_flight_bytes_per_connection: bytes(self.max_in_flight_bytes_per_connection),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
         }
     }
+}
+
+fn bytes(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -535,6 +623,9 @@ pub struct PasswordConfig {
     pub max_concurrent_hashes: usize,
     /// Hash computations allowed to wait for a slot; beyond that, RESOURCE_EXHAUSTED.
     pub max_queued_hashes: usize,
+    /// Verifications one peer address may hold admitted (running or waiting); beyond that
+    /// its logins get RESOURCE_EXHAUSTED while other addresses still get slots.
+    pub max_queued_hashes_per_peer: usize,
     /// CPU priority of the hashing threads (Linux nice, 0..=19): higher yields the CPU to
     /// cached logins and other requests when hashing competes with them.
     pub hash_niceness: i32,
@@ -549,6 +640,7 @@ impl Default for PasswordConfig {
             allow_weak_parameters: false,
             max_concurrent_hashes: 0,
             max_queued_hashes: 256,
+            max_queued_hashes_per_peer: 32,
             hash_niceness: 10,
         }
     }
@@ -703,6 +795,26 @@ impl Config {
                 "must be between 0 and 19",
             );
         }
+        if self.credstore.password.max_queued_hashes_per_peer == 0 {
+            return bad(
+                "credstore.password.maxQueuedHashesPerPeer",
+                "must be at least 1",
+            );
+        }
+        let lockout = &self.credstore.lockout;
+        for (key, value) in [
+            ("threshold", u64::from(lockout.threshold)),
+            ("accountThreshold", u64::from(lockout.account_threshold)),
+            ("durationSeconds", lockout.duration_seconds),
+            ("resetSeconds", lockout.reset_seconds),
+        ] {
+            if value == 0 {
+                return bad(
+                    &format!("credstore.lockout.{key}"),
+                    "must be at least 1 (credstore.lockout.enabled: false turns lockout off)",
+                );
+            }
+        }
         if self.credstore.session.ttl_seconds < 2 {
             return bad("credstore.session.ttlSeconds", "must be at least 2");
         }
@@ -738,6 +850,7 @@ impl Config {
                 &format!("must be at most {MAX_BCRYPT_COST}"),
             );
         }
+        self.validate_connections()?;
         self.root_password()?;
         self.builtin_groups()?;
         self.server_tls()?;
@@ -836,6 +949,63 @@ impl Config {
             leeway_seconds: o.leeway_seconds,
             refetch_every: Duration::from_secs(o.jwks_refetch_seconds),
         }))
+    }
+
+    /// `credstore.grpc.*` and the body limits of `credstore.upstream.*`.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let grpc = &self.credstore.grpc;
+        for (key, value) in [
+            ("handshakeTimeoutMs", grpc.handshake_timeout_ms),
+            ("idleTimeoutSeconds", grpc.idle_timeout_seconds),
+            ("keepaliveIntervalSeconds", grpc.keepalive_interval_seconds),
+            ("keepaliveTimeoutSeconds", grpc.keepalive_timeout_seconds),
+            ("maxConnections", grpc.max_connections),
+            ("maxConnectionsPerPeer", grpc.max_connections_per_peer),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Key {
+                    key: format!("credstore.grpc.{key}"),
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        let upstream = &self.credstore.upstream;
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Key {
+                key: format!("credstore.upstream.{key}"),
+                reason: reason.into(),
+            })
+        };
+        if upstream.body_timeout_ms == 0 {
+            return bad("bodyTimeoutMs", "must be at least 1");
+        }
+        if upstream.max_in_flight_bytes_per_connection > upstream.max_in_flight_bytes {
+            return bad(
+                "maxInFlightBytesPerConnection",
+                "must be at most credstore.upstream.maxInFlightBytes",
+            );
+        }
+        if upstream.max_message_bytes > upstream.max_in_flight_bytes_per_connection {
+            return bad(
+                "maxMessageBytes",
+                "must be at most credstore.upstream.maxInFlightBytesPerConnection (a larger message could never be held)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The gRPC port's connection settings (`credstore.grpc`).
+    pub fn connections(&self) -> ConnectionSettings {
+        let grpc = &self.credstore.grpc;
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        ConnectionSettings {
+            handshake_timeout: Duration::from_millis(grpc.handshake_timeout_ms),
+            idle_timeout: Duration::from_secs(grpc.idle_timeout_seconds),
+            keepalive_interval: Duration::from_secs(grpc.keepalive_interval_seconds),
+            keepalive_timeout: Duration::from_secs(grpc.keepalive_timeout_seconds),
+            max_connections: count(grpc.max_connections),
+            max_connections_per_peer: count(grpc.max_connections_per_peer),
+        }
     }
 
     /// The listener's TLS files, or `None` for plaintext (`common.security.tlsMode` 0).
@@ -945,6 +1115,7 @@ impl Config {
             scheme: self.hash_scheme(),
             concurrent,
             queued: p.max_queued_hashes,
+            per_peer: p.max_queued_hashes_per_peer,
             niceness: p.hash_niceness,
         }
     }
@@ -965,6 +1136,20 @@ impl Config {
             limits: self.limits(),
             cache_capacity: self.credstore.cache.capacity,
             cache_ttl: self.cache_ttl(),
+            lockout: self.lockout(),
+        }
+    }
+
+    /// `credstore.lockout.*` as the authenticator's lockout policy.
+    pub fn lockout(&self) -> LockoutPolicy {
+        let l = &self.credstore.lockout;
+        LockoutPolicy {
+            enabled: l.enabled,
+            threshold: l.threshold,
+            account_threshold: l.account_threshold,
+            duration: Duration::from_secs(l.duration_seconds),
+            reset: Duration::from_secs(l.reset_seconds),
+            peer_failures_per_second: l.peer_failures_per_second,
         }
     }
 
@@ -1093,6 +1278,8 @@ pub struct HashPoolConfig {
     pub concurrent: usize,
     /// Computations allowed to wait for a thread.
     pub queued: usize,
+    /// Computations one peer address may hold (running or waiting).
+    pub per_peer: usize,
     /// CPU priority of the hashing threads.
     pub niceness: i32,
 }
@@ -1557,6 +1744,63 @@ mod tests {
     }
 
     #[test]
+    fn connection_and_body_limits() {
+        let defaults = Config::default();
+        assert_eq!(defaults.connections(), ConnectionSettings::default());
+        let upstream = defaults.credstore.upstream.options();
+        assert_eq!(upstream.max_in_flight_bytes, 1 << 30);
+        assert_eq!(upstream.max_in_flight_bytes_per_connection, 256 << 20);
+        assert_eq!(upstream.body_timeout, Duration::from_secs(30));
+        let config = load(
+            "credstore:\n  grpc:\n    handshakeTimeoutMs: 1500\n    maxConnectionsPerPeer: 7\n  upstream:\n    maxMessageBytes: 1024\n    maxInFlightBytes: 4096\n    maxInFlightBytesPerConnection: 2048\n    bodyTimeoutMs: 900\n",
+            &[("CREDSTORE_GRPC_IDLETIMEOUTSECONDS", "12")],
+        )
+        .unwrap();
+        let connections = config.connections();
+        assert_eq!(connections.handshake_timeout, Duration::from_millis(1500));
+        assert_eq!(connections.idle_timeout, Duration::from_secs(12));
+        assert_eq!(connections.max_connections_per_peer, 7);
+        assert_eq!(connections.max_connections, 10_000);
+        let upstream = config.credstore.upstream.options();
+        assert_eq!(
+            (
+                upstream.max_in_flight_bytes,
+                upstream.max_in_flight_bytes_per_connection
+            ),
+            (4096, 2048)
+        );
+        assert_eq!(upstream.body_timeout, Duration::from_millis(900));
+        for (yaml, key) in [
+            (
+                "grpc:\n    maxConnections: 0",
+                "credstore.grpc.maxConnections",
+            ),
+            (
+                "grpc:\n    handshakeTimeoutMs: 0",
+                "credstore.grpc.handshakeTimeoutMs",
+            ),
+            (
+                "grpc:\n    idleTimeoutSecond: 5",
+                "credstore.grpc.idleTimeoutSecond",
+            ),
+            (
+                "upstream:\n    bodyTimeoutMs: 0",
+                "credstore.upstream.bodyTimeoutMs",
+            ),
+            (
+                "upstream:\n    maxInFlightBytes: 1000",
+                "credstore.upstream.maxInFlightBytesPerConnection",
+            ),
+            (
+                "upstream:\n    maxInFlightBytesPerConnection: 1000",
+                "credstore.upstream.maxMessageBytes",
+            ),
+        ] {
+            check_error(&format!("credstore:\n  {yaml}\n"), &[], key);
+        }
+    }
+
+    #[test]
     fn weak_parameters_need_the_explicit_switch() {
         let yaml = "credstore:\n  password:\n    allowWeakParameters: true\n    argon2: {memoryKiB: 64, iterations: 1}\n";
         let config = load(yaml, &[]).unwrap();
@@ -1624,6 +1868,7 @@ mod tests {
                 scheme: HashScheme::Bcrypt { cost: 11 },
                 concurrent: 3,
                 queued: 7,
+                per_peer: 32,
                 niceness: 5
             }
         );

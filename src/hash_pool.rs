@@ -3,7 +3,7 @@
 //! the CPU when hashing competes for it.
 //!
 //! Admission is bounded: at most `concurrent` jobs run and `queued` wait; anything beyond is
-//! refused at once with [`HashError::Busy`]. The admission permit travels *with the job* and
+//! refused at once with [`HashError::Busy`]. The admission slot travels *with the job* and
 //! is released only when the job has run or been dropped — never when the caller's future is
 //! dropped while its job still waits — so the queue can never hold more than the bound. A job
 //! whose caller is gone (a cancelled login: the client reset its stream) is not computed: a
@@ -11,27 +11,43 @@
 //! sweeps such jobs out of the queue. A storm of cancelled bad logins therefore leaves no
 //! hashing behind for the logins that wait for an answer.
 //!
+//! Fair shares: every job belongs to a [`Class`] — the peer address of the login it verifies,
+//! or none (hashing new passwords, rehashes). One peer holds at most `per_peer` admitted jobs
+//! (running or waiting); threads take the classes in turn (round robin), so a login from
+//! another address waits for at most the jobs already running, however many one address has
+//! queued; and one address computes on at most half of the threads (at least one), so hashing
+//! for one address leaves the other threads — and the CPU they would take from every other
+//! request — free. When the whole pool is full, a newcomer holding fewer jobs than the largest holder
+//! pushes out that holder's newest waiting job (its caller gets `Busy`): one address cannot
+//! keep everyone else out by filling the queue first. A login takes its admission before it
+//! reads the user from the store ([`HashPool::reserve`], then [`Slot::verify`]), so an address
+//! over its share costs no store read either.
+//!
 //! Passwords handed to the pool are wiped when the job is dropped (`zeroize`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::password::{HashError, Hasher, Password, PasswordHash};
 
-/// Bounded, low-priority hashing; clones share the threads, which end when the last clone drops.
+/// Whose work a job is: the peer address of the login it verifies, or `None` for work that
+/// is nobody's login (new passwords of admin calls, rehashes), which has no per-peer bound.
+pub type Class = Option<IpAddr>;
+
+/// Bounded, low-priority, fairly shared hashing; clones share the threads, which end when the
+/// last clone drops.
 #[derive(Clone)]
 pub struct HashPool {
     /// The scheme and parameters every job uses.
     hasher: Hasher,
     /// Closes the queue (ending the threads) when the last clone is dropped.
     handle: Arc<Handle>,
-    /// `concurrent + queued` permits: one per job admitted and not yet finished or skipped.
-    admitted: Arc<Semaphore>,
 }
 
 /// What the pool is doing, for status lines, benchmarks and tests.
@@ -47,8 +63,13 @@ pub struct PoolStats {
     pub admitted: u64,
     /// Jobs computed.
     pub completed: u64,
-    /// Jobs dropped without computing because their caller had gone.
+    /// Admissions given back without computing: the caller had gone, or a reserved slot was
+    /// not used (its login ended before its hash, e.g. at the store read).
     pub skipped: u64,
+    /// Calls refused because their peer already held its share.
+    pub refused_peer: u64,
+    /// Waiting jobs pushed out (answered `Busy`) to make room for a peer holding fewer.
+    pub pushed_out: u64,
 }
 
 struct Handle {
@@ -63,18 +84,25 @@ impl Drop for Handle {
     }
 }
 
-/// The jobs waiting for a thread, in arrival order, and the counters.
+/// The admitted jobs and the counters.
 struct Queue {
-    jobs: Mutex<VecDeque<Job>>,
+    state: Mutex<Fair>,
     ready: Condvar,
     closed: AtomicBool,
     /// Threads started; none means every job would wait forever, so calls fail instead.
     workers: AtomicUsize,
-    running: AtomicUsize,
+    /// Most jobs admitted at once: `concurrent + queued`.
+    capacity: usize,
+    /// Most jobs one peer may hold at once.
+    per_peer: AtomicUsize,
+    /// Most jobs of one peer computed at once: half the threads, at least one.
+    running_per_peer: usize,
     peak: AtomicUsize,
     admitted: AtomicU64,
     completed: AtomicU64,
     skipped: AtomicU64,
+    refused_peer: AtomicU64,
+    pushed_out: AtomicU64,
     /// Told how long each computed job took (metrics); set at most once.
     observer: std::sync::OnceLock<Observer>,
 }
@@ -82,17 +110,148 @@ struct Queue {
 /// Called on a hashing thread with the duration of each computed job.
 pub type Observer = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
-impl Queue {
-    /// Nothing panics while holding the lock, but a poisoned queue is still a valid queue.
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
-        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+/// The admitted jobs by class, the round-robin turn and the counts admission reads. Every
+/// count changes under the queue's lock only.
+#[derive(Default)]
+struct Fair {
+    /// Waiting jobs of each class, oldest first; a class with none has no entry.
+    waiting: HashMap<Class, VecDeque<Job>>,
+    /// Classes with waiting jobs, in the order threads serve them.
+    turn: VecDeque<Class>,
+    /// Jobs admitted and not yet finished or dropped (waiting and running), in all.
+    held: usize,
+    /// The same per class; a class holding none has no entry.
+    held_by: HashMap<Class, usize>,
+    waiting_count: usize,
+    running: usize,
+    /// Jobs being computed, per class; a class computing none has no entry.
+    running_by: HashMap<Class, usize>,
+}
+
+impl Fair {
+    fn held_by(&self, class: &Class) -> usize {
+        self.held_by.get(class).copied().unwrap_or(0)
+    }
+
+    fn hold(&mut self, class: Class) {
+        self.held += 1;
+        *self.held_by.entry(class).or_default() += 1;
+    }
+
+    /// Gives back one admission of `class` (a job finished, was skipped or refused).
+    fn release(&mut self, class: &Class) {
+        self.held = self.held.saturating_sub(1);
+        if let Some(count) = self.held_by.get_mut(class) {
+            *count -= 1;
+            if *count == 0 {
+                self.held_by.remove(class);
+            }
+        }
+    }
+
+    fn push(&mut self, job: Job) {
+        let class = job.class;
+        let waiting = self.waiting.entry(class).or_default();
+        if waiting.is_empty() {
+            self.turn.push_back(class);
+        }
+        waiting.push_back(job);
+        self.waiting_count += 1;
+    }
+
+    /// The next job in turn: the oldest of the first class in turn that computes fewer than
+    /// `cap` jobs now (a peer's; work that is nobody's login has no cap).
+    fn pop_next(&mut self, cap: usize) -> Option<Job> {
+        for _ in 0..self.turn.len() {
+            let class = self.turn.pop_front()?;
+            if class.is_some() && self.running_by.get(&class).is_some_and(|n| *n >= cap) {
+                self.turn.push_back(class);
+                continue;
+            }
+            let waiting = self.waiting.get_mut(&class)?;
+            let job = waiting.pop_front();
+            match waiting.is_empty() {
+                true => {
+                    self.waiting.remove(&class);
+                }
+                false => self.turn.push_back(class),
+            }
+            self.waiting_count -= usize::from(job.is_some());
+            return job;
+        }
+        None
+    }
+
+    fn start(&mut self, class: Class) -> usize {
+        self.running += 1;
+        *self.running_by.entry(class).or_default() += 1;
+        self.running
+    }
+
+    fn stop(&mut self, class: &Class) {
+        self.running -= 1;
+        if let Some(count) = self.running_by.get_mut(class) {
+            *count -= 1;
+            if *count == 0 {
+                self.running_by.remove(class);
+            }
+        }
+    }
+
+    /// Removes the waiting jobs whose callers have gone, releasing their admissions.
+    fn sweep(&mut self) -> Vec<Job> {
+        let mut swept = Vec::new();
+        for waiting in self.waiting.values_mut() {
+            let (gone, live): (VecDeque<Job>, VecDeque<Job>) =
+                waiting.drain(..).partition(|job| job.task.abandoned());
+            *waiting = live;
+            swept.extend(gone);
+        }
+        self.waiting.retain(|_, waiting| !waiting.is_empty());
+        let waiting = &self.waiting;
+        self.turn.retain(|class| waiting.contains_key(class));
+        for job in &swept {
+            self.waiting_count -= 1;
+            self.release(&job.class);
+        }
+        swept
+    }
+
+    /// Pushes out the newest waiting job of the class that holds the most, if it holds more
+    /// than one job more than `class` (so taking one never makes the two trade places).
+    fn push_out_for(&mut self, class: &Class) -> Option<Job> {
+        let mine = self.held_by(class);
+        let victim = self
+            .waiting
+            .keys()
+            .filter(|c| *c != class)
+            .map(|c| (self.held_by(c), *c))
+            .max()
+            .filter(|(held, _)| *held > mine + 1)
+            .map(|(_, c)| c)?;
+        let waiting = self.waiting.get_mut(&victim)?;
+        let job = waiting.pop_back()?;
+        if waiting.is_empty() {
+            self.waiting.remove(&victim);
+            self.turn.retain(|c| *c != victim);
+        }
+        self.waiting_count -= 1;
+        self.release(&victim);
+        Some(job)
     }
 }
 
-/// One admitted computation and the permit that admitted it.
+impl Queue {
+    /// Nothing panics while holding the lock, but a poisoned queue is still a valid queue.
+    fn lock(&self) -> MutexGuard<'_, Fair> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One admitted computation and the class that holds its admission.
 struct Job {
     task: Box<dyn Task>,
-    permit: OwnedSemaphorePermit,
+    class: Class,
 }
 
 trait Task: Send {
@@ -100,6 +259,8 @@ trait Task: Send {
     fn abandoned(&self) -> bool;
     /// Computes, calls `finished` (which releases admission), then answers.
     fn run(self: Box<Self>, finished: &mut dyn FnMut());
+    /// Answers `Busy` without computing (pushed out of the queue).
+    fn refuse(self: Box<Self>);
 }
 
 struct Pending<T, F> {
@@ -125,23 +286,31 @@ where
         finished();
         let _ = answer.send(result);
     }
+
+    fn refuse(self: Box<Self>) {
+        let _ = self.answer.send(Err(HashError::Busy));
+    }
 }
 
 impl HashPool {
     /// Starts `concurrent` hashing threads at niceness `nice` (0 = as the rest of the process);
-    /// at most `queued` further jobs wait.
+    /// at most `queued` further jobs wait. No per-peer bound until [`HashPool::with_peer_limit`].
     pub fn new(hasher: Hasher, concurrent: usize, queued: usize, nice: i32) -> HashPool {
         let concurrent = concurrent.max(1);
         let queue = Arc::new(Queue {
-            jobs: Mutex::new(VecDeque::with_capacity(queued.min(4096))),
+            state: Mutex::new(Fair::default()),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
             workers: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            capacity: concurrent + queued,
+            per_peer: AtomicUsize::new(usize::MAX),
+            running_per_peer: (concurrent / 2).max(1),
             peak: AtomicUsize::new(0),
             admitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            refused_peer: AtomicU64::new(0),
+            pushed_out: AtomicU64::new(0),
             observer: std::sync::OnceLock::new(),
         });
         for i in 0..concurrent {
@@ -159,8 +328,18 @@ impl HashPool {
         HashPool {
             hasher,
             handle: Arc::new(Handle { queue }),
-            admitted: Arc::new(Semaphore::new(concurrent + queued)),
         }
+    }
+
+    /// One peer address holds at most `limit` admitted jobs (running or waiting); beyond it
+    /// its calls get `Busy` while other peers are still admitted
+    /// (`credstore.password.maxQueuedHashesPerPeer`).
+    pub fn with_peer_limit(self, limit: usize) -> HashPool {
+        self.handle
+            .queue
+            .per_peer
+            .store(limit.max(1), Ordering::Relaxed);
+        self
     }
 
     pub fn hasher(&self) -> &Hasher {
@@ -180,78 +359,193 @@ impl HashPool {
 
     pub fn stats(&self) -> PoolStats {
         let queue = &self.handle.queue;
+        let (running, queued) = {
+            let state = queue.lock();
+            (state.running, state.waiting_count)
+        };
         PoolStats {
-            running: queue.running.load(Ordering::Relaxed),
-            queued: queue.lock().len(),
+            running,
+            queued,
             peak_running: queue.peak.load(Ordering::Relaxed),
             admitted: queue.admitted.load(Ordering::Relaxed),
             completed: queue.completed.load(Ordering::Relaxed),
             skipped: queue.skipped.load(Ordering::Relaxed),
+            refused_peer: queue.refused_peer.load(Ordering::Relaxed),
+            pushed_out: queue.pushed_out.load(Ordering::Relaxed),
         }
     }
 
     pub async fn hash(&self, password: Password) -> Result<PasswordHash, HashError> {
         let hasher = self.hasher.clone();
-        self.run(move || hasher.hash(&password)).await
+        self.run(None, move || hasher.hash(&password)).await
     }
 
-    /// Whether `password` matches `hash`. The copy of the password is wiped when the job ends,
-    /// whether it ran, was skipped or was refused.
+    /// Whether `password` matches `hash`, as nobody's login (no per-peer bound).
     pub async fn verify(&self, hash: PasswordHash, password: Vec<u8>) -> Result<bool, HashError> {
+        self.verify_for(None, hash, password).await
+    }
+
+    /// Whether `password` matches `hash`, as a login from `peer` (its fair share). The copy of
+    /// the password is wiped when the job ends, whether it ran, was skipped or was refused.
+    pub async fn verify_for(
+        &self,
+        peer: Class,
+        hash: PasswordHash,
+        password: Vec<u8>,
+    ) -> Result<bool, HashError> {
         let password = Zeroizing::new(password);
         let hasher = self.hasher.clone();
-        self.run(move || hasher.verify(&hash, &password)).await
+        self.run(peer, move || hasher.verify(&hash, &password))
+            .await
+    }
+
+    /// Admits a verification from `peer` now and computes it later ([`Slot::verify`]): a
+    /// login reserves its hash before it reads the user, so an address over its share costs
+    /// no store read either. Dropping the slot unused gives the admission back.
+    pub fn reserve(&self, peer: Class) -> Result<Slot, HashError> {
+        self.check_workers()?;
+        self.admit(peer)?;
+        Ok(Slot {
+            pool: self.clone(),
+            class: peer,
+            held: true,
+        })
+    }
+
+    /// `Busy` when `peer` holds its whole share now: a cheap early refusal for a login that
+    /// would be refused admission anyway (admission itself decides, under the lock).
+    pub fn refuse_full_peer(&self, peer: Class) -> Result<(), HashError> {
+        let queue = &self.handle.queue;
+        let per_peer = queue.per_peer.load(Ordering::Relaxed);
+        if peer.is_none() || per_peer == usize::MAX || queue.lock().held_by(&peer) < per_peer {
+            return Ok(());
+        }
+        queue.refused_peer.fetch_add(1, Ordering::Relaxed);
+        Err(HashError::Busy)
+    }
+
+    fn check_workers(&self) -> Result<(), HashError> {
+        match self.handle.queue.workers.load(Ordering::Acquire) {
+            0 => Err(HashError::Hashing(
+                "no hashing thread could be started".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        class: Class,
         work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
-        let permit = self.admit()?;
+        self.check_workers()?;
+        self.admit(class)?;
+        self.submit(class, work).await
+    }
+
+    /// Queues `work` on an admission `class` already holds, and waits for its answer.
+    async fn submit<T: Send + 'static>(
+        &self,
+        class: Class,
+        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
+        let queue = &self.handle.queue;
         let (answer, answered) = oneshot::channel();
         let job = Job {
             task: Box::new(Pending { work, answer }),
-            permit,
+            class,
         };
-        let queue = &self.handle.queue;
-        if queue.workers.load(Ordering::Acquire) == 0 {
-            return Err(HashError::Hashing(
-                "no hashing thread could be started".into(),
-            ));
-        }
-        queue.admitted.fetch_add(1, Ordering::Relaxed);
-        queue.lock().push_back(job);
+        queue.lock().push(job);
         queue.ready.notify_one();
-        // If this future is dropped here, the job stays queued with its permit until a worker
-        // or a sweep sees that `answered` is gone and drops it uncomputed.
+        // If this future is dropped here, the job stays queued with its admission until a
+        // worker or a sweep sees that `answered` is gone and drops it uncomputed.
         answered
             .await
             .map_err(|_| HashError::Hashing("a hashing thread failed".into()))?
     }
 
-    /// A permit, or `Busy`. When the pool is full, jobs whose callers have gone are swept out
-    /// first (releasing their permits), so abandoned work never turns away a live caller.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, HashError> {
-        if let Ok(permit) = self.admitted.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
+    /// Admits one job of `class`, or refuses with `Busy`: when the class holds its share, or
+    /// when the pool is full even after sweeping out abandoned jobs and pushing out one job
+    /// of a class that holds more than it. Whatever leaves the queue is dropped (or
+    /// answered) outside the lock.
+    fn admit(&self, class: Class) -> Result<(), HashError> {
         let queue = &self.handle.queue;
-        let swept: Vec<Job> = {
-            let mut jobs = queue.lock();
-            let (abandoned, live): (VecDeque<Job>, VecDeque<Job>) =
-                jobs.drain(..).partition(|job| job.task.abandoned());
-            *jobs = live;
-            abandoned.into()
+        let per_peer = queue.per_peer.load(Ordering::Relaxed);
+        let (admitted, swept, pushed) = {
+            let mut state = queue.lock();
+            let mut swept = Vec::new();
+            let mut pushed = None;
+            let over_share = |state: &Fair| class.is_some() && state.held_by(&class) >= per_peer;
+            if state.held >= queue.capacity || over_share(&state) {
+                swept = state.sweep();
+            }
+            if state.held >= queue.capacity && !over_share(&state) {
+                pushed = state.push_out_for(&class);
+            }
+            let admitted = state.held < queue.capacity && !over_share(&state);
+            if admitted {
+                state.hold(class);
+            }
+            (admitted, swept, pushed)
         };
         queue
             .skipped
             .fetch_add(swept.len() as u64, Ordering::Relaxed);
-        // Dropped outside the lock: this releases their permits and wipes their passwords.
+        // Dropped outside the lock: this wipes their passwords.
         drop(swept);
-        self.admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| HashError::Busy)
+        if let Some(pushed) = pushed {
+            queue.pushed_out.fetch_add(1, Ordering::Relaxed);
+            pushed.task.refuse();
+        }
+        match admitted {
+            true => {
+                queue.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            false => {
+                let full = queue.lock().held >= queue.capacity;
+                if !full {
+                    queue.refused_peer.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(HashError::Busy)
+            }
+        }
+    }
+}
+
+/// An admission reserved with [`HashPool::reserve`]: counts against its peer's share and the
+/// pool's bound until its verification has run, or until it is dropped unused.
+pub struct Slot {
+    pool: HashPool,
+    class: Class,
+    /// Still this slot's to give back (not yet handed to a queued job).
+    held: bool,
+}
+
+impl Slot {
+    /// Whether `password` matches `hash`, computed on this slot's admission.
+    pub async fn verify(
+        mut self,
+        hash: PasswordHash,
+        password: Vec<u8>,
+    ) -> Result<bool, HashError> {
+        let password = Zeroizing::new(password);
+        let hasher = self.pool.hasher.clone();
+        // From here the queued job holds the admission (it is pushed before the first await).
+        self.held = false;
+        let pool = self.pool.clone();
+        pool.submit(self.class, move || hasher.verify(&hash, &password))
+            .await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.held {
+            let queue = &self.pool.handle.queue;
+            queue.lock().release(&self.class);
+            queue.skipped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -264,38 +558,55 @@ fn worker(queue: &Queue, nice: i32) {
         }
     }
     loop {
+        let mut abandoned = Vec::new();
         let job = {
-            let mut jobs = queue.lock();
+            let mut state = queue.lock();
             loop {
-                if let Some(job) = jobs.pop_front() {
-                    break job;
+                match state.pop_next(queue.running_per_peer) {
+                    Some(job) if job.task.abandoned() => {
+                        state.release(&job.class);
+                        abandoned.push(job);
+                    }
+                    Some(job) => {
+                        let running = state.start(job.class);
+                        break Some((job, running));
+                    }
+                    None if queue.closed.load(Ordering::Acquire) => break None,
+                    None if !abandoned.is_empty() => break None,
+                    None => {
+                        state = queue
+                            .ready
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
                 }
-                if queue.closed.load(Ordering::Acquire) {
-                    return;
-                }
-                jobs = queue
-                    .ready
-                    .wait(jobs)
-                    .unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let Job { task, permit } = job;
-        if task.abandoned() {
-            queue.skipped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let now = queue.running.fetch_add(1, Ordering::AcqRel) + 1;
-        queue.peak.fetch_max(now, Ordering::Relaxed);
-        let mut permit = Some(permit);
+        queue
+            .skipped
+            .fetch_add(abandoned.len() as u64, Ordering::Relaxed);
+        // Dropped outside the lock: this wipes their passwords.
+        drop(abandoned);
+        let Some((Job { task, class }, running)) = job else {
+            match queue.closed.load(Ordering::Acquire) {
+                true => return,
+                false => continue,
+            }
+        };
+        queue.peak.fetch_max(running, Ordering::Relaxed);
         let started = std::time::Instant::now();
         task.run(&mut || {
             if let Some(observe) = queue.observer.get() {
                 observe(started.elapsed());
             }
-            queue.running.fetch_sub(1, Ordering::AcqRel);
+            let mut state = queue.lock();
+            state.stop(&class);
+            state.release(&class);
+            drop(state);
             queue.completed.fetch_add(1, Ordering::Relaxed);
-            permit.take();
         });
+        // A job a peer's cap held back may now run on another thread.
+        queue.ready.notify_one();
     }
 }
 
@@ -303,7 +614,22 @@ fn worker(queue: &Queue, nice: i32) {
 mod tests {
     use super::*;
     use crate::password::{HashScheme, Limits};
+    use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
+
+    fn peer(last: u8) -> Class {
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+    }
+
+    /// ~10 ms per verification: long enough for every spawned call to ask for admission
+    /// before the first finishes.
+    fn slowish() -> Hasher {
+        Hasher::new(HashScheme::Argon2id {
+            memory_kib: 8192,
+            iterations: 2,
+            parallelism: 1,
+        })
+    }
 
     #[tokio::test]
     async fn refuses_beyond_its_queue() {
@@ -330,6 +656,103 @@ mod tests {
         assert_eq!(pool.peak_running(), 1);
         // Admission frees up once the work is done.
         assert!(pool.verify(hash, b"secret1".to_vec()).await.unwrap());
+    }
+
+    /// Spawns one verification per entry of `classes` (all ask for admission before the
+    /// first finishes) and returns, per call, its result and its place in the order answers
+    /// came back (0 first).
+    async fn flood(
+        pool: &HashPool,
+        hash: &PasswordHash,
+        classes: &[Class],
+    ) -> Vec<(Result<bool, HashError>, usize)> {
+        let order = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = classes
+            .iter()
+            .map(|class| {
+                let (pool, hash, order, class) =
+                    (pool.clone(), hash.clone(), order.clone(), *class);
+                tokio::spawn(async move {
+                    let result = pool.verify_for(class, hash, b"secret1".to_vec()).await;
+                    (result, order.fetch_add(1, Ordering::SeqCst))
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    /// Issue 18: one address cannot hold more than its share, and a login from another
+    /// address is served next, not after everything that address queued.
+    #[tokio::test]
+    async fn one_peer_holds_its_share_and_another_is_served_in_turn() {
+        let pool = HashPool::new(slowish(), 1, 16, 0).with_peer_limit(4);
+        let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
+        let hash = hash.await.unwrap();
+        let mut classes = vec![peer(2); 10];
+        classes.push(peer(1));
+        let results = flood(&pool, &hash, &classes).await;
+        let (attacker, legit) = results.split_at(10);
+        let busy = attacker
+            .iter()
+            .filter(|(r, _)| matches!(r, Err(HashError::Busy)))
+            .count();
+        assert_eq!(busy, 6, "the flooding peer got its share of 4: {results:?}");
+        assert_eq!(pool.stats().refused_peer, 6);
+        assert!(matches!(legit[0].0, Ok(true)), "{results:?}");
+        // The busy answers come back at once. Among the computed ones, the other peer's job
+        // went at most after the flooder's first two (the one a thread took first, and the
+        // next in turn if the thread took it before the other peer's arrived), not after all 4.
+        let later = attacker
+            .iter()
+            .filter(|(r, at)| r.is_ok() && *at > legit[0].1)
+            .count();
+        assert!(later >= 2, "served in turn, not last: {results:?}");
+    }
+
+    /// A full pool makes room for a peer holding fewer jobs by pushing out the newest waiting
+    /// job of the largest holder, which gets `Busy`.
+    #[tokio::test]
+    async fn a_full_pool_pushes_out_the_largest_holder() {
+        let pool = HashPool::new(slowish(), 1, 4, 0).with_peer_limit(8);
+        let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
+        let hash = hash.await.unwrap();
+        let mut classes = vec![peer(2); 5];
+        classes.extend([peer(3), peer(4)]);
+        let results = flood(&pool, &hash, &classes).await;
+        let outcome: Vec<bool> = results.iter().map(|(r, _)| r.is_ok()).collect();
+        assert_eq!(
+            outcome,
+            [true, true, true, false, false, true, true],
+            "the flooder's two newest made room: {results:?}"
+        );
+        assert_eq!(pool.stats().pushed_out, 2);
+        assert_eq!(pool.stats().queued, 0);
+    }
+
+    /// One address computes on at most half of the threads: with two threads, its jobs run one
+    /// at a time, and another address's run beside them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_peer_computes_on_half_of_the_threads() {
+        let pool = HashPool::new(slowish(), 2, 16, 0).with_peer_limit(8);
+        let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
+        let hash = hash.await.unwrap();
+        let peak = pool.peak_running();
+        let results = flood(&pool, &hash, &[peer(2); 4]).await;
+        assert!(results.iter().all(|(r, _)| r.is_ok()), "{results:?}");
+        assert_eq!(
+            pool.peak_running().max(peak),
+            1,
+            "one thread for one address"
+        );
+        let mut both = vec![peer(2); 3];
+        both.extend([peer(3); 3]);
+        let results = flood(&pool, &hash, &both).await;
+        assert!(results.iter().all(|(r, _)| r.is_ok()), "{results:?}");
+        assert_eq!(pool.peak_running(), 2, "two addresses use both threads");
     }
 
     /// Polls `future` until the pool has admitted its job, then drops it: a client that sent a

@@ -131,6 +131,22 @@ enum AdminAction {
         #[arg(long)]
         etcd_endpoints: Option<String>,
     },
+    /// Copy a running Milvus's users (bcrypt hashes as they are), roles, bindings, grants and
+    /// privilege groups from its etcd, in one consistent read; prints one summary line. Every
+    /// running replica serves the imported state once this returns.
+    Import {
+        /// The config the replicas use (credstore's store and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        source: credstore::import::SourceArgs,
+        /// Replace users, roles and privilege groups credstore stores with other content.
+        #[arg(long)]
+        overwrite: bool,
+        /// Copy Milvus's root (its password and roles) over credstore's.
+        #[arg(long)]
+        include_root: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -192,6 +208,9 @@ enum UserAction {
     Delete { name: String },
     /// Print every user's name, one per line.
     List,
+    /// Lift the login lockout of a user name (its account and every address) on every
+    /// replica. Root or the admin role.
+    Unlock { name: String },
 }
 
 #[derive(Subcommand)]
@@ -337,6 +356,26 @@ fn main() -> ExitCode {
                         etcd_endpoints,
                     },
             } => reset_root(config, etcd_endpoints).await,
+            Command::Admin {
+                action:
+                    AdminAction::Import {
+                        config,
+                        source,
+                        overwrite,
+                        include_root,
+                    },
+            } => {
+                let config =
+                    Config::load(config.as_deref(), std::env::vars(), &Overrides::default())?;
+                let timeout = std::time::Duration::from_millis(config.credstore.etcd_timeout_ms);
+                let source = source.connect(timeout).await?;
+                let options = credstore::import::ImportOptions {
+                    overwrite,
+                    include_root,
+                };
+                println!("{}", server::import(config, &source, &options).await?);
+                Ok(())
+            }
             Command::Health { uri, ready, tls } => health(&uri, ready, &tls).await,
         }
     });
@@ -464,6 +503,13 @@ async fn user(
                 println!("{name}");
             }
         }
+        UserAction::Unlock { name } => match admin.unlock(&name).await? {
+            true => println!("unlocked {}", name.trim()),
+            false => println!(
+                "{} was not locked; its failure counts are cleared",
+                name.trim()
+            ),
+        },
     }
     Ok(())
 }

@@ -358,11 +358,13 @@ impl Hasher {
     }
 
     /// Whether `hash` should be replaced by one in the configured scheme after a successful login.
+    /// In bcrypt mode (etcd shared with Milvus) a bcrypt hash is never rewritten, whatever its
+    /// cost: Milvus may have written it (the `milvus` 2.3.5 package writes cost 4) and keeps
+    /// verifying it, so credstore never rewrites a hash it did not write. Only an argon2id
+    /// hash, which Milvus cannot read, becomes bcrypt there.
     pub fn needs_rehash(&self, hash: &PasswordHash) -> bool {
         match &self.scheme {
-            HashScheme::Bcrypt { cost } => {
-                !is_bcrypt(&hash.0) || bcrypt_cost(&hash.0) < Some(*cost)
-            }
+            HashScheme::Bcrypt { .. } => !is_bcrypt(&hash.0),
             HashScheme::Argon2id {
                 memory_kib,
                 iterations,
@@ -525,6 +527,13 @@ mod tests {
         assert!(!argon.verify(&parsed, b"milvus").unwrap());
         assert!(argon.needs_rehash(&parsed));
         assert!(!bcrypt_hasher.needs_rehash(&parsed));
+        // Shared mode: a cheaper bcrypt hash Milvus wrote stays as it is; argon2id does not.
+        let cheap = Hasher::new(HashScheme::Bcrypt { cost: 4 })
+            .hash(&password)
+            .unwrap();
+        assert!(cheap.as_str().starts_with("$2a$04$"));
+        assert!(!bcrypt_hasher.needs_rehash(&cheap));
+        assert!(bcrypt_hasher.needs_rehash(&argon.hash(&password).unwrap()));
         // A 73-byte password never matches a bcrypt hash, as with Go's bcrypt.
         assert!(!argon.verify(&parsed, &[b'M'; 73]).unwrap());
     }

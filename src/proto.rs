@@ -1,7 +1,7 @@
-//! The generated wire types — Milvus's (`milvus.proto.common`, `milvus.proto.milvus`) and
-//! credstore's own (`credstore.v1`: API keys, OIDC revocation) — built from
-//! `proto/` by `build.rs`. Only `service`, the admin client and tests use them; inner modules
-//! speak domain types.
+//! The generated wire types, built from `proto/` by `build.rs`: Milvus's
+//! (`milvus.proto.common`, `milvus.proto.milvus`) and credstore's own API (`credstore.v1`:
+//! `CredstoreAdmin`, `ApiKeys`, `Oidc`). Only `service`, the admin client and tests use them;
+//! inner modules speak domain types.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -13,6 +13,7 @@ pub mod milvus {
     tonic::include_proto!("milvus.proto.milvus");
 }
 
+/// credstore's own API (`credstore.v1`): `CredstoreAdmin`, `ApiKeys`, `Oidc`.
 pub mod credstore {
     tonic::include_proto!("credstore.v1");
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
 
 use crate::audit::{self, Audit};
 use crate::auth::{AuthLayer, AuthStats, Authenticator};
@@ -16,16 +18,19 @@ use crate::coherence::{Coherence, CoherenceError, CoherenceTasks};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::hash_pool::HashPool;
 use crate::http::Readiness;
+use crate::import::{ImportError, ImportOptions, Source, Summary};
 use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
 use crate::proto::credstore::api_keys_server::ApiKeysServer;
 use crate::proto::credstore::oidc_server::OidcServer;
+use crate::proto::credstore::credstore_admin_server::CredstoreAdminServer;
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
-use crate::proxy::{ProxyError, ProxyLayer};
+use crate::proxy::{ProxyError, ProxyLayer, Router};
 use crate::rbac::Policies;
 use crate::service::{Api, ApiSettings};
 use crate::tls::{ServerTls, TlsError, TlsMode};
+use crate::transport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -41,8 +46,6 @@ pub enum ServerError {
     Coherence(#[from] CoherenceError),
     #[error("cannot read the listener's address: {0}")]
     Listener(#[source] std::io::Error),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
     #[error(transparent)]
@@ -51,6 +54,8 @@ pub enum ServerError {
     RootPassword(#[source] RuleError),
     #[error("root's record kept changing while it was reset; run it again")]
     RootRaced,
+    #[error(transparent)]
+    Import(#[from] ImportError),
     #[error(
         "no embedded store at {0}: `admin reset-root` never creates one. Give it the server's \
          --config, or run it in the directory the server was started from (etcd.data.dir is \
@@ -132,7 +137,8 @@ impl State {
             settings.concurrent,
             settings.queued,
             settings.niceness,
-        );
+        )
+        .with_peer_limit(settings.per_peer);
         catalog.ensure_default_roles().await?;
         if config.proxy.enable_public_privilege {
             catalog.ensure_public_grants().await?;
@@ -288,6 +294,64 @@ async fn write_root(state: &State, password: Password) -> Result<Revision, Serve
         "root's password was reset (break-glass, admin reset-root)"
     );
     Ok(revision)
+}
+
+/// `credstore admin import`: copies a Milvus keyspace into the store (`import::import`) as
+/// `reset_root` writes root: this process joins the cluster for the length of the import,
+/// and returns once every live replica applied the last write (the usual watch delivers the
+/// imported state; nobody restarts). One audit line says what was imported, from where.
+pub async fn import(
+    mut config: Config,
+    source: &Source,
+    options: &ImportOptions,
+) -> Result<Summary, ServerError> {
+    config.common.security.tls_mode = 0;
+    let limits = config.limits();
+    let state = State::build(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let imported = crate::import::import(&state.catalog, source, options, &limits).await;
+    let revision = imported.as_ref().ok().and_then(Summary::revision);
+    let confirmed = match revision {
+        Some(revision) => state.coherence.confirm(revision).await,
+        None => Ok(()),
+    };
+    let written = |s: &Summary| {
+        [
+            s.users.written,
+            s.roles.written,
+            s.bindings.written,
+            s.grants.written,
+            s.groups.written,
+        ]
+    };
+    let [users, roles, bindings, grants, groups] =
+        imported.as_ref().map(written).unwrap_or_default();
+    state.audit.change(audit::Change {
+        action: "Import",
+        user: None,
+        peer: None,
+        target: audit::target([
+            ("source", source.meta_root().into()),
+            ("users", users.into()),
+            ("roles", roles.into()),
+            ("bindings", bindings.into()),
+            ("grants", grants.into()),
+            ("privilege_groups", groups.into()),
+        ]),
+        revision,
+        result: match (&imported, &confirmed) {
+            (Ok(_), Ok(())) => "ok",
+            (Ok(_), Err(_)) => "not_confirmed",
+            (Err(ImportError::Conflicts { .. } | ImportError::ChangedMeanwhile { .. }), _) => {
+                "conflict"
+            }
+            (Err(_), _) => "error",
+        },
+    });
+    state.audit.flush().await;
+    state.coherence_tasks.shutdown().await;
+    let summary = imported?;
+    confirmed?;
+    Ok(summary)
 }
 
 async fn open_store(config: &Config, opening: Opening) -> Result<Store, ServerError> {
@@ -450,6 +514,7 @@ fn reading(auth: Authenticator, coherence: Coherence, audit: Audit) -> crate::me
     Box::new(move || {
         let cache = auth.stats();
         let pool = auth.pool().stats();
+        let locked = auth.lockout().locked_counts();
         Reading {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
@@ -460,6 +525,9 @@ fn reading(auth: Authenticator, coherence: Coherence, audit: Audit) -> crate::me
             applied_revision: coherence.applied(),
             trusted: auth.is_trusted(),
             audit_dropped: audit.dropped(),
+            locked_pairs: locked.pairs as u64,
+            locked_accounts: locked.accounts as u64,
+            hashes_refused_peer: pool.refused_peer,
         }
     })
 }
@@ -491,35 +559,109 @@ async fn health_loop(reporter: tonic_health::server::HealthReporter, readiness: 
     }
 }
 
-/// Most requests one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-/// Clients queue further requests on their side, where their own deadline covers the wait.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// The replica's background tasks: the metrics and health HTTP port, the gRPC health
+/// reporter, the status log, certificate reloads, audit reopening on SIGHUP, and coherence's
+/// tasks. [`Tasks::shutdown`] stops them in order and ends the session; dropping the guard
+/// instead (an early return, a panic) aborts every one of them.
+struct Tasks {
+    loops: Vec<JoinHandle<()>>,
+    /// The HTTP port stops gracefully: a signal, then its task is awaited.
+    http: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    coherence: Option<CoherenceTasks>,
+}
 
-/// Largest header block a request may send. Milvus clients send a few short headers (the
-/// `authorization` header is refused past 1 KiB anyway); hyper's default is 16 MiB.
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+impl Tasks {
+    fn new(coherence: CoherenceTasks) -> Tasks {
+        Tasks {
+            loops: Vec::new(),
+            http: None,
+            coherence: Some(coherence),
+        }
+    }
 
-/// How long any one request may take, from the moment the server starts it.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Runs `task` until the replica stops.
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.loops.push(tokio::spawn(task));
+    }
 
-/// Accepted connections, each with `TCP_NODELAY` set. tonic sets it only on listeners it
-/// binds itself; `run` takes a bound listener, so it is set here.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    // Nagle's algorithm holding back a small response until the client's delayed ACK costs
-    // ~40 ms per answer on a request/response protocol.
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+    fn serve_http(&mut self, listener: TcpListener, metrics: Metrics, readiness: Readiness) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::http::serve(
+            listener,
+            metrics,
+            readiness,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        self.http = Some((stop, task));
+    }
+
+    /// Stops the loops and the HTTP port, then ends the session (revokes its lease).
+    async fn shutdown(mut self) {
+        for task in self.loops.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some((stop, task)) = self.http.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        if let Some(coherence) = self.coherence.take() {
+            coherence.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.loops {
+            task.abort();
+        }
+        if let Some((_, task)) = &self.http {
+            task.abort();
+        }
+        // `CoherenceTasks` aborts its own tasks when dropped.
+    }
+}
+
+/// The request stack every connection feeds, outermost first. Before it, `transport` has
+/// admitted the connection (caps per replica and per peer), seen TLS and the HTTP/2 preface
+/// within the handshake deadline, applied the HTTP/2 limits, and put the request deadline
+/// around each request (see `transport`):
+/// 1. authentication — before routing, so no handler runs unauthenticated (hashing inside it
+///    is bounded separately by the hash pool);
+/// 2. routing: `grpc.health.v1` (which the auth layer lets through without credentials),
+///    credstore's own `credstore.v1.CredstoreAdmin` (unlock; never forwarded), and the Milvus
+///    service inside the proxy layer (forwarded calls are authenticated, then authorized and
+///    forwarded; owned calls go to the handlers).
+/// credstore's own gRPC services (`credstore.v1`).
+struct Own {
+    admin: CredstoreAdminServer<Api>,
+    keys: ApiKeysServer<Api>,
+    oidc: OidcServer<Api>,
+}
+
+fn stack(
+    auth: AuthLayer,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    own: Own,
+    milvus: Router<MilvusServiceServer<Api>>,
+) -> impl transport::Stack {
+    let routes = Routes::new(health)
+        .add_service(own.admin)
+        .add_service(own.keys)
+        .add_service(own.oidc)
+        .add_service(milvus)
+        .prepare();
+    tower::Layer::layer(&auth, routes)
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight requests and
-/// ends the session. The transport knobs and the middleware stack, outermost first:
-/// 1. HTTP/2 limits per connection — at most [`MAX_STREAMS_PER_CONNECTION`] requests open
-///    at once and [`MAX_HEADER_LIST_BYTES`] of headers each, so one connection cannot hold
-///    unbounded memory; a request over the stream limit waits on the client, inside its own
-///    deadline, never in a server queue that the request timeout would not cover (tonic's
-///    `concurrency_limit_per_connection` waits *outside* its timeout, so it is not used);
-/// 2. per-request timeout — nothing, not even a stuck store read, holds a stream forever;
-/// 3. authentication — before routing, so no handler runs unauthenticated (hashing inside
-///    it is bounded separately by the hash pool).
+/// ends the session. Wiring only: the transport (`transport::serve`), the request stack
+/// ([`stack`]) and the background tasks ([`Tasks`]) hold the rest.
 pub async fn run(
     listener: TcpListener,
     state: State,
@@ -537,133 +679,96 @@ pub async fn run(
         audit,
         config,
     } = state;
-    let settings = ApiSettings {
-        limits: config.limits(),
-        max_roles: config.proxy.max_role_num,
-    };
-    let store = catalog.store().clone();
-    let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings)
-        .with_audit(audit.clone());
-    let hangups = audit::reopen_on_sighup(audit.clone());
+    let mut tasks = Tasks::new(coherence_tasks);
     let readiness = Readiness::new(auth.clone());
     let metrics = Metrics::new(reading(auth.clone(), coherence.clone(), audit.clone()));
-    store.observe_latency(Box::new(metrics.etcd_observer()));
-    let api = api.with_metrics(metrics.clone());
-    let proxy = proxy.with_metrics(metrics.clone());
+    catalog
+        .store()
+        .observe_latency(Box::new(metrics.etcd_observer()));
     auth.pool()
         .observe_durations(Box::new(metrics.hash_observer()));
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_listener = match http_listener(address, config.credstore.http.port).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            coherence_tasks.shutdown().await;
-            return Err(e);
+    auth.lockout()
+        .report_to(audit.clone(), Box::new(metrics.lockout_observer()));
+    let served = async {
+        if let Some(hangups) = audit::reopen_on_sighup(audit.clone()) {
+            tasks.loops.push(hangups);
         }
-    };
-    let http = http_listener.map(|http_listener| {
-        tokio::spawn(crate::http::serve(
-            http_listener,
-            metrics.clone(),
-            readiness.clone(),
-            async move {
-                let _ = http_stopped.await;
-            },
-        ))
-    });
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    report_health(&reporter, readiness.is_ready()).await;
-    let health = tokio::spawn(health_loop(reporter.clone(), readiness.clone()));
-    // Logged once the HTTP port listens too: tests and scripts wait for this line.
-    let transport = match tls.as_ref().map(ServerTls::mode) {
-        None => "plaintext",
-        Some(TlsMode::Server) => "TLS",
-        Some(TlsMode::Mutual { .. }) => "mutual TLS",
-    };
-    Snapshot::of(&auth, &coherence).log(&format!(
-        "credstore ready on {address} (authorization {}, {transport})",
-        config.common.security.authorization_enabled
-    ));
-    let status = tokio::spawn(status_loop(auth.clone(), coherence.clone()));
-    let key_uses = tokio::spawn(key_use_loop(auth.clone()));
-    let drain = Duration::from_millis(config.credstore.shutdown.drain_ms);
-    let draining = readiness.clone();
-    // On the shutdown signal: report not ready at once, keep serving for the drain period
-    // (balancers and clients move away), then let tonic finish the calls in flight.
-    let stopping = async move {
-        shutdown.await;
-        draining.start_draining();
-        report_health(&reporter, false).await;
-        if !drain.is_zero() {
-            tracing::info!(
-                drain_ms = drain.as_millis() as u64,
-                "draining: reporting not ready, still serving"
-            );
-            tokio::time::sleep(drain).await;
+        if let Some(tls) = &tls {
+            tasks.spawn(tls.clone().keep_reloading());
         }
-    };
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .timeout(REQUEST_TIMEOUT)
-        .layer(
-            AuthLayer::new(auth.clone(), config.failed_auth_delay())
-                .with_metrics(metrics)
-                .with_audit(audit.clone()),
-        )
-        // Outside the proxy, and let through the auth layer without credentials.
-        .add_service(health_service)
-        // credstore's own API (keys, OIDC revocation): authenticated like everything else.
-        .add_service(ApiKeysServer::new(api.clone()))
-        .add_service(OidcServer::new(api.clone()))
-        // Inside auth: forwarded calls are authenticated, then authorized and forwarded.
-        .add_service(tower::Layer::layer(&proxy, MilvusServiceServer::new(api)));
-    let served = match tls {
-        None => {
-            router
-                .serve_with_incoming_shutdown(incoming(listener), stopping)
-                .await
+        if let Some(http) = http_listener(address, config.credstore.http.port).await? {
+            tasks.serve_http(http, metrics.clone(), readiness.clone());
         }
-        Some(tls) => {
-            let reloads = tokio::spawn(tls.clone().keep_reloading());
-            let served = router
-                .serve_with_incoming_shutdown(tls.incoming(listener), stopping)
-                .await;
-            reloads.abort();
-            served
-        }
-    };
-    status.abort();
-    key_uses.abort();
-    health.abort();
-    if let Some(hangups) = hangups {
-        hangups.abort();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        report_health(&reporter, readiness.is_ready()).await;
+        tasks.spawn(health_loop(reporter.clone(), readiness.clone()));
+        let settings = ApiSettings {
+            limits: config.limits(),
+            max_roles: config.proxy.max_role_num,
+        };
+        let api = Api::new(catalog, auth.clone(), coherence.clone(), policies, settings)
+            .with_audit(audit.clone())
+            .with_metrics(metrics.clone());
+        let proxy = proxy.with_metrics(metrics.clone());
+        let auth_layer = AuthLayer::new(auth.clone(), config.failed_auth_delay())
+            .with_metrics(metrics.clone())
+            .with_audit(audit.clone());
+        // credstore's own API (unlock, keys, OIDC revocation): authenticated like the rest.
+        let own = Own {
+            admin: CredstoreAdminServer::new(api.clone()),
+            keys: ApiKeysServer::new(api.clone()),
+            oidc: OidcServer::new(api.clone()),
+        };
+        let milvus = tower::Layer::layer(&proxy, MilvusServiceServer::new(api));
+        let connections = config.connections();
+        let serving = transport::Serving {
+            caps: transport::caps_for(&connections, &metrics),
+            settings: connections,
+            tls: tls.clone(),
+            stack: stack(auth_layer, health_service, own, milvus),
+            per_connection: proxy.connection_budgets(),
+            metrics: metrics.clone(),
+        };
+        // Logged once the HTTP port listens too: tests and scripts wait for this line.
+        let transport = match tls.as_ref().map(ServerTls::mode) {
+            None => "plaintext",
+            Some(TlsMode::Server) => "TLS",
+            Some(TlsMode::Mutual { .. }) => "mutual TLS",
+        };
+        Snapshot::of(&auth, &coherence).log(&format!(
+            "credstore ready on {address} (authorization {}, {transport})",
+            config.common.security.authorization_enabled
+        ));
+        tasks.spawn(status_loop(auth.clone(), coherence.clone()));
+        tasks.spawn(key_use_loop(auth.clone()));
+        let drain = Duration::from_millis(config.credstore.shutdown.drain_ms);
+        let stopping = stopping(shutdown, readiness.clone(), reporter, drain);
+        transport::serve(listener, serving, stopping).await;
+        Ok(())
     }
+    .await;
     audit.flush().await;
-    let _ = http_stop.send(());
-    if let Some(http) = http {
-        let _ = http.await;
-    }
     Snapshot::of(&auth, &coherence).log("stopped serving; ending the session");
-    coherence_tasks.shutdown().await;
-    served?;
-    Ok(())
+    tasks.shutdown().await;
+    served
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio_stream::StreamExt;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
-        let stream = accepted.next().await.unwrap().unwrap();
-        assert!(
-            stream.nodelay().unwrap(),
-            "TCP_NODELAY is set on accepted sockets"
+/// Resolves once the replica should stop accepting: on the shutdown signal it reports not
+/// ready at once and keeps serving for the drain period (balancers and clients move away).
+async fn stopping(
+    shutdown: impl Future<Output = ()>,
+    readiness: Readiness,
+    reporter: tonic_health::server::HealthReporter,
+    drain: Duration,
+) {
+    shutdown.await;
+    readiness.start_draining();
+    report_health(&reporter, false).await;
+    if !drain.is_zero() {
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "draining: reporting not ready, still serving"
         );
+        tokio::time::sleep(drain).await;
     }
 }

@@ -8,9 +8,8 @@
 //! SIGHUP and when their contents change. A file that does not load leaves the old
 //! configuration serving (and is logged), so a half-written rotation cannot take a replica down.
 //!
-//! Handshakes run beside the accept loop, each with a time limit, and at most
-//! [`MAX_HANDSHAKES`] at once: a client that connects and says nothing holds a slot for
-//! [`HANDSHAKE_TIMEOUT`] at most, and cannot stop others from being accepted.
+//! [`ServerTls::handshake`] runs one server handshake; `transport`'s accept loop calls it for
+//! every admitted connection, under the connection caps and the handshake deadline.
 //!
 //! [`ClientTls`] is the client side: the admin CLI, `credstore bench` and the proxy tier's
 //! connection to an `https://` upstream.
@@ -26,17 +25,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 
-/// TLS handshakes in progress at once; connections beyond it are closed at once.
-pub const MAX_HANDSHAKES: usize = 256;
-
-/// How long a connection may take to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server-side TLS connection, as [`ServerTls::handshake`] completes it.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// How often [`ServerTls::keep_reloading`] looks at the certificate files.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -272,54 +265,10 @@ impl ServerTls {
         }
     }
 
-    /// The connections accepted on `listener`, each with `TCP_NODELAY` and a completed
-    /// handshake. The accept loop ends when the stream is dropped (the server stopped).
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-        let (ready, incoming) = mpsc::channel(64);
-        tokio::spawn(accept_loop(listener, self.clone(), ready));
-        ReceiverStream::new(incoming)
-    }
-}
-
-type Ready = mpsc::Sender<io::Result<TlsStream<TcpStream>>>;
-
-async fn accept_loop(listener: TcpListener, tls: ServerTls, ready: Ready) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let accepted = tokio::select! {
-            _ = ready.closed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = tls.acceptor();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            drop(slot);
-            match handshake {
-                Ok(Ok(stream)) => {
-                    let _ = ready.send(Ok(stream)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+    /// The server's side of a TLS handshake on `stream`, with the configuration current now.
+    /// Unbounded in time: the caller puts its deadline around it.
+    pub async fn handshake(&self, stream: TcpStream) -> io::Result<ServerStream> {
+        self.acceptor().accept(stream).await
     }
 }
 

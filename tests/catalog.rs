@@ -320,6 +320,7 @@ async fn milvus_bcrypt_hash_verifies_and_is_rehashed_to_argon2id() {
         limits: Limits::default(),
         cache_capacity: 100,
         cache_ttl: None,
+        lockout: credstore::auth::LockoutPolicy::default(),
     };
     let auth = Authenticator::new(config, catalog.clone(), pool())
         .await

@@ -294,6 +294,12 @@ fn fixture() -> &'static Fixture {
                 limits: Limits::default(),
                 cache_capacity: 1000,
                 cache_ttl: None,
+                // The properties are about header parsing and the cache; alice's wrong
+                // passwords would lock her pair after 5 and answer the lock instead.
+                lockout: credstore::auth::LockoutPolicy {
+                    enabled: false,
+                    ..Default::default()
+                },
             };
             let auth = Authenticator::new(config, catalog, pool).await.unwrap();
             let header = B64.encode("alice:password1");

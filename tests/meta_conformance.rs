@@ -332,7 +332,37 @@ async fn listing_spans_pages(kv: &Store, root: &str) {
     writer.await.unwrap();
 }
 
+/// `get_many` answers each key, in the order asked, absent ones as `None`.
+async fn get_many_reads_each_key_in_order(kv: &Store, root: &str) {
+    let (a, missing, b) = (
+        format!("{root}/many/a"),
+        format!("{root}/many/missing"),
+        format!("{root}/many/b"),
+    );
+    let written = kv
+        .txn(put(&a, "1").then(Op::Put(b.clone(), b"2".to_vec())))
+        .await
+        .unwrap();
+    let read = kv.get_many(&[b.clone(), missing, a.clone()]).await.unwrap();
+    let values: Vec<Option<(String, Vec<u8>, i64)>> = read
+        .value
+        .into_iter()
+        .map(|kv| kv.map(|kv| (kv.key, kv.value, kv.mod_revision)))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            Some((b, b"2".to_vec(), written.revision)),
+            None,
+            Some((a, b"1".to_vec(), written.revision)),
+        ]
+    );
+    assert!(read.revision >= written.revision);
+    assert!(kv.get_many(&[]).await.unwrap().value.is_empty());
+}
+
 async fn suite(kv: Store, root: &str) {
+    get_many_reads_each_key_in_order(&kv, root).await;
     get_put_list_delete(&kv, root).await;
     create_if_absent_and_cas(&kv, root).await;
     concurrent_creates_one_winner(&kv, root).await;
@@ -556,6 +586,79 @@ async fn etcd_listing_over_the_message_limit_is_paged_down() {
         assert_eq!(listed.value.len(), 70);
         assert!(listed.value.iter().all(|kv| kv.value.len() == value.len()));
         assert_eq!(kv.list_keys(&prefix).await.unwrap().value.len(), 70);
+    })
+    .await;
+}
+
+/// What `admin import` reads a Milvus keyspace with: pages and prefix lists at one (older)
+/// revision, later writes unseen; a compacted revision is an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_pages_and_prefix_lists_read_one_revision() {
+    let _watchdog = common::watchdog(common::TEST_LIMIT);
+    let etcd = common::Etcd::start();
+    let Store::Etcd(kv) = etcd_store(&etcd).await else {
+        unreachable!("an etcd store")
+    };
+    within(async {
+        let root = common::unique_root("pages");
+        let key = |name: &str| format!("{root}/p/{name}");
+        let first = (1..=5).fold(Txn::default(), |txn, i| {
+            txn.then(Op::Put(key(&format!("k{i}")), b"old".to_vec()))
+        });
+        let at = kv.txn(first).await.unwrap().revision;
+        let later = Txn::default()
+            .then(Op::Put(key("k1"), b"new".to_vec()))
+            .then(Op::Put(key("k6"), b"new".to_vec()))
+            .then(Op::Put(format!("{root}/q/x"), b"new".to_vec()));
+        let now = kv.txn(later).await.unwrap().revision;
+        let prefix = format!("{root}/p/");
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = kv
+                .page(&prefix, after.as_deref(), Some(at), 2)
+                .await
+                .unwrap();
+            assert!(page.kvs.len() <= 2);
+            assert_eq!(
+                page.revision, now,
+                "the answer's header is the store's revision"
+            );
+            after = page.kvs.last().map(|kv| kv.key.clone());
+            seen.extend(page.kvs.into_iter().map(|kv| (kv.key, kv.value)));
+            if !page.more {
+                break;
+            }
+        }
+        let expected: Vec<(String, Vec<u8>)> = (1..=5)
+            .map(|i| (key(&format!("k{i}")), b"old".to_vec()))
+            .collect();
+        assert_eq!(seen, expected, "the revision asked for, page by page");
+        let current = kv.page(&prefix, None, None, 10).await.unwrap();
+        assert_eq!(current.kvs.len(), 6);
+        let lists = kv
+            .list_each_at(&[prefix.clone(), format!("{root}/q/")], at)
+            .await
+            .unwrap();
+        assert_eq!(lists[0].len(), 5);
+        assert_eq!(lists[0][0].value, b"old");
+        assert!(lists[1].is_empty(), "written after the revision");
+
+        let mut client = kv.client();
+        client.compact(now, None).await.unwrap();
+        let err = kv.page(&prefix, None, Some(at), 2).await.unwrap_err();
+        assert!(
+            err.to_string().contains("has compacted that revision"),
+            "{err}"
+        );
+        let err = kv
+            .list_each_at(std::slice::from_ref(&prefix), at)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("has compacted that revision"),
+            "{err}"
+        );
     })
     .await;
 }

@@ -395,6 +395,7 @@ async fn forwarded_calls_are_counted_by_method_and_code() {
     for line in [
         "credstore_forwarded_requests_total{method=\"HasCollection\",code=\"ok\"} 2",
         "credstore_forwarded_requests_total{method=\"Insert\",code=\"permission_denied\"} 1",
+        "credstore_upstream_up 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
     }

@@ -766,15 +766,12 @@ async fn cut_off_watch_resumes_and_flushes_after_compaction() {
     tally.new_accepted("compacted watch", &pc, pc.login("carol", "carol-2").await);
     tally.assert_clean();
 
-    // Guard against passing for the wrong reason: B flushed its cache because its watch could
-    // not resume from where it was — through the compaction path, or (since the watch also
-    // follows credstore/auth/) by starting again at the head, which a compaction forces —
-    // and its session never lapsed (a lapsed session would have flushed the cache on its own).
+    // Guard against passing for the wrong reason: B went through the compaction path, and its
+    // session never lapsed (a lapsed session would have flushed the cache on its own).
     let log = b.log();
     assert!(
-        log.contains("compaction; dropping the whole cache")
-            || log.contains("starts behind the store"),
-        "B never flushed its cache for a watch it could not resume; its log:\n{log}"
+        log.contains("compaction"),
+        "B never saw its watch compacted; its log:\n{log}"
     );
     assert!(
         !log.contains("session lease expired"),

@@ -39,6 +39,8 @@ const MATRIX: &[(&str, &[&str])] = &[
             "hash_pool",
             "proto",
             "tls",
+            "transport",
+            "import",
         ],
     ),
     (
@@ -107,6 +109,9 @@ const MATRIX: &[(&str, &[&str])] = &[
     // A leaf: callers hand it names, addresses and classes, never the types they come from.
     ("audit", &[]),
     ("catalog", &["meta", "password"]),
+    // `admin import`: reads a Milvus keyspace (meta's paged etcd reads, the catalog's
+    // readers) and writes through the catalog; the source's etcd.* keys go through config.
+    ("import", &["config", "catalog", "meta", "password"]),
     ("hash_pool", &["password"]),
     ("meta", &[]),
     ("password", &[]),
@@ -123,11 +128,15 @@ const MATRIX: &[(&str, &[&str])] = &[
             "password",
             "hash_pool",
             "tls",
+            "transport",
         ],
     ),
     ("proto", &[]),
     // A leaf: TLS files to rustls configurations, server and client side.
     ("tls", &[]),
+    // The gRPC port's connections (caps, handshake, HTTP/2 limits, idle): below `server`,
+    // which hands it the request stack; above `tls` (handshakes) and `metrics` (counts).
+    ("transport", &["tls", "metrics"]),
     ("client", &["proto", "tls"]),
     ("admin", &["client", "proto", "password"]),
     ("bench", &["client", "proto", "password", "tls"]),
@@ -154,6 +163,7 @@ const NO_GRPC: &[&str] = &[
     "coherence",
     "metrics",
     "audit",
+    "import",
 ];
 
 /// What bounds a test's time: tests/common's `watchdog`, `cluster_test` and `time_limit`, or

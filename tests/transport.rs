@@ -1,8 +1,8 @@
 //! The transport limits `server::run` sets, seen from a client: one HTTP/2 connection that
 //! opens far more requests than `MAX_STREAMS_PER_CONNECTION` gets every one answered, while
 //! the server never runs more than the limit at once; an oversized header block is refused
-//! before authentication. (TCP_NODELAY on accepted sockets is
-//! a unit test in `server.rs`.)
+//! before authentication. (TCP_NODELAY on accepted sockets is a unit test in `transport`;
+//! connection caps, handshake and idle timeouts and resets are tests/connections.rs.)
 
 mod common;
 
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use credstore::config::{Config, Overrides};
 use credstore::proto::milvus::GetVersionRequest;
 use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
-use credstore::server::{self, MAX_STREAMS_PER_CONNECTION, State};
+use credstore::server::{self, State};
+use credstore::transport::{MAX_HEADER_LIST_BYTES, MAX_STREAMS_PER_CONNECTION};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -87,7 +88,7 @@ async fn many_streams_on_one_connection() {
     // A header block over MAX_HEADER_LIST_BYTES is refused before any handler runs.
     let mut request = credstore::client::Authorization::credentials("nobody", "wrong-password")
         .apply(tonic::Request::new(GetVersionRequest {}));
-    let big = "x".repeat(2 * server::MAX_HEADER_LIST_BYTES as usize);
+    let big = "x".repeat(2 * MAX_HEADER_LIST_BYTES as usize);
     request
         .metadata_mut()
         .insert("x-padding", big.parse().unwrap());

@@ -13,8 +13,16 @@
 //! that arrives after an invalidation never joins a load that may have read the record before
 //! it. The cache itself (entries, per-user watermarks, trust deadline) lives in `cache`.
 //!
+//! A miss is also where lockout applies (`lockout`): a locked (name, peer) or name is refused
+//! before it may join a load or hash anything; a load is admitted by the lockout and reports
+//! its outcome to it (a failure counts, a verified password resets its pair). A cache hit
+//! asks the lockout nothing, so the hot path costs what it did. The peer is the TCP peer's
+//! address the layer read from the connection; a load runs its hash in that peer's share of
+//! the hash pool.
+//!
 //! Secrets: the HMAC key schedule and every verifier are wiped when dropped (`zeroize`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +35,8 @@ use zeroize::Zeroizing;
 use crate::auth::apikey::ApiKeys;
 use crate::auth::bearer::{self, Bearer, Refusal};
 use crate::auth::cache::{CredentialCache, Verified, Verifier};
+use crate::auth::lockout::{Lockout, LockoutPolicy};
+use crate::auth::pace::FailurePace;
 use crate::auth::{AuthError, AuthStats, Authenticated, Oidc, OidcSettings};
 use crate::catalog::{Catalog, CatalogError, IdentityChange};
 use crate::hash_pool::HashPool;
@@ -41,6 +51,8 @@ pub struct AuthenticatorConfig {
     pub limits: Limits,
     pub cache_capacity: u64,
     pub cache_ttl: Option<Duration>,
+    /// `credstore.lockout.*`.
+    pub lockout: LockoutPolicy,
 }
 
 /// An OIDC identity seen recently, for credstore's own listing.
@@ -77,6 +89,10 @@ struct Inner {
     keys: ApiKeys,
     /// OIDC tokens, when an issuer is configured.
     oidc: Option<Oidc>,
+    /// Failed-login counts and locks, asked on every miss.
+    lockout: Lockout,
+    /// Failed verifications per address and second (with the lockout: off when it is).
+    pace: FailurePace,
 }
 
 impl Authenticator {
@@ -124,10 +140,18 @@ impl Authenticator {
                 config.cache_capacity,
             )
         });
+        let lockout = Lockout::new(config.lockout.clone(), catalog.clone());
+        let rate = match config.lockout.enabled {
+            true => config.lockout.peer_failures_per_second,
+            false => 0,
+        };
+        let pace = FailurePace::new(rate, rate.saturating_mul(4));
         let inner = Inner {
             keys,
             oidc,
             config,
+            lockout,
+            pace,
             catalog,
             pool,
             mac,
@@ -149,8 +173,24 @@ impl Authenticator {
         &self.inner.cache
     }
 
-    /// Authenticates the `authorization` header of a request.
+    /// The failed-login counts and locks (`coherence` feeds and writes them).
+    pub fn lockout(&self) -> &Lockout {
+        &self.inner.lockout
+    }
+
+    /// Authenticates the `authorization` header of a request that has no peer address (an
+    /// in-process caller): its failures count as one peer's.
     pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<Authenticated, AuthError> {
+        self.authenticate_from(header, || None).await
+    }
+
+    /// Authenticates the `authorization` header of a request from `peer` (the TCP peer's
+    /// address; forwarded-for headers are never read), which is asked only on a cache miss.
+    pub async fn authenticate_from(
+        &self,
+        header: Option<&[u8]>,
+        peer: impl FnOnce() -> Option<IpAddr>,
+    ) -> Result<Authenticated, AuthError> {
         if !self.inner.config.enabled {
             return Ok(Authenticated::unchecked());
         }
@@ -162,9 +202,10 @@ impl Authenticator {
             Err(err) => return Err(err),
         };
         let Some(user) = credentials.username(&self.inner.config.limits) else {
-            return self.refuse_name(credentials.password()).await;
+            return self.refuse_name(credentials.password(), peer()).await;
         };
-        self.verify_user(&user, credentials.password()).await?;
+        self.verify_from(&user, credentials.password(), peer)
+            .await?;
         let super_user = self
             .inner
             .config
@@ -223,21 +264,41 @@ impl Authenticator {
     /// Whether `password` is `user`'s password, `user` spelled exactly (see the module doc).
     /// Unknown users and non-canonical names cost the same as wrong passwords.
     pub async fn verify(&self, user: &str, password: &[u8]) -> Result<(), AuthError> {
+        self.verify_from_peer(user, password, None).await
+    }
+
+    /// [`Authenticator::verify`] for a login from `peer`.
+    pub async fn verify_from_peer(
+        &self,
+        user: &str,
+        password: &[u8],
+        peer: Option<IpAddr>,
+    ) -> Result<(), AuthError> {
         match Username::parse_exact(user, &self.inner.config.limits) {
-            Ok(user) => self.verify_user(&user, password).await,
-            Err(_) => self.refuse_name(password).await.map(|_| ()),
+            Ok(user) => self.verify_from(&user, password, || peer).await,
+            Err(_) => self.refuse_name(password, peer).await.map(|_| ()),
         }
     }
 
     /// Whether `password` is `user`'s password.
     pub async fn verify_user(&self, user: &Username, password: &[u8]) -> Result<(), AuthError> {
+        self.verify_from(user, password, || None).await
+    }
+
+    /// Whether `password` is `user`'s password, asked from `peer` (asked for on a miss only).
+    async fn verify_from(
+        &self,
+        user: &Username,
+        password: &[u8],
+        peer: impl FnOnce() -> Option<IpAddr>,
+    ) -> Result<(), AuthError> {
         self.check_trust()?;
         let verifier = self.verifier(user, password);
         if self.inner.cache.is_hit(user, &verifier) {
             return Ok(());
         }
         // Boxed so the hot path's future stays small; the slow path costs milliseconds anyway.
-        Box::pin(self.verify_slow(user, password, verifier)).await
+        Box::pin(self.verify_slow(user, password, verifier, peer())).await
     }
 
     fn check_trust(&self) -> Result<(), AuthError> {
@@ -249,11 +310,18 @@ impl Authenticator {
         }
     }
 
-    /// A name that cannot exist: refused after the work of a wrong password.
-    async fn refuse_name(&self, password: &[u8]) -> Result<Authenticated, AuthError> {
+    /// A name that cannot exist: refused after the work of a wrong password (no lockout
+    /// count: it names nobody's account).
+    async fn refuse_name(
+        &self,
+        password: &[u8],
+        peer: Option<IpAddr>,
+    ) -> Result<Authenticated, AuthError> {
         self.check_trust()?;
         self.inner.cache.record_miss();
-        self.deny_unknown(password).await?;
+        let ticket = self.inner.pace.take(peer).ok_or(AuthError::Throttled)?;
+        self.deny_unknown(password, peer).await?;
+        ticket.failed();
         Err(AuthError::Denied)
     }
 
@@ -262,17 +330,28 @@ impl Authenticator {
         user: &Username,
         password: &[u8],
         verifier: Verifier,
+        peer: Option<IpAddr>,
     ) -> Result<(), AuthError> {
         self.inner.cache.record_miss();
+        // Before joining a load another peer started: a locked peer learns nothing from it.
+        self.inner.lockout.check(user, peer)?;
+        // A peer holding its whole share of the hash pool, or one that spent its failures for
+        // now, is refused before any other work.
+        self.inner.pool.refuse_full_peer(peer).map_err(hash_error)?;
+        let ticket = self.inner.pace.take(peer).ok_or(AuthError::Throttled)?;
         let key = (
             user.clone(),
             verifier.clone(),
             self.inner.cache.watermark(user),
         );
-        let load = self.load(user, password, verifier);
+        let load = self.load(user, password, verifier, peer);
         let result = self.inner.loading.try_get_with(key.clone(), load).await;
         self.inner.loading.invalidate(&key).await;
-        result.map(|_| ()).map_err(|e| (*e).clone())
+        let result = result.map(|_| ()).map_err(|e| (*e).clone());
+        if result == Err(AuthError::Denied) {
+            ticket.failed();
+        }
+        result
     }
 
     fn verifier(&self, user: &Username, password: &[u8]) -> Verifier {
@@ -288,13 +367,19 @@ impl Authenticator {
         Verifier::new(*bytes)
     }
 
-    /// The slow path: read the user, verify the hash (bounded pool), maybe rehash, cache.
+    /// The slow path: admitted by the lockout, read the user, verify the hash in `peer`'s
+    /// share of the pool, maybe rehash, cache; tell the lockout how it ended. An unknown
+    /// name fails and counts exactly like a wrong password.
     async fn load(
         &self,
         user: &Username,
         password: &[u8],
         verifier: Verifier,
+        peer: Option<IpAddr>,
     ) -> Result<Verified, AuthError> {
+        let attempt = self.inner.lockout.attempt(user, peer)?;
+        // The hash is reserved before the store is read: a peer over its share reads nothing.
+        let slot = self.inner.pool.reserve(peer).map_err(hash_error)?;
         let _load = self.inner.cache.begin_load();
         let read = self
             .inner
@@ -303,18 +388,23 @@ impl Authenticator {
             .await
             .map_err(store_error)?;
         let Some(stored) = read.value else {
-            self.deny_unknown(password).await?;
+            // Spend the same work as a real verification so timing does not reveal who exists.
+            let _ = slot
+                .verify(self.inner.dummy.clone(), password.to_vec())
+                .await
+                .map_err(hash_error)?;
+            attempt.failed();
             return Err(AuthError::Denied);
         };
-        let matches = self
-            .inner
-            .pool
+        let matches = slot
             .verify(stored.hash.clone(), password.to_vec())
             .await
             .map_err(hash_error)?;
         if !matches {
+            attempt.failed();
             return Err(AuthError::Denied);
         }
+        attempt.succeeded();
         if self.inner.pool.hasher().needs_rehash(&stored.hash) {
             self.rehash(user, &stored, password).await;
         }
@@ -326,12 +416,12 @@ impl Authenticator {
         Ok(entry)
     }
 
-    async fn deny_unknown(&self, password: &[u8]) -> Result<(), AuthError> {
+    async fn deny_unknown(&self, password: &[u8], peer: Option<IpAddr>) -> Result<(), AuthError> {
         // Spend the same work as a real verification so timing does not reveal who exists.
         let _ = self
             .inner
             .pool
-            .verify(self.inner.dummy.clone(), password.to_vec())
+            .verify_for(peer, self.inner.dummy.clone(), password.to_vec())
             .await
             .map_err(hash_error)?;
         Ok(())
@@ -433,6 +523,14 @@ mod tests {
     }
 
     async fn setup_with(dir: &tempfile::TempDir, pool: HashPool) -> (Authenticator, Catalog) {
+        setup_with_policy(dir, pool, LockoutPolicy::default()).await
+    }
+
+    async fn setup_with_policy(
+        dir: &tempfile::TempDir,
+        pool: HashPool,
+        lockout: LockoutPolicy,
+    ) -> (Authenticator, Catalog) {
         let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
         let catalog = Catalog::new(store, "t/meta");
         for user in ["alice", "bob"] {
@@ -446,6 +544,7 @@ mod tests {
             limits: Limits::default(),
             cache_capacity: 100,
             cache_ttl: None,
+            lockout,
         };
         (
             Authenticator::new(config, catalog.clone(), pool)
@@ -707,7 +806,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Default-like parameters: a few tens of ms per hash; one thread, the default queue.
         let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 256, 0);
-        let (auth, _) = setup_with(&dir, pool.clone()).await;
+        // About the hash pool's backlog: with lockout on, alice's pair would lock after 5
+        // of these failures and the last login would get the lock answer instead.
+        let no_lockout = LockoutPolicy {
+            enabled: false,
+            ..LockoutPolicy::default()
+        };
+        let (auth, _) = setup_with_policy(&dir, pool.clone(), no_lockout).await;
         let started = std::time::Instant::now();
         assert_eq!(auth.verify("bob", b"password1").await, Ok(()));
         let one_hash = started.elapsed();

@@ -10,9 +10,14 @@
 //! CPU, and it caps how fast one client can try passwords or flood the hashing queue. Each
 //! failed login (not an UNAVAILABLE: nothing was decided about the caller) is written to the
 //! audit log with the name as sent, the peer and the class the client's answer implies.
+//!
+//! The peer a login is counted and hashed for is the TCP peer's IP address (from the accepted
+//! connection), an IPv6 peer's /64 (which one host commonly holds whole: per address, it
+//! could rotate through 2^64 of them) — the rule the connection caps use too; headers such as
+//! `x-forwarded-for` are never read — a client could claim any address there.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -84,7 +89,20 @@ pub struct AuthService<S> {
 
 /// The client's address, from the connection tonic accepted (plain TCP, or TCP under TLS).
 pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    let extensions = request.extensions();
+    peer_in(request.extensions())
+}
+
+/// Whom a login is counted and hashed for: the IP address; an IPv6 peer's /64 (its first
+/// address); an IPv4-mapped IPv6 address as the IPv4 one. (`transport::PeerKey` counts
+/// connections by the same rule.)
+pub fn login_peer(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+fn peer_in(extensions: &http::Extensions) -> Option<SocketAddr> {
     extensions
         .get::<TcpConnectInfo>()
         .or_else(|| {
@@ -112,10 +130,15 @@ fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Op
             return;
         }
         AuthError::Busy => LoginFailure::Busy,
+        AuthError::Locked { .. } => LoginFailure::Locked,
+        AuthError::Throttled => LoginFailure::Throttled,
         AuthError::Unavailable(_) => return,
     };
     let credentials = match why {
-        LoginFailure::Denied | LoginFailure::Busy => crate::auth::parse_header(header).ok(),
+        LoginFailure::Denied
+        | LoginFailure::Busy
+        | LoginFailure::Locked
+        | LoginFailure::Throttled => crate::auth::parse_header(header).ok(),
         _ => None,
     };
     audit.login_failed(credentials.as_ref().map(|c| c.user()), peer, why);
@@ -149,7 +172,10 @@ where
         }
         Box::pin(async move {
             let header = request.headers().get("authorization").map(|v| v.as_bytes());
-            let result = authenticator.authenticate(header).await;
+            // Looked up only if the login misses the cache.
+            let extensions = request.extensions();
+            let from = || peer_in(extensions).map(|address| login_peer(address.ip()));
+            let result = authenticator.authenticate_from(header, from).await;
             if let Some(metrics) = &metrics {
                 match &result {
                     Ok(who) => metrics.credential(who.kind().as_str(), true),
@@ -158,7 +184,8 @@ where
                 }
                 metrics.auth(match &result {
                     Ok(_) => AuthOutcome::Ok,
-                    Err(AuthError::Busy) => AuthOutcome::Busy,
+                    Err(AuthError::Busy | AuthError::Throttled) => AuthOutcome::Busy,
+                    Err(AuthError::Locked { .. }) => AuthOutcome::Locked,
                     Err(AuthError::Unavailable(_)) => AuthOutcome::Unavailable,
                     Err(
                         AuthError::MissingHeader
@@ -188,5 +215,28 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(address: &str, peer: &str) {
+        let address: IpAddr = address.parse().unwrap();
+        assert_eq!(
+            login_peer(address),
+            peer.parse::<IpAddr>().unwrap(),
+            "{address}"
+        );
+    }
+
+    #[test]
+    fn a_login_peer_is_the_address_or_an_ipv6_slash_64() {
+        check("10.0.0.7", "10.0.0.7");
+        check("::ffff:10.0.0.7", "10.0.0.7");
+        check("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::");
+        check("2001:db8:1:2::1", "2001:db8:1:2::");
+        check("::1", "::");
     }
 }

@@ -15,7 +15,7 @@
 //! refetch that drops a key forgets the tokens verified with the old set.
 //!
 //! Verified tokens are cached by the SHA-256 of the token until they expire. Revocations
-//! (`{meta}/credstore/auth/oidc/revoked/…`: a `jti`, or a subject's tokens issued before a
+//! (`{meta}/root-coord/credstore/auth/oidc/revoked/…`: a `jti`, or a subject's tokens issued before a
 //! time) are read from the store, cached, and dropped — with every cached token — when the
 //! coherence watch sees a revocation change; a load that raced such a change is not cached
 //! (an epoch, as for API keys). Nothing here logs or keeps a token.

@@ -164,6 +164,7 @@ mod tests {
             requests: Some(20),
             collection: "c".into(),
             tls: Default::default(),
+            source_ip: None,
         }
     }
 

@@ -49,18 +49,18 @@ pub struct StoredGroup {
 
 /// `milvus.PrivilegeGroupInfo`, the stored value of a privilege group.
 #[derive(Clone, PartialEq, Message)]
-struct GroupValue {
+pub(super) struct GroupValue {
     #[prost(string, tag = "1")]
     group_name: String,
     #[prost(message, repeated, tag = "2")]
-    privileges: Vec<PrivilegeValue>,
+    pub(super) privileges: Vec<PrivilegeValue>,
 }
 
 /// `milvus.PrivilegeEntity`.
 #[derive(Clone, PartialEq, Message)]
-struct PrivilegeValue {
+pub(super) struct PrivilegeValue {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(super) name: String,
 }
 
 /// The db a grant with an empty db name is stored under, as in Milvus.
@@ -143,7 +143,7 @@ impl Catalog {
         format!("{}grantee-id/{id}/", self.credential_prefix())
     }
 
-    fn group_prefix(&self) -> String {
+    pub(super) fn group_prefix(&self) -> String {
         format!("{}root-coord/privilege-group/", self.meta_root())
     }
 
@@ -413,7 +413,7 @@ impl Catalog {
     }
 }
 
-fn encode_group(name: &str, privileges: &[String]) -> Vec<u8> {
+pub(super) fn encode_group(name: &str, privileges: &[String]) -> Vec<u8> {
     GroupValue {
         group_name: name.to_string(),
         privileges: privileges

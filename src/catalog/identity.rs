@@ -1,5 +1,6 @@
 //! credstore's own identity records, which Milvus has no keys for: API keys and OIDC token
-//! revocations, under `{meta}/credstore/auth/` (never in Milvus's `root-coord/` keys), plus the
+//! revocations, under `{meta}/root-coord/credstore/auth/` (inside the credential watch's prefix;
+//! Milvus reads only its own keys there), plus the
 //! best-effort last use of each key under `{meta}/credstore/apikey-used/` (outside the watched
 //! prefix: recording a use must not invalidate anything).
 //!
@@ -89,16 +90,11 @@ pub enum IdentityChange<'k> {
 }
 
 impl Catalog {
-    /// `{meta}/`, from the credential prefix `{meta}/root-coord/credential/`.
-    fn meta_prefix(&self) -> &str {
-        self.credential_prefix()
-            .strip_suffix("root-coord/credential/")
-            .expect("the credential prefix ends with root-coord/credential/")
-    }
-
-    /// `{meta}/credstore/auth/`: every record here is followed by the coherence watch.
+    /// `{meta}/root-coord/credstore/auth/`: inside the credential watch's prefix, so every
+    /// record here is followed (and acknowledged) like a password change, by the one watch.
+    /// Milvus reads only its own `root-coord/` keys and ignores these.
     pub fn identity_prefix(&self) -> String {
-        format!("{}credstore/auth/", self.meta_prefix())
+        format!("{}credstore/auth/", self.watch_prefix())
     }
 
     fn api_key_key(&self, id: &str) -> String {
@@ -106,7 +102,7 @@ impl Catalog {
     }
 
     fn used_key(&self, id: &str) -> String {
-        format!("{}credstore/apikey-used/{id}", self.meta_prefix())
+        format!("{}credstore/apikey-used/{id}", self.meta_root())
     }
 
     fn revoked_prefix(&self) -> String {
@@ -374,11 +370,11 @@ mod tests {
             assert_eq!(c.identity_of_key(key), expected, "{key}");
         };
         check(
-            "by-dev/meta/credstore/auth/apikeys/0123abcd",
+            "by-dev/meta/root-coord/credstore/auth/apikeys/0123abcd",
             Some(IdentityChange::ApiKey("0123abcd")),
         );
         check(
-            "by-dev/meta/credstore/auth/oidc/revoked/jti/ab",
+            "by-dev/meta/root-coord/credstore/auth/oidc/revoked/jti/ab",
             Some(IdentityChange::OidcRevocation),
         );
         check("by-dev/meta/credstore/apikey-used/0123abcd", None);
@@ -402,7 +398,7 @@ mod tests {
         );
         let raw = c
             .store()
-            .get("by-dev/meta/credstore/auth/apikeys/k1")
+            .get("by-dev/meta/root-coord/credstore/auth/apikeys/k1")
             .await
             .unwrap()
             .value

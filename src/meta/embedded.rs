@@ -376,6 +376,21 @@ impl MetaKv for EmbeddedKv {
         .await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        let keys = keys.to_vec();
+        self.blocking(move |inner| {
+            let read = inner.db.begin_read()?;
+            let revision = snapshot_revision(&read)?;
+            let table = read.open_table(KV)?;
+            let value = keys
+                .iter()
+                .map(|key| read_key(&table, key))
+                .collect::<Result<_, _>>()?;
+            Ok(Read { value, revision })
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Read<Vec<KeyValue>>, MetaError> {
         let prefix = prefix.to_string();
         self.blocking(move |inner| {

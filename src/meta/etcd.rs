@@ -90,6 +90,16 @@ impl std::fmt::Debug for EtcdTls {
     }
 }
 
+/// One page of a listing read at one revision (see [`EtcdKv::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    /// The revision every key of the page was read at.
+    pub revision: Revision,
+    /// Whether keys under the prefix follow the page's last key.
+    pub more: bool,
+}
+
 /// A cheap-to-clone handle on an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdKv {
@@ -349,6 +359,106 @@ impl EtcdKv {
     }
 }
 
+impl EtcdKv {
+    /// At most `limit` keys under `prefix` that sort after `after` (from the first when
+    /// `None`), read at revision `at` (the current one when `None`; the page says which it
+    /// was). A long keyspace is read page by page at the first page's revision, so memory
+    /// follows the page, not the keyspace. A revision etcd has compacted is an error that
+    /// says so.
+    pub async fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        at: Option<Revision>,
+        limit: usize,
+    ) -> Result<Page, MetaError> {
+        let start = match after {
+            Some(key) => {
+                let mut start = key.as_bytes().to_vec();
+                start.push(0);
+                start
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let mut options = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
+        if let Some(revision) = at {
+            options = options.with_revision(revision);
+        }
+        let started = Instant::now();
+        let response = self.range(start, Some(options)).await;
+        let response = self
+            .observed("list", started, response)
+            .map_err(|e| compacted_or(e, prefix, at))?;
+        Ok(Page {
+            kvs: response.kvs().iter().map(to_kv).collect(),
+            revision: header_revision(response.header()),
+            more: response.more(),
+        })
+    }
+
+    /// Every key under each of `prefixes` (at most [`crate::meta::MAX_TXN_OPS`]), all read at
+    /// revision `at` in one request (a read-only transaction). A compacted `at` is an error.
+    pub async fn list_each_at(
+        &self,
+        prefixes: &[String],
+        at: Revision,
+    ) -> Result<Vec<Vec<KeyValue>>, MetaError> {
+        let ops: Vec<TxnOp> = prefixes
+            .iter()
+            .map(|prefix| {
+                let options = GetOptions::new().with_prefix().with_revision(at);
+                TxnOp::get(prefix.as_str(), Some(options))
+            })
+            .collect();
+        let responses = self.read_txn(ops).await.map_err(|e| {
+            let first = prefixes.first().map(String::as_str).unwrap_or_default();
+            compacted_or(e, first, Some(at))
+        })?;
+        Ok(responses
+            .into_iter()
+            .map(|(kvs, _)| kvs.iter().map(to_kv).collect())
+            .collect())
+    }
+
+    /// Runs range operations as one read-only transaction; each answer's key-values and the
+    /// transaction's revision.
+    async fn read_txn(
+        &self,
+        ops: Vec<TxnOp>,
+    ) -> Result<Vec<(Vec<etcd_client::KeyValue>, Revision)>, etcd_client::Error> {
+        let request = EtcdTxn::new().and_then(ops);
+        let started = Instant::now();
+        let response = retry_unsent(|| {
+            let (mut kv, request) = (self.kv.clone(), request.clone());
+            async move { kv.txn(request).await }
+        })
+        .await;
+        let response = self.observed("get", started, response)?;
+        let revision = header_revision(response.header());
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .map(|answer| match answer {
+                etcd_client::TxnOpResponse::Get(get) => (get.kvs().to_vec(), revision),
+                _ => (Vec::new(), revision),
+            })
+            .collect())
+    }
+}
+
+/// A read at a compacted revision says so (with the prefix and revision); anything else is
+/// mapped as usual.
+fn compacted_or(err: etcd_client::Error, prefix: &str, at: Option<Revision>) -> MetaError {
+    match (is_compacted(&err), at) {
+        (true, Some(revision)) => MetaError::Etcd(format!(
+            "reading {prefix} at revision {revision}: etcd has compacted that revision"
+        )),
+        _ => map_err(err),
+    }
+}
+
 impl MetaKv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, MetaError> {
         let started = Instant::now();
@@ -374,6 +484,20 @@ impl MetaKv for EtcdKv {
             })
             .await;
         self.observed("list", started, listed)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        let ops = keys
+            .iter()
+            .map(|key| TxnOp::get(key.as_str(), None))
+            .collect();
+        let answers = self.read_txn(ops).await.map_err(map_err)?;
+        let revision = answers.first().map(|(_, r)| *r).unwrap_or_default();
+        let value = answers
+            .iter()
+            .map(|(kvs, _)| kvs.first().map(to_kv))
+            .collect();
+        Ok(Read { value, revision })
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
@@ -425,20 +549,13 @@ impl MetaKv for EtcdKv {
         })
         .await
         .map_err(map_err)?;
-        let mut watch = EtcdWatch {
+        Ok(Watch::Etcd(EtcdWatch {
             stream,
             from,
             synced: false,
             created_at: None,
             answers: 0,
-            early: None,
-        };
-        // Wait for etcd's `created` answer, so the caller knows where the watch starts.
-        let first = watch.read().await?;
-        if first.is_some() {
-            watch.early = first;
-        }
-        Ok(Watch::Etcd(watch))
+        }))
     }
 }
 
@@ -457,90 +574,69 @@ pub struct EtcdWatch {
     created_at: Option<Revision>,
     /// Responses received, including those not passed on (a sign of life while replaying).
     answers: u64,
-    /// A message read while waiting for the `created` answer, handed out first.
-    early: Option<WatchMessage>,
 }
 
 impl EtcdWatch {
-    /// Whether the watch started behind the store (its start revision is not after the
-    /// revision etcd created it at): etcd then replays what changed in between, and etcd
-    /// 3.4 cannot say when that replay is over, so progress is not reported until an event
-    /// newer than the creation arrives.
-    pub(crate) fn starts_behind(&self) -> bool {
-        self.created_at.is_some_and(|created| self.from <= created)
-    }
-
     pub(crate) async fn next(&mut self) -> Result<WatchMessage, MetaError> {
-        if let Some(message) = self.early.take() {
-            return Ok(message);
-        }
         loop {
-            if let Some(message) = self.read().await? {
-                return Ok(message);
+            let Some(response) = self.stream.message().await.map_err(map_err)? else {
+                return Err(MetaError::WatchClosed);
+            };
+            self.answers += 1;
+            // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
+            if response.compact_revision() > 0 {
+                return Ok(WatchMessage::Compacted {
+                    compact_revision: response.compact_revision(),
+                });
             }
-        }
-    }
-
-    /// Reads one answer: `None` for one that is not passed on (`created`, progress while
-    /// not caught up).
-    async fn read(&mut self) -> Result<Option<WatchMessage>, MetaError> {
-        let Some(response) = self.stream.message().await.map_err(map_err)? else {
-            return Err(MetaError::WatchClosed);
-        };
-        self.answers += 1;
-        // etcd 3.4 reports a compacted start revision as a cancel with compact_revision set.
-        if response.compact_revision() > 0 {
-            return Ok(Some(WatchMessage::Compacted {
-                compact_revision: response.compact_revision(),
-            }));
-        }
-        if response.canceled() {
-            return Err(MetaError::Etcd(format!(
-                "watch canceled: {}",
-                response.cancel_reason()
-            )));
-        }
-        let revision = header_revision(response.header());
-        if response.created() {
-            self.created_at = Some(revision);
-            self.synced = self.from > revision;
-        }
-        if response.events().is_empty() {
-            return Ok(match response.created() || !self.synced {
-                true => None,
-                false => Some(WatchMessage::Progress { revision }),
-            });
-        }
-        // Every event of this watch up to the newest one in the batch has been delivered.
-        let revision = response
-            .events()
-            .iter()
-            .filter_map(|e| e.kv())
-            .map(|kv| kv.mod_revision())
-            .max()
-            .unwrap_or(revision);
-        if self.created_at.is_some_and(|created| revision >= created) {
-            self.synced = true;
-        }
-        let events = response
-            .events()
-            .iter()
-            .filter_map(|e| {
-                let kv = e.kv()?;
-                let kind = match e.event_type() {
-                    etcd_client::EventType::Put => EventKind::Put,
-                    etcd_client::EventType::Delete => EventKind::Delete,
-                };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                Some(Event {
-                    kind,
-                    key,
-                    value: kv.value().to_vec(),
-                    revision: kv.mod_revision(),
+            if response.canceled() {
+                return Err(MetaError::Etcd(format!(
+                    "watch canceled: {}",
+                    response.cancel_reason()
+                )));
+            }
+            let revision = header_revision(response.header());
+            if response.created() {
+                self.created_at = Some(revision);
+                self.synced = self.from > revision;
+            }
+            if response.events().is_empty() {
+                match response.created() || !self.synced {
+                    true => continue,
+                    false => return Ok(WatchMessage::Progress { revision }),
+                }
+            }
+            // Every event of this watch up to the newest one in the batch has been delivered.
+            let revision = response
+                .events()
+                .iter()
+                .filter_map(|e| e.kv())
+                .map(|kv| kv.mod_revision())
+                .max()
+                .unwrap_or(revision);
+            if self.created_at.is_some_and(|created| revision >= created) {
+                self.synced = true;
+            }
+            let events = response
+                .events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    let kind = match e.event_type() {
+                        etcd_client::EventType::Put => EventKind::Put,
+                        etcd_client::EventType::Delete => EventKind::Delete,
+                    };
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    Some(Event {
+                        kind,
+                        key,
+                        value: kv.value().to_vec(),
+                        revision: kv.mod_revision(),
+                    })
                 })
-            })
-            .collect();
-        Ok(Some(WatchMessage::Events { events, revision }))
+                .collect();
+            return Ok(WatchMessage::Events { events, revision });
+        }
     }
 
     pub(crate) async fn request_progress(&mut self) -> Result<(), MetaError> {

@@ -8,14 +8,16 @@
 mod embedded;
 mod etcd;
 mod lease;
-mod merged;
 
 use std::future::Future;
 
 pub use embedded::EmbeddedKv;
-pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver};
+pub use etcd::{EtcdKv, EtcdOptions, EtcdTls, LatencyObserver, Page};
 pub use lease::{Lease, Leases};
-pub use merged::MergedWatch;
+
+/// The most operations (and, separately, compares) etcd takes in one transaction
+/// (`--max-txn-ops`, default 128): the bound of [`MetaKv::get_many`] and of every batch.
+pub const MAX_TXN_OPS: usize = 128;
 
 /// An etcd-style revision: every write to the store raises it by one.
 pub type Revision = i64;
@@ -157,6 +159,27 @@ pub trait MetaKv: Send + Sync {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Read<Vec<String>>, MetaError>> + Send;
+    /// The values of `keys` (at most [`MAX_TXN_OPS`]) in one request; etcd reads them all at
+    /// one revision. The default asks for them one by one (the embedded store and test
+    /// wrappers; its revision is the last read's).
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Read<Vec<Option<KeyValue>>>, MetaError>> + Send {
+        async move {
+            let mut values = Vec::with_capacity(keys.len());
+            let mut revision = 0;
+            for key in keys {
+                let read = self.get(key).await?;
+                revision = revision.max(read.revision);
+                values.push(read.value);
+            }
+            Ok(Read {
+                value: values,
+                revision,
+            })
+        }
+    }
     /// Applies `txn` atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, MetaError>> + Send;
     /// Watches every key under `prefix` from `from` (inclusive).
@@ -172,22 +195,14 @@ pub trait MetaKv: Send + Sync {
 pub enum Watch {
     Etcd(etcd::EtcdWatch),
     Embedded(embedded::EmbeddedWatch),
-    /// Two watches as one stream (see [`MergedWatch`]).
-    Merged(Box<MergedWatch>),
 }
 
 impl Watch {
-    /// `first` and `second`, both opened at `from`, followed as one stream.
-    pub fn merge(first: Watch, second: Watch, from: Revision) -> Watch {
-        Watch::Merged(Box::new(MergedWatch::new(first, second, from)))
-    }
-
     /// The next message; `Err(WatchClosed)` or another error when the stream broke.
     pub async fn next(&mut self) -> Result<WatchMessage, MetaError> {
         match self {
             Watch::Etcd(w) => w.next().await,
             Watch::Embedded(w) => w.next().await,
-            Watch::Merged(w) => w.next().await,
         }
     }
 
@@ -198,19 +213,6 @@ impl Watch {
         match self {
             Watch::Etcd(w) => w.answers(),
             Watch::Embedded(_) => 0,
-            Watch::Merged(w) => w.answers(),
-        }
-    }
-
-    /// Whether the watch started behind the store: etcd replays what changed between its
-    /// start revision and its creation, and (3.4) cannot say when that replay is over, so a
-    /// watch with nothing to replay reports no progress until its next event. Followers that
-    /// need progress from an idle watch start again at the head instead.
-    pub fn starts_behind(&self) -> bool {
-        match self {
-            Watch::Etcd(w) => w.starts_behind(),
-            Watch::Embedded(_) => false,
-            Watch::Merged(w) => w.starts_behind(),
         }
     }
 
@@ -219,7 +221,6 @@ impl Watch {
         match self {
             Watch::Etcd(w) => w.request_progress().await,
             Watch::Embedded(w) => w.request_progress(),
-            Watch::Merged(w) => w.request_progress().await,
         }
     }
 }
@@ -261,6 +262,13 @@ impl MetaKv for Store {
         match self {
             Store::Etcd(kv) => kv.list_keys(prefix).await,
             Store::Embedded(kv) => kv.list_keys(prefix).await,
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Read<Vec<Option<KeyValue>>>, MetaError> {
+        match self {
+            Store::Etcd(kv) => kv.get_many(keys).await,
+            Store::Embedded(kv) => kv.get_many(keys).await,
         }
     }
 

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -91,7 +92,11 @@ impl Forwarder {
             .concurrency_limit(MAX_IN_FLIGHT)
             .connect_lazy();
         let max = config.max_message_bytes;
-        let client = tonic::client::Grpc::new(Link(channel))
+        let link = Link {
+            channel,
+            uri: Arc::from(uri),
+        };
+        let client = tonic::client::Grpc::new(link)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         let token = match config.token.is_empty() {
@@ -196,7 +201,11 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 /// The channel, with every transport failure turned into UNAVAILABLE (tonic would report a
 /// refused connection as UNKNOWN "transport error", which pymilvus does not retry).
 #[derive(Clone)]
-pub struct Link(Channel);
+pub struct Link {
+    channel: Channel,
+    /// The upstream's URI, named in every "unreachable" answer.
+    uri: Arc<str>,
+}
 
 impl Service<http::Request<tonic::body::Body>> for Link {
     type Response = http::Response<tonic::body::Body>;
@@ -204,16 +213,26 @@ impl Service<http::Request<tonic::body::Body>> for Link {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        self.0.poll_ready(cx).map_err(unavailable)
+        let uri = &self.uri;
+        self.channel.poll_ready(cx).map_err(|e| unavailable(uri, e))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let call = self.0.call(request);
-        Box::pin(async move { call.await.map_err(unavailable) })
+        let call = self.channel.call(request);
+        let uri = self.uri.clone();
+        Box::pin(async move { call.await.map_err(|e| unavailable(&uri, e)) })
     }
 }
 
-fn unavailable(e: tonic::transport::Error) -> Status {
+/// Whether `status` says the upstream could not be reached (this module's UNAVAILABLE).
+pub fn unreachable(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().starts_with(UNREACHABLE)
+}
+
+/// How every "the upstream could not be reached" answer starts.
+const UNREACHABLE: &str = "upstream unavailable";
+
+fn unavailable(uri: &str, e: tonic::transport::Error) -> Status {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(&e);
     // The channel enforces the `grpc-timeout` it sends: that is the caller's deadline
@@ -233,7 +252,7 @@ fn unavailable(e: tonic::transport::Error) -> Status {
         source = cause.source();
     }
     tracing::debug!(%reason, "upstream unavailable");
-    Status::unavailable(format!("upstream unavailable: {reason}"))
+    Status::unavailable(format!("{UNREACHABLE} at {uri}: {reason}"))
 }
 
 #[cfg(test)]
@@ -295,6 +314,9 @@ mod tests {
             uri: uri.into(),
             token: String::new(),
             max_message_bytes: 1 << 20,
+            max_in_flight_bytes: 1 << 30,
+            max_in_flight_bytes_per_connection: 1 << 28,
+            body_timeout: Duration::from_secs(30),
             default_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
         };

@@ -28,6 +28,7 @@ pub use authorize::Authorizer;
 pub use codec::RawCodec;
 pub use error::Refusal;
 pub use forwarder::Forwarder;
+pub use limit::{BodyLimits, ConnectionBudget};
 pub use router::{Proxy, ProxyLayer, Router};
 
 use std::time::Duration;
@@ -47,6 +48,11 @@ pub struct Upstream {
     pub token: String,
     /// Largest request or response message forwarded.
     pub max_message_bytes: usize,
+    /// Request bodies held at once by this replica, and by one connection (`limit.rs`).
+    pub max_in_flight_bytes: usize,
+    pub max_in_flight_bytes_per_connection: usize,
+    /// A request body must be complete within this long.
+    pub body_timeout: Duration,
     /// Deadline of a call whose client sent no `grpc-timeout`.
     pub default_timeout: Duration,
     /// How to reach an `https://` upstream.
@@ -66,6 +72,12 @@ impl std::fmt::Debug for Upstream {
                 },
             )
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field(
+                "max_in_flight_bytes_per_connection",
+                &self.max_in_flight_bytes_per_connection,
+            )
+            .field("body_timeout", &self.body_timeout)
             .field("default_timeout", &self.default_timeout)
             .field("tls", &self.tls)
             .finish()
@@ -109,6 +121,7 @@ impl ProxyLayer {
             forwarder,
             authorizer: Authorizer::new(parts.policies, aliases),
             max_message_bytes: config.max_message_bytes,
+            bodies: BodyLimits::new(config),
             auth: parts.auth,
             catalog: parts.catalog,
             coherence: parts.coherence,

@@ -26,8 +26,8 @@ use crate::metrics::Metrics;
 use crate::proxy::authorize::{Authorizer, header_or_default};
 use crate::proxy::codec::RawCodec;
 use crate::proxy::error::Refusal;
-use crate::proxy::forwarder::Forwarder;
-use crate::proxy::limit::Bounded;
+use crate::proxy::forwarder::{self, Forwarder};
+use crate::proxy::limit::{BodyLimits, ConnectionBudget};
 use crate::proxy::methods::{FILTERED, REFLECTED, Route, route};
 use crate::proxy::subject::{self, Subject};
 use crate::proxy::{aftermath, health, listing, reflect};
@@ -37,6 +37,8 @@ pub struct Proxy {
     pub forwarder: Forwarder,
     pub authorizer: Authorizer,
     pub max_message_bytes: usize,
+    /// Size, in-flight budgets and time limit of forwarded bodies.
+    pub bodies: BodyLimits,
     /// This replica's own state, folded into the upstream's `CheckHealth`.
     pub auth: Authenticator,
     /// Where the grants of dropped and renamed collections and the alias epoch are written.
@@ -68,10 +70,22 @@ impl ProxyLayer {
         }
     }
 
-    /// Counts forwarded calls by method and answer in `metrics`.
+    /// Counts forwarded calls by method and answer in `metrics`, and the bodies held.
     pub fn with_metrics(mut self, metrics: Metrics) -> ProxyLayer {
+        if let Some(proxy) = &self.proxy {
+            proxy.bodies.observe(metrics.clone());
+        }
         self.metrics = Some(metrics);
         self
+    }
+}
+
+impl ProxyLayer {
+    /// What each connection's requests carry for the proxy tier: its body budget (none
+    /// without an upstream).
+    pub fn connection_budgets(&self) -> impl Fn() -> Option<ConnectionBudget> + use<> {
+        let proxy = self.proxy.clone();
+        move || proxy.as_ref().map(|proxy| proxy.bodies.connection_budget())
     }
 }
 
@@ -141,7 +155,8 @@ where
                         return Ok(status.into_http());
                     }
                     let limit = call.proxy.max_message_bytes;
-                    let request = request.map(|body| Bounded::new(body, limit));
+                    // The reservation is held until the forwarded call has ended.
+                    let (request, _held) = call.proxy.bodies.bound(request);
                     let mut grpc = tonic::server::Grpc::new(RawCodec)
                         .max_decoding_message_size(limit)
                         .max_encoding_message_size(limit);
@@ -214,6 +229,11 @@ impl Service<Request<Bytes>> for Call {
                     .as_ref()
                     .map_or_else(Status::code, |_| tonic::Code::Ok);
                 metrics.forwarded(&method, code_name(code));
+                match &answer {
+                    Ok(_) => metrics.upstream_reached(true),
+                    Err(s) if forwarder::unreachable(s) => metrics.upstream_reached(false),
+                    Err(_) => {}
+                }
             }
             answer
         })

@@ -4,6 +4,7 @@
 //! `status::to_status` only. Authorization — the two decisions a handler asks for — lives
 //! here too; handlers never read headers.
 
+mod admin;
 mod backup;
 mod grants;
 mod keys;

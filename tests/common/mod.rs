@@ -25,6 +25,7 @@ mod client;
 mod config;
 mod etcd;
 pub mod proxy;
+pub mod raw;
 mod replica;
 pub mod upstream;
 

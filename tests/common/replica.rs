@@ -28,11 +28,53 @@ impl Replica {
         let dir = tempfile::tempdir().expect("a temp dir for the replica");
         let config = dir.path().join("credstore.yaml");
         std::fs::write(&config, yaml).expect("config written");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_credstore"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credstore"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"]);
+        Replica::spawn(command, dir)
+    }
+
+    /// Starts `credstore serve` with `config` and a metrics port of its own; returns the port.
+    /// The port is free when chosen, but another process can bind it before the replica
+    /// does: then the start is tried again on another port.
+    pub fn start_with_metrics(config: &super::TestConfig) -> (Replica, u16) {
+        for attempt in 1.. {
+            let port = super::free_port();
+            let yaml = config.clone().set("credstore.http.port", port).yaml();
+            let started =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Replica::start(&yaml)));
+            match started {
+                Ok(replica) => return (replica, port),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .unwrap_or_default();
+                    if attempt == 3 || !message.contains("credstore.http.port") {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Starts `credstore bench-upstream` (an empty MilvusService: fixed answers to
+    /// GetVersion, Connect and HasCollection, UNIMPLEMENTED "bench-upstream: no METHOD" to
+    /// the rest, no credentials checked), an upstream for proxy-tier tests.
+    pub fn bench_upstream() -> Replica {
+        let dir = tempfile::tempdir().expect("a temp dir for the upstream");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credstore"));
+        command.args(["bench-upstream", "--listen", "127.0.0.1:0"]);
+        Replica::spawn(command, dir)
+    }
+
+    /// Runs `command` in `dir` and waits for its "ready on ADDRESS" line.
+    fn spawn(mut command: Command, dir: tempfile::TempDir) -> Replica {
+        let mut child = command
             .env("RUST_LOG", "info")
             .current_dir(dir.path())
             .stdout(Stdio::null())

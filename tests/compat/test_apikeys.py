@@ -261,7 +261,7 @@ def test_who_may_manage_keys_and_what_is_stored(pair, etcd):
     secret = own.split("_", 2)[2]
     for value in stored.values():
         assert secret.encode() not in value and own.encode() not in value
-    record = json.loads(stored[f"{pair.a.root_path}/meta/credstore/auth/apikeys/{key_id(own)}"])
+    record = json.loads(stored[f"{pair.a.root_path}/meta/root-coord/credstore/auth/apikeys/{key_id(own)}"])
     assert record["hash"].startswith("hmac-sha256$") and record["owner"] == dave, record
     assert not any("/root-coord/" in k and key_id(own) in k for k in stored)
 

@@ -14,6 +14,7 @@ from conftest import (
     ROOT_PASSWORD,
     ROOT_USER,
     T,
+    b64,
     raises_milvus,
     raises_rpc,
     pw,
@@ -112,12 +113,59 @@ def test_old_password_fails_new_works(server, root, clients):
     assert clients.can_connect(server, f"{name}:{new}")
 
 
-def test_failed_logins_do_not_lock_out_the_right_password(server, root, clients):
+def _raw_call(server):
+    """GetVersion on a raw channel (below pymilvus), one request per call: the lockout
+    counts requests, and pymilvus may send more than one per connection attempt."""
+    channel = grpc.insecure_channel(f"{server.host}:{server.port}")
+    call = channel.unary_unary(
+        "/milvus.proto.milvus.MilvusService/GetVersion",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    return channel, lambda user, password: call(
+        b"", metadata=[("authorization", b64(f"{user}:{password}"))], timeout=T
+    )
+
+
+def test_failed_logins_below_the_threshold_do_not_lock_out_the_right_password(server, root):
+    """credstore.lockout.threshold (5): four wrong passwords from one address leave the
+    right one working from there."""
     name, password = uname(), pw()
     root.create_user(name, password, timeout=T)
-    for i in range(5):
-        assert not clients.can_connect(server, f"{name}:wrong-{i}")
-    assert clients.can_connect(server, f"{name}:{password}")
+    channel, call = _raw_call(server)
+    try:
+        for i in range(4):
+            with raises_rpc(UNAUTH, match="please check username and password are correct"):
+                call(name, f"wrong-{i}")
+        call(name, password)
+    finally:
+        channel.close()
+
+
+def test_five_failed_logins_lock_out_the_address_with_the_lock_answer(server, root, clients):
+    """The fifth failure from one address locks that (name, address) pair: the right
+    password, never verified on this server, is refused with UNAUTHENTICATED saying the
+    attempts are locked and for how long; a name that does not exist gets the same answer
+    (no enumeration); another user still logs in from the same address."""
+    name, password, ghost = uname(), pw(), uname("ghost")
+    root.create_user(name, password, timeout=T)
+    other, other_password = uname(), pw()
+    root.create_user(other, other_password, timeout=T)
+    channel, call = _raw_call(server)
+    try:
+        for user in (name, ghost):
+            for i in range(5):
+                with raises_rpc(UNAUTH, match="please check username and password are correct"):
+                    call(user, f"wrong-{i}")
+        locked = "login attempts for this user from this address are locked .*retry in [0-9]+ s"
+        with raises_rpc(UNAUTH, match=locked):
+            call(name, password)
+        with raises_rpc(UNAUTH, match=locked):
+            call(ghost, password)
+        call(other, other_password)
+    finally:
+        channel.close()
+    assert clients.can_connect(server, f"{other}:{other_password}")
 
 
 def test_wrong_password_error_is_unauthenticated_not_retried(server, root, clients):

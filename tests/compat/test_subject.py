@@ -361,3 +361,16 @@ def test_grants_follow_a_collections_life(tier, admin, direct):
     ok(call(tier, "Query", moved, ROOT))
     with raises_rpc(DENIED, r"^PrivilegeQuery: "):
         call(tier, "Query", moved, eve)
+
+
+def test_without_an_upstream_a_forwarded_method_says_how_to_configure_one(server):
+    """Issue 21: no upstream configured → UNIMPLEMENTED naming the setting, never an empty
+    message; an unknown method is named; owned methods still work on the same server."""
+    with raises_rpc(grpc.StatusCode.UNIMPLEMENTED,
+                    r"^ShowCollections is served by the upstream Milvus, and none is configured: "
+                    r"set credstore\.upstream\.uri \(serve --upstream\)$"):
+        call(server, "ShowCollections", milvus_pb2.ShowCollectionsRequest(), ROOT)
+    with raises_rpc(grpc.StatusCode.UNIMPLEMENTED, "^credstore does not implement AddUserTags$"):
+        call(server, "AddUserTags", milvus_pb2.AddUserTagsRequest(user_name="root"), ROOT)
+    # Positive control: the same server answers what it owns.
+    assert ROOT_USER in call(server, "ListCredUsers", milvus_pb2.ListCredUsersRequest(), ROOT).usernames
