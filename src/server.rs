@@ -23,8 +23,8 @@ use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Stor
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
 use crate::proto::credstore::api_keys_server::ApiKeysServer;
-use crate::proto::credstore::oidc_server::OidcServer;
 use crate::proto::credstore::credstore_admin_server::CredstoreAdminServer;
+use crate::proto::credstore::oidc_server::OidcServer;
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer, Router};
 use crate::rbac::Policies;
