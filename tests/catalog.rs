@@ -315,12 +315,8 @@ async fn milvus_bcrypt_hash_verifies_and_is_rehashed_to_argon2id() {
         .await
         .unwrap();
     let config = AuthenticatorConfig {
-        enabled: true,
-        super_users: vec![],
-        limits: Limits::default(),
         cache_capacity: 100,
-        cache_ttl: None,
-        lockout: credstore::auth::LockoutPolicy::default(),
+        ..common::authenticator_config()
     };
     let auth = Authenticator::new(config, catalog.clone(), pool())
         .await

@@ -24,6 +24,10 @@
 //!
 //! Pure parsing: no process starts here.
 
+#[path = "common/report.rs"]
+mod report;
+use report::report;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -45,19 +49,6 @@ fn read(relative: &str) -> String {
 fn yaml(relative: &str) -> Value {
     serde_saphyr::from_str(&read(relative))
         .unwrap_or_else(|e| panic!("{relative} is not valid YAML: {e}"))
-}
-
-/// Fails with every finding at once, one per line, under a heading that says the rule.
-fn report(rule: &str, findings: &[String]) {
-    assert!(
-        findings.is_empty(),
-        "{rule}\n{}\n",
-        findings
-            .iter()
-            .map(|f| format!("  - {f}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 // ---------------------------------------------------------------------------------------

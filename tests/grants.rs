@@ -200,13 +200,20 @@ async fn a_grant_racing_drop_role_leaves_no_orphan() {
             .unwrap();
         catalog.drop_role(&role("granted")).await.unwrap();
         assert!(catalog.role_grants("granted").await.unwrap().is_empty());
-        // Racing: whichever wins, no grant outlives its role.
-        for round in 0..20 {
+        // Racing: whichever wins, no grant outlives its role. The grant is held back by
+        // 0–4 ms in turn so both orders occur, and the loop goes on until each was seen.
+        let (mut grant_first, mut drop_first) = (0, 0);
+        for round in 0..200 {
+            if grant_first >= 3 && drop_first >= 3 {
+                break;
+            }
             let name = format!("racer{round}");
             catalog.create_role(&role(&name)).await.unwrap();
             let granting = {
                 let (catalog, name) = (catalog.clone(), name.clone());
+                let delay = Duration::from_millis(round % 5);
                 tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
                     catalog
                         .grant_privilege(
                             &role(&name),
@@ -228,8 +235,16 @@ async fn a_grant_racing_drop_role_leaves_no_orphan() {
                     grants.is_empty(),
                     "round {round}: orphan {grants:?} after {granted:?}"
                 );
+                match granted.is_ok() {
+                    true => grant_first += 1,
+                    false => drop_first += 1,
+                }
             }
         }
+        assert!(
+            grant_first >= 3 && drop_first >= 3,
+            "both orders raced: grant then drop {grant_first} times, drop then grant {drop_first} times"
+        );
     })
     .await
     .expect("within the time limit");

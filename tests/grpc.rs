@@ -6,68 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use credstore::config::{Config, Overrides};
 use credstore::proto::common::Status;
 use credstore::proto::milvus::*;
-use credstore::server::{self, State};
-use tokio::sync::oneshot;
+use credstore::server::State;
 use tonic::Code;
 
-/// An in-process server; dropping it shuts it down.
-struct Server {
-    uri: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(yaml: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let mut config =
-            Config::load(Some(&path), [], &Overrides::default()).expect("test config is valid");
-        // In-process servers run side by side: none opens the metrics port or drains.
-        config.credstore.http.port = 0;
-        config.credstore.shutdown.drain_ms = 0;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let state = State::build(config, address)
-            .await
-            .expect("server state builds");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server::run(listener, state, async move { drop(stopped.await) })
-                .await
-                .expect("server runs");
-        });
-        Server {
-            uri: format!("http://{address}"),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("clean shutdown")
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
+type Server = common::InProcess;
 
 fn ok(status: &Status) {
     assert_eq!(
@@ -754,10 +698,7 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
     server.shutdown().await;
 
     // A wrong etcd password stops start-up with etcd's reason, not a hang.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml("wrong-pw")).unwrap();
-    let config = Config::load(Some(&path), [], &Overrides::default()).unwrap();
+    let config = common::load_config(&yaml("wrong-pw"));
     let address = "127.0.0.1:1".parse().unwrap();
     let err = State::build(config, address)
         .await
@@ -799,13 +740,6 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
     );
 }
 
-/// Runs a test body under a time limit: a hung RPC fails the test instead of holding CI.
-async fn within<F: std::future::Future>(seconds: u64, body: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(seconds), body)
-        .await
-        .expect("test finished in time")
-}
-
 fn select_one(name: &str) -> SelectUserRequest {
     SelectUserRequest {
         user: Some(UserEntity { name: name.into() }),
@@ -817,7 +751,7 @@ fn select_one(name: &str) -> SelectUserRequest {
 async fn descriptions_are_bounded_and_an_oversized_one_stores_nothing() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
-    within(60, async {
+    common::time_limit(Duration::from_secs(60), async {
         let mut root = common::client(&server.uri, "root", "Milvus").await;
         let limit = credstore::service::MAX_DESCRIPTION_LEN;
         assert_eq!(limit, 1024, "the documented limit");
@@ -891,7 +825,7 @@ async fn descriptions_are_bounded_and_an_oversized_one_stores_nothing() {
 async fn role_answers_match_milvus() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
-    within(60, async {
+    common::time_limit(Duration::from_secs(60), async {
         let mut root = common::client(&server.uri, "root", "Milvus").await;
         ok(&root
             .create_credential(create("gina", "password1"))
@@ -938,7 +872,7 @@ async fn removing_a_role_not_held_answers_at_once() {
     let frozen = common::Replica::start(&yaml);
     // Started after the replica, so its view of the sessions includes it.
     let server = Server::start(&yaml).await;
-    within(60, async {
+    common::time_limit(Duration::from_secs(60), async {
         let mut root = common::client(&server.uri, "root", "Milvus").await;
         ok(&root
             .create_credential(create("hana", "password1"))

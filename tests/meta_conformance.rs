@@ -388,9 +388,7 @@ async fn conformance_on_embedded() {
 
 /// The time limit of one conformance run.
 async fn within(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(60), test)
-        .await
-        .expect("the conformance suite finishes within 60 s");
+    common::time_limit(Duration::from_secs(60), test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! replica refuses the old password right after, answers UNAVAILABLE once past its trust
 //! deadline, and accepts the new password after the partition heals; a cleanly stopped
 //! replica releases waiting writers at once.
-//! Each test starts an etcd and replicas: run this file with `--test-threads=1`.
+//! Each test starts an etcd and replicas, one test at a time (`common::cluster_test`).
 
 mod common;
 
@@ -62,9 +62,8 @@ fn start(yaml: String) -> common::Replica {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_replica_delays_a_write_by_at_most_its_ttl_and_never_serves_stale() {
-    tokio::time::timeout(LIMIT, partitioned_replica())
-        .await
-        .expect("the test finishes within its limit");
+    let _cluster = common::cluster_test(LIMIT);
+    partitioned_replica().await;
 }
 
 async fn partitioned_replica() {
@@ -146,9 +145,8 @@ async fn partitioned_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleanly_stopped_replica_releases_a_waiting_writer_at_once() {
-    tokio::time::timeout(LIMIT, stopped_replica())
-        .await
-        .expect("the test finishes within its limit");
+    let _cluster = common::cluster_test(LIMIT);
+    stopped_replica().await;
 }
 
 async fn stopped_replica() {
@@ -193,9 +191,8 @@ async fn stopped_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_watch_stops_trust_long_before_the_lease_would() {
-    tokio::time::timeout(LIMIT, silent_watch())
-        .await
-        .expect("the test finishes within its limit");
+    let _cluster = common::cluster_test(LIMIT);
+    silent_watch().await;
 }
 
 async fn silent_watch() {

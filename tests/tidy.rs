@@ -6,6 +6,10 @@
 //! coherence, metrics) do not speak gRPC; no test is ignored or expected to panic without saying
 //! why; every test that uses the harness (tests/common) has a time limit.
 
+#[path = "common/report.rs"]
+mod report;
+use report::report;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -302,19 +306,6 @@ fn matrix() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         .iter()
         .map(|(module, allowed)| (*module, allowed.iter().copied().collect()))
         .collect()
-}
-
-/// Fails with every finding at once, one per line, under a heading that says the rule.
-fn report(rule: &str, findings: &[String]) {
-    assert!(
-        findings.is_empty(),
-        "{rule}\n{}\n",
-        findings
-            .iter()
-            .map(|f| format!("  - {f}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 #[test]

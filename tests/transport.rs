@@ -8,10 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use credstore::config::{Config, Overrides};
 use credstore::proto::milvus::GetVersionRequest;
 use credstore::proto::milvus::milvus_service_client::MilvusServiceClient;
-use credstore::server::{self, State};
 use credstore::transport::{MAX_HEADER_LIST_BYTES, MAX_STREAMS_PER_CONNECTION};
 use tonic::Code;
 
@@ -22,9 +20,7 @@ const FAILED_AUTH_DELAY: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_with_more_requests_than_the_stream_limit_is_served_in_bounded_waves() {
-    tokio::time::timeout(LIMIT, many_streams_on_one_connection())
-        .await
-        .expect("the test finishes within its limit");
+    common::time_limit(LIMIT, many_streams_on_one_connection()).await;
 }
 
 async fn many_streams_on_one_connection() {
@@ -34,21 +30,8 @@ async fn many_streams_on_one_connection() {
         dir.path().display(),
         FAILED_AUTH_DELAY.as_millis()
     );
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut config = Config::load(Some(&path), [], &Overrides::default()).expect("valid config");
-    // In-process servers run side by side: none opens the metrics port or drains.
-    config.credstore.http.port = 0;
-    config.credstore.shutdown.drain_ms = 0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let state = State::build(config, address).await.expect("state builds");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        listener,
-        state,
-        async move { drop(stopped.await) },
-    ));
+    let server = common::InProcess::start(&yaml).await;
+    let address = server.address;
 
     // One channel is one HTTP/2 connection.
     let channel = common::channel(&format!("http://{address}")).await;
@@ -104,9 +87,5 @@ async fn many_streams_on_one_connection() {
         "an oversized header block reached the auth layer: {refused:?}"
     );
 
-    let _ = stop.send(());
-    server
-        .await
-        .expect("server task")
-        .expect("server stops cleanly");
+    server.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! The test harness shared by the integration tests: real etcd processes (`etcd.rs`), real
-//! `credstore serve` processes (`replica.rs`), a tonic client that authenticates the way
+//! `credstore serve` processes (`replica.rs`), an in-process server (`inprocess.rs`), a tonic client that authenticates the way
 //! pymilvus does (`client.rs`) and test configs built as values (`config.rs`). This file holds
 //! what every test needs besides: time limits, the cluster lock, unique root paths, patient
 //! polling and external tools. Everything started here is stopped when its handle drops, so
@@ -24,6 +24,7 @@
 mod client;
 mod config;
 mod etcd;
+mod inprocess;
 pub mod proxy;
 pub mod raw;
 mod replica;
@@ -31,7 +32,7 @@ pub mod upstream;
 
 // A test binary that uses no name of a part would warn about its re-export.
 #[allow(unused_imports)]
-pub use {client::*, config::*, etcd::*, replica::*};
+pub use {client::*, config::*, etcd::*, inprocess::*, replica::*};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -232,4 +233,18 @@ pub fn run_tool(command: &mut Command) -> std::process::Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// What an in-test `Authenticator` runs with unless a test changes a field: authentication
+/// on, no super users, Milvus's limits, a 1 000-entry cache without expiry, the default
+/// lockout.
+pub fn authenticator_config() -> credstore::auth::AuthenticatorConfig {
+    credstore::auth::AuthenticatorConfig {
+        enabled: true,
+        super_users: vec![],
+        limits: credstore::password::Limits::default(),
+        cache_capacity: 1000,
+        cache_ttl: None,
+        lockout: credstore::auth::LockoutPolicy::default(),
+    }
 }
