@@ -9,6 +9,7 @@ grpc.RpcError.
 
 import base64
 import re
+import signal
 
 import grpc
 import pytest
@@ -233,3 +234,47 @@ def test_get_server_version(server, clients, orm):
     alias = orm.connect(server)
     assert utility.get_server_version(using=alias, timeout=T)
     assert connections.has_connection(alias)
+
+
+def test_the_refusal_checks_fail_when_the_server_is_down(start_server, orm, clients):
+    """The helpers every negative check above goes through cannot pass against a server
+    that does not answer: paused (SIGSTOP: connections open, nothing answers, the deadline
+    passes), then killed (connections refused). The same checks pass while it serves."""
+    s = start_server()
+    channel = grpc.insecure_channel(f"{s.host}:{s.port}")
+    call = channel.unary_unary(
+        "/milvus.proto.milvus.MilvusService/ListCredUsers",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    checks = {
+        "Clients.refused": lambda: clients.refused(s, WRONG_PASSWORD, token="root:wrong"),
+        "Orm.refused": lambda: orm.refused(s, None, None, NO_CREDENTIALS),
+        "Clients.can_connect": lambda: clients.can_connect(s, "root:wrong"),
+        "Orm.can_connect": lambda: orm.can_connect(s, ROOT_USER, "wrong"),
+        "raises_refusal": lambda: _raw_refusal(call),
+    }
+    try:
+        for name, check in checks.items():
+            assert check() in (None, False), name  # serving: every check passes
+        assert clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
+        s.proc.send_signal(signal.SIGSTOP)
+        try:
+            # One pymilvus check (its Connect waits T seconds) and the raw call.
+            for name in ("Clients.refused", "raises_refusal"):
+                with pytest.raises(pytest.fail.Exception, match="server unreachable: not a refusal"):
+                    checks[name]()
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        s.proc.kill()
+        s.proc.wait(10)
+        for name, check in checks.items():
+            with pytest.raises(pytest.fail.Exception, match="server unreachable: not a refusal"):
+                check()
+    finally:
+        channel.close()
+
+
+def _raw_refusal(call) -> None:
+    with raises_refusal(WRONG_PASSWORD):
+        call(b"", metadata=[("authorization", b64("root:wrong"))], timeout=2)
