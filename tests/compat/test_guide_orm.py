@@ -114,7 +114,7 @@ def test_reset_password_switches_connection_to_reset_user(server, orm):
     # The alias now speaks as `user` (a normal user), so root-only calls are refused...
     with raises_rpc(DENIED, match=f"permission deny to {user}"):
         utility.list_usernames(using=admin, timeout=T)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeCreateOwnership: permission deny to {user} in the `default` database$"):
         utility.create_user(uname(), pw(), using=admin, timeout=T)
     # ...while acting on itself works with the new password.
     info = utility.list_user(user, False, using=admin, timeout=T)
@@ -236,7 +236,7 @@ def test_normal_user_cannot_change_someone_elses_password(server, orm):
     utility.create_user(b, b_pw, using=admin, timeout=T)
     as_a = orm.connect(server, a, a_pw)
     # Even with b's correct old password: UpdateUser on another user's object is RBAC.
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeUpdateUser: permission deny to {a} in the `default` database$"):
         utility.update_password(b, b_pw, pw(), using=as_a, timeout=T)
     assert orm.can_connect(server, b, b_pw)
 

@@ -127,7 +127,7 @@ def test_normal_user_is_denied_user_management(server, root, clients):
         me.drop_user(other, timeout=T)
     with raises_rpc(DENIED, match=f"permission deny to {name}"):
         me.list_users(timeout=T)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeSelectUser: permission deny to {name} in the `default` database$"):
         me.describe_user(other, timeout=T)
     assert other in root.list_users(timeout=T)
 
@@ -153,7 +153,7 @@ def test_grant_admin_lets_user_manage_users(server, root, clients):
     boss, boss_pw = uname("boss"), pw()
     root.create_user(boss, boss_pw, timeout=T)
     me = clients.make(server, user=boss, password=boss_pw)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeCreateOwnership: permission deny to {boss} in the `default` database$"):
         me.create_user(uname(), pw(), timeout=T)
 
     root.grant_role(boss, "admin", timeout=T)
@@ -172,7 +172,7 @@ def test_grant_admin_lets_user_manage_users(server, root, clients):
 
     root.revoke_role(boss, "admin", timeout=T)
     assert "admin" not in root.describe_user(boss, timeout=T).get("roles", ())
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeCreateOwnership: permission deny to {boss} in the `default` database$"):
         me.create_user(uname(), pw(), timeout=T)
 
 
@@ -185,7 +185,7 @@ def test_dropping_a_user_drops_its_role_binding(server, root, clients):
     root.create_user(name, password, timeout=T)
     assert tuple(root.describe_user(name, timeout=T).get("roles", ("<missing>",))) == ()
     me = clients.make(server, user=name, password=password)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeSelectOwnership: permission deny to {name} in the `default` database$"):
         me.list_users(timeout=T)
 
 
