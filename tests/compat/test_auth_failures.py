@@ -271,6 +271,11 @@ def test_the_refusal_checks_fail_when_the_server_is_down(start_server, orm, clie
         for name, check in checks.items():
             with pytest.raises(pytest.fail.Exception, match="server unreachable: not a refusal"):
                 check()
+        # The admin CLI's refusal checks compare its whole stderr with the server's answer
+        # ("credstore: server refused: ..."); a dead server gets another line.
+        dead = s.cli("user", "list", password="wrong")
+        assert dead.returncode != 0
+        assert dead.stderr == f"credstore: cannot reach {s.uri}: transport error\n", dead.stderr
     finally:
         channel.close()
 
