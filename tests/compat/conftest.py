@@ -6,6 +6,12 @@ for pymilvus ORM connections, MilvusClient instances, etcdctl and the admin CLI.
 
 Nothing here is mocked: every test talks to the real binary over gRPC with the real
 pymilvus client, exactly as a user would.
+
+A negative login check asserts the refusal, never "a failure": pymilvus raises the same
+MilvusException(code 2) for a wrong password and a dead server, so `refused`, `can_connect`
+and `raises_refusal` check the gRPC answer behind it against a `Refusal` (code and text).
+COMPAT_REFUSALS_AGAINST=killed|paused runs every such check first against a stopped server,
+where it must fail (see "proving the negative checks" below).
 """
 
 from __future__ import annotations
@@ -527,6 +533,7 @@ WRONG_PASSWORD = Refusal(
     "auth check failure, please check username and password are correct",
 )
 NO_CREDENTIALS = Refusal("no credentials", UNAUTHENTICATED, "missing authorization in header")
+BAD_TOKEN = Refusal("undecodable token", UNAUTHENTICATED, "invalid token format")
 BAD_API_KEY = Refusal(
     "API key", UNAUTHENTICATED, "auth check failure, please check api key is correct"
 )
@@ -586,9 +593,6 @@ def raises_refusal(refusal: Refusal, what: str = "call") -> Iterator[Dict[str, A
         pytest.fail(f"{what}: expected {refusal}, but the call succeeded", pytrace=False)
 
 
-BAD_TOKEN = Refusal("undecodable token", UNAUTHENTICATED, "invalid token format")
-
-
 # ---- proving the negative checks: COMPAT_REFUSALS_AGAINST=killed|paused ------------------
 #
 # With the variable set, every negative login check made through `refused`, `can_connect`
@@ -596,8 +600,11 @@ BAD_TOKEN = Refusal("undecodable token", UNAUTHENTICATED, "invalid token format"
 # that was killed (SIGKILL) or paused (SIGSTOP) — that judgement must FAIL, and is recorded —
 # then against the real server as usual, so the test goes on to its next check. A check that
 # passes against the stand-in fails the test at once ("passed against a killed server"). The
-# session's summary counts both. Calls that bypass the helpers reach the real server in the
-# first round, pass, and so are caught the same way.
+# session's summary counts both. A call given to `refused` that connects without `Orm`,
+# `Clients` or `retarget` reaches the real server in the first round, passes, and so is
+# caught the same way. Raw gRPC checks (`raises_refusal`) and the CLI's are not redirected:
+# test_auth_failures.py::test_the_refusal_checks_fail_when_the_server_is_down shows what a
+# dead or hung server gives them.
 
 PROOF_MODE = os.environ.get("COMPAT_REFUSALS_AGAINST", "")
 if PROOF_MODE not in ("", "killed", "paused"):
