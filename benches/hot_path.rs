@@ -194,6 +194,7 @@ async fn authenticator(
         limits: Limits::default(),
         cache_capacity: 1000,
         cache_ttl: None,
+        lockout: credstore::auth::LockoutPolicy::default(),
     };
     let auth = Authenticator::with_oidc(config, catalog.clone(), pool, oidc)
         .await

@@ -3,10 +3,11 @@
 # unit and integration tests (real etcd processes), and the pymilvus compatibility suite
 # (real `credstore serve` processes). This is the command CI runs.
 #
-# Each stage prints its time; at the end (also on failure) a table of the stages and the
-# `cargo test` summary line of every test binary. Stages have a time limit as a backstop
-# (every Rust integration test has its own, see tests/common/mod.rs); override with
-# CREDSTORE_CARGO_TEST_LIMIT / CREDSTORE_PYTEST_LIMIT (timeout(1) durations).
+# Every stage runs even when an earlier one failed (a Rust failure must not hide the pymilvus
+# results); each prints its time, and at the end a table of the stages and the `cargo test`
+# summary line of every test binary; the script fails if any stage did. Every stage has a
+# time limit as a backstop (every Rust integration test has its own, see tests/common/mod.rs);
+# override with CREDSTORE_{SETUP,FMT,CLIPPY,CARGO_TEST,PYTEST}_LIMIT (timeout(1) durations).
 #
 # Cluster tests do not race each other for CPU: within a test binary they take a
 # process-wide lock (`common::cluster_test`), and cargo runs test binaries one at a time.
@@ -15,10 +16,14 @@ cd "$(dirname "$0")/.."
 
 # CI builds from a clean checkout: incremental state would only cost disk (gigabytes).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+setup_limit="${CREDSTORE_SETUP_LIMIT:-20m}"
+fmt_limit="${CREDSTORE_FMT_LIMIT:-2m}"
+clippy_limit="${CREDSTORE_CLIPPY_LIMIT:-30m}"
 cargo_test_limit="${CREDSTORE_CARGO_TEST_LIMIT:-40m}"
 pytest_limit="${CREDSTORE_PYTEST_LIMIT:-20m}"
 test_log="$(mktemp -t credstore-cargo-test.XXXXXX)"
 stages=()
+failed=()
 started=$SECONDS
 
 summary() {
@@ -34,6 +39,9 @@ summary() {
   echo
   echo "== stages"
   for line in "${stages[@]}"; do echo "  $line"; done
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "  failed: ${failed[*]}"
+  fi
   echo "  total: $((SECONDS - started)) s, exit $rc"
   rm -f "$test_log"
 }
@@ -76,8 +84,21 @@ pytest_compat() {
   return "$rc"
 }
 
-stage "setup" scripts/setup.sh
-stage "cargo fmt" cargo fmt --all -- --check
-stage "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
-stage "cargo test" cargo_test
-stage "pymilvus compatibility (tests/compat)" pytest_compat
+# limited LIMIT COMMAND...: COMMAND under a time limit (exit 124 when over it).
+limited() {
+  local limit=$1
+  shift
+  timeout --kill-after=30s "$limit" "$@"
+}
+
+# Every stage runs; a failed one is remembered and fails the script at the end.
+run_stage() {
+  stage "$@" || failed+=("$1")
+}
+
+run_stage "setup" limited "$setup_limit" scripts/setup.sh
+run_stage "cargo fmt" limited "$fmt_limit" cargo fmt --all -- --check
+run_stage "cargo clippy" limited "$clippy_limit" cargo clippy --locked --all-targets -- -D warnings
+run_stage "cargo test" cargo_test
+run_stage "pymilvus compatibility (tests/compat)" pytest_compat
+[ ${#failed[@]} -eq 0 ]

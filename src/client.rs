@@ -16,14 +16,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::common::Status;
+use crate::proto::credstore::UnlockRequest;
 use crate::proto::credstore::api_keys_client::ApiKeysClient;
+use crate::proto::credstore::credstore_admin_client::CredstoreAdminClient;
 use crate::proto::credstore::oidc_client::OidcClient;
 use crate::proto::credstore::{
     ApiKeyInfo, CreateApiKeyRequest, CreateApiKeyResponse, ListApiKeysRequest, ListOidcRequest,
     ListOidcResponse, RevokeApiKeyRequest, RevokeTokensRequest,
 };
-use crate::proto::credstore::UnlockRequest;
-use crate::proto::credstore::credstore_admin_client::CredstoreAdminClient;
 use crate::proto::milvus::milvus_service_client::MilvusServiceClient;
 use crate::proto::milvus::*;
 use crate::tls::{ClientTls, TlsError};

@@ -23,8 +23,8 @@ use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Stor
 use crate::metrics::{Metrics, Reading};
 use crate::password::{HashError, Hasher, Password, RuleError, Username};
 use crate::proto::credstore::api_keys_server::ApiKeysServer;
-use crate::proto::credstore::oidc_server::OidcServer;
 use crate::proto::credstore::credstore_admin_server::CredstoreAdminServer;
+use crate::proto::credstore::oidc_server::OidcServer;
 use crate::proto::milvus::milvus_service_server::MilvusServiceServer;
 use crate::proxy::{ProxyError, ProxyLayer, Router};
 use crate::rbac::Policies;
@@ -625,16 +625,6 @@ impl Drop for Tasks {
     }
 }
 
-/// The request stack every connection feeds, outermost first. Before it, `transport` has
-/// admitted the connection (caps per replica and per peer), seen TLS and the HTTP/2 preface
-/// within the handshake deadline, applied the HTTP/2 limits, and put the request deadline
-/// around each request (see `transport`):
-/// 1. authentication — before routing, so no handler runs unauthenticated (hashing inside it
-///    is bounded separately by the hash pool);
-/// 2. routing: `grpc.health.v1` (which the auth layer lets through without credentials),
-///    credstore's own `credstore.v1.CredstoreAdmin` (unlock; never forwarded), and the Milvus
-///    service inside the proxy layer (forwarded calls are authenticated, then authorized and
-///    forwarded; owned calls go to the handlers).
 /// credstore's own gRPC services (`credstore.v1`).
 struct Own {
     admin: CredstoreAdminServer<Api>,
@@ -642,6 +632,17 @@ struct Own {
     oidc: OidcServer<Api>,
 }
 
+/// The request stack every connection feeds, outermost first. Before it, `transport` has
+/// admitted the connection (caps per replica and per peer), seen TLS and the HTTP/2 preface
+/// within the handshake deadline, applied the HTTP/2 limits, and put the request deadline
+/// around each request (see `transport`):
+/// 1. authentication — before routing, so no handler runs unauthenticated (hashing inside it
+///    is bounded separately by the hash pool);
+/// 2. routing: `grpc.health.v1` (which the auth layer lets through without credentials),
+///    credstore's own `credstore.v1` services (`CredstoreAdmin`: unlock; `ApiKeys`, `Oidc`;
+///    never forwarded), and the Milvus
+///    service inside the proxy layer (forwarded calls are authenticated, then authorized and
+///    forwarded; owned calls go to the handlers).
 fn stack(
     auth: AuthLayer,
     health: tonic_health::pb::health_server::HealthServer<

@@ -75,7 +75,8 @@ fn cluster(
     config: impl Fn(common::TestConfig) -> common::TestConfig,
 ) -> (common::Etcd, [Replica; 2]) {
     let etcd = common::Etcd::start();
-    let base = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root(name));
+    let base = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root(name))
+        .set("credstore.lockout.enabled", true);
     let yaml = config(base).yaml();
     let replicas = common::start_replicas_from([yaml.clone(), yaml]);
     (etcd, replicas)
@@ -306,6 +307,7 @@ async fn unlock_lifts_every_lock_on_every_replica_and_is_audited_and_counted() {
     let (port_a, port_b) = (common::free_port(), common::free_port());
     let etcd = tokio::task::block_in_place(common::Etcd::start);
     let base = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root("unlock"))
+        .set("credstore.lockout.enabled", true)
         .set("credstore.lockout.accountThreshold", 10)
         .set("credstore.audit.path", audit.to_str().unwrap());
     let [a, b] = common::start_replicas_from([

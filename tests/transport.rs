@@ -30,7 +30,7 @@ async fn one_connection_with_more_requests_than_the_stream_limit_is_served_in_bo
 async fn many_streams_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "etcd:\n  data:\n    dir: {}\ncredstore:\n  failedAuthDelayMs: {}\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1}}\n",
+        "etcd:\n  data:\n    dir: {}\ncredstore:\n  failedAuthDelayMs: {}\n  lockout:\n    enabled: false\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1}}\n",
         dir.path().display(),
         FAILED_AUTH_DELAY.as_millis()
     );

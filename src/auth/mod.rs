@@ -39,8 +39,8 @@ pub use authenticator::{Authenticator, AuthenticatorConfig, SeenIdentity};
 pub use bearer::Refusal;
 pub use cache::{AuthStats, CredentialCache};
 pub use layer::{AuthLayer, AuthService};
-pub use oidc::{JwksSource, Oidc, OidcSettings};
 pub use lockout::{LockedCounts, Lockout, LockoutObserver, LockoutPolicy, MAX_TRACKED};
+pub use oidc::{JwksSource, Oidc, OidcSettings};
 
 /// Who sent `request` (put there by [`AuthLayer`]; `None` if it did not pass through it) and
 /// the database it names in Milvus's `dbname` header (absent or empty: `default`). The

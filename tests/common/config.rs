@@ -28,7 +28,9 @@ impl TestConfig {
     }
 
     /// The usual test config: etcd at `endpoints` under `root`, superUsers `root` and `foo`,
-    /// no failed-authentication delay, and fast (weak) hashing, which production refuses
+    /// no failed-authentication delay, no lockout or pacing of failed logins (coherence tests
+    /// try old passwords hundreds of times from one address; tests/lockout.rs and
+    /// tests/fair_hashing.rs switch it on), and fast (weak) hashing, which production refuses
     /// unless switched on explicitly.
     pub fn on_etcd(endpoints: &str, root: &str) -> TestConfig {
         TestConfig::new()
@@ -36,6 +38,7 @@ impl TestConfig {
             .set("etcd.rootPath", root)
             .set("common.security.superUsers", "root, foo")
             .set("credstore.failedAuthDelayMs", 0)
+            .set("credstore.lockout.enabled", false)
             .weak_hashing()
     }
 
