@@ -6,12 +6,19 @@ for pymilvus ORM connections, MilvusClient instances, etcdctl and the admin CLI.
 
 Nothing here is mocked: every test talks to the real binary over gRPC with the real
 pymilvus client, exactly as a user would.
+
+A negative login check asserts the refusal, never "a failure": pymilvus raises the same
+MilvusException(code 2) for a wrong password and a dead server, so `refused`, `can_connect`
+and `raises_refusal` check the gRPC answer behind it against a `Refusal` (code and text).
+COMPAT_REFUSALS_AGAINST=killed|paused runs every such check first against a stopped server,
+where it must fail (see "proving the negative checks" below).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -433,9 +440,20 @@ def _describe(e: BaseException) -> str:
     return repr(e)
 
 
+# pymilvus's code for every failed Connect: a wrong password, a dead server and a timeout all
+# raise MilvusException(2, "Fail connecting to server on H:P, illegal connection params or
+# server unavailable"), so the code alone proves nothing; `refused` reads the gRPC answer.
+CONNECT_FAILED = 2
+
+
 @contextlib.contextmanager
 def raises_milvus(code: int, match: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """The call must fail with a pymilvus MilvusException carrying `code`."""
+    if code == CONNECT_FAILED:
+        raise ValueError(
+            "MilvusException code 2 is pymilvus's answer to every failed Connect, a dead "
+            "server's included: assert the refusal with refused(...) or can_connect(...)"
+        )
     box: Dict[str, Any] = {}
     try:
         yield box
@@ -474,6 +492,208 @@ def raises_rpc(code: grpc.StatusCode, match: Optional[str] = None) -> Iterator[D
 
 
 # --------------------------------------------------------------------------------------
+# refusals: what a negative login check must see
+# --------------------------------------------------------------------------------------
+
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+
+# What a client sees when nothing answered: never a refusal, whatever the test expects.
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """How a server refuses a login: the gRPC status code and a regular expression the
+    status text must match whole (credstore's texts are `auth::AuthError`'s)."""
+
+    name: str
+    code: grpc.StatusCode
+    text: str
+
+    def check(self, code: Any, details: Optional[str], what: str) -> None:
+        """Fails the test unless (`code`, `details`) is this refusal. An UNAVAILABLE or
+        DEADLINE_EXCEEDED that is not the expected answer says the server was unreachable."""
+        details = details or ""
+        if code == self.code and re.fullmatch(self.text, details, re.S):
+            return
+        if code in UNREACHABLE:
+            pytest.fail(
+                f"server unreachable: not a refusal: {what} got {code} {details!r}, "
+                f"expected {self}",
+                pytrace=False,
+            )
+        pytest.fail(f"{what}: expected {self}, got {code} {details!r}", pytrace=False)
+
+    def __str__(self) -> str:
+        return f"the {self.name} refusal ({self.code.name} /{self.text}/)"
+
+
+WRONG_PASSWORD = Refusal(
+    "wrong password", UNAUTHENTICATED,
+    "auth check failure, please check username and password are correct",
+)
+NO_CREDENTIALS = Refusal("no credentials", UNAUTHENTICATED, "missing authorization in header")
+BAD_TOKEN = Refusal("undecodable token", UNAUTHENTICATED, "invalid token format")
+BAD_API_KEY = Refusal(
+    "API key", UNAUTHENTICATED, "auth check failure, please check api key is correct"
+)
+LOCKED = Refusal(
+    "locked", UNAUTHENTICATED,
+    r"auth check failure: login attempts for this user from (this|every) address are locked "
+    r"after too many failures; retry in [0-9]+ s or ask an administrator to unlock",
+)
+THROTTLED = Refusal(
+    "throttled", grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too many logins of this user, or failed logins from this address, right now; "
+    "retry in a moment",
+)
+BUSY = Refusal(
+    "hashing queue full", grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too many password hash computations are waiting; retry later",
+)
+
+
+def grpc_cause(e: BaseException) -> Optional[grpc.RpcError]:
+    """The gRPC answer behind a pymilvus exception (pymilvus raises its connect failure
+    `from` the RpcError of its Connect call), or None."""
+    seen = set()
+    cause: Optional[BaseException] = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, grpc.RpcError) and hasattr(cause, "code"):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def check_refusal(e: BaseException, refusal: Refusal, what: str) -> None:
+    """`e`, raised by a pymilvus connect (or a raw gRPC call), must be `refusal`: the
+    gRPC status the server answered pymilvus's Connect with, not just code 2."""
+    _Proof.refusals += 1
+    rpc = grpc_cause(e)
+    if rpc is None:
+        pytest.fail(f"{what}: no gRPC answer behind {_describe(e)}; expected {refusal}",
+                    pytrace=False)
+    refusal.check(rpc.code(), rpc.details(), what)
+    if isinstance(e, MilvusException):
+        assert e.code == CONNECT_FAILED, f"{what}: {_describe(e)}"
+
+
+@contextlib.contextmanager
+def raises_refusal(refusal: Refusal, what: str = "call") -> Iterator[Dict[str, Any]]:
+    """The call inside (a raw gRPC call, or a pymilvus call on a connected client, where
+    pymilvus passes the RpcError up as it is) must be refused with `refusal`."""
+    box: Dict[str, Any] = {}
+    try:
+        yield box
+    except (MilvusException, grpc.RpcError) as e:  # noqa: PERF203
+        box["exc"] = e
+        check_refusal(e, refusal, what)
+    else:
+        pytest.fail(f"{what}: expected {refusal}, but the call succeeded", pytrace=False)
+
+
+# ---- proving the negative checks: COMPAT_REFUSALS_AGAINST=killed|paused ------------------
+#
+# With the variable set, every negative login check made through `refused`, `can_connect`
+# (when it is refused) or `Orm`/`Clients` is made twice: first against a stand-in server
+# that was killed (SIGKILL) or paused (SIGSTOP) — that judgement must FAIL, and is recorded —
+# then against the real server as usual, so the test goes on to its next check. A check that
+# passes against the stand-in fails the test at once ("passed against a killed server"). The
+# session's summary counts both. A call given to `refused` that connects without `Orm`,
+# `Clients` or `retarget` reaches the real server in the first round, passes, and so is
+# caught the same way. Raw gRPC checks (`raises_refusal`) and the CLI's are not redirected:
+# test_auth_failures.py::test_the_refusal_checks_fail_when_the_server_is_down shows what a
+# dead or hung server gives them.
+
+PROOF_MODE = os.environ.get("COMPAT_REFUSALS_AGAINST", "")
+if PROOF_MODE not in ("", "killed", "paused"):
+    raise ValueError(f"COMPAT_REFUSALS_AGAINST must be killed or paused, not {PROOF_MODE!r}")
+
+
+class _Proof:
+    stand_in: Optional["Server"] = None
+    redirecting = False
+    refusals = 0  # refusals checked in this session (see _drop_test_users)
+    failed: List[str] = []  # checks that failed against the stand-in, as they must
+    passed: List[str] = []  # checks that passed against it: broken checks
+
+
+def address(host: str, port: int) -> Tuple[str, int]:
+    """Where a client helper connects: (host, port), or the stand-in's while a negative
+    check is being proved."""
+    if _Proof.redirecting:
+        s = _Proof.stand_in
+        assert s is not None, "proof mode without a stand-in server"
+        return s.host, s.port
+    return host, port
+
+
+def retarget(uri: str) -> str:
+    """`uri` with its host:port replaced by the stand-in's while a check is being proved."""
+    if not _Proof.redirecting:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, _ = netloc.rpartition("@")
+    host, port = address("", 0)
+    return f"{scheme}://{userinfo}{at}{host}:{port}{slash}{path}"
+
+
+def _attempt(call: Callable[[], Any]) -> Optional[BaseException]:
+    """Runs `call`; what it raised (pymilvus or gRPC), or None if it succeeded."""
+    try:
+        result = call()
+    except (MilvusException, grpc.RpcError) as e:
+        return e
+    if hasattr(result, "close"):
+        with contextlib.suppress(Exception):
+            result.close()
+    return None
+
+
+def _judge(e: Optional[BaseException], refusal: Refusal, what: str) -> None:
+    if e is None:
+        pytest.fail(f"{what}: expected {refusal}, but the call succeeded", pytrace=False)
+    check_refusal(e, refusal, what)
+
+
+def _current_test() -> str:
+    return os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+
+
+def _prove(call: Callable[[], Any], refusal: Refusal, what: str) -> None:
+    """Proof mode: the same check against the stand-in must fail."""
+    if not PROOF_MODE:
+        return
+    _Proof.redirecting = True
+    try:
+        e = _attempt(call)
+    finally:
+        _Proof.redirecting = False
+    try:
+        _judge(e, refusal, what)
+    except (AssertionError, pytest.fail.Exception) as failure:
+        why = str(failure).splitlines()[0]
+        reason = "server unreachable" if "server unreachable" in why else why[:120]
+        _Proof.failed.append(f"{_current_test()}: {what}: {reason}")
+        return
+    _Proof.passed.append(f"{_current_test()}: {what}")
+    pytest.fail(f"{what}: the check passed against a {PROOF_MODE} server", pytrace=False)
+
+
+def refused(call: Callable[[], Any], refusal: Refusal = WRONG_PASSWORD,
+            what: str = "login") -> BaseException:
+    """`call` (a pymilvus connect, or a raw gRPC call) must be refused with `refusal`: the
+    server answered with that gRPC code and text. Returns what was raised."""
+    _prove(call, refusal, what)
+    e = _attempt(call)
+    _judge(e, refusal, what)
+    assert e is not None
+    return e
+
+
+# --------------------------------------------------------------------------------------
 # pymilvus connection helpers
 # --------------------------------------------------------------------------------------
 
@@ -494,9 +714,12 @@ class Orm:
     ) -> str:
         alias = alias or f"a_{uuid.uuid4().hex[:10]}"
         self.aliases.append(alias)
-        if "uri" not in kwargs:
-            kwargs.setdefault("host", server.host)
-            kwargs.setdefault("port", str(server.port))
+        host, port = address(server.host, server.port)
+        if "uri" in kwargs:
+            kwargs["uri"] = retarget(kwargs["uri"])
+        else:
+            kwargs.setdefault("host", host)
+            kwargs.setdefault("port", str(port))
         if user is not None:
             kwargs["user"] = user
         if password is not None:
@@ -504,15 +727,38 @@ class Orm:
         connections.connect(alias=alias, timeout=T, **kwargs)
         return alias
 
-    def can_connect(self, server: Server, user: Optional[str], password: Optional[str]) -> bool:
-        """True if connect works; False if it fails the way pymilvus reports auth failures."""
+    def can_connect(
+        self,
+        server: Server,
+        user: Optional[str],
+        password: Optional[str],
+        refusal: Refusal = WRONG_PASSWORD,
+    ) -> bool:
+        """True if connect works; False if the server refused it with `refusal` (checked on
+        the gRPC answer); anything else (a dead server, another refusal) fails the test."""
+        what = f"ORM connect as {user!r} to {server.name}"
         try:
             alias = self.connect(server, user, password)
-        except MilvusException as e:
-            assert e.code == 2, f"connect failed, but not with code 2: {_describe(e)}"
-            return False
-        self.disconnect(alias)
-        return True
+        except (MilvusException, grpc.RpcError) as raised:
+            e: BaseException = raised
+        else:
+            self.disconnect(alias)
+            return True
+        _prove(lambda: self.connect(server, user, password), refusal, what)
+        check_refusal(e, refusal, what)
+        return False
+
+    def refused(
+        self,
+        server: Server,
+        user: Optional[str],
+        password: Optional[str],
+        refusal: Refusal = WRONG_PASSWORD,
+        **kwargs: Any,
+    ) -> None:
+        """The ORM connect must be refused with `refusal`."""
+        refused(lambda: self.connect(server, user, password, **kwargs), refusal,
+                f"ORM connect as {user!r} to {server.name}")
 
     def disconnect(self, alias: str) -> None:
         with contextlib.suppress(Exception):
@@ -535,11 +781,15 @@ class Clients:
         token: Optional[str] = None,
         user: Optional[str] = None,
         password: Optional[str] = None,
+        anonymous: bool = False,
         **kwargs: Any,
     ) -> MilvusClient:
-        if token is None and user is None and password is None:
+        """A client as root, or with `token` or `user`/`password`; `anonymous=True` sends no
+        credentials at all."""
+        if token is None and user is None and password is None and not anonymous:
             token = f"{ROOT_USER}:{ROOT_PASSWORD}"
-        args: Dict[str, Any] = {"uri": server.uri, "timeout": T, "dedicated": True}
+        host, port = address(server.host, server.port)
+        args: Dict[str, Any] = {"uri": f"http://{host}:{port}", "timeout": T, "dedicated": True}
         if token is not None:
             args["token"] = token
         if user is not None:
@@ -551,13 +801,24 @@ class Clients:
         self.clients.append(c)
         return c
 
-    def can_connect(self, server: Server, token: Optional[str]) -> bool:
-        try:
-            self.make(server, token=token if token is not None else "")
-        except MilvusException as e:
-            assert e.code == 2, f"MilvusClient failed, but not with code 2: {_describe(e)}"
-            return False
-        return True
+    def can_connect(
+        self, server: Server, token: Optional[str], refusal: Refusal = WRONG_PASSWORD
+    ) -> bool:
+        """True if a MilvusClient with `token` connects; False if the server refused it with
+        `refusal` (checked on the gRPC answer); anything else fails the test."""
+        what = f"MilvusClient connect to {server.name}"
+        connect = lambda: self.make(server, token=token if token is not None else "")  # noqa: E731
+        e = _attempt(connect)
+        if e is None:
+            return True
+        _prove(connect, refusal, what)
+        check_refusal(e, refusal, what)
+        return False
+
+    def refused(self, server: Server, refusal: Refusal = WRONG_PASSWORD, **kwargs: Any) -> None:
+        """A MilvusClient made with `kwargs` (see `make`) must be refused with `refusal`."""
+        refused(lambda: self.make(server, **kwargs), refusal,
+                f"MilvusClient connect to {server.name}")
 
     def close_all(self) -> None:
         for c in self.clients:
@@ -584,6 +845,50 @@ def _per_test_deadline() -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _refusal_stand_in(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In proof mode (COMPAT_REFUSALS_AGAINST), the stand-in server every negative check is
+    first made against: a real `credstore serve`, killed or paused once it was ready."""
+    if not PROOF_MODE:
+        yield
+        return
+    etcd: Etcd = request.getfixturevalue("etcd")
+    session_dir: str = request.getfixturevalue("session_dir")
+    s = _session_server("stand-in", etcd, session_dir)
+    holder: Optional[socket.socket] = None
+    if PROOF_MODE == "killed":
+        s.proc.kill()
+        s.proc.wait(10)
+        # Bound, never listening: connections are refused, and no later server gets the port.
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind((s.host, s.port))
+    else:
+        s.proc.send_signal(signal.SIGSTOP)
+    _Proof.stand_in = s
+    try:
+        yield
+    finally:
+        if holder is not None:
+            holder.close()
+        if PROOF_MODE == "paused":
+            s.proc.send_signal(signal.SIGCONT)
+        s.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not PROOF_MODE:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", f"negative checks against a {PROOF_MODE} server")
+    tr.write_line(
+        f"{len(_Proof.failed)} failed, as they must; {len(_Proof.passed)} passed (broken checks)"
+    )
+    for line in _Proof.failed:
+        tr.write_line(f"  failed: {line}")
+    for line in _Proof.passed:
+        tr.write_line(f"  PASSED: {line}")
 
 
 @pytest.fixture(scope="session")
@@ -689,6 +994,7 @@ def _drop_test_users(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test, drop the users it left on the shared session servers, so no test
     sees another's users and a Milvus-style user limit (proxy.maxUserNum) is never hit.
     Best effort: a failure here must not mask the test's own result."""
+    refusals_before = _Proof.refusals
     yield
     for fixture_name in ("server", "noauth_server"):
         if fixture_name not in request.fixturenames:
@@ -696,6 +1002,12 @@ def _drop_test_users(request: pytest.FixtureRequest) -> Iterator[None]:
         s: Server = request.getfixturevalue(fixture_name)
         if not s.alive():
             continue
+        if _Proof.refusals != refusals_before:
+            # Refused logins count towards root's lockout on the shared server (a cached
+            # password still passes, but a wrong one would get the lock answer instead of
+            # WRONG_PASSWORD in a later test): start every test from a clean count.
+            with contextlib.suppress(Exception):
+                s.cli("user", "unlock", ROOT_USER, timeout=T)
         c = None
         try:
             c = MilvusClient(uri=s.uri, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T,

@@ -1,21 +1,31 @@
 """What must fail when authorization is on: wrong, missing, revoked and stale credentials.
 
 pymilvus turns any gRPC error on Connect into MilvusException(code=2, "Fail connecting
-to server ..."); on later calls UNAUTHENTICATED reaches the user as a raw grpc.RpcError.
+to server ..."), a dead server's too: every refused connect here is checked on the gRPC
+answer behind it (conftest's `refused`, `can_connect`: code and text), beside a connect
+that works on the same server. On later calls UNAUTHENTICATED reaches the user as a raw
+grpc.RpcError.
 """
 
 import base64
+import re
+import signal
 
 import grpc
 import pytest
-from pymilvus import MilvusClient, connections, utility
+from pymilvus import connections, utility
 
 from conftest import (
+    BAD_API_KEY,
+    BAD_TOKEN,
+    LOCKED,
+    NO_CREDENTIALS,
     ROOT_PASSWORD,
     ROOT_USER,
     T,
+    WRONG_PASSWORD,
     b64,
-    raises_milvus,
+    raises_refusal,
     raises_rpc,
     pw,
     uname,
@@ -25,48 +35,46 @@ UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_wrong_root_password_orm(server, orm):
-    with raises_milvus(2):
-        orm.connect(server, ROOT_USER, "not-Milvus")
+    orm.refused(server, ROOT_USER, "not-Milvus", WRONG_PASSWORD)
+    assert orm.can_connect(server, ROOT_USER, ROOT_PASSWORD)
 
 
 def test_wrong_root_password_client(server, clients):
-    with raises_milvus(2):
-        clients.make(server, token=f"{ROOT_USER}:wrong-password")
-    with raises_milvus(2):
-        clients.make(server, user=ROOT_USER, password="wrong-password")
+    clients.refused(server, WRONG_PASSWORD, token=f"{ROOT_USER}:wrong-password")
+    clients.refused(server, WRONG_PASSWORD, user=ROOT_USER, password="wrong-password")
+    assert clients.can_connect(server, f"{ROOT_USER}:{ROOT_PASSWORD}")
 
 
 def test_unknown_user_cannot_connect(server, orm, clients):
-    with raises_milvus(2):
-        orm.connect(server, uname("nobody"), "some-password")
-    with raises_milvus(2):
-        clients.make(server, token=f"{uname('nobody')}:some-password")
+    """An unknown name gets the wrong-password answer (no enumeration)."""
+    orm.refused(server, uname("nobody"), "some-password", WRONG_PASSWORD)
+    clients.refused(server, WRONG_PASSWORD, token=f"{uname('nobody')}:some-password")
+    assert orm.can_connect(server, ROOT_USER, ROOT_PASSWORD)
 
 
 def test_missing_credentials_orm(server, orm):
-    with raises_milvus(2):
-        orm.connect(server, user=None, password=None)
+    orm.refused(server, None, None, NO_CREDENTIALS)
     # A user name without a password sends no authorization header either.
-    with raises_milvus(2):
-        orm.connect(server, user=ROOT_USER, password=None)
+    orm.refused(server, ROOT_USER, None, NO_CREDENTIALS)
+    assert orm.can_connect(server, ROOT_USER, ROOT_PASSWORD)
 
 
 def test_missing_credentials_client(server, clients):
-    with raises_milvus(2):
-        MilvusClient(uri=server.uri, timeout=T, dedicated=True)
+    clients.refused(server, NO_CREDENTIALS, anonymous=True)
+    assert clients.can_connect(server, f"{ROOT_USER}:{ROOT_PASSWORD}")
 
 
 def test_token_without_colon_is_refused(server, clients):
-    """A token with no ':' is an API key in Milvus; with no API-key verifier it fails."""
-    with raises_milvus(2):
-        clients.make(server, token="rootMilvus")
-    with raises_milvus(2):
-        clients.make(server, token=ROOT_PASSWORD)
+    """A token with no ':' is an API key in Milvus; one that is not credstore's key format
+    gets Milvus's API-key answer."""
+    clients.refused(server, BAD_API_KEY, token="rootMilvus")
+    clients.refused(server, BAD_API_KEY, token=ROOT_PASSWORD)
+    assert clients.can_connect(server, f"{ROOT_USER}:{ROOT_PASSWORD}")
 
 
 def test_empty_password_is_refused(server, clients):
-    with raises_milvus(2):
-        clients.make(server, token=f"{ROOT_USER}:")
+    clients.refused(server, WRONG_PASSWORD, token=f"{ROOT_USER}:")
+    assert clients.can_connect(server, f"{ROOT_USER}:{ROOT_PASSWORD}")
 
 
 def test_password_is_case_sensitive_and_exact(server, root, clients):
@@ -75,14 +83,19 @@ def test_password_is_case_sensitive_and_exact(server, root, clients):
     assert clients.can_connect(server, f"{name}:{password}")
     for wrong in (password.lower(), password.upper(), password + " ", " " + password,
                   password[:-1], password + "x"):
-        assert not clients.can_connect(server, f"{name}:{wrong}"), wrong
+        assert not clients.can_connect(server, f"{name}:{wrong}", WRONG_PASSWORD), wrong
+        # Six failures would lock the name from this address (threshold 5): each variant
+        # must meet the password check, not the lock.
+        unlocked = server.cli("user", "unlock", name)
+        assert unlocked.returncode == 0, unlocked.stderr
+    assert clients.can_connect(server, f"{name}:{password}")
 
 
 def test_user_name_is_case_sensitive(server, root, clients):
     name, password = uname("Mixed"), pw()
     root.create_user(name, password, timeout=T)
     assert clients.can_connect(server, f"{name}:{password}")
-    assert not clients.can_connect(server, f"{name.lower()}:{password}")
+    assert not clients.can_connect(server, f"{name.lower()}:{password}", WRONG_PASSWORD)
 
 
 def test_deleted_user_cannot_connect_or_call(server, root, clients, orm):
@@ -94,13 +107,14 @@ def test_deleted_user_cannot_connect_or_call(server, root, clients, orm):
 
     root.drop_user(name, timeout=T)
 
-    assert not clients.can_connect(server, f"{name}:{password}")
-    assert not orm.can_connect(server, name, password)
+    assert not clients.can_connect(server, f"{name}:{password}", WRONG_PASSWORD)
+    assert not orm.can_connect(server, name, password, WRONG_PASSWORD)
     # Connections opened before the delete are refused from the next call on.
-    with raises_rpc(UNAUTH, match="auth check failure"):
+    with raises_rpc(UNAUTH, match=f"^{WRONG_PASSWORD.text}$"):
         me.describe_user(name, timeout=T)
-    with raises_rpc(UNAUTH):
+    with raises_rpc(UNAUTH, match=f"^{WRONG_PASSWORD.text}$"):
         utility.list_user(name, False, using=alias, timeout=T)
+    assert clients.can_connect(server, f"{ROOT_USER}:{ROOT_PASSWORD}")
 
 
 def test_old_password_fails_new_works(server, root, clients):
@@ -109,7 +123,7 @@ def test_old_password_fails_new_works(server, root, clients):
     assert clients.can_connect(server, f"{name}:{old}")  # warms any cache
     new = pw()
     root.update_password(name, old, new, timeout=T)
-    assert not clients.can_connect(server, f"{name}:{old}")
+    assert not clients.can_connect(server, f"{name}:{old}", WRONG_PASSWORD)
     assert clients.can_connect(server, f"{name}:{new}")
 
 
@@ -135,7 +149,7 @@ def test_failed_logins_below_the_threshold_do_not_lock_out_the_right_password(se
     channel, call = _raw_call(server)
     try:
         for i in range(4):
-            with raises_rpc(UNAUTH, match="please check username and password are correct"):
+            with raises_refusal(WRONG_PASSWORD):
                 call(name, f"wrong-{i}")
         call(name, password)
     finally:
@@ -155,13 +169,13 @@ def test_five_failed_logins_lock_out_the_address_with_the_lock_answer(server, ro
     try:
         for user in (name, ghost):
             for i in range(5):
-                with raises_rpc(UNAUTH, match="please check username and password are correct"):
+                with raises_refusal(WRONG_PASSWORD):
                     call(user, f"wrong-{i}")
         locked = "login attempts for this user from this address are locked .*retry in [0-9]+ s"
-        with raises_rpc(UNAUTH, match=locked):
-            call(name, password)
-        with raises_rpc(UNAUTH, match=locked):
-            call(ghost, password)
+        for user in (name, ghost):
+            with raises_refusal(LOCKED) as refusal:
+                call(user, password)
+            assert re.search(locked, refusal["exc"].details()), refusal["exc"].details()
         call(other, other_password)
     finally:
         channel.close()
@@ -175,10 +189,9 @@ def test_wrong_password_error_is_unauthenticated_not_retried(server, root, clien
     root.create_user(name, password, timeout=T)
     me = clients.make(server, token=f"{name}:{password}")
     root.update_password(name, password, pw(), timeout=T)
-    with raises_rpc(
-        UNAUTH, match="auth check failure, please check username and password are correct"
-    ):
+    with raises_refusal(WRONG_PASSWORD):
         me.describe_user(name, timeout=T)
+    assert root.describe_user(name, timeout=T)["user_name"] == name
 
 
 def test_garbage_authorization_header_is_unauthenticated(server):
@@ -190,10 +203,11 @@ def test_garbage_authorization_header_is_unauthenticated(server):
             request_serializer=lambda b: b,
             response_deserializer=lambda b: b,
         )
-        for header in ("***not base64***", base64.b64encode(b"root:wrong").decode()):
-            with raises_rpc(UNAUTH):
+        for header, refusal in (("***not base64***", BAD_TOKEN),
+                                (base64.b64encode(b"root:wrong").decode(), WRONG_PASSWORD)):
+            with raises_refusal(refusal):
                 call(b"", metadata=[("authorization", header)], timeout=T)
-        with raises_rpc(UNAUTH):
+        with raises_refusal(NO_CREDENTIALS):
             call(b"", timeout=T)  # no header at all
         ok = call(b"", metadata=[("authorization", base64.b64encode(b"root:Milvus").decode())],
                   timeout=T)
@@ -220,3 +234,52 @@ def test_get_server_version(server, clients, orm):
     alias = orm.connect(server)
     assert utility.get_server_version(using=alias, timeout=T)
     assert connections.has_connection(alias)
+
+
+def test_the_refusal_checks_fail_when_the_server_is_down(start_server, orm, clients):
+    """The helpers every negative check above goes through cannot pass against a server
+    that does not answer: paused (SIGSTOP: connections open, nothing answers, the deadline
+    passes), then killed (connections refused). The same checks pass while it serves."""
+    s = start_server()
+    channel = grpc.insecure_channel(f"{s.host}:{s.port}")
+    call = channel.unary_unary(
+        "/milvus.proto.milvus.MilvusService/ListCredUsers",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    checks = {
+        "Clients.refused": lambda: clients.refused(s, WRONG_PASSWORD, token="root:wrong"),
+        "Orm.refused": lambda: orm.refused(s, None, None, NO_CREDENTIALS),
+        "Clients.can_connect": lambda: clients.can_connect(s, "root:wrong"),
+        "Orm.can_connect": lambda: orm.can_connect(s, ROOT_USER, "wrong"),
+        "raises_refusal": lambda: _raw_refusal(call),
+    }
+    try:
+        for name, check in checks.items():
+            assert check() in (None, False), name  # serving: every check passes
+        assert clients.can_connect(s, f"{ROOT_USER}:{ROOT_PASSWORD}")
+        s.proc.send_signal(signal.SIGSTOP)
+        try:
+            # One pymilvus check (its Connect waits T seconds) and the raw call.
+            for name in ("Clients.refused", "raises_refusal"):
+                with pytest.raises(pytest.fail.Exception, match="server unreachable: not a refusal"):
+                    checks[name]()
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        s.proc.kill()
+        s.proc.wait(10)
+        for name, check in checks.items():
+            with pytest.raises(pytest.fail.Exception, match="server unreachable: not a refusal"):
+                check()
+        # The admin CLI's refusal checks compare its whole stderr with the server's answer
+        # ("credstore: server refused: ..."); a dead server gets another line.
+        dead = s.cli("user", "list", password="wrong")
+        assert dead.returncode != 0
+        assert dead.stderr == f"credstore: cannot reach {s.uri}: transport error\n", dead.stderr
+    finally:
+        channel.close()
+
+
+def _raw_refusal(call) -> None:
+    with raises_refusal(WRONG_PASSWORD):
+        call(b"", metadata=[("authorization", b64("root:wrong"))], timeout=2)

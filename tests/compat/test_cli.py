@@ -10,8 +10,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from conftest import ROOT_PASSWORD, ROOT_USER, T, Server, free_port, pw, uname
 
 
@@ -136,24 +134,39 @@ def test_list_prints_exactly_the_users(server, clients):
     assert len(listed) == len(set(listed)), f"duplicates in list output: {listed}"
 
 
+def _refused(r: subprocess.CompletedProcess, stderr: str) -> None:
+    """The command failed with exactly `stderr`: the server's answer (a dead server gets
+    "cannot reach URI")."""
+    _fails(r)
+    assert r.stderr == stderr + "\n", r.stderr
+
+
 def test_cli_errors(server):
     name, password = uname("cli"), pw()
-    # wrong admin password
-    _fails(server.cli("user", "list", password="not-" + ROOT_PASSWORD))
-    # invalid user name / too short password
-    _fails(server.cli("user", "create", "1bad-name", stdin=pw() + "\n"))
-    _fails(server.cli("user", "create", name, stdin="short\n"))
+    _refused(server.cli("user", "list", password="not-" + ROOT_PASSWORD),
+             "credstore: server refused: Unauthenticated: auth check failure, please check "
+             "username and password are correct")
+    _refused(server.cli("user", "create", "1bad-name", stdin=pw() + "\n"),
+             "credstore: failed (code 1100): invalid user name 1bad-name, the first character "
+             "must be a letter, but got 1: invalid parameter")
+    _refused(server.cli("user", "create", name, stdin="short\n"),
+             "credstore: failed (code 1100): invalid password length: invalid parameter[5 out "
+             "of range 6 <= value <= 256]")
     assert name not in _names(_ok(server.cli("user", "list")))
-    # duplicate
     _ok(server.cli("user", "create", name, stdin=password + "\n"))
-    _fails(server.cli("user", "create", name, stdin=pw() + "\n"))
-    # delete root
-    _fails(server.cli("user", "delete", ROOT_USER))
+    _refused(server.cli("user", "create", name, stdin=pw() + "\n"),
+             f"credstore: failed (code 1100): user already exists: {name}: invalid parameter")
+    _refused(server.cli("user", "delete", ROOT_USER),
+             "credstore: failed (code 1401): root user cannot be deleted: privilege not permitted")
     # a normal user may not list users
-    _fails(server.cli("user", "list", user=name, password=password))
+    _refused(server.cli("user", "list", user=name, password=password),
+             f"credstore: server refused: PermissionDenied: PrivilegeSelectOwnership: permission "
+             f"deny to {name} in the `default` database")
     # a normal user must prove the old password
-    _fails(server.cli("user", "passwd", name, user=name, password=password, stdin=pw() + "\n",
-                      env={"CREDSTORE_OLD_PASSWORD": "wrong-old"}))
+    _refused(server.cli("user", "passwd", name, user=name, password=password, stdin=pw() + "\n",
+                        env={"CREDSTORE_OLD_PASSWORD": "wrong-old"}),
+             f"credstore: failed (code 1400): old password not correct for {name}: not "
+             f"authenticated")
     _ok(server.cli("user", "delete", name))
 
 
@@ -216,9 +229,7 @@ def test_admin_reset_root_is_an_acknowledged_change_on_every_replica(start_serve
     """Break-glass: `credstore admin reset-root` sets root's password with the store's own
     credentials (no login), as an acknowledged change: once it exits 0, both running replicas
     refuse the old password and accept the new one."""
-    from pymilvus.exceptions import MilvusException
-
-    from conftest import credstore_bin
+    from conftest import WRONG_PASSWORD, credstore_bin
 
     a = start_server(super_users=None)
     b = start_server(super_users=None, config=a.config)
@@ -233,8 +244,7 @@ def test_admin_reset_root_is_an_acknowledged_change_on_every_replica(start_serve
     assert "every live replica applied it" in run.stdout
     assert new not in run.stdout + run.stderr, "the password is never echoed"
     for s in (a, b):
-        with pytest.raises(MilvusException):
-            clients.make(s, token=f"{ROOT_USER}:{ROOT_PASSWORD}").list_users(timeout=T)
+        clients.refused(s, WRONG_PASSWORD, token=f"{ROOT_USER}:{ROOT_PASSWORD}")
         assert ROOT_USER in clients.make(s, token=f"{ROOT_USER}:{new}").list_users(timeout=T)
 
 
@@ -337,8 +347,10 @@ def test_role_subcommands_set_up_rbac_as_pymilvus_sees_it(server, clients):
     assert role in me.describe_user(name, timeout=T)["roles"]
 
     # A role with grants is dropped only with --force; refused, it changes nothing.
-    r = _fails(server.cli("role", "drop", role))
-    assert role in root.list_roles(timeout=T), r.stderr
+    _refused(server.cli("role", "drop", role),
+             "credstore: failed (code 65535): fail to drop the role that it has privileges. Use "
+             "REVOKE API to revoke privileges")
+    assert role in root.list_roles(timeout=T)
     _ok(server.cli("role", "unbind", name, role))
     assert role not in root.describe_user(name, timeout=T)["roles"]
     _ok(server.cli("role", "revoke", role, "Collection", "books", "Search"))
@@ -361,7 +373,9 @@ def test_role_subcommand_errors_exit_non_zero_and_change_nothing(server, clients
     r = _fails(server.cli("role", "grant", role, "Table", "books", "Search"))
     assert "object" in r.stderr, r.stderr
     # v1 grants take single privileges; groups go through grant_privilege_v2 (as in Milvus).
-    _fails(server.cli("role", "grant", role, "Collection", "books", "CollectionReadOnly"))
+    _refused(server.cli("role", "grant", role, "Collection", "books", "CollectionReadOnly"),
+             "credstore: failed (code 65535): can not operate the built-in privilege group "
+             "[CollectionReadOnly]")
     assert root.describe_role(role, timeout=T)["privileges"] == []
     r = _fails(server.cli("role", "bind", uname("ghost"), role))
     assert "not found the user" in r.stderr, r.stderr
@@ -370,8 +384,9 @@ def test_role_subcommand_errors_exit_non_zero_and_change_nothing(server, clients
     r = _fails(server.cli("role", "create", other, user=name, password=password))
     assert "permission deny" in r.stderr, r.stderr
     assert other not in root.list_roles(timeout=T)
-    r = _fails(server.cli("role", "list", password="not-" + ROOT_PASSWORD))
-    assert "Unauthenticated" in r.stderr, r.stderr
+    r = server.cli("role", "list", password="not-" + ROOT_PASSWORD)
+    _refused(r, "credstore: server refused: Unauthenticated: auth check failure, please check "
+                "username and password are correct")
     assert r.stdout == ""
 
 

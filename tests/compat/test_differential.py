@@ -5,7 +5,13 @@
    difference that remains is listed in DIFFERENCES with its reason (and in the README), any
    other difference fails the test;
 2. the proxy tier in front of it: credstore presents root's token upstream, a credstore-only
-   user works through credstore and cannot log in to Milvus, a denied call never reaches it.
+   user works through credstore and cannot log in to Milvus, a denied call never reaches it;
+   the same user's data calls directly and through credstore return the same rows, hits and
+   schema, or are refused for the same reason (code and text), PROXY_DIFFERENCES aside.
+
+Both failing is a difference too, unless the reasons match: a listed difference pins
+credstore's exact answer, and pymilvus's connect failure (code 2) is compared on the gRPC
+answer behind it.
 
 Milvus's embedded etcd is moved off 2379/2380 with ETCD_CONFIG_PATH, every port is a free one,
 and the process is stopped by pid (SIGKILL after a short grace: its graceful stop is long).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,35 +37,81 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, free_port, raises_rpc
+from conftest import (
+    ROOT_PASSWORD,
+    ROOT_USER,
+    T,
+    WRONG_PASSWORD,
+    free_port,
+    grpc_cause,
+    raises_rpc,
+    refused,
+    retarget,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MILVUS = REPO / ".venv" / "bin" / "milvus-server"
 
-# step -> why credstore answers differently from Milvus 2.3.5 (both still fail, or both
-# succeed: only code, legacy code or text differ).
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+# step -> (why credstore answers differently from Milvus 2.3.5, credstore's answer). Both still
+# fail (or both succeed) and the answer is pinned: only code, legacy code or text differ, as
+# said, and a change on either side fails the test.
 DIFFERENCES = {
-    "create_user_dup": "credstore follows Milvus 2.5: code 1100 and the text ends in ': invalid "
-    "parameter'; 2.3/2.4 answer 65535",
-    "create_user_badname": "Milvus 2.3.5 prints the byte with a Go formatting bug "
-    "('%!s(uint8=49)'); credstore prints the character",
-    "create_role_dup": "Milvus 2.3 prints the role as a protobuf struct ('[name:\"reader\"]')",
-    "create_role_bad": "credstore states the whole role-name rule in one sentence; Milvus 2.3.5 "
-    "names the first character's byte values ('[expected=95][actual=49]'); same code 1100",
-    "grant_priv_unknown": "credstore follows Milvus 2.5's rootcoord text, which names the object",
-    "grant_priv_badobj": "credstore follows Milvus 2.5's rootcoord text for an unknown object type",
-    "alice_list_users": "Milvus 2.5+ names the database in the denial text",
-    "alice_grant": "Milvus 2.5+ names the database in the denial text",
+    "create_user_dup": (
+        "credstore follows Milvus 2.5: code 1100 and the text ends in ': invalid parameter'; "
+        "2.3/2.4 answer 65535",
+        ("err", 1100, 29, "user already exists: alice: invalid parameter", None),
+    ),
+    "create_user_badname": (
+        "Milvus 2.3.5 prints the byte with a Go formatting bug ('%!s(uint8=49)'); credstore "
+        "prints the character",
+        ("err", 1100, 5, "invalid user name 1bad, the first character must be a letter, but "
+         "got 1: invalid parameter", None),
+    ),
+    "create_role_dup": (
+        "Milvus 2.3 prints the role as a protobuf struct ('[name:\"reader\"]')",
+        ("err", 65535, 35, "role [reader] already exists", None),
+    ),
+    "create_role_bad": (
+        "credstore states the whole role-name rule in one sentence; Milvus 2.3.5 names the "
+        "first character's byte values ('[expected=95][actual=49]'); same code 1100",
+        ("err", 1100, 5, "role name 1bad must start with '_' or a letter and contain only "
+         "letters, numbers, '_' or '$': invalid parameter", None),
+    ),
+    "grant_priv_unknown": (
+        "credstore follows Milvus 2.5's rootcoord text, which names the object",
+        ("err", 65535, 41, "not found the privilege name[Nope] in object[Global]", None),
+    ),
+    "grant_priv_badobj": (
+        "credstore follows Milvus 2.5's rootcoord text for an unknown object type",
+        ("err", 65535, 41, "the object entity in the request is nil or invalid", None),
+    ),
+    "alice_list_users": (
+        "Milvus 2.5+ names the database in the denial text",
+        ("rpc", DENIED, "PrivilegeSelectOwnership: permission deny to alice in the `default` "
+         "database"),
+    ),
+    "alice_grant": (
+        "Milvus 2.5+ names the database in the denial text",
+        ("rpc", DENIED, "PrivilegeManageOwnership: permission deny to alice in the `default` "
+         "database"),
+    ),
 }
 
 
 def outcome(call: Callable[[], Any], uri: str) -> Tuple:
-    """What a user sees: ('ok', result) or ('err', code, error_code, text) or ('rpc', ...)."""
+    """What a user sees: ('ok', result), ('err', code, error_code, text, behind) or ('rpc',
+    code, text). `behind` is the gRPC answer pymilvus raised its error from (code name and
+    text; None when the server answered with a status): pymilvus's connect failure (code 2)
+    is the same for a refusal and a dead server, the answer behind it is not."""
     try:
         result = call()
     except MilvusException as e:
         text = (e.message or "").replace(uri.split("//")[-1], "<server>")
-        return ("err", e.code, getattr(e, "compatible_code", None), text)
+        cause = grpc_cause(e)
+        behind = None if cause is None else (cause.code().name, cause.details())
+        return ("err", e.code, getattr(e, "compatible_code", None), text, behind)
     except grpc.RpcError as e:
         return ("rpc", e.code(), e.details())
     return ("ok", result)
@@ -201,7 +254,7 @@ def test_user_role_and_grant_answers_match_milvus_2_3_5(milvus, start_server):
         a, b = theirs[name], ours[name]
         if a == b:
             continue
-        if name in DIFFERENCES and a[:1] == b[:1]:
+        if name in DIFFERENCES and a[:1] == b[:1] and b == DIFFERENCES[name][1]:
             continue
         unexpected.append(f"{name}:\n    milvus 2.3.5: {a}\n    credstore:    {b}")
     assert not unexpected, "answers differ from Milvus 2.3.5:\n" + "\n".join(unexpected)
@@ -231,8 +284,8 @@ def test_credstore_in_front_of_milvus_2_3_5(milvus, start_server):
     direct_root = MilvusClient(uri=milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
     assert "through_credstore" in direct_root.list_collections(), "written upstream"
     assert "proxied" not in direct_root.list_users(), "credstore's users stay in credstore"
-    with pytest.raises(MilvusException):
-        MilvusClient(uri=milvus, token="proxied:password1", timeout=T).list_collections()
+    refused(lambda: MilvusClient(uri=retarget(milvus), token="proxied:password1", timeout=T),
+            WRONG_PASSWORD, "login to Milvus 2.3.5")
     plain = MilvusClient(uri=s.uri, token="nobody_special:password1", timeout=T)
     with raises_rpc(grpc.StatusCode.PERMISSION_DENIED, match="PrivilegeDropCollection"):
         plain.drop_collection("through_credstore")
@@ -300,32 +353,79 @@ def test_the_milvus_yaml_milvus_ships_loads(milvus_server, etcd, binary, tmp_pat
         log.close()
 
 
-# step -> why the proxy tier's answer differs from Milvus 2.3.5's for the same user and grants.
-PROXY_DIFFERENCES: Dict[str, str] = {
-    "list_databases": "credstore lists the databases the caller holds a grant in, as Milvus "
-    "2.4+ does; Milvus 2.3.5 refuses a user without PrivilegeListDatabases",
+# step -> (why the proxy tier's answer differs from Milvus 2.3.5's for the same user and grants,
+# credstore's answer after `normalized`), pinned as in DIFFERENCES.
+PROXY_DIFFERENCES: Dict[str, Tuple[str, Tuple]] = {
+    "list_databases": (
+        "credstore lists the databases the caller holds a grant in, as Milvus 2.4+ does; "
+        "Milvus 2.3.5 refuses a user without PrivilegeListDatabases",
+        ("ok", ["default"]),
+    ),
+    "load_state": (
+        "GetLoadState needs PrivilegeGetLoadState in Milvus 2.4+ (credstore's methods.tsv), "
+        "PrivilegeLoad in 2.3.5",
+        ("rpc", DENIED, "PrivilegeGetLoadState: permission deny to viewer"),
+    ),
 }
+
+# Milvus 2.5+ (and credstore) name the database at the end of a denial; 2.3.5 does not.
+DENIAL_IN_DATABASE = r"^(Privilege\w+: permission deny to \w+) in the `{}` database$"
+
+
+def rows_of(result: Any) -> List[Tuple]:
+    """Query/get rows as sorted tuples of (field, value) (the order of fields in a row is not
+    part of the answer), floats rounded to 5 places."""
+    def value(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 5)
+        if isinstance(v, list):
+            return tuple(value(x) for x in v)
+        return v
+    return sorted(tuple(sorted((k, value(v)) for k, v in row.items())) for row in result)
+
+
+def hits_of(result: Any) -> List[List[Tuple]]:
+    """Search hits per query: (id, distance rounded to 5 places, returned fields)."""
+    return [[(h["id"], round(h["distance"], 5), tuple(sorted(h["entity"].items())))
+             for h in hits] for hits in result]
+
+
+def schema_of(described: Dict[str, Any]) -> Dict[str, Any]:
+    """describe_collection without what differs by collection (name, id, timestamps)."""
+    dropped = {"collection_name", "collection_id", "created_timestamp", "update_timestamp"}
+    return {k: v for k, v in described.items() if k not in dropped}
 
 
 def data_steps(uri: str, name: str) -> List[Tuple[str, Callable[[], Any]]]:
-    """Data calls of a user whose only role holds Query and Search on collection `name`."""
+    """Data calls of a user whose only role holds Query and Search on collection `name`, each
+    returning what the user gets (rows, hits, schema), not just that it worked."""
     viewer = lambda: MilvusClient(uri=uri, token="viewer:password1", timeout=T)  # noqa: E731
+    vector = [[0.1, 0.2, 0.3, 0.4]]
     return [
-        ("query_granted", lambda: len(viewer().query(name, filter="id >= 0", output_fields=["id"]))),
-        ("search_granted", lambda: len(viewer().search(name, data=[[0.1, 0.2, 0.3, 0.4]], limit=2)[0])),
+        ("query_granted",
+         lambda: rows_of(viewer().query(name, filter="id >= 0", output_fields=["id", "vector"]))),
+        ("count_granted",
+         lambda: viewer().query(name, filter="", output_fields=["count(*)"])[0]["count(*)"]),
+        ("search_granted",
+         lambda: hits_of(viewer().search(name, data=vector, limit=2, output_fields=["id"]))),
+        ("get_granted", lambda: rows_of(viewer().get(name, ids=[1, 2]))),
         ("insert_not_granted", lambda: viewer().insert(name, [{"id": 9, "vector": [0.0] * 4}])),
+        ("delete_not_granted", lambda: viewer().delete(name, ids=[0])),
         ("drop_not_granted", lambda: viewer().drop_collection(name)),
         ("create_not_granted", lambda: viewer().create_collection("viewer_made", dimension=4)),
-        ("describe_collection", lambda: viewer().describe_collection(name)["collection_name"]),
+        ("describe_collection", lambda: schema_of(viewer().describe_collection(name))),
         ("has_collection", lambda: viewer().has_collection(name)),
         ("list_collections", lambda: sorted(viewer().list_collections())),
         ("list_databases", lambda: sorted(viewer().list_databases())),
         ("flush_not_granted", lambda: viewer().flush(name)),
+        ("stats_not_granted", lambda: viewer().get_collection_stats(name)),
+        ("load_state", lambda: viewer().get_load_state(name)),
     ]
 
 
 def prepare_viewer(root: MilvusClient, name: str) -> None:
-    root.create_collection(name, dimension=4)
+    # Strong consistency: a query right after the insert sees the rows (Bounded may not).
+    root.create_collection(name, dimension=4, consistency_level="Strong")
     root.insert(name, [{"id": i, "vector": [0.1 * i, 0.2, 0.3, 0.4]} for i in range(3)])
     root.create_user("viewer", "password1")
     root.create_role("viewer_role")
@@ -334,10 +434,24 @@ def prepare_viewer(root: MilvusClient, name: str) -> None:
     root.grant_role("viewer", "viewer_role")
 
 
+def normalized(answer: Tuple, collection: str, database: str = "default") -> Tuple:
+    """An answer with `collection` written as <collection> and a denial's 2.5-style suffix
+    naming `database` dropped, so the two sides (two collections on one Milvus) compare."""
+    mask = (lambda t: t.replace(collection, "<collection>")) if collection else (lambda t: t)
+    if answer[0] == "rpc":
+        code, text = answer[1], mask(answer[2] or "")
+        m = re.match(DENIAL_IN_DATABASE.format(re.escape(database)), text)
+        return ("rpc", code, m.group(1) if m else text)
+    if answer[0] == "err":
+        return answer[:3] + (mask(answer[3]),) + answer[4:]
+    return answer
+
+
 def test_data_calls_through_credstore_are_authorized_as_milvus_2_3_5_does(milvus, start_server):
     """The same user with the same grants, directly on Milvus (its own RBAC) and through
-    credstore (credstore's RBAC, root's token upstream): each data call succeeds or is refused
-    alike. Only the kind of outcome is compared (texts of denials differ by version)."""
+    credstore (credstore's RBAC, root's token upstream): each data call returns the same rows,
+    hits, schema or listing, or is refused for the same reason (gRPC code and text, the
+    collection's name and 2.5's database suffix aside); PROXY_DIFFERENCES pins the rest."""
     root_direct = MilvusClient(uri=milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T)
     s = start_server(
         super_users=None,
@@ -348,17 +462,24 @@ def test_data_calls_through_credstore_are_authorized_as_milvus_2_3_5_does(milvus
     prepare_viewer(root_direct, "viewed_direct")
     prepare_viewer(root_proxied, "viewed_proxied")
     try:
-        theirs = {n: outcome(c, milvus)[0] for n, c in data_steps(milvus, "viewed_direct")}
-        ours = {n: outcome(c, s.uri)[0] for n, c in data_steps(s.uri, "viewed_proxied")}
-        rpc_is_err = lambda kind: "err" if kind == "rpc" else kind  # noqa: E731
+        theirs = {n: normalized(outcome(c, milvus), "viewed_direct")
+                  for n, c in data_steps(milvus, "viewed_direct")}
+        ours = {n: normalized(outcome(c, s.uri), "viewed_proxied")
+                for n, c in data_steps(s.uri, "viewed_proxied")}
         unexpected = [
-            f"{n}: milvus 2.3.5 {theirs[n]}, credstore {ours[n]}"
+            f"{n}:\n    milvus 2.3.5: {theirs[n]}\n    credstore:    {ours[n]}"
             for n in theirs
-            if rpc_is_err(theirs[n]) != rpc_is_err(ours[n]) and n not in PROXY_DIFFERENCES
+            if theirs[n] != ours[n]
+            and not (n in PROXY_DIFFERENCES and ours[n] == PROXY_DIFFERENCES[n][1])
         ]
-        assert not unexpected, "\n".join(unexpected) + f"\nmilvus: {theirs}\ncredstore: {ours}"
-        stale = [n for n in PROXY_DIFFERENCES if rpc_is_err(theirs[n]) == rpc_is_err(ours[n])]
+        assert not unexpected, "answers differ from Milvus 2.3.5:\n" + "\n".join(unexpected)
+        stale = [n for n in PROXY_DIFFERENCES if theirs[n] == ours[n]]
         assert not stale, f"no longer different, remove from PROXY_DIFFERENCES: {stale}"
+        # The comparison compared data: the granted reads returned the three rows.
+        assert ours["count_granted"] == ("ok", 3), ours["count_granted"]
+        assert sorted(dict(r)["id"] for r in ours["query_granted"][1]) == [0, 1, 2], ours
+        assert sorted(dict(ours["query_granted"][1][0])) == ["id", "vector"], ours
+        assert [h[0] for h in ours["search_granted"][1][0]] == [1, 2], ours["search_granted"]
     finally:
         for name in ("viewed_direct", "viewed_proxied"):
             with contextlib.suppress(Exception):

@@ -8,14 +8,15 @@ from conftest import (
     ROOT_PASSWORD,
     ROOT_USER,
     T,
+    WRONG_PASSWORD,
     raises_milvus,
+    raises_refusal,
     raises_rpc,
     pw,
     uname,
 )
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_root_connects_with_default_password(server, orm):
@@ -31,8 +32,7 @@ def test_orm_connect_with_token_and_uri(server, orm):
     by_uri = orm.connect(server, user=None, password=None,
                          uri=f"http://{ROOT_USER}:{ROOT_PASSWORD}@{server.host}:{server.port}")
     assert ROOT_USER in utility.list_usernames(using=by_uri, timeout=T)
-    with raises_milvus(2):
-        orm.connect(server, user=None, password=None, uri=server.uri, token="root:wrong")
+    orm.refused(server, None, None, WRONG_PASSWORD, uri=server.uri, token="root:wrong")
 
 
 def test_orm_list_users_and_roles(server, orm, clients):
@@ -114,7 +114,7 @@ def test_reset_password_switches_connection_to_reset_user(server, orm):
     # The alias now speaks as `user` (a normal user), so root-only calls are refused...
     with raises_rpc(DENIED, match=f"permission deny to {user}"):
         utility.list_usernames(using=admin, timeout=T)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeCreateOwnership: permission deny to {user} in the `default` database$"):
         utility.create_user(uname(), pw(), using=admin, timeout=T)
     # ...while acting on itself works with the new password.
     info = utility.list_user(user, False, using=admin, timeout=T)
@@ -136,8 +136,9 @@ def test_existing_connection_with_old_password_is_rejected_after_update(server, 
 
     # update_password does not touch any header; the alias still sends user:old, which
     # must be refused at once (the write is acknowledged) and not retried by pymilvus.
-    with raises_rpc(UNAUTH, match="auth check failure"):
+    with raises_refusal(WRONG_PASSWORD):
         utility.list_user(user, False, using=mine, timeout=T)
+    assert user in utility.list_usernames(using=admin, timeout=T)
 
 
 def test_update_password_needs_the_right_old_password(server, orm):
@@ -235,7 +236,7 @@ def test_normal_user_cannot_change_someone_elses_password(server, orm):
     utility.create_user(b, b_pw, using=admin, timeout=T)
     as_a = orm.connect(server, a, a_pw)
     # Even with b's correct old password: UpdateUser on another user's object is RBAC.
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeUpdateUser: permission deny to {a} in the `default` database$"):
         utility.update_password(b, b_pw, pw(), using=as_a, timeout=T)
     assert orm.can_connect(server, b, b_pw)
 

@@ -3,7 +3,7 @@ and the credential RPCs still work; plus Milvus-style environment overrides."""
 
 from pymilvus import MilvusClient, utility
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, pw, raises_milvus, uname
+from conftest import NO_CREDENTIALS, ROOT_PASSWORD, ROOT_USER, T, pw, uname
 
 
 def test_connect_without_credentials(noauth_server, orm, clients):
@@ -63,6 +63,5 @@ def test_env_overrides_config(start_server, etcd, orm, clients):
 def test_auth_on_by_config_refuses_anonymous(start_server, orm):
     """Control for the test above: the same config without the override does refuse."""
     s = start_server(auth=True)
-    with raises_milvus(2):
-        orm.connect(s, user=None, password=None)
+    orm.refused(s, None, None, NO_CREDENTIALS)
     assert orm.can_connect(s, ROOT_USER, ROOT_PASSWORD)

@@ -33,11 +33,13 @@ from conftest import (
     ROOT_PASSWORD,
     ROOT_USER,
     T,
+    WRONG_PASSWORD,
     Etcd,
     Server,
     base_config,
     free_port,
     pw,
+    raises_refusal,
     raises_rpc,
     uname,
 )
@@ -326,8 +328,12 @@ def test_bad_credentials_are_unauthenticated_and_not_forwarded(proxy, root_clien
     user, password = uname("bad"), pw()
     root_client.create_user(user, password, timeout=T)
     for credentials in (f"{user}:wrong-{password}", f"nobody_{uuid.uuid4().hex[:6]}:x12345"):
-        with raises_rpc(grpc.StatusCode.UNAUTHENTICATED):
+        with raises_refusal(WRONG_PASSWORD):
             raw_call(proxy, "ShowCollections", milvus_pb2.ShowCollectionsRequest(), credentials)
+    # The positive control: the same call on the same replica with the user's password.
+    answer = raw_call(proxy, "ShowCollections", milvus_pb2.ShowCollectionsRequest(),
+                      f"{user}:{password}")
+    assert answer.status.code == 0, answer.status
 
 
 def test_unknown_method_is_unimplemented(proxy):
@@ -352,7 +358,9 @@ def test_upstream_killed_is_unavailable_and_recovers(etcd, tmp_path, clients):
         root_credentials = f"{ROOT_USER}:{ROOT_PASSWORD}"
 
         lite.kill()
-        with raises_rpc(grpc.StatusCode.UNAVAILABLE):
+        # credstore's own answer (a dead credstore would say "failed to connect to all
+        # addresses"), naming the upstream.
+        with raises_rpc(grpc.StatusCode.UNAVAILABLE, f"^upstream unavailable at {lite.uri}"):
             raw_call(server, "ShowCollections", show, root_credentials)
         # credstore itself stays up and keeps serving user management.
         assert ROOT_USER in root.list_users(timeout=T)

@@ -119,7 +119,7 @@ def test_grants_decide_what_a_user_may_do(server, root, clients):
     finally:
         connections.disconnect(alias)
     root.revoke_privilege(role, "Global", "CreateOwnership", "*", db_name="*", timeout=T)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeCreateOwnership: permission deny to {user} in the `default` database$"):
         me.create_user(uname(), pw(), timeout=T)
     with raises_rpc(DENIED, match="PrivilegeManageOwnership"):
         me.grant_privilege(role, "Global", "CreateOwnership", "*", timeout=T)
@@ -131,7 +131,7 @@ def test_cluster_read_only_group_lets_a_user_list_users(server, root, clients):
     root.create_role(role, timeout=T)
     root.grant_role(user, role, timeout=T)
     me = clients.make(server, user=user, password=password)
-    with raises_rpc(DENIED):
+    with raises_rpc(DENIED, rf"^PrivilegeSelectOwnership: permission deny to {user} in the `default` database$"):
         me.list_users(timeout=T)
     root.grant_privilege_v2(role, "ClusterReadOnly", "*", db_name="*", timeout=T)
     assert user in me.list_users(timeout=T)
