@@ -363,7 +363,7 @@ impl Api {
     ) -> Result<RevokeTokensResponse, KeysError> {
         if !self.is_manager(caller).await? {
             return Err(KeysError::Denied(format!(
-                "RevokeTokens: permission deny to {}: only root and members of admin may",
+                "RevokeTokens: permission deny to {}: only root and members of admin may revoke tokens",
                 caller.who.name().unwrap_or_default()
             )));
         }
@@ -391,7 +391,7 @@ impl Api {
     async fn list_oidc(&self, caller: &Caller) -> Result<ListOidcResponse, KeysError> {
         if !self.is_manager(caller).await? {
             return Err(KeysError::Denied(format!(
-                "ListOidc: permission deny to {}: only root and members of admin may",
+                "ListOidc: permission deny to {}: only root and members of admin may list OIDC identities and revocations",
                 caller.who.name().unwrap_or_default()
             )));
         }
