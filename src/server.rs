@@ -21,7 +21,7 @@ use crate::http::Readiness;
 use crate::import::{ImportError, ImportOptions, Source, Summary};
 use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
-use crate::password::{HashError, Hasher, Password, RuleError, Username};
+use crate::password::{HashError, Password, RuleError, Username};
 use crate::proto::credstore::api_keys_server::ApiKeysServer;
 use crate::proto::credstore::credstore_admin_server::CredstoreAdminServer;
 use crate::proto::credstore::oidc_server::OidcServer;
@@ -131,14 +131,7 @@ impl State {
                 return Err(ServerError::NoRoot(describe_store(&config)));
             }
         }
-        let settings = config.hash_pool();
-        let pool = HashPool::new(
-            Hasher::new(settings.scheme),
-            settings.concurrent,
-            settings.queued,
-            settings.niceness,
-        )
-        .with_peer_limit(settings.per_peer);
+        let pool = HashPool::new(config.hash_pool());
         catalog.ensure_default_roles().await?;
         if config.proxy.enable_public_privilege {
             catalog.ensure_public_grants().await?;
@@ -625,6 +618,13 @@ impl Drop for Tasks {
     }
 }
 
+/// credstore's own gRPC services (`credstore.v1`).
+struct Own {
+    admin: CredstoreAdminServer<Api>,
+    keys: ApiKeysServer<Api>,
+    oidc: OidcServer<Api>,
+}
+
 /// The request stack every connection feeds, outermost first. Before it, `transport` has
 /// admitted the connection (caps per replica and per peer), seen TLS and the HTTP/2 preface
 /// within the handshake deadline, applied the HTTP/2 limits, and put the request deadline
@@ -635,13 +635,6 @@ impl Drop for Tasks {
 ///    credstore's own `credstore.v1.CredstoreAdmin` (unlock; never forwarded), and the Milvus
 ///    service inside the proxy layer (forwarded calls are authenticated, then authorized and
 ///    forwarded; owned calls go to the handlers).
-/// credstore's own gRPC services (`credstore.v1`).
-struct Own {
-    admin: CredstoreAdminServer<Api>,
-    keys: ApiKeysServer<Api>,
-    oidc: OidcServer<Api>,
-}
-
 fn stack(
     auth: AuthLayer,
     health: tonic_health::pb::health_server::HealthServer<

@@ -515,6 +515,7 @@ fn hash_error(err: HashError) -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash_pool::HashPoolConfig;
     use crate::meta::{EmbeddedKv, MetaKv, Store};
     use crate::password::{HashScheme, Hasher};
 
@@ -560,7 +561,11 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        HashPool::new(Hasher::new(scheme), concurrent, queued, 0)
+        HashPool::new(HashPoolConfig {
+            concurrent,
+            queued,
+            ..HashPoolConfig::new(scheme)
+        })
     }
 
     async fn setup(dir: &tempfile::TempDir) -> (Authenticator, Catalog) {
@@ -636,16 +641,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_to_bob_while_alices_load_is_in_flight_still_caches_alice() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = HashPool::new(
-            Hasher::new(HashScheme::Argon2id {
+        let pool = HashPool::new(HashPoolConfig {
+            queued: 8,
+            ..HashPoolConfig::new(HashScheme::Argon2id {
                 memory_kib: 8192,
                 iterations: 4,
                 parallelism: 1,
-            }),
-            1,
-            8,
-            0,
-        );
+            })
+        });
         let (auth, catalog) = setup_with(&dir, pool.clone()).await;
         // Occupy the one hashing thread (a slow hash: its parameters travel in the string) so
         // alice's verification waits in the queue.
@@ -805,7 +808,10 @@ mod tests {
     async fn cancelled_wrong_password_logins_leave_no_backlog() {
         let dir = tempfile::tempdir().unwrap();
         // Default-like parameters: a few tens of ms per hash; one thread, the default queue.
-        let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 256, 0);
+        let pool = HashPool::new(HashPoolConfig {
+            queued: 256,
+            ..HashPoolConfig::new(HashScheme::default())
+        });
         // About the hash pool's backlog: with lockout on, alice's pair would lock after 5
         // of these failures and the last login would get the lock answer instead.
         let no_lockout = LockoutPolicy {

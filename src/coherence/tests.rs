@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::session::SessionValue;
 use super::*;
 use crate::auth::AuthenticatorConfig;
-use crate::hash_pool::HashPool;
+use crate::hash_pool::{HashPool, HashPoolConfig};
 use crate::meta::{EmbeddedKv, KeyValue, MetaKv, Read, Txn, TxnOutcome, Watch};
-use crate::password::{HashScheme, Hasher, Limits, Password, Username};
+use crate::password::{HashScheme, Limits, Password, Username};
 
 /// Faults a test switches on and off while the protocol runs.
 #[derive(Default)]
@@ -110,7 +110,11 @@ async fn fixture() -> Fixture {
         iterations: 1,
         parallelism: 1,
     };
-    let pool = HashPool::new(Hasher::new(scheme), 2, 8, 0);
+    let pool = HashPool::new(HashPoolConfig {
+        concurrent: 2,
+        queued: 8,
+        ..HashPoolConfig::new(scheme)
+    });
     Fixture {
         _dir: dir,
         store,

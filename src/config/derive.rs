@@ -385,21 +385,6 @@ impl Config {
     }
 }
 
-/// The hash pool's settings (see `hash_pool::HashPool::new`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HashPoolConfig {
-    /// The scheme new hashes are written with.
-    pub scheme: HashScheme,
-    /// Hashing threads.
-    pub concurrent: usize,
-    /// Computations allowed to wait for a thread.
-    pub queued: usize,
-    /// Computations one peer address may hold (running or waiting).
-    pub per_peer: usize,
-    /// CPU priority of the hashing threads.
-    pub niceness: i32,
-}
-
 /// The store to open. `Debug` shows no secret (`EtcdOptions` redacts them).
 #[derive(Clone, Debug)]
 pub enum StoreConfig {

@@ -27,7 +27,8 @@ mod schema;
 mod sources;
 mod validate;
 
-pub use derive::{HashPoolConfig, StoreConfig};
+pub use crate::hash_pool::HashPoolConfig;
+pub use derive::StoreConfig;
 pub use schema::*;
 pub use sources::Overrides;
 
