@@ -790,7 +790,7 @@ fn each_credstore_service_loads_its_config_with_its_environment_and_flags() {
             .unwrap_or_else(|| panic!("{name}: upstream `{host}` is no service"));
         assert_eq!(port, 19530, "{name}: Milvus's gRPC port");
         assert!(
-            upstream.token.contains(':'),
+            upstream.token.expose().contains(':'),
             "{name}: Milvus runs with authorization: credstore.upstream.token is user:password"
         );
 

@@ -28,6 +28,7 @@ mod sources;
 mod validate;
 
 pub use crate::hash_pool::HashPoolConfig;
+pub use crate::password::Secret;
 pub use derive::StoreConfig;
 pub use schema::*;
 pub use sources::Overrides;

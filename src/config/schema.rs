@@ -3,7 +3,6 @@
 //! hold lives here: merging the sources is `sources.rs`, rules across keys `validate.rs`,
 //! component settings `derive.rs`.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,31 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::auth::LockoutPolicy;
-use crate::password::{Limits, MIN_ARGON2, MIN_BCRYPT_COST};
+use crate::password::{Limits, MIN_ARGON2, MIN_BCRYPT_COST, Secret};
 use crate::tls::ClientTls;
 use crate::transport::ConnectionSettings;
-
-/// A configured secret: read from the file or the environment like any string, but `Debug`
-/// prints `<redacted>`, so a logged or printed config never shows it.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// A list given either as a YAML list or as one comma-separated string (entries trimmed).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -474,15 +451,16 @@ pub enum HashAlgorithm {
     Bcrypt,
 }
 
-/// `credstore.upstream`: where forwarded calls go and how. `Debug` never shows the token.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// `credstore.upstream`: where forwarded calls go and how. `Debug` never shows the token (a
+/// [`Secret`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct UpstreamConfig {
     /// `http://host:port` of the upstream Milvus; empty: no upstream (those calls stay
     /// UNIMPLEMENTED).
     pub uri: String,
     /// `user:password` credstore presents upstream; empty: no `authorization` header.
-    pub token: String,
+    pub token: Secret,
     /// Largest request or response message forwarded (Milvus's gRPC default: 256 MiB).
     pub max_message_bytes: u64,
     /// Deadline of a forwarded call whose client sent no `grpc-timeout`.
@@ -524,7 +502,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             uri: String::new(),
-            token: String::new(),
+            token: Secret::default(),
             max_message_bytes: 256 * 1024 * 1024,
             // Below the server's 60 s per-request limit, so the caller sees this deadline.
             timeout_ms: 55_000,
@@ -555,15 +533,6 @@ impl UpstreamConfig {
 
 fn bytes(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
-}
-
-impl std::fmt::Debug for UpstreamConfig {
-    /// The proxy tier's view, which hides the token.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("UpstreamConfig")
-            .field(&self.options())
-            .finish()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

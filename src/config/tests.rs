@@ -352,7 +352,7 @@ fn upstream_keys_and_a_hidden_token() {
     .unwrap();
     let options = config.credstore.upstream.options();
     assert_eq!(options.uri, "http://m:19530");
-    assert_eq!(options.token, "root:s3cret");
+    assert_eq!(options.token.expose(), "root:s3cret");
     assert_eq!(options.max_message_bytes, 1024);
     assert_eq!(options.default_timeout, Duration::from_millis(1500));
     for debug in [format!("{config:?}"), format!("{options:?}")] {
