@@ -58,7 +58,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                             times = failures.count,
                             "the credential watch keeps failing the same way; the cache is not trusted until it delivers"
                         );
-                        self.gate.watch_lost();
+                        self.trust.watch_lost();
                     }
                 }
             }
@@ -94,14 +94,14 @@ impl<S: Leases + Clone + 'static> Inner<S> {
                     if answers_prove_life && watch.answers() > answers {
                         answers = watch.answers();
                         heard = Instant::now();
-                        self.gate.watch_heard(start, heard + self.silence_bound);
+                        self.trust.watch_heard(start, heard + self.silence_bound);
                     }
                     continue;
                 }
                 _ = self.resync.notified() => return Followed::Delivered,
                 _ = sleep_until(silent_at) => {
                     tracing::warn!(bound = ?self.silence_bound, "the credential watch went silent; not trusting the cache until it answers again");
-                    self.gate.watch_lost();
+                    self.trust.watch_lost();
                     // Dropped entries are reloaded at a revision no older than the resumed watch.
                     self.auth.invalidate_all(self.applied());
                     self.policies.invalidate_all();
@@ -153,7 +153,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             self.advance(revision);
             answers = watch.answers();
             heard = Instant::now();
-            self.gate
+            self.trust
                 .watch_heard(revision.max(start), heard + self.silence_bound);
         }
     }

@@ -44,7 +44,7 @@ mod session;
 mod trust;
 
 use ack::SessionsView;
-use trust::Gate;
+use trust::TrustGate;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -135,7 +135,7 @@ struct Inner<S> {
     view: watch::Sender<SessionsView>,
     /// The lease of the completed registration (revoked at shutdown).
     lease: Mutex<Option<Lease>>,
-    gate: Gate,
+    trust: TrustGate,
     /// Signalled after a re-registration: the credential watch reopens from the new
     /// registration revision, so trust returns only once a watch from there answers.
     resync: Notify,
@@ -173,7 +173,7 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             session_key: format!("{sessions_prefix}{}", config.replica_id),
             store,
             catalog,
-            gate: Gate::new(auth.clone()),
+            trust: TrustGate::new(auth.clone()),
             auth,
             policies,
             credential_prefix,
@@ -249,7 +249,7 @@ impl<S: Leases + Clone + 'static> CoherenceTasks<S> {
             // Wait until the task is really gone, so the store it holds is released.
             let _ = task.await;
         }
-        self.inner.gate.unregistered();
+        self.inner.trust.unregistered();
         let lease = self.inner.lease_slot().take();
         if let Some(lease) = lease {
             match timeout(Duration::from_secs(3), self.inner.store.revoke(&lease)).await {

@@ -41,7 +41,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
     /// revision. Trust is restored only when all of it succeeded; a failure after the grant
     /// revokes the new lease, so no keep-alive can ever renew a half-registered session.
     pub(super) async fn register(&self) -> Result<Registration, CoherenceError> {
-        self.gate.unregistered();
+        self.trust.unregistered();
         let deadline = self.request_deadline();
         let sent_at = Instant::now();
         let lease = timeout(deadline, self.store.lease(self.ttl))
@@ -73,7 +73,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             }
         };
         *self.lease_slot() = Some(lease.clone());
-        self.gate
+        self.trust
             .registered(registered_at, trust_deadline(sent_at, self.ttl));
         tracing::info!(session = %self.session_key, lease = lease.id(), applied = registered_at, "session registered");
         Ok(Registration { lease, recorded })
@@ -93,12 +93,12 @@ impl<S: Leases + Clone + 'static> Inner<S> {
         let deadline = self.request_deadline();
         match timeout(deadline, self.store.keep_alive(&registration.lease)).await {
             Ok(Ok(true)) => {
-                self.gate.lease_renewed(trust_deadline(sent_at, self.ttl));
+                self.trust.lease_renewed(trust_deadline(sent_at, self.ttl));
                 Some(registration)
             }
             Ok(Ok(false)) => {
                 tracing::warn!(session = %self.session_key, "session lease expired; dropping the cache and re-registering");
-                self.gate.unregistered();
+                self.trust.unregistered();
                 self.lease_slot().take();
                 None
             }
@@ -120,7 +120,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
     /// goes, releasing writers that wait for this replica) and stops trusting the cache.
     pub(super) async fn leave(&self, registration: Registration) {
         tracing::warn!(session = %self.session_key, "the credential watch is lost; leaving the cluster until it answers again");
-        self.gate.unregistered();
+        self.trust.unregistered();
         self.lease_slot().take();
         let deadline = self.request_deadline();
         match timeout(deadline, self.store.revoke(&registration.lease)).await {
@@ -174,7 +174,7 @@ impl<S: Leases + Clone + 'static> Inner<S> {
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 _ = sleep_until(renew_at) => {
-                    let following = self.gate.watch_live();
+                    let following = self.trust.watch_live();
                     current = match current.take() {
                         // A replica that cannot follow the log leaves, so writers stop
                         // waiting for it; it joins again once its watch answers.

@@ -12,12 +12,12 @@ use crate::meta::Revision;
 /// Decides until when this replica may answer and hands that deadline to the authenticator:
 /// the earlier of what the session's lease and the credential watch's liveness allow, and
 /// "not at all" before a registration completed and the watch caught up with it.
-pub(super) struct Gate {
+pub(super) struct TrustGate {
     auth: Authenticator,
-    state: Mutex<GateState>,
+    state: Mutex<TrustGateState>,
 }
 
-struct GateState {
+struct TrustGateState {
     /// The revision of the completed registration, if there is one.
     registered_at: Option<Revision>,
     lease_until: Instant,
@@ -26,12 +26,12 @@ struct GateState {
     watch_until: Instant,
 }
 
-impl Gate {
-    pub(super) fn new(auth: Authenticator) -> Gate {
+impl TrustGate {
+    pub(super) fn new(auth: Authenticator) -> TrustGate {
         let now = Instant::now();
-        let gate = Gate {
+        let gate = TrustGate {
             auth,
-            state: Mutex::new(GateState {
+            state: Mutex::new(TrustGateState {
                 registered_at: None,
                 lease_until: now,
                 followed: 0,
@@ -42,7 +42,7 @@ impl Gate {
         gate
     }
 
-    fn update(&self, change: impl FnOnce(&mut GateState)) {
+    fn update(&self, change: impl FnOnce(&mut TrustGateState)) {
         // Held only for these few assignments; poisoning would mean a panic in them: a bug.
         let mut state = self.state.lock().expect("trust gate lock poisoned");
         change(&mut state);
