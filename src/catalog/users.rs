@@ -105,6 +105,32 @@ impl Catalog {
         }
     }
 
+    /// Sets `name`'s password hash, creating the user if absent, as one conditional write
+    /// read-then-written again when a racing writer got there first, at most `attempts`
+    /// times; `None` when every attempt lost its race (for `admin reset-root`).
+    pub async fn put_user_hash(
+        &self,
+        name: &Username,
+        hash: &PasswordHash,
+        attempts: usize,
+    ) -> Result<Option<Revision>, CatalogError> {
+        for _ in 0..attempts {
+            let attempt = match self.get_user(name).await?.value {
+                Some(stored) => {
+                    self.replace_user(name, &stored.with_hash(hash.clone()))
+                        .await
+                }
+                None => self.create_user(name, hash, None).await,
+            };
+            match attempt {
+                Ok(revision) => return Ok(Some(revision)),
+                Err(CatalogError::UserConflict(_) | CatalogError::UserExists(_)) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(None)
+    }
+
     /// Replaces the user's record if it is still at `user.mod_revision`; a concurrent change
     /// or delete is reported, never overwritten.
     pub async fn replace_user(
