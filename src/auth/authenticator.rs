@@ -29,7 +29,6 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use moka::future::Cache;
 use sha2::Sha256;
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::auth::apikey::ApiKeys;
@@ -80,7 +79,7 @@ struct Inner {
     mac: Hmac<Sha256>,
     /// Verified against when the user does not exist, so that costs as much as a wrong password.
     dummy: PasswordHash,
-    /// Verified passwords, watermarks and trust: the handle `coherence` drives.
+    /// Verified passwords, watermarks and trust (`coherence` holds a clone of its `Trust`).
     cache: CredentialCache,
     /// Only for coalescing: concurrent misses with the same (user, verifier, watermark)
     /// share one load.
@@ -473,11 +472,6 @@ impl Authenticator {
         }
     }
 
-    /// See [`CredentialCache::trust_until`].
-    pub fn trust_until(&self, deadline: Option<Instant>) {
-        self.inner.cache.trust_until(deadline);
-    }
-
     pub fn is_trusted(&self) -> bool {
         self.inner.cache.is_trusted()
     }
@@ -792,12 +786,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (auth, _) = setup(&dir).await;
         assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
-        auth.trust_until(Some(Instant::now()));
+        auth.cache()
+            .trust()
+            .until(Some(tokio::time::Instant::now()));
         assert!(matches!(
             auth.verify("alice", b"password1").await,
             Err(AuthError::Unavailable(_))
         ));
-        auth.trust_until(None);
+        auth.cache().trust().until(None);
         assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
     }
 

@@ -17,7 +17,7 @@
 //!    cannot have expired (deadline a margin before the TTL, from the last renewal sent),
 //!    (b) its credential watch has caught up with the registration revision, and (c) that
 //!    watch answered an event or a progress request within a bound. Otherwise it answers
-//!    UNAVAILABLE (see `Authenticator::trust_until`);
+//!    UNAVAILABLE (see `auth::Trust`, written by `trust.rs`);
 //! 4. a watch that broke resumes from `applied + 1`; if that was compacted, the whole cache
 //!    is dropped and the watch starts again from the current revision.
 //!
@@ -173,7 +173,7 @@ impl<S: Leases + Clone + 'static> Coherence<S> {
             session_key: format!("{sessions_prefix}{}", config.replica_id),
             store,
             catalog,
-            trust: TrustGate::new(auth.clone()),
+            trust: TrustGate::new(auth.cache().trust().clone()),
             auth,
             policies,
             credential_prefix,

@@ -1,19 +1,19 @@
-//! The trust gate: until when this replica may answer from its cache, handed to the
-//! authenticator. The earlier of the lease's and the credential watch's bounds, and "not at
+//! The trust gate: until when this replica may answer from its caches, written to the
+//! `auth::Trust` deadline they read. The earlier of the lease's and the credential watch's bounds, and "not at
 //! all" before a registration completed and the watch caught up with it.
 
 use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use crate::auth::Authenticator;
+use crate::auth::Trust;
 use crate::meta::Revision;
 
-/// Decides until when this replica may answer and hands that deadline to the authenticator:
+/// Decides until when this replica may answer and writes that deadline to `Trust`:
 /// the earlier of what the session's lease and the credential watch's liveness allow, and
 /// "not at all" before a registration completed and the watch caught up with it.
 pub(super) struct TrustGate {
-    auth: Authenticator,
+    trust: Trust,
     state: Mutex<TrustGateState>,
 }
 
@@ -27,10 +27,10 @@ struct TrustGateState {
 }
 
 impl TrustGate {
-    pub(super) fn new(auth: Authenticator) -> TrustGate {
+    pub(super) fn new(trust: Trust) -> TrustGate {
         let now = Instant::now();
         let gate = TrustGate {
-            auth,
+            trust,
             state: Mutex::new(TrustGateState {
                 registered_at: None,
                 lease_until: now,
@@ -50,7 +50,7 @@ impl TrustGate {
             Some(at) if state.followed >= at => state.lease_until.min(state.watch_until),
             _ => Instant::now(),
         };
-        self.auth.trust_until(Some(until));
+        self.trust.until(Some(until));
     }
 
     pub(super) fn registered(&self, at: Revision, lease_until: Instant) {
