@@ -359,7 +359,13 @@ fn test_sources(with_unit_tests: bool) -> Vec<(Lang, String)> {
         files_under(&root().join("src"), "rs", &mut src);
         for path in src {
             let text = std::fs::read_to_string(&path).unwrap();
-            if let Some(at) = text.find("#[cfg(test)]") {
+            // A module's unit tests: its `#[cfg(test)]` part, or all of a `tests.rs` file
+            // (`#[cfg(test)] mod tests;` in its parent, as config/ and coherence/ do).
+            let at = match path.ends_with("tests.rs") {
+                true => Some(0),
+                false => text.find("#[cfg(test)]"),
+            };
+            if let Some(at) = at {
                 sources.push((Lang::Rust, text[at..].to_string()));
             }
         }

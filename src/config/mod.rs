@@ -10,11 +10,12 @@
 //!
 //! `Config` is the file's shape; each component's settings are derived from it here, typed
 //! and checked once ([`Config::store`], [`Config::hash_pool`], [`Config::authenticator`],
-//! [`Config::coherence`], [`Config::limits`], [`Config::connections`], …), so `server` only
-//! wires. This module sits above the components (it names their settings types); none of
-//! them reads it. The password defaults and minimums are `password`'s constants, not
-//! repeated here. Secrets (the etcd
-//! password, the default root password, a TLS key) are redacted in `Debug`.
+//! [`Config::coherence`], [`Config::limits`], [`Config::connections`], …), so `server` wires
+//! (the few switches it reads as fields are listed in ARCHITECTURE.md). This module sits above
+//! the components (it names their settings types); none of them reads it. The password
+//! defaults and minimums are `password`'s constants, not repeated here. Secrets (the etcd
+//! password, the default root password, the upstream token: `password::Secret`; a TLS key)
+//! are redacted in `Debug`.
 //!
 //! The module is split by concern: `schema.rs` (the sections and their defaults: the file's
 //! shape), `sources.rs` (defaults ← file ← environment ← flags, merged as one tree),
