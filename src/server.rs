@@ -616,7 +616,8 @@ struct Own {
 /// 1. authentication — before routing, so no handler runs unauthenticated (hashing inside it
 ///    is bounded separately by the hash pool);
 /// 2. routing: `grpc.health.v1` (which the auth layer lets through without credentials),
-///    credstore's own `credstore.v1.CredstoreAdmin` (unlock; never forwarded), and the Milvus
+///    credstore's own `credstore.v1` services (`CredstoreAdmin`: unlock; `ApiKeys`, `Oidc`;
+///    never forwarded), and the Milvus
 ///    service inside the proxy layer (forwarded calls are authenticated, then authorized and
 ///    forwarded; owned calls go to the handlers).
 fn stack(
