@@ -9,7 +9,7 @@ use std::hint::black_box;
 use base64::Engine;
 use credstore::auth::{Authenticator, AuthenticatorConfig, JwksSource, OidcSettings};
 use credstore::catalog::{Catalog, StoredKey, StoredUser};
-use credstore::hash_pool::HashPool;
+use credstore::hash_pool::{HashPool, HashPoolConfig};
 use credstore::meta::{EmbeddedKv, KeyValue, Store};
 use credstore::password::{HashScheme, Hasher, Limits, Password, PasswordHash, Username};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -27,7 +27,10 @@ fn cached_verification(c: &mut Criterion) {
     let (auth, header) = rt.block_on(async {
         let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).expect("store"));
         let catalog = Catalog::new(store, "bench/meta");
-        let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 16, 0);
+        let pool = HashPool::new(HashPoolConfig {
+            queued: 16,
+            ..HashPoolConfig::new(HashScheme::default())
+        });
         let password =
             Password::new(b"bench-password".to_vec(), &Limits::default()).expect("valid");
         let hash = pool.hash(password).await.expect("hash");
@@ -180,7 +183,10 @@ async fn authenticator(
 ) -> (Authenticator, Catalog) {
     let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).expect("store"));
     let catalog = Catalog::new(store, "bench/meta");
-    let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 16, 0);
+    let pool = HashPool::new(HashPoolConfig {
+        queued: 16,
+        ..HashPoolConfig::new(HashScheme::default())
+    });
     let password = Password::new(b"bench-password".to_vec(), &Limits::default()).expect("valid");
     let hash = pool.hash(password).await.expect("hash");
     let name = Username::parse("alice", &Limits::default()).expect("valid");

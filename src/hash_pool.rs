@@ -34,7 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-use crate::password::{HashError, Hasher, Password, PasswordHash};
+use crate::password::{HashError, HashScheme, Hasher, Password, PasswordHash};
 
 /// Whose work a job is: the peer address of the login it verifies, or `None` for work that
 /// is nobody's login (new passwords of admin calls, rehashes), which has no per-peer bound.
@@ -292,10 +292,50 @@ where
     }
 }
 
+/// The pool's settings by name (`config::Config::hash_pool` derives them from the file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashPoolConfig {
+    /// The scheme new hashes are written with.
+    pub scheme: HashScheme,
+    /// Hashing threads (at least one).
+    pub concurrent: usize,
+    /// Computations allowed to wait for a thread.
+    pub queued: usize,
+    /// Computations one peer address may hold, running or waiting (at least one;
+    /// `usize::MAX`: no per-peer bound).
+    pub per_peer: usize,
+    /// CPU priority of the hashing threads (0 = as the rest of the process).
+    pub niceness: i32,
+}
+
+impl HashPoolConfig {
+    /// One thread, a queue of 64, no per-peer bound, normal priority: a starting point for
+    /// tests and tools, which name what they change (`..HashPoolConfig::new(scheme)`).
+    pub fn new(scheme: HashScheme) -> HashPoolConfig {
+        HashPoolConfig {
+            scheme,
+            concurrent: 1,
+            queued: 64,
+            per_peer: usize::MAX,
+            niceness: 0,
+        }
+    }
+}
+
 impl HashPool {
-    /// Starts `concurrent` hashing threads at niceness `nice` (0 = as the rest of the process);
-    /// at most `queued` further jobs wait. No per-peer bound until [`HashPool::with_peer_limit`].
-    pub fn new(hasher: Hasher, concurrent: usize, queued: usize, nice: i32) -> HashPool {
+    /// Starts `config.concurrent` hashing threads at niceness `config.niceness`; at most
+    /// `config.queued` further jobs wait, and one peer address holds at most `config.per_peer`
+    /// (running or waiting; beyond it its calls get `Busy` while other peers are still
+    /// admitted: `credstore.password.maxQueuedHashesPerPeer`).
+    pub fn new(config: HashPoolConfig) -> HashPool {
+        let HashPoolConfig {
+            scheme,
+            concurrent,
+            queued,
+            per_peer,
+            niceness: nice,
+        } = config;
+        let hasher = Hasher::new(scheme);
         let concurrent = concurrent.max(1);
         let queue = Arc::new(Queue {
             state: Mutex::new(Fair::default()),
@@ -303,7 +343,7 @@ impl HashPool {
             closed: AtomicBool::new(false),
             workers: AtomicUsize::new(0),
             capacity: concurrent + queued,
-            per_peer: AtomicUsize::new(usize::MAX),
+            per_peer: AtomicUsize::new(per_peer.max(1)),
             running_per_peer: (concurrent / 2).max(1),
             peak: AtomicUsize::new(0),
             admitted: AtomicU64::new(0),
@@ -329,17 +369,6 @@ impl HashPool {
             hasher,
             handle: Arc::new(Handle { queue }),
         }
-    }
-
-    /// One peer address holds at most `limit` admitted jobs (running or waiting); beyond it
-    /// its calls get `Busy` while other peers are still admitted
-    /// (`credstore.password.maxQueuedHashesPerPeer`).
-    pub fn with_peer_limit(self, limit: usize) -> HashPool {
-        self.handle
-            .queue
-            .per_peer
-            .store(limit.max(1), Ordering::Relaxed);
-        self
     }
 
     pub fn hasher(&self) -> &Hasher {
@@ -623,17 +652,21 @@ mod tests {
 
     /// ~10 ms per verification: long enough for every spawned call to ask for admission
     /// before the first finishes.
-    fn slowish() -> Hasher {
-        Hasher::new(HashScheme::Argon2id {
+    fn slowish() -> HashScheme {
+        HashScheme::Argon2id {
             memory_kib: 8192,
             iterations: 2,
             parallelism: 1,
-        })
+        }
     }
 
     #[tokio::test]
     async fn refuses_beyond_its_queue() {
-        let pool = HashPool::new(Hasher::new(HashScheme::Bcrypt { cost: 10 }), 1, 1, 10);
+        let pool = HashPool::new(HashPoolConfig {
+            queued: 1,
+            niceness: 10,
+            ..HashPoolConfig::new(HashScheme::Bcrypt { cost: 10 })
+        });
         let password = Password::new(b"secret1".to_vec(), &Limits::default()).unwrap();
         let hash = pool.hasher().hash(&password).unwrap();
         // Spawned on the current-thread test runtime, all six ask for admission before any finishes.
@@ -689,7 +722,12 @@ mod tests {
     /// address is served next, not after everything that address queued.
     #[tokio::test]
     async fn one_peer_holds_its_share_and_another_is_served_in_turn() {
-        let pool = HashPool::new(slowish(), 1, 16, 0).with_peer_limit(4);
+        let pool = HashPool::new(HashPoolConfig {
+            concurrent: 1,
+            queued: 16,
+            per_peer: 4,
+            ..HashPoolConfig::new(slowish())
+        });
         let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
         let hash = hash.await.unwrap();
         let mut classes = vec![peer(2); 10];
@@ -717,7 +755,12 @@ mod tests {
     /// job of the largest holder, which gets `Busy`.
     #[tokio::test]
     async fn a_full_pool_pushes_out_the_largest_holder() {
-        let pool = HashPool::new(slowish(), 1, 4, 0).with_peer_limit(8);
+        let pool = HashPool::new(HashPoolConfig {
+            concurrent: 1,
+            queued: 4,
+            per_peer: 8,
+            ..HashPoolConfig::new(slowish())
+        });
         let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
         let hash = hash.await.unwrap();
         let mut classes = vec![peer(2); 5];
@@ -737,7 +780,12 @@ mod tests {
     /// at a time, and another address's run beside them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_peer_computes_on_half_of_the_threads() {
-        let pool = HashPool::new(slowish(), 2, 16, 0).with_peer_limit(8);
+        let pool = HashPool::new(HashPoolConfig {
+            concurrent: 2,
+            queued: 16,
+            per_peer: 8,
+            ..HashPoolConfig::new(slowish())
+        });
         let hash = pool.hash(Password::new(b"secret1".to_vec(), &Limits::default()).unwrap());
         let hash = hash.await.unwrap();
         let peak = pool.peak_running();
@@ -779,16 +827,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cancelled_jobs_hold_their_slot_and_are_skipped() {
         // ~10 ms per hash, 2 threads, a queue of 16.
-        let pool = HashPool::new(
-            Hasher::new(HashScheme::Argon2id {
+        let pool = HashPool::new(HashPoolConfig {
+            concurrent: 2,
+            queued: 16,
+            ..HashPoolConfig::new(HashScheme::Argon2id {
                 memory_kib: 8192,
                 iterations: 2,
                 parallelism: 1,
-            }),
-            2,
-            16,
-            0,
-        );
+            })
+        });
         let password = Password::new(b"secret1".to_vec(), &Limits::default()).unwrap();
         let hash = pool.hash(password).await.unwrap();
         let started = Instant::now();

@@ -9,8 +9,9 @@
 //! only the canonical spelling — the login path uses it, so `" alice"`, `"alice\n"` or
 //! `"alice\u{3000}"` in an `authorization` header are refused rather than mapped to `alice`.
 //!
-//! Secrets: [`Password`] and [`PasswordHash`] wipe their bytes when dropped (`zeroize`), and
-//! neither prints them in `Debug`. In bcrypt mode a password over 72 bytes is refused when it
+//! Secrets: [`Password`], [`PasswordHash`] and [`Secret`] (a configured secret: the etcd
+//! password, the default root password, the upstream token) wipe their bytes when dropped
+//! (`zeroize`), and none prints them in `Debug`. In bcrypt mode a password over 72 bytes is refused when it
 //! would be written ([`HashError::BcryptTooLong`], Go's text) and never matches when verified —
 //! nothing is ever silently truncated.
 
@@ -18,6 +19,39 @@ use std::fmt;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use zeroize::Zeroize;
+
+/// A configured secret (the etcd password, the default root password, the upstream token):
+/// read from the file or the environment like any string, but `Debug` prints `<redacted>`,
+/// so a logged or printed config never shows it, and its bytes are wiped when dropped.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 /// OWASP's first recommendation for argon2id, (memory KiB, iterations, lanes): the default
 /// scheme and the weakest one credstore writes without `allowWeakParameters`. The one place

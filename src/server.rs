@@ -21,7 +21,7 @@ use crate::http::Readiness;
 use crate::import::{ImportError, ImportOptions, Source, Summary};
 use crate::meta::{EmbeddedFailure, EmbeddedKv, EtcdKv, MetaError, Revision, Store};
 use crate::metrics::{Metrics, Reading};
-use crate::password::{HashError, Hasher, Password, RuleError, Username};
+use crate::password::{HashError, Password, RuleError, Username};
 use crate::proto::credstore::api_keys_server::ApiKeysServer;
 use crate::proto::credstore::credstore_admin_server::CredstoreAdminServer;
 use crate::proto::credstore::oidc_server::OidcServer;
@@ -131,14 +131,7 @@ impl State {
                 return Err(ServerError::NoRoot(describe_store(&config)));
             }
         }
-        let settings = config.hash_pool();
-        let pool = HashPool::new(
-            Hasher::new(settings.scheme),
-            settings.concurrent,
-            settings.queued,
-            settings.niceness,
-        )
-        .with_peer_limit(settings.per_peer);
+        let pool = HashPool::new(config.hash_pool());
         catalog.ensure_default_roles().await?;
         if config.proxy.enable_public_privilege {
             catalog.ensure_public_grants().await?;
@@ -268,27 +261,11 @@ pub async fn reset_root(mut config: Config, password: &[u8]) -> Result<RootReset
 async fn write_root(state: &State, password: Password) -> Result<Revision, ServerError> {
     let hash = state.auth.pool().hash(password).await?;
     let root = Username::parse(ROOT_USER, &state.config.limits()).expect("root is a valid name");
-    let mut written = None;
-    for _ in 0..8 {
-        let attempt = match state.catalog.get_user(&root).await?.value {
-            Some(stored) => {
-                state
-                    .catalog
-                    .replace_user(&root, &stored.with_hash(hash.clone()))
-                    .await
-            }
-            None => state.catalog.create_user(&root, &hash, None).await,
-        };
-        match attempt {
-            Ok(revision) => {
-                written = Some(revision);
-                break;
-            }
-            Err(CatalogError::UserConflict(_) | CatalogError::UserExists(_)) => continue,
-            Err(other) => return Err(other.into()),
-        }
-    }
-    let revision = written.ok_or(ServerError::RootRaced)?;
+    let revision = state
+        .catalog
+        .put_user_hash(&root, &hash, 8)
+        .await?
+        .ok_or(ServerError::RootRaced)?;
     tracing::warn!(
         revision,
         "root's password was reset (break-glass, admin reset-root)"

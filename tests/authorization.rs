@@ -27,7 +27,7 @@ use credstore::password::{Limits, Username};
 use credstore::proxy::RawCodec;
 use credstore::proxy::methods::{CALLER_DEPENDENT, FILTERED, OWNED, STREAMING, UNANNOTATED};
 use credstore::proxy::subject::{self, Subject};
-use credstore::rbac::{Reach, methods};
+use credstore::rbac::{Reach, method_privileges as methods};
 use prost::Message;
 use prost::bytes::Bytes;
 use prost_reflect::{

@@ -8,25 +8,23 @@ use std::time::Duration;
 
 use credstore::auth::{AuthError, Authenticator, AuthenticatorConfig};
 use credstore::catalog::{Catalog, CatalogError, RoleName};
-use credstore::hash_pool::HashPool;
+use credstore::hash_pool::{HashPool, HashPoolConfig};
 use credstore::meta::{MetaKv, Op, Txn};
-use credstore::password::{HashScheme, Hasher, Limits, Password, PasswordHash, Username};
+use credstore::password::{HashScheme, Limits, Password, PasswordHash, Username};
 
 async fn catalog(etcd: &common::Etcd, root: &str) -> Catalog {
     Catalog::new(etcd.store().await, &format!("{root}/meta"))
 }
 
 fn pool() -> HashPool {
-    HashPool::new(
-        Hasher::new(HashScheme::Argon2id {
+    HashPool::new(HashPoolConfig {
+        concurrent: 2,
+        ..HashPoolConfig::new(HashScheme::Argon2id {
             memory_kib: 64,
             iterations: 1,
             parallelism: 1,
-        }),
-        2,
-        64,
-        0,
-    )
+        })
+    })
 }
 
 fn name(raw: &str) -> Username {

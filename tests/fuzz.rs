@@ -15,7 +15,7 @@ use proptest::test_runner::{Config, FileFailurePersistence};
 
 use credstore::auth::{AuthError, Authenticator, AuthenticatorConfig, parse_header};
 use credstore::catalog::Catalog;
-use credstore::hash_pool::HashPool;
+use credstore::hash_pool::{HashPool, HashPoolConfig};
 use credstore::meta::{EmbeddedKv, MetaKv, Store};
 use credstore::password::{
     HashScheme, Hasher, Limits, Password, PasswordHash, RuleError, Username,
@@ -71,12 +71,16 @@ fn is_canonical(raw: &str, limits: &Limits) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
-fn weak_hasher() -> Hasher {
-    Hasher::new(HashScheme::Argon2id {
+fn weak_scheme() -> HashScheme {
+    HashScheme::Argon2id {
         memory_kib: 8,
         iterations: 1,
         parallelism: 1,
-    })
+    }
+}
+
+fn weak_hasher() -> Hasher {
+    Hasher::new(weak_scheme())
 }
 
 /// A few valid stored hashes to mutate: argon2id (weak, fast) and bcrypt `$2a$`/`$2b$`/`$2y$`
@@ -283,7 +287,7 @@ fn fixture() -> &'static Fixture {
         let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
         let auth = runtime.block_on(async {
             let catalog = Catalog::new(store.clone(), "fuzz/meta");
-            let pool = HashPool::new(weak_hasher(), 1, 64, 0);
+            let pool = HashPool::new(HashPoolConfig::new(weak_scheme()));
             let password = Password::new(b"password1".to_vec(), &Limits::default()).unwrap();
             let hash = pool.hash(password).await.unwrap();
             let alice = Username::parse_exact("alice", &Limits::default()).unwrap();

@@ -2,7 +2,7 @@
 //! acknowledged change, every replica that has joined refuses the old password on its very
 //! next request. (The race itself — a writer whose view of the sessions lags a replica that
 //! registered just before the write — is reproduced deterministically by a fault-injection
-//! test in `coherence.rs`; this is the same promise end to end.)
+//! test in `src/coherence/tests.rs`; this is the same promise end to end.)
 //! Starts an etcd and several replicas: run this file with `--test-threads=1`.
 
 mod common;

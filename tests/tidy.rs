@@ -2,9 +2,10 @@
 //! exists in a `//!` comment; imports follow the layering of ARCHITECTURE.md's code map and
 //! the shared DESIGN.md's "Layout" (`../shared/DESIGN.md`; the import matrix below: who may
 //! import whom); only `meta` names the storage crates, only `password` the hashing crates,
-//! only `coherence` opens watches, and the inner modules (catalog, password, config, hash_pool,
-//! coherence, metrics) do not speak gRPC; no test is ignored or expected to panic without saying
-//! why; every test that uses the harness (tests/common) has a time limit.
+//! only `coherence` opens watches, and the inner modules (`NO_GRPC`: catalog, password,
+//! config, hash_pool, coherence, rbac, metrics, audit, import) do not speak gRPC; no test is
+//! ignored or expected to panic without saying why; every test that uses the harness
+//! (tests/common) has a time limit.
 
 #[path = "common/report.rs"]
 mod report;
@@ -14,136 +15,139 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The import matrix: each module of `src/` and the `crate::` modules it may import (its own
-/// is always allowed). The layering, top to bottom:
+/// is always allowed). Rows run top to bottom in tier order — a row names only rows below it
+/// (`the_matrix_rows_run_top_down`) — and ARCHITECTURE.md's code map lists the modules in
+/// the same order (`the_code_map_follows_the_matrix`):
 ///
-///   server → service / proxy → rbac / auth / coherence → catalog → meta / password
+///   server → import → config → service / proxy / http → coherence → rbac → auth
+///     → transport → bench → client → catalog / hash_pool → meta / password
+///     → the leaves metrics, audit, proto, tls
 ///
-/// with the leaves `hash_pool` (under auth), `proto` (the wire types: `service`, `proxy`,
-/// `server` and the clients only), `config` (turns the file into each component's settings,
-/// so it sits above the components, which never read it), and the client side (`client`,
-/// `admin`, `bench`), which speaks only the wire. A row may name a module that does not exist
-/// yet (rbac, proxy, client, http): the matrix is the plan, and new modules slot in. A new
-/// module needs a row, and a new arrow an edit here, said in review.
+/// `config` turns the file into each component's settings, so it sits above the components,
+/// which never read it; `import` (`admin import`) reads the source's etcd.* through it.
+/// `proto` (the wire types) is named by `service`, `proxy`, `server` and the client side only.
+/// Every row names a module that exists (`every_matrix_row_is_a_module`); a new module needs
+/// a row, and a new arrow an edit here, said in review.
 const MATRIX: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "import",
             "config",
             "service",
             "proxy",
             "http",
-            "metrics",
-            "audit",
+            "coherence",
             "rbac",
             "auth",
-            "coherence",
+            "transport",
             "catalog",
+            "hash_pool",
             "meta",
             "password",
-            "hash_pool",
+            "metrics",
+            "audit",
             "proto",
             "tls",
+        ],
+    ),
+    // `admin import`: reads a Milvus keyspace (meta's paged etcd reads, the catalog's
+    // readers) and writes through the catalog; the source's etcd.* keys go through config.
+    ("import", &["config", "catalog", "meta", "password"]),
+    (
+        "config",
+        &[
+            "proxy",
+            "http",
+            "coherence",
+            "rbac",
+            "auth",
             "transport",
-            "import",
+            "catalog",
+            "hash_pool",
+            "meta",
+            "password",
+            "tls",
         ],
     ),
     (
         "service",
         &[
-            "audit",
-            "metrics",
+            "coherence",
             "rbac",
             "auth",
-            "coherence",
             "catalog",
+            "hash_pool",
             "meta",
             "password",
-            "hash_pool",
+            "metrics",
+            "audit",
             "proto",
         ],
     ),
     (
         "proxy",
         &[
-            "metrics",
+            "coherence",
             "rbac",
             "auth",
-            "coherence",
+            "client",
             "catalog",
             "meta",
             "password",
+            "metrics",
             "proto",
-            "client",
             "tls",
         ],
     ),
     (
         "http",
         &[
-            "metrics",
+            "coherence",
             "rbac",
             "auth",
-            "coherence",
             "catalog",
+            "hash_pool",
             "meta",
             "password",
-            "hash_pool",
+            "metrics",
         ],
     ),
     (
         "coherence",
-        &["rbac", "auth", "catalog", "meta", "password", "hash_pool"],
+        &["rbac", "auth", "catalog", "hash_pool", "meta", "password"],
     ),
     ("rbac", &["auth", "catalog", "meta", "password"]),
     (
         "auth",
         &[
             "catalog",
+            "hash_pool",
             "meta",
             "password",
-            "hash_pool",
             "metrics",
             "audit",
             // OIDC fetches the issuer's keys over TLS (`tls::connect_https`).
             "tls",
         ],
     ),
+    // The gRPC port's connections (caps, handshake, HTTP/2 limits, idle): below `server`,
+    // which hands it the request stack; above `tls` (handshakes) and `metrics` (counts).
+    ("transport", &["metrics", "tls"]),
+    // The client side speaks only the wire.
+    ("bench", &["client", "password", "proto", "tls"]),
+    ("client", &["proto", "tls"]),
+    ("catalog", &["meta", "password"]),
+    ("hash_pool", &["password"]),
+    ("meta", &[]),
+    ("password", &[]),
     // A leaf: the server hands it closures that read the other parts at scrape time.
     ("metrics", &[]),
     // A leaf: callers hand it names, addresses and classes, never the types they come from.
     ("audit", &[]),
-    ("catalog", &["meta", "password"]),
-    // `admin import`: reads a Milvus keyspace (meta's paged etcd reads, the catalog's
-    // readers) and writes through the catalog; the source's etcd.* keys go through config.
-    ("import", &["config", "catalog", "meta", "password"]),
-    ("hash_pool", &["password"]),
-    ("meta", &[]),
-    ("password", &[]),
-    (
-        "config",
-        &[
-            "proxy",
-            "http",
-            "rbac",
-            "auth",
-            "coherence",
-            "catalog",
-            "meta",
-            "password",
-            "hash_pool",
-            "tls",
-            "transport",
-        ],
-    ),
     ("proto", &[]),
     // A leaf: TLS files to rustls configurations, server and client side.
     ("tls", &[]),
-    // The gRPC port's connections (caps, handshake, HTTP/2 limits, idle): below `server`,
-    // which hands it the request stack; above `tls` (handshakes) and `metrics` (counts).
-    ("transport", &["tls", "metrics"]),
-    ("client", &["proto", "tls"]),
-    ("admin", &["client", "proto", "password"]),
-    ("bench", &["client", "proto", "password", "tls"]),
 ];
 
 /// External crates only some files may name: (crate, the paths under `src/` that may).
@@ -165,6 +169,7 @@ const NO_GRPC: &[&str] = &[
     "config",
     "hash_pool",
     "coherence",
+    "rbac",
     "metrics",
     "audit",
     "import",
@@ -301,6 +306,21 @@ fn module_of(path: &str) -> Option<&str> {
     }
 }
 
+/// The modules of the crate: `src/NAME.rs` and `src/NAME/` (the crate roots excepted).
+fn crate_modules_on_disk() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut modules = BTreeSet::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let is_module = path.is_dir() || path.extension().is_some_and(|e| e == "rs");
+        if is_module && name != "lib" && name != "main" {
+            modules.insert(name);
+        }
+    }
+    modules
+}
+
 fn matrix() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     MATRIX
         .iter()
@@ -363,6 +383,69 @@ fn the_import_matrix_has_no_cycle() {
 }
 
 #[test]
+fn every_matrix_row_is_a_module() {
+    let modules = crate_modules_on_disk();
+    let mut findings = Vec::new();
+    for (module, _) in MATRIX {
+        if !modules.contains(*module) {
+            findings.push(format!(
+                "`{module}` has a row but no src/{module}.rs or src/{module}/: remove the row \
+                 or name the module it meant"
+            ));
+        }
+    }
+    for module in &modules {
+        if !MATRIX.iter().any(|(row, _)| row == module) {
+            findings.push(format!("src/{module}: no row in the matrix"));
+        }
+    }
+    report(
+        "The import matrix in tests/tidy.rs has one row per module of src/, and no other:",
+        &findings,
+    );
+}
+
+#[test]
+fn the_matrix_rows_run_top_down() {
+    let position = |name: &str| MATRIX.iter().position(|(row, _)| *row == name);
+    let mut findings = Vec::new();
+    for (at, (module, allowed)) in MATRIX.iter().enumerate() {
+        for target in *allowed {
+            if position(target).is_some_and(|below| below <= at) {
+                findings.push(format!(
+                    "`{module}` may import `{target}`, whose row is above it: move the row"
+                ));
+            }
+        }
+    }
+    report(
+        "Rows of the import matrix are in tier order (each names only rows below it):",
+        &findings,
+    );
+}
+
+#[test]
+fn the_code_map_follows_the_matrix() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let map = text
+        .split("\n## Code map\n")
+        .nth(1)
+        .expect("ARCHITECTURE.md has a `## Code map` section");
+    let map = map.split("\n## ").next().unwrap_or(map);
+    // Table rows: | `module` | owns | must not |
+    let listed: Vec<&str> = map
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    let rows: Vec<&str> = MATRIX.iter().map(|(row, _)| *row).collect();
+    assert_eq!(
+        listed, rows,
+        "ARCHITECTURE.md's code map lists the modules in the matrix's order (tests/tidy.rs)"
+    );
+}
+
+#[test]
 fn imports_follow_the_layering() {
     let matrix = matrix();
     let mut findings = Vec::new();
@@ -394,8 +477,8 @@ fn imports_follow_the_layering() {
         }
     }
     report(
-        "Imports must point down the layering server → service/proxy → rbac/auth/coherence → \
-         catalog → meta/password (MATRIX in tests/tidy.rs):",
+        "Imports must point down the layering of MATRIX in tests/tidy.rs (server → … → \
+         catalog → meta/password):",
         &findings,
     );
 }
@@ -464,7 +547,7 @@ fn only_coherence_opens_watches() {
         }
     }
     report(
-        "Only coherence.rs opens watches (meta implements them):",
+        "Only coherence opens watches (meta implements them):",
         &findings,
     );
 }

@@ -29,7 +29,6 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use moka::future::Cache;
 use sha2::Sha256;
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::auth::apikey::ApiKeys;
@@ -80,7 +79,7 @@ struct Inner {
     mac: Hmac<Sha256>,
     /// Verified against when the user does not exist, so that costs as much as a wrong password.
     dummy: PasswordHash,
-    /// Verified passwords, watermarks and trust: the handle `coherence` drives.
+    /// Verified passwords, watermarks and trust (`coherence` holds a clone of its `Trust`).
     cache: CredentialCache,
     /// Only for coalescing: concurrent misses with the same (user, verifier, watermark)
     /// share one load.
@@ -473,11 +472,6 @@ impl Authenticator {
         }
     }
 
-    /// See [`CredentialCache::trust_until`].
-    pub fn trust_until(&self, deadline: Option<Instant>) {
-        self.inner.cache.trust_until(deadline);
-    }
-
     pub fn is_trusted(&self) -> bool {
         self.inner.cache.is_trusted()
     }
@@ -515,6 +509,7 @@ fn hash_error(err: HashError) -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash_pool::HashPoolConfig;
     use crate::meta::{EmbeddedKv, MetaKv, Store};
     use crate::password::{HashScheme, Hasher};
 
@@ -560,7 +555,11 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        HashPool::new(Hasher::new(scheme), concurrent, queued, 0)
+        HashPool::new(HashPoolConfig {
+            concurrent,
+            queued,
+            ..HashPoolConfig::new(scheme)
+        })
     }
 
     async fn setup(dir: &tempfile::TempDir) -> (Authenticator, Catalog) {
@@ -636,16 +635,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_to_bob_while_alices_load_is_in_flight_still_caches_alice() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = HashPool::new(
-            Hasher::new(HashScheme::Argon2id {
+        let pool = HashPool::new(HashPoolConfig {
+            queued: 8,
+            ..HashPoolConfig::new(HashScheme::Argon2id {
                 memory_kib: 8192,
                 iterations: 4,
                 parallelism: 1,
-            }),
-            1,
-            8,
-            0,
-        );
+            })
+        });
         let (auth, catalog) = setup_with(&dir, pool.clone()).await;
         // Occupy the one hashing thread (a slow hash: its parameters travel in the string) so
         // alice's verification waits in the queue.
@@ -789,12 +786,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (auth, _) = setup(&dir).await;
         assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
-        auth.trust_until(Some(Instant::now()));
+        auth.cache()
+            .trust()
+            .until(Some(tokio::time::Instant::now()));
         assert!(matches!(
             auth.verify("alice", b"password1").await,
             Err(AuthError::Unavailable(_))
         ));
-        auth.trust_until(None);
+        auth.cache().trust().until(None);
         assert_eq!(auth.verify("alice", b"password1").await, Ok(()));
     }
 
@@ -805,7 +804,10 @@ mod tests {
     async fn cancelled_wrong_password_logins_leave_no_backlog() {
         let dir = tempfile::tempdir().unwrap();
         // Default-like parameters: a few tens of ms per hash; one thread, the default queue.
-        let pool = HashPool::new(Hasher::new(HashScheme::default()), 1, 256, 0);
+        let pool = HashPool::new(HashPoolConfig {
+            queued: 256,
+            ..HashPoolConfig::new(HashScheme::default())
+        });
         // About the hash pool's backlog: with lockout on, alice's pair would lock after 5
         // of these failures and the last login would get the lock answer instead.
         let no_lockout = LockoutPolicy {

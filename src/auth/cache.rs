@@ -1,7 +1,9 @@
 //! `CredentialCache`: the per-replica memory of verified passwords, and everything that decides
-//! whether it may be used — the invalidation watermarks and the trust deadline. It is the one
-//! handle `coherence` drives (invalidate on watch events, extend trust on keep-alives) and the
-//! one `authenticator` reads and fills; it never reads the store or hashes.
+//! whether it may be used — the invalidation watermarks and the trust deadline ([`Trust`]).
+//! `coherence` invalidates it on watch events (through the authenticator, which also drops
+//! the API keys and tokens the event concerns) and holds a clone of its `Trust`, which it
+//! moves on keep-alives; `authenticator` reads and fills it; it never reads the store or
+//! hashes.
 //!
 //! An entry is, per canonical [`Username`], an HMAC-SHA256 [`Verifier`] of name and password
 //! (keyed by the authenticator, never the password or an unkeyed hash) and the store revision
@@ -232,12 +234,9 @@ impl CredentialCache {
         self.inner.verified.invalidate_all();
     }
 
-    /// Answers only until `deadline` (`None`: indefinitely). `coherence` moves the deadline
-    /// forward with every confirmed lease keep-alive, so a replica that was frozen or cut off
-    /// refuses (UNAVAILABLE) from the moment its lease may have expired, even before any of
-    /// its tasks has run again. The clock is monotonic and keeps running while stopped.
-    pub fn trust_until(&self, deadline: Option<Instant>) {
-        self.inner.trust.set(deadline);
+    /// The trust deadline this cache answers under (`coherence` holds a clone and moves it).
+    pub fn trust(&self) -> &Trust {
+        &self.inner.trust
     }
 
     pub fn is_trusted(&self) -> bool {
@@ -269,8 +268,16 @@ fn key_name(raw: &str) -> Option<Username> {
     Username::parse_exact(raw, &limits).ok()
 }
 
-/// A deadline readable without a lock: milliseconds after `base`, `u64::MAX` for never.
-struct Trust {
+/// Until when this replica may answer from its caches: a cheap handle on one deadline,
+/// readable without a lock. The cache (and the API-key and token caches through it) reads it;
+/// `coherence`'s trust gate holds a clone and is the only writer.
+#[derive(Clone)]
+pub struct Trust {
+    inner: Arc<Deadline>,
+}
+
+/// Milliseconds after `base`, `u64::MAX` for never.
+struct Deadline {
     base: Instant,
     until_ms: AtomicU64,
 }
@@ -278,20 +285,27 @@ struct Trust {
 impl Trust {
     fn forever() -> Trust {
         Trust {
-            base: Instant::now(),
-            until_ms: AtomicU64::new(u64::MAX),
+            inner: Arc::new(Deadline {
+                base: Instant::now(),
+                until_ms: AtomicU64::new(u64::MAX),
+            }),
         }
     }
 
-    fn set(&self, deadline: Option<Instant>) {
+    /// Answers only until `deadline` (`None`: indefinitely). `coherence` moves the deadline
+    /// forward with every confirmed lease keep-alive, so a replica that was frozen or cut off
+    /// refuses (UNAVAILABLE) from the moment its lease may have expired, even before any of
+    /// its tasks has run again. The clock is monotonic and keeps running while stopped.
+    pub fn until(&self, deadline: Option<Instant>) {
         let ms = match deadline {
             None => u64::MAX,
-            Some(at) => at.saturating_duration_since(self.base).as_millis() as u64,
+            Some(at) => at.saturating_duration_since(self.inner.base).as_millis() as u64,
         };
-        self.until_ms.store(ms, Ordering::Release);
+        self.inner.until_ms.store(ms, Ordering::Release);
     }
 
-    fn holds(&self) -> bool {
-        (self.base.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+    /// Whether the deadline is still ahead.
+    pub fn holds(&self) -> bool {
+        (self.inner.base.elapsed().as_millis() as u64) < self.inner.until_ms.load(Ordering::Acquire)
     }
 }

@@ -37,7 +37,7 @@ use crate::password::{HashError, Limits, Username};
 
 pub use authenticator::{Authenticator, AuthenticatorConfig, SeenIdentity};
 pub use bearer::Refusal;
-pub use cache::{AuthStats, CredentialCache};
+pub use cache::{AuthStats, CredentialCache, Trust};
 pub use layer::{AuthLayer, AuthService};
 pub use lockout::{LockedCounts, Lockout, LockoutObserver, LockoutPolicy, MAX_TRACKED};
 pub use oidc::{JwksSource, Oidc, OidcSettings};

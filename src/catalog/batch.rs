@@ -16,9 +16,10 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::grants::{GroupValue, encode_group, parse_target};
+use crate::catalog::roles::{description_of, role_value};
 use crate::catalog::{
     Catalog, CatalogError, GrantTarget, MAX_TXN_OPS, RoleName, StoredGrant, StoredGroup,
-    StoredUser, description_of, grantee_id, role_value,
+    StoredUser, grantee_id,
 };
 use crate::meta::{Compare, KeyValue, MetaKv, Op, Revision, Txn};
 use crate::password::Username;

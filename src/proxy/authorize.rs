@@ -14,7 +14,7 @@ use crate::catalog::DEFAULT_DB;
 use crate::proxy::aliases::Aliases;
 use crate::proxy::error::Refusal;
 use crate::proxy::subject::Subject;
-use crate::rbac::{self, ADMIN_ROLE, Denial, Policies, Reach, Target, methods};
+use crate::rbac::{self, ADMIN_ROLE, Denial, Policies, Reach, Target, method_privileges};
 
 /// Authorization of forwarded calls; cheap to share behind an `Arc`.
 pub struct Authorizer {
@@ -54,7 +54,7 @@ impl Authorizer {
         }
         let user = who.name().unwrap_or_default().to_string();
         let db = db.to_string();
-        Err(match methods::rule(method) {
+        Err(match method_privileges::rule(method) {
             Some(rule) => Denial::Privilege {
                 privilege: rule.privilege,
                 user,
@@ -76,7 +76,7 @@ impl Authorizer {
         method: &str,
         subject: &Subject,
     ) -> Result<(), Refusal> {
-        let rule = methods::rule(method);
+        let rule = method_privileges::rule(method);
         if rule.is_none() {
             self.log_once(method);
         }

@@ -1,6 +1,6 @@
 //! [`RawCodec`]: a gRPC codec whose messages are the encoded bytes themselves. The proxy
 //! tier forwards requests and answers without decoding them (only the fields authorization
-//! needs are read, by `rbac::methods`), so a message costs one copy out of the frame buffer
+//! needs are read, by `rbac::method_privileges`), so a message costs one copy out of the frame buffer
 //! and nothing else.
 
 use prost::bytes::{Buf, BufMut, Bytes};

@@ -102,7 +102,8 @@ impl Forwarder {
         let token = match config.token.is_empty() {
             true => None,
             false => {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(&config.token);
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(config.token.expose());
                 Some(
                     AsciiMetadataValue::try_from(encoded)
                         .map_err(|_| ProxyError::Token("cannot be sent as a header".into()))?,
@@ -258,6 +259,7 @@ fn unavailable(uri: &str, e: tonic::transport::Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::password::Secret;
     use crate::tls::ClientTls;
 
     #[test]
@@ -312,7 +314,7 @@ mod tests {
     fn uris_and_tokens() {
         let config = |uri: &str| Upstream {
             uri: uri.into(),
-            token: String::new(),
+            token: Secret::default(),
             max_message_bytes: 1 << 20,
             max_in_flight_bytes: 1 << 30,
             max_in_flight_bytes_per_connection: 1 << 28,
@@ -347,7 +349,7 @@ mod tests {
         // connect_lazy needs a runtime for its background task.
         let _guard = rt.enter();
         let forwarder = Forwarder::new(&Upstream {
-            token: "root:Milvus".into(),
+            token: Secret::new("root:Milvus"),
             ..config("http://127.0.0.1:1")
         })
         .unwrap();

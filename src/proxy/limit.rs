@@ -332,7 +332,7 @@ mod tests {
     fn upstream(max_message: usize, replica: usize, per_connection: usize) -> Upstream {
         Upstream {
             uri: String::new(),
-            token: String::new(),
+            token: crate::password::Secret::default(),
             max_message_bytes: max_message,
             max_in_flight_bytes: replica,
             max_in_flight_bytes_per_connection: per_connection,

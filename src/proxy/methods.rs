@@ -1,10 +1,10 @@
 //! Which `MilvusService` methods credstore answers itself, which it forwards, and which it
-//! refuses. A method is known when `rbac::methods` has a privilege rule for it or it is in
+//! refuses. A method is known when `rbac::method_privileges` has a privilege rule for it or it is in
 //! [`UNANNOTATED`] (Milvus methods without a `privilege_ext_obj`, listed from pymilvus's
 //! descriptors); anything else is refused with UNIMPLEMENTED and never forwarded.
 
 use crate::proxy::error::Refusal;
-use crate::rbac::methods::rule;
+use crate::rbac::method_privileges::rule;
 
 /// The gRPC service every forwarded method belongs to.
 pub const SERVICE: &str = "milvus.proto.milvus.MilvusService";

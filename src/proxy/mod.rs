@@ -36,16 +36,18 @@ use std::time::Duration;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::coherence::Coherence;
+use crate::password::Secret;
 use crate::rbac::Policies;
 use crate::tls::{ClientTls, TlsError};
 
-/// Where forwarded calls go and how (from `credstore.upstream`). `Debug` hides the token.
-#[derive(Clone, PartialEq, Eq)]
+/// Where forwarded calls go and how (from `credstore.upstream`). `Debug` hides the token (a
+/// [`Secret`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
     /// `http://host:port`; empty: no upstream.
     pub uri: String,
     /// `user:password` presented upstream; empty: no `authorization` header.
-    pub token: String,
+    pub token: Secret,
     /// Largest request or response message forwarded.
     pub max_message_bytes: usize,
     /// Request bodies held at once by this replica, and by one connection (`limit.rs`).
@@ -57,31 +59,6 @@ pub struct Upstream {
     pub default_timeout: Duration,
     /// How to reach an `https://` upstream.
     pub tls: ClientTls,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("uri", &self.uri)
-            .field(
-                "token",
-                &if self.token.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
-            .field(
-                "max_in_flight_bytes_per_connection",
-                &self.max_in_flight_bytes_per_connection,
-            )
-            .field("body_timeout", &self.body_timeout)
-            .field("default_timeout", &self.default_timeout)
-            .field("tls", &self.tls)
-            .finish()
-    }
 }
 
 /// Why the proxy tier could not be set up from its configuration.

@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn the_table_agrees_with_the_privilege_table() {
         // Every object-name field Milvus annotates is a collection name the subject reads.
-        for (method, rule) in crate::rbac::methods::all() {
+        for (method, rule) in crate::rbac::method_privileges::all() {
             if rule.object != crate::rbac::ObjectType::Collection {
                 continue;
             }

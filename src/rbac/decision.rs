@@ -17,10 +17,10 @@
 
 use crate::auth::Authenticated;
 use crate::catalog::{CatalogError, DEFAULT_DB};
-use crate::rbac::methods::{self, MethodRule};
-use crate::rbac::policies::Policies;
-use crate::rbac::policy::{ADMIN_ROLE, Check};
+use crate::rbac::method_privileges::{self, MethodRule};
+use crate::rbac::policy_cache::Policies;
 use crate::rbac::privileges::{Level, ObjectType, Privilege};
+use crate::rbac::role_policy::{ADMIN_ROLE, Check};
 
 /// Where a privilege acts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub async fn decide(
         return Ok(());
     }
     let acting_db = target.dbs.first().copied().unwrap_or(DEFAULT_DB);
-    let Some(rule) = methods::rule(method) else {
+    let Some(rule) = method_privileges::rule(method) else {
         let roles = policies.roles_of(who).await?;
         return match roles.iter().any(|r| r == ADMIN_ROLE) {
             true => Ok(()),
@@ -138,7 +138,7 @@ pub async fn may_hold(
     if policies.exempt(who) {
         return Ok(true);
     }
-    match methods::rule(method) {
+    match method_privileges::rule(method) {
         Some(rule) => policies.holds_anywhere(who, rule.privilege).await,
         None => Ok(policies
             .roles_of(who)
@@ -210,7 +210,7 @@ mod tests {
     }
 
     fn names(rule: &str, dbs: &[&str], names: &[&str]) -> Vec<(String, String)> {
-        let rule = methods::rule(rule).unwrap();
+        let rule = method_privileges::rule(rule).unwrap();
         checks(rule, Target { dbs, names })
             .into_iter()
             .map(|c| (c.db.to_string(), c.name.to_string()))

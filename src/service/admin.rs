@@ -7,12 +7,12 @@
 
 use tonic::{Request, Response};
 
-use crate::audit;
 use crate::proto::common::ErrorCode;
 use crate::proto::credstore::credstore_admin_server::CredstoreAdmin;
 use crate::proto::credstore::{UnlockRequest, UnlockResponse};
+use crate::service::milvus::outcome;
 use crate::service::status::ServiceError;
-use crate::service::{Api, Caller, outcome};
+use crate::service::{Api, Caller};
 
 #[tonic::async_trait]
 impl CredstoreAdmin for Api {
@@ -20,8 +20,7 @@ impl CredstoreAdmin for Api {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, tonic::Status> {
-        let target = |b: &UnlockRequest| audit::target([("user", b.user_name.clone().into())]);
-        let result = self.audited(request, "Unlock", target, async |caller, body| {
+        let result = self.audited(request, async |caller, body| {
             self.unlock_user(&caller, body).await
         });
         let (status, was_locked) = outcome(result.await, ErrorCode::UnexpectedError)?;

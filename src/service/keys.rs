@@ -21,6 +21,7 @@ use crate::password::Username;
 use crate::proto::credstore::api_keys_server::ApiKeys;
 use crate::proto::credstore::oidc_server::Oidc;
 use crate::proto::credstore::*;
+use crate::service::audit_target::AuditTarget;
 use crate::service::status::ServiceError;
 use crate::service::{Api, Caller, MAX_DESCRIPTION_LEN};
 
@@ -121,22 +122,13 @@ fn answer<T>(result: Result<T, KeysError>) -> Result<Response<T>, tonic::Status>
     result.map(Response::new).map_err(|e| to_grpc(&e))
 }
 
-fn audit_roles(roles: &[String]) -> serde_json::Value {
-    roles
-        .iter()
-        .map(|r| serde_json::Value::from(r.clone()))
-        .collect()
-}
-
 impl Api {
-    /// Runs `handler` on the request's caller and body, then writes one audit line: `action`,
-    /// the caller, the target fields (those `target` reads from the body, then those the
-    /// handler adds), the revision written and the outcome's class.
-    async fn keys_audited<T, R>(
+    /// Runs `handler` on the request's caller and body, then writes one audit line: the
+    /// request's action, the caller, the target fields (those the request names, then those
+    /// the handler adds), the revision written and the outcome's class.
+    async fn keys_audited<T: AuditTarget, R>(
         &self,
         request: Request<T>,
-        action: &'static str,
-        target: impl FnOnce(&T) -> serde_json::Map<String, serde_json::Value>,
         handler: impl AsyncFnOnce(
             Caller,
             T,
@@ -144,9 +136,9 @@ impl Api {
         ) -> Result<R, KeysError>,
     ) -> Result<R, KeysError> {
         let (caller, body) = Caller::of(request)?;
-        let mut fields = target(&body);
+        let mut fields = body.target();
         let result = handler(caller.clone(), body, &mut fields).await;
-        record(&self.audit, action, &caller, fields, &result);
+        record(&self.audit, T::ACTION, &caller, fields, &result);
         result
     }
 
@@ -469,19 +461,9 @@ impl ApiKeys for Api {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Result<Response<CreateApiKeyResponse>, tonic::Status> {
-        let target = |b: &CreateApiKeyRequest| {
-            audit::target([
-                ("owner", b.owner.clone().into()),
-                ("roles", audit_roles(&b.roles)),
-                ("ttl_seconds", b.ttl_seconds.into()),
-            ])
-        };
-        let result = self.keys_audited(
-            request,
-            "CreateApiKey",
-            target,
-            async |caller, body, fields| self.create_key(&caller, body, fields).await,
-        );
+        let result = self.keys_audited(request, async |caller, body, fields| {
+            self.create_key(&caller, body, fields).await
+        });
         answer(result.await)
     }
 
@@ -500,8 +482,7 @@ impl ApiKeys for Api {
         &self,
         request: Request<RevokeApiKeyRequest>,
     ) -> Result<Response<RevokeApiKeyResponse>, tonic::Status> {
-        let target = |b: &RevokeApiKeyRequest| audit::target([("id", b.id.clone().into())]);
-        let result = self.keys_audited(request, "RevokeApiKey", target, async |caller, body, _| {
+        let result = self.keys_audited(request, async |caller, body, _| {
             self.revoke_key(&caller, body.id.trim()).await
         });
         answer(result.await.map(|()| RevokeApiKeyResponse {}))
@@ -514,13 +495,7 @@ impl Oidc for Api {
         &self,
         request: Request<RevokeTokensRequest>,
     ) -> Result<Response<RevokeTokensResponse>, tonic::Status> {
-        let target = |b: &RevokeTokensRequest| {
-            audit::target([
-                ("jti", b.jti.clone().into()),
-                ("subject", b.subject.clone().into()),
-            ])
-        };
-        let result = self.keys_audited(request, "RevokeTokens", target, async |caller, body, _| {
+        let result = self.keys_audited(request, async |caller, body, _| {
             self.revoke_tokens(&caller, body).await
         });
         answer(result.await)

@@ -1,5 +1,6 @@
 //! `Policies`: the per-replica cache of authorization state — each user's roles, each role's
-//! expanded policy, the custom privilege groups — and the decision for one request.
+//! expanded policy, the custom privilege groups — and the allow check on them (`allows`) that
+//! `decision.rs` asks.
 //!
 //! A decision on cached state is a few in-memory lookups (no etcd read). A miss reads the
 //! catalog; a read error is returned to the caller (fail closed: never an empty policy that
@@ -13,8 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use crate::auth::{Authenticated, Roles};
 use crate::catalog::{Catalog, CatalogError, ChangedKey, ROOT_USER, StoredGrant};
-use crate::rbac::policy::{ADMIN_ROLE, Check, CustomGroups, Grant, PUBLIC_ROLE, RolePolicy};
 use crate::rbac::privileges::{BuiltinGroups, ObjectType};
+use crate::rbac::role_policy::{ADMIN_ROLE, Check, CustomGroups, Grant, PUBLIC_ROLE, RolePolicy};
 
 /// What a changed key means for the cached authorization state.
 #[derive(Clone, Debug, PartialEq, Eq)]

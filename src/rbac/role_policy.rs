@@ -1,4 +1,4 @@
-//! Policy: a role's stored grants expanded into an in-memory index, and the decision whether a
+//! A role's policy: its stored grants expanded into an in-memory index, and the decision whether a
 //! set of roles allows one checked action. This is Milvus's casbin model without casbin:
 //!
 //! ```text
@@ -22,10 +22,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::rbac::privileges::{BuiltinGroups, ObjectType, Privilege, api_name};
 
-/// The built-in role that passes every check.
-pub const ADMIN_ROLE: &str = "admin";
-/// The built-in role every user holds implicitly.
-pub const PUBLIC_ROLE: &str = "public";
+/// The built-in roles, defined once by the catalog (`admin` passes every check; every user
+/// holds `public` implicitly).
+pub use crate::catalog::{ADMIN_ROLE, PUBLIC_ROLE};
 
 /// One stored grant: a `grantee-privileges/{role}/{object}/{db}.{name}` key and the privilege
 /// (metastore spelling, `PrivilegeQuery` / `PrivilegeGroupX` / `*`) under its grantee id.
