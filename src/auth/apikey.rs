@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::bearer::Refusal;
 use crate::auth::cache::CredentialCache;
+use crate::auth::pace::Ticket;
 use crate::auth::{AuthError, Authenticated};
 use crate::catalog::{Catalog, CatalogError};
 use crate::password::Username;
@@ -222,7 +223,13 @@ impl ApiKeys {
     }
 
     /// Authenticates a presented key (the decoded header).
-    pub async fn authenticate(&self, token: &[u8]) -> Result<Authenticated, AuthError> {
+    /// `admit` is asked on a miss only, before the store is read: a peer that spent its
+    /// failures for now (`pace`) is refused without any work, and a refused key spends one.
+    pub async fn authenticate<'p>(
+        &self,
+        token: &[u8],
+        admit: impl FnOnce() -> Option<Ticket<'p>>,
+    ) -> Result<Authenticated, AuthError> {
         let Some((id, secret)) = parse(token) else {
             return Err(AuthError::Refused(Refusal::KeyMalformed));
         };
@@ -240,7 +247,14 @@ impl ApiKeys {
             .filter(|entry| bool::from(entry.verifier.ct_eq(&*verifier)));
         let entry = match hit {
             Some(entry) => entry,
-            None => Box::pin(self.load(id, secret, verifier)).await?,
+            None => {
+                let ticket = admit().ok_or(AuthError::Throttled)?;
+                let loaded = Box::pin(self.load(id, secret, verifier)).await;
+                if matches!(loaded, Err(AuthError::Refused(_))) {
+                    ticket.failed();
+                }
+                loaded?
+            }
         };
         if entry.expires.is_some_and(|at| at <= now) {
             return Err(AuthError::Refused(Refusal::KeyExpired));
@@ -433,7 +447,9 @@ mod tests {
         };
         catalog.create_api_key(&record).await.unwrap().unwrap();
         let refused = |r| Err(AuthError::Refused(r));
-        let who = keys.authenticate(new.key.as_bytes()).await.unwrap();
+        let unpaced = crate::auth::pace::FailurePace::new(0, 1);
+        let admit = || unpaced.take(None);
+        let who = keys.authenticate(new.key.as_bytes(), admit).await.unwrap();
         assert_eq!(who.name(), Some("alice"));
         assert_eq!(
             *who.roles(),
@@ -444,16 +460,19 @@ mod tests {
         wrong.pop();
         wrong.push(if new.key.ends_with('A') { 'B' } else { 'A' });
         assert_eq!(
-            keys.authenticate(wrong.as_bytes()).await,
+            keys.authenticate(wrong.as_bytes(), admit).await,
             refused(Refusal::KeyWrongSecret)
         );
         assert_eq!(
-            keys.authenticate(b"csk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
-                .await,
+            keys.authenticate(
+                b"csk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                admit
+            )
+            .await,
             refused(Refusal::KeyUnknown)
         );
         assert_eq!(
-            keys.authenticate(b"csk_nope").await,
+            keys.authenticate(b"csk_nope", admit).await,
             refused(Refusal::KeyMalformed)
         );
         // The owner goes: the watch's invalidation drops the key, and a load refuses it.
@@ -461,7 +480,7 @@ mod tests {
         keys.invalidate_owner("alice");
         assert!(!keys.is_cached(&new.id));
         assert_eq!(
-            keys.authenticate(new.key.as_bytes()).await,
+            keys.authenticate(new.key.as_bytes(), admit).await,
             refused(Refusal::KeyOwnerGone)
         );
         // Revoked: a tombstone refuses it with its own reason.
@@ -470,9 +489,31 @@ mod tests {
         catalog.revoke_api_key(&stored, 1).await.unwrap().unwrap();
         keys.invalidate_key(&new.id);
         assert_eq!(
-            keys.authenticate(new.key.as_bytes()).await,
+            keys.authenticate(new.key.as_bytes(), admit).await,
             refused(Refusal::KeyRevoked)
         );
+
+        // Misses are paced per address: two made-up keys spend a burst of two, the third is
+        // refused before the store is read; a cached key from the same address still works.
+        let other = generate().unwrap();
+        let record = StoredKey {
+            id: other.id.clone(),
+            hash: other.hash.clone(),
+            revoked: None,
+            ..stored
+        };
+        catalog.create_api_key(&record).await.unwrap().unwrap();
+        let paced = crate::auth::pace::FailurePace::new(1, 2);
+        let from = || paced.take(Some(std::net::IpAddr::from([127, 0, 0, 2])));
+        keys.authenticate(other.key.as_bytes(), from).await.unwrap();
+        let made_up = b"csk_0000000000000001_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for _ in 0..2 {
+            let refusal = keys.authenticate(made_up, from).await;
+            assert_eq!(refusal, refused(Refusal::KeyUnknown));
+        }
+        let throttled = keys.authenticate(made_up, from).await;
+        assert_eq!(throttled, Err(AuthError::Throttled));
+        keys.authenticate(other.key.as_bytes(), from).await.unwrap();
     }
 
     #[test]

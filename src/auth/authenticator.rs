@@ -196,7 +196,7 @@ impl Authenticator {
         let credentials = match crate::auth::parse_header(header) {
             Ok(credentials) => credentials,
             Err(err @ (AuthError::ApiKey | AuthError::BadToken)) => {
-                return Box::pin(self.authenticate_token(header, err)).await;
+                return Box::pin(self.authenticate_token(header, err, peer)).await;
             }
             Err(err) => return Err(err),
         };
@@ -216,15 +216,20 @@ impl Authenticator {
 
     /// A header without `user:`: an API key or a JWT (see `bearer`); anything else keeps
     /// `err`, the answer Milvus gives.
+    /// An API key or an OIDC token. Their misses are paced per peer address like password
+    /// verifications: a miss reads the store (a key) or checks a signature (a token), so an
+    /// address sending made-up ones is refused (`Throttled`) once it spent its failures.
     async fn authenticate_token(
         &self,
         header: Option<&[u8]>,
         err: AuthError,
+        peer: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<Authenticated, AuthError> {
+        let admit = || self.inner.pace.take(peer());
         match bearer::parse(header) {
-            Some(Bearer::ApiKey(token)) => self.inner.keys.authenticate(&token).await,
+            Some(Bearer::ApiKey(token)) => self.inner.keys.authenticate(&token, admit).await,
             Some(Bearer::Jwt(token)) => match &self.inner.oidc {
-                Some(oidc) => oidc.authenticate(&token).await,
+                Some(oidc) => oidc.authenticate(&token, admit).await,
                 None => Err(AuthError::Refused(Refusal::OidcOff)),
             },
             None => Err(err),

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use crate::auth::apikey::now_unix;
 use crate::auth::bearer::Refusal;
 use crate::auth::cache::CredentialCache;
+use crate::auth::pace::Ticket;
 use crate::auth::{AuthError, Authenticated, SeenIdentity};
 use crate::catalog::{Catalog, CatalogError};
 
@@ -161,7 +162,14 @@ impl Oidc {
     }
 
     /// Authenticates a JWT.
-    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AuthError> {
+    /// `admit` is asked on a miss only, before the signature is checked: a peer that spent
+    /// its failures for now (`pace`) is refused without any work, and a refused token spends
+    /// one.
+    pub async fn authenticate<'p>(
+        &self,
+        token: &str,
+        admit: impl FnOnce() -> Option<Ticket<'p>>,
+    ) -> Result<Authenticated, AuthError> {
         if !self.inner.cache.is_trusted() {
             return Err(AuthError::Unavailable(
                 "replica is re-syncing with etcd".into(),
@@ -172,7 +180,14 @@ impl Oidc {
         let leeway = self.inner.settings.leeway_seconds as i64;
         let entry = match self.inner.tokens.get(&digest) {
             Some(entry) => entry,
-            None => Box::pin(self.load(token, digest)).await?,
+            None => {
+                let ticket = admit().ok_or(AuthError::Throttled)?;
+                let loaded = Box::pin(self.load(token, digest)).await;
+                if matches!(loaded, Err(AuthError::Refused(_))) {
+                    ticket.failed();
+                }
+                loaded?
+            }
         };
         if entry.expires + leeway < now {
             return Err(AuthError::Refused(Refusal::TokenExpired));
