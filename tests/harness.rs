@@ -21,11 +21,12 @@ fn load(yaml: &str) -> Config {
         .unwrap_or_else(|e| panic!("config does not load ({e}):\n{yaml}"))
 }
 
-/// The text template `config_yaml` was before configs were built as values.
+/// The text template `config_yaml` was before configs were built as values (plus the lockout
+/// switched off, as `TestConfig::on_etcd` does since the lockout exists).
 fn old_template(endpoints: &str, root: &str, extra: &str) -> String {
     format!(
         "etcd:\n  endpoints: \"{endpoints}\"\n  rootPath: {root}\ncommon:\n  security:\n    superUsers: root, foo\n\
-credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1, parallelism: 1}}\n  http:\n    port: 0\n  shutdown:\n    drainMs: 0\n{extra}"
+credstore:\n  failedAuthDelayMs: 0\n  lockout:\n    enabled: false\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB: 64, iterations: 1, parallelism: 1}}\n  http:\n    port: 0\n  shutdown:\n    drainMs: 0\n{extra}"
     )
 }
 

@@ -28,6 +28,7 @@ from pymilvus.grpc_gen import milvus_pb2
 from conftest import (
     ROOT_PASSWORD,
     ROOT_USER,
+    THROTTLED,
     T,
     Etcd,
     Server,
@@ -293,3 +294,36 @@ def raw_keys_call(server: Server, token: str, owner: str) -> grpc.RpcError:
         except grpc.RpcError as e:
             return e
     pytest.fail("CreateApiKey without roles by a limited key succeeded")
+
+
+def answers(server: Server, tokens: List[str]) -> List[str]:
+    """Each token's answer to one raw ShowCollections: "ok", or the refusal's code name."""
+    out = []
+    for token in tokens:
+        try:
+            raw_call(server, "ShowCollections", milvus_pb2.ShowCollectionsRequest(), token)
+            out.append("ok")
+        except grpc.RpcError as e:
+            out.append(e.code().name)
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert e.details() == THROTTLED.text, e.details()
+            else:
+                assert e.details() == DENIED_TEXT, (e.code(), e.details())
+    return out
+
+
+def test_made_up_keys_are_paced_per_address_and_a_cached_key_still_works(pair):
+    """Each made-up key costs the replica a store read: an address is allowed 20 such
+    failures at once (credstore.lockout.peerFailuresPerSecond 5, 4x as a burst), then gets
+    RESOURCE_EXHAUSTED before any read, while a key it already used (cached) keeps working."""
+    alice, secret = uname("alice"), pw()
+    client(pair.a, ROOT_TOKEN).create_user(alice, secret, timeout=T)
+    own = create_key(pair.a, alice)
+    assert_works(pair.b, own)
+    made_up = [f"csk_{os.urandom(8).hex()}_{'A' * 43}" for _ in range(30)]
+    got = answers(pair.b, made_up)
+    assert got[:20] == ["UNAUTHENTICATED"] * 20, got
+    assert "RESOURCE_EXHAUSTED" in got[20:], got
+    assert_works(pair.b, own)
+    # Another replica keeps its own pace: the same address is not paced there.
+    assert answers(pair.a, made_up[:1]) == ["UNAUTHENTICATED"]

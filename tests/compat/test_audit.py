@@ -88,6 +88,8 @@ def audited_actions() -> set:
         text = path.read_text()
         found |= set(re.findall(r"audited\(\s*request,\s*\"(\w+)\"", text))
         found |= set(re.findall(r"\baction: \"(\w+)\"", text))
+        # service/audit_target.rs: one `AuditTarget` impl per audited request type.
+        found |= set(re.findall(r"const ACTION: &'static str = \"(\w+)\"", text))
     return found
 
 
