@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::raw::{RawCall, RawConnection, grpc_header, grpc_status, insert_message};
 use common::{Replica, TestConfig};
 use prost::bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
 /// gRPC codes as numbers on the wire.
@@ -51,38 +50,17 @@ async fn stall(connection: &mut RawConnection, size: usize) -> RawCall {
     call
 }
 
-/// The replica's `/metrics` text.
-async fn scrape(port: u16) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
-}
-
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-}
-
 /// Waits until the replica holds `bytes` of request bodies (it reserves a message's size
 /// when its header arrives, which the client cannot see).
 async fn holds(port: u16, bytes: usize) {
     common::eventually(
         &format!("the replica holds {bytes} body bytes"),
-        async || sample(&scrape(port).await, "credstore_forwarded_body_bytes") == bytes as f64,
+        async || {
+            common::sample(
+                &common::scrape(port).await,
+                "credstore_forwarded_body_bytes",
+            ) == bytes as f64
+        },
     )
     .await;
 }
@@ -179,13 +157,13 @@ async fn stalled_bodies_are_refused_in_time_and_budgets_refuse_at_once() {
     assert!(took >= body_timeout, "refused after {took:?}");
     holds(metrics, 0).await;
     assert_eq!(insert(&mut a, 3 * MIB + MIB / 2).await, upstream_said);
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     for (reason, count) in [
         ("timeout", 3.0),
         ("replica_budget", 1.0),
         ("connection_budget", 1.0),
     ] {
         let name = format!("credstore_forwarded_bodies_refused_total{{reason=\"{reason}\"}}");
-        assert_eq!(sample(&text, &name), count, "{text}");
+        assert_eq!(common::sample(&text, &name), count, "{text}");
     }
 }

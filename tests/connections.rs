@@ -38,31 +38,6 @@ fn replica(keys: &[(&str, serde_json::Value)]) -> (Replica, u16) {
     Replica::start_with_metrics(&config)
 }
 
-/// The replica's `/metrics` text.
-async fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
-}
-
-/// The value of the sample `name` (labels included) in a metrics text.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-}
-
 /// GetVersion as root over a fresh connection from the loopback address `from`.
 async fn call_from(from: IpAddr, address: SocketAddr) -> Result<(), Code> {
     let channel = Endpoint::from_shared(format!("http://{address}"))
@@ -143,7 +118,8 @@ async fn silent_connections_are_closed_by_the_handshake_deadline_while_a_call_ge
         opened.elapsed()
     );
     common::eventually("the replica holds every silent connection", async || {
-        sample(&scrape(metrics).await, "credstore_connections_open") >= SILENT as f64
+        common::sample(&common::scrape(metrics).await, "credstore_connections_open")
+            >= SILENT as f64
     })
     .await;
     assert_eq!(
@@ -151,9 +127,9 @@ async fn silent_connections_are_closed_by_the_handshake_deadline_while_a_call_ge
         Ok(()),
         "a legitimate call while {SILENT} silent connections are open"
     );
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     assert!(
-        sample(&text, "credstore_connections_open") >= SILENT as f64,
+        common::sample(&text, "credstore_connections_open") >= SILENT as f64,
         "the silent connections were still open after the call:\n{text}"
     );
     let mut closing = JoinSet::new();
@@ -172,9 +148,9 @@ async fn silent_connections_are_closed_by_the_handshake_deadline_while_a_call_ge
         took >= handshake,
         "closed after {took:?}, before the handshake deadline of {handshake:?}"
     );
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     assert!(
-        sample(
+        common::sample(
             &text,
             "credstore_connections_closed_total{reason=\"handshake_timeout\"}"
         ) >= SILENT as f64,
@@ -235,9 +211,9 @@ async fn tls_and_the_http2_preface_must_both_arrive_in_time() {
         "openssl (TLS, no preface) ended {exit} after {:?}",
         started.elapsed()
     );
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     assert!(
-        sample(
+        common::sample(
             &text,
             "credstore_connections_closed_total{reason=\"handshake_timeout\"}"
         ) >= 2.0,
@@ -260,13 +236,13 @@ async fn a_peer_at_its_cap_is_refused_while_other_addresses_still_connect() {
         ("credstore.grpc.maxConnections", TOTAL.into()),
         ("credstore.grpc.maxConnectionsPerPeer", PER_PEER.into()),
     ]);
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     assert_eq!(
-        sample(&text, "credstore_connection_limit{scope=\"total\"}"),
+        common::sample(&text, "credstore_connection_limit{scope=\"total\"}"),
         40.0
     );
     assert_eq!(
-        sample(&text, "credstore_connection_limit{scope=\"per_peer\"}"),
+        common::sample(&text, "credstore_connection_limit{scope=\"per_peer\"}"),
         10.0
     );
     let mut held = Vec::new();
@@ -275,7 +251,10 @@ async fn a_peer_at_its_cap_is_refused_while_other_addresses_still_connect() {
     }
     common::eventually(
         "the replica holds the first peer's connections",
-        async || sample(&scrape(metrics).await, "credstore_connections_open") >= PER_PEER as f64,
+        async || {
+            common::sample(&common::scrape(metrics).await, "credstore_connections_open")
+                >= PER_PEER as f64
+        },
     )
     .await;
     // 127.0.0.1 is at its cap: a new connection is closed at once (no gRPC status: the
@@ -285,13 +264,14 @@ async fn a_peer_at_its_cap_is_refused_while_other_addresses_still_connect() {
     assert!(call_from(ip("127.0.0.1"), replica.addr).await.is_err());
     // Another address of the same machine is another peer.
     assert_eq!(call_from(ip("127.0.0.2"), replica.addr).await, Ok(()));
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     let per_peer = "credstore_connections_refused_total{reason=\"max_connections_per_peer\"}";
-    assert!(sample(&text, per_peer) >= 2.0, "{text}");
+    assert!(common::sample(&text, per_peer) >= 2.0, "{text}");
     // The total cap: three more peers fill it, a fifth is refused too (once the calls'
     // connections are gone, so that only the silent ones count).
     common::eventually("only the first peer's connections are open", async || {
-        sample(&scrape(metrics).await, "credstore_connections_open") == PER_PEER as f64
+        common::sample(&common::scrape(metrics).await, "credstore_connections_open")
+            == PER_PEER as f64
     })
     .await;
     for peer in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
@@ -300,13 +280,13 @@ async fn a_peer_at_its_cap_is_refused_while_other_addresses_still_connect() {
         }
     }
     common::eventually("the replica holds every connection", async || {
-        sample(&scrape(metrics).await, "credstore_connections_open") >= TOTAL as f64
+        common::sample(&common::scrape(metrics).await, "credstore_connections_open") >= TOTAL as f64
     })
     .await;
     assert!(call_from(ip("127.0.0.5"), replica.addr).await.is_err());
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     assert!(
-        sample(
+        common::sample(
             &text,
             "credstore_connections_refused_total{reason=\"max_connections\"}"
         ) >= 1.0,
@@ -363,9 +343,9 @@ async fn an_idle_connection_gets_goaway_and_a_peer_that_ignores_pings_is_closed(
         .await
         .unwrap();
     common::time_limit(SLACK, closed_by_server(deaf)).await;
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     assert!(
-        sample(&text, "credstore_connections_closed_total{reason=\"idle\"}") >= 1.0,
+        common::sample(&text, "credstore_connections_closed_total{reason=\"idle\"}") >= 1.0,
         "{text}"
     );
 }
@@ -433,7 +413,7 @@ async fn a_reset_flood_is_cut_off_while_valid_calls_keep_working() {
             sent < PACED,
             "{PACED} reset streams and the connection still open"
         );
-        if sample(&scrape(metrics).await, resets) >= 1.0 {
+        if common::sample(&common::scrape(metrics).await, resets) >= 1.0 {
             break;
         }
     }
@@ -444,7 +424,7 @@ async fn a_reset_flood_is_cut_off_while_valid_calls_keep_working() {
         .expect("every valid call during the floods answered");
     println!("{answered} valid calls answered during the floods");
     assert!(answered > 0, "no valid call was made during the floods");
-    let text = scrape(metrics).await;
-    assert!(sample(&text, resets) >= 1.0, "{text}");
+    let text = common::scrape(metrics).await;
+    assert!(common::sample(&text, resets) >= 1.0, "{text}");
     assert_eq!(call_from(ip("127.0.0.1"), replica.addr).await, Ok(()));
 }

@@ -278,18 +278,7 @@ fn unlock(uri: &str, user: &str, password: &str, name: &str) -> std::process::Ou
 
 /// The value of the sample `name` (labels included) on the metrics port, if it exists.
 async fn sample(port: u16, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
+    common::try_sample(&common::scrape(port).await, name)
 }
 
 fn audit_lines(path: &Path) -> Vec<serde_json::Value> {

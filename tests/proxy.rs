@@ -356,19 +356,6 @@ async fn a_policy_that_cannot_be_loaded_is_unavailable() {
     assert!(upstream.seen().is_empty(), "nothing was forwarded");
 }
 
-/// `/metrics` of a credstore whose metrics port is `port`.
-async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_calls_are_counted_by_method_and_code() {
     let _watchdog = common::watchdog(common::TEST_LIMIT);
@@ -391,7 +378,7 @@ async fn forwarded_calls_are_counted_by_method_and_code() {
     // Refused at the gate: counted with the code the client got; the upstream never sees it.
     let denied = call(uri, "Insert", insert_body(0), "bob:password1", "", None).await;
     assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
-    let text = scrape(port).await;
+    let text = common::scrape(port).await;
     for line in [
         "credstore_forwarded_requests_total{method=\"HasCollection\",code=\"ok\"} 2",
         "credstore_forwarded_requests_total{method=\"Insert\",code=\"permission_denied\"} 1",

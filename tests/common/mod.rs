@@ -25,6 +25,7 @@ mod client;
 mod config;
 mod etcd;
 mod inprocess;
+mod metrics;
 pub mod proxy;
 pub mod raw;
 mod replica;
@@ -32,7 +33,7 @@ pub mod upstream;
 
 // A test binary that uses no name of a part would warn about its re-export.
 #[allow(unused_imports)]
-pub use {client::*, config::*, etcd::*, inprocess::*, replica::*};
+pub use {client::*, config::*, etcd::*, inprocess::*, metrics::*, replica::*};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

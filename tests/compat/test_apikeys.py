@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,20 +37,10 @@ from conftest import (
     uname,
 )
 from test_proxy import MilvusLite, assert_denied, count, new_collection, raw_call, rows
+from test_proxy import lite  # noqa: F401  (the module-scoped Milvus Lite upstream)
 
 DENIED_TEXT = "auth check failure, please check username and password are correct"
 ROOT_TOKEN = f"{ROOT_USER}:{ROOT_PASSWORD}"
-
-
-@pytest.fixture(scope="module")
-def lite() -> Iterator[MilvusLite]:
-    d = tempfile.mkdtemp(prefix="credstore-compat-keys-lite-")
-    m = MilvusLite(d)
-    try:
-        yield m
-    finally:
-        m.kill()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Pair:

@@ -31,9 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -72,6 +70,7 @@ from conftest import (
 )
 from oidc_issuer import AUDIENCE, ISSUER, Issuer, _b64
 from test_proxy import MilvusLite, assert_denied
+from test_proxy import lite  # noqa: F401  (the module-scoped Milvus Lite upstream)
 
 ROOT_TOKEN = f"{ROOT_USER}:{ROOT_PASSWORD}"
 
@@ -109,17 +108,6 @@ def login_failure_reasons() -> set:
 # --------------------------------------------------------------------------------------
 # harness
 # --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lite() -> Iterator[MilvusLite]:
-    d = tempfile.mkdtemp(prefix="credstore-compat-audit-lite-")
-    m = MilvusLite(d)
-    try:
-        yield m
-    finally:
-        m.kill()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ JWKS rotation is picked up without a restart.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,19 +25,9 @@ from conftest import ROOT_PASSWORD, ROOT_USER, T, Etcd, Server, base_config, dee
 from oidc_issuer import AUDIENCE, ISSUER, Issuer
 from test_apikeys import DENIED_TEXT, assert_refused, assert_works, client, cli_ok
 from test_proxy import MilvusLite, assert_denied, count, new_collection, rows
+from test_proxy import lite  # noqa: F401  (the module-scoped Milvus Lite upstream)
 
 ROOT_TOKEN = f"{ROOT_USER}:{ROOT_PASSWORD}"
-
-
-@pytest.fixture(scope="module")
-def lite() -> Iterator[MilvusLite]:
-    d = tempfile.mkdtemp(prefix="credstore-compat-oidc-lite-")
-    m = MilvusLite(d)
-    try:
-        yield m
-    finally:
-        m.kill()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
