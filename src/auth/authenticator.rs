@@ -339,10 +339,8 @@ impl Authenticator {
         self.inner.cache.record_miss();
         // Before joining a load another peer started: a locked peer learns nothing from it.
         self.inner.lockout.check(user, peer)?;
-        // A peer holding its whole share of the hash pool, or one that spent its failures for
-        // now, is refused before any other work.
+        // A peer holding its whole share of the hash pool is refused before any other work.
         self.inner.pool.refuse_full_peer(peer).map_err(hash_error)?;
-        let ticket = self.inner.pace.take(peer).ok_or(AuthError::Throttled)?;
         let key = (
             user.clone(),
             verifier.clone(),
@@ -351,11 +349,7 @@ impl Authenticator {
         let load = self.load(user, password, verifier, peer);
         let result = self.inner.loading.try_get_with(key.clone(), load).await;
         self.inner.loading.invalidate(&key).await;
-        let result = result.map(|_| ()).map_err(|e| (*e).clone());
-        if result == Err(AuthError::Denied) {
-            ticket.failed();
-        }
-        result
+        result.map(|_| ()).map_err(|e| (*e).clone())
     }
 
     fn verifier(&self, user: &Username, password: &[u8]) -> Verifier {
@@ -382,6 +376,9 @@ impl Authenticator {
         peer: Option<IpAddr>,
     ) -> Result<Verified, AuthError> {
         let attempt = self.inner.lockout.attempt(user, peer)?;
+        // The pace counts hashes, not requests: the load takes the token, so the requests that
+        // join it (a client's first burst of calls with one password) cost none of their own.
+        let ticket = self.inner.pace.take(peer).ok_or(AuthError::Throttled)?;
         // The hash is reserved before the store is read: a peer over its share reads nothing.
         let slot = self.inner.pool.reserve(peer).map_err(hash_error)?;
         let _load = self.inner.cache.begin_load();
@@ -398,6 +395,7 @@ impl Authenticator {
                 .await
                 .map_err(hash_error)?;
             attempt.failed();
+            ticket.failed();
             return Err(AuthError::Denied);
         };
         let matches = slot
@@ -406,6 +404,7 @@ impl Authenticator {
             .map_err(hash_error)?;
         if !matches {
             attempt.failed();
+            ticket.failed();
             return Err(AuthError::Denied);
         }
         attempt.succeeded();
@@ -784,6 +783,35 @@ mod tests {
         // One hash pool slot, 8 queued: without coalescing most of the 16 would be refused.
         assert_eq!(auth.pool().peak_running(), 1);
         assert_eq!(auth.pool().stats().completed - before, 1);
+    }
+
+    /// The pace counts hashes: 16 concurrent first calls with one right password from one
+    /// address (a client starting up) join one load and spend no token, so the address still
+    /// has its whole burst of failures (8 at the default 2 a second) left afterwards.
+    #[tokio::test]
+    async fn a_clients_first_burst_with_one_password_costs_the_pace_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = setup(&dir).await;
+        let peer: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.verify_from_peer("bob", b"password1", peer).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Ok(()));
+        }
+        let burst = LockoutPolicy::default().peer_failures_per_second * 4;
+        // Names nobody has (each its own lockout pair, so no lock answers first).
+        for i in 0..burst {
+            let result = auth
+                .verify_from_peer(&format!("ghost{i}"), b"wrong", peer)
+                .await;
+            assert_eq!(result, Err(AuthError::Denied), "failure {i}");
+        }
+        let result = auth.verify_from_peer("ghost", b"wrong", peer).await;
+        assert_eq!(result, Err(AuthError::Throttled));
     }
 
     #[tokio::test]

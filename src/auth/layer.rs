@@ -7,7 +7,11 @@
 //! probes carry no credentials, and it reveals only whether the replica serves.
 //!
 //! A failed authentication is answered only after `failure_delay`: a waiting future costs no
-//! CPU, and it caps how fast one client can try passwords or flood the hashing queue. Each
+//! CPU, and it caps how fast one client can try passwords or flood the hashing queue. An
+//! address that has spent its failures (`Throttled`) waits [`THROTTLED_DELAY_FACTOR`] times as
+//! long: nothing it sends can be verified before its pace refills, and a client that waits for
+//! each answer then sends a quarter as many — a storm of them cost the replica and its other
+//! clients mostly these answers, once the pace had taken the hashing away. Each
 //! failed login (not an UNAVAILABLE: nothing was decided about the caller) is written to the
 //! audit log with the name as sent, the peer and the class the client's answer implies.
 //!
@@ -29,6 +33,9 @@ use tower::{Layer, Service};
 use crate::audit::{Audit, LoginFailure};
 use crate::auth::{AuthError, Authenticator};
 use crate::metrics::{AuthOutcome, Metrics};
+
+/// How many `failure_delay`s a `Throttled` answer waits (see the module doc).
+pub const THROTTLED_DELAY_FACTOR: u32 = 4;
 
 /// The path prefix of `grpc.health.v1.Health`, which needs no credentials.
 pub const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -144,6 +151,16 @@ fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Op
     audit.login_failed(credentials.as_ref().map(|c| c.user()), peer, why);
 }
 
+/// How long the answer to `err` waits: nothing for UNAVAILABLE (nothing was decided about the
+/// caller), [`THROTTLED_DELAY_FACTOR`] delays for an address out of failures, else one.
+fn answer_delay(err: &AuthError, failure_delay: Duration) -> Option<Duration> {
+    match err {
+        AuthError::Unavailable(_) => None,
+        AuthError::Throttled => Some(failure_delay * THROTTLED_DELAY_FACTOR),
+        _ => Some(failure_delay),
+    }
+}
+
 impl<S, B, ResBody> Service<http::Request<B>> for AuthService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
@@ -207,8 +224,8 @@ where
                         let header = header.map(|v| v.as_bytes());
                         audit_failure(&audit, &err, header, peer(&request));
                     }
-                    if !matches!(err, AuthError::Unavailable(_)) {
-                        tokio::time::sleep(failure_delay).await;
+                    if let Some(delay) = answer_delay(&err, failure_delay) {
+                        tokio::time::sleep(delay).await;
                     }
                     tracing::debug!(path = request.uri().path(), reason = ?err, "request not authenticated");
                     Ok(err.to_status().into_http())
@@ -229,6 +246,19 @@ mod tests {
             peer.parse::<IpAddr>().unwrap(),
             "{address}"
         );
+    }
+
+    #[test]
+    fn a_throttled_answer_waits_longer_and_an_unavailable_one_not_at_all() {
+        let delay = Duration::from_millis(250);
+        assert_eq!(answer_delay(&AuthError::Denied, delay), Some(delay));
+        assert_eq!(answer_delay(&AuthError::Busy, delay), Some(delay));
+        assert_eq!(
+            answer_delay(&AuthError::Throttled, delay),
+            Some(Duration::from_secs(1))
+        );
+        let unavailable = AuthError::Unavailable("re-syncing".into());
+        assert_eq!(answer_delay(&unavailable, delay), None);
     }
 
     #[test]

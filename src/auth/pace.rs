@@ -8,8 +8,8 @@
 //!
 //! Why: an argon2id verification's 19 MiB walk costs every other request on the machine its
 //! caches, not only a core — an address storming with distinct names (which no lockout
-//! counts twice) at the hash pool's full rate cut cached traffic by a third in the benchmark,
-//! while a few failures a second cost nothing measurable (BENCHMARKS.md). Per replica and in
+//! counts twice) at the hash pool's full rate cut cached traffic by a third in the benchmark;
+//! at the default of 2 a second it costs ~5 % of one core (BENCHMARKS.md). Per replica and in
 //! memory only (at most [`MAX_PEERS`] addresses; full buckets are forgotten first), on the
 //! tokio clock.
 

@@ -202,16 +202,16 @@ def test_a_jwks_rotation_is_picked_up_without_a_restart(pair, issuer):
 
 
 def test_made_up_tokens_are_paced_per_address_and_a_cached_token_still_works(pair, issuer):
-    """Each badly signed token costs a signature check: an address is allowed 20 such
+    """Each badly signed token costs a signature check: an address is allowed PACE_BURST such
     failures at once, then gets RESOURCE_EXHAUSTED before any check, while a token it already
     used (cached) keeps working."""
-    from test_apikeys import answers
+    from test_apikeys import PACE_BURST, answers
 
     good = issuer.token(sub="gina")
     assert_works(pair.b, good)
     issuer.add_key("rsa-forger", publish=False)
     forged = [issuer.token("rsa-1", sign_with="rsa-forger", sub=f"g{i}") for i in range(30)]
     got = answers(pair.b, forged)
-    assert got[:20] == ["UNAUTHENTICATED"] * 20, got
-    assert "RESOURCE_EXHAUSTED" in got[20:], got
+    assert got[:PACE_BURST] == ["UNAUTHENTICATED"] * PACE_BURST, got
+    assert "RESOURCE_EXHAUSTED" in got[PACE_BURST:], got
     assert_works(pair.b, good)
