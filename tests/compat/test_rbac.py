@@ -3,13 +3,10 @@ Milvus user manages access: grant, describe, enforce, revoke, groups, and the re
 gives (unknown privilege or object type, missing role, non-admin granting, dropping a role
 that still has grants)."""
 
-import grpc
 import pytest
 from pymilvus import Role, connections
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, pw, raises_milvus, raises_rpc, uname
-
-DENIED = grpc.StatusCode.PERMISSION_DENIED
+from conftest import DENIED, ROOT_PASSWORD, ROOT_USER, T, pw, raises_milvus, raises_rpc, uname
 
 
 def rname(prefix="r"):

@@ -245,6 +245,20 @@ def mutual(certs: Path, prefix: str = "", ca: str = "ca.pem") -> Dict:
     }
 
 
+def mutual_upstream(uri: str, certs: Path) -> Dict:
+    """`credstore.upstream` for an upstream at `uri` over mutual TLS, as root."""
+    return {
+        "uri": uri,
+        "token": TOKEN,
+        "tls": {
+            "caPemPath": str(certs / "ca.pem"),
+            "serverName": "localhost",
+            "clientPemPath": str(certs / "client.pem"),
+            "clientKeyPath": str(certs / "client.key"),
+        },
+    }
+
+
 def cli_tls(certs: Path, client_cert: bool = False) -> list:
     args = ["--ca-pem", str(certs / "ca.pem"), "--server-name", "localhost"]
     if client_cert:
@@ -407,16 +421,7 @@ def test_upstream_over_mutual_tls(etcd, certs, tmp_path):
             extra_args=("--upstream", lite.uri), name="inner",
         )
         config = base_config(f"compat-tls-{uuid.uuid4().hex[:8]}", [etcd.endpoint])
-        config["credstore"]["upstream"] = {
-            "uri": https(inner),
-            "token": TOKEN,
-            "tls": {
-                "caPemPath": str(certs / "ca.pem"),
-                "serverName": "localhost",
-                "clientPemPath": str(certs / "client.pem"),
-                "clientKeyPath": str(certs / "client.key"),
-            },
-        }
+        config["credstore"]["upstream"] = mutual_upstream(https(inner), certs)
         outer = Server(config, str(tmp_path / "outer"), name="outer")
         c = MilvusClient(uri=outer.uri, token=TOKEN, timeout=T, dedicated=True)
         name = f"c_{uuid.uuid4().hex[:8]}"
