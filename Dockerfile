@@ -5,7 +5,9 @@
 #     credstore serve --config /etc/credstore/credstore.yaml --upstream http://MILVUS_HOST:19530
 # The final image is distroless (glibc, libgcc, CA certificates; no shell, no package manager)
 # plus the binary: 35–45 MB in all (an estimate; no engine runs where this is built).
-# tests/deploy.rs checks the flags and config keys used here against the test suite.
+# tests/deploy.rs checks the flags and config keys used here against the test suite. It reads
+# FROM, USER, COPY, ENTRYPOINT, CMD and HEALTHCHECK line by line: keep each on one line, the
+# commands in exec form (["…"]).
 
 FROM rust:1.90-bookworm AS builder
 # etcd-client's build script needs a protoc. The repo's .cargo/config.toml points PROTOC at a
@@ -36,7 +38,6 @@ COPY deploy/credstore.yaml /etc/credstore/credstore.yaml
 WORKDIR /home/nonroot
 USER nonroot:nonroot
 EXPOSE 19530 9091
-HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["credstore", "health", "--ready", "--uri", "http://127.0.0.1:19530"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["credstore", "health", "--ready", "--uri", "http://127.0.0.1:19530"]
 ENTRYPOINT ["credstore"]
 CMD ["serve", "--config", "/etc/credstore/credstore.yaml"]

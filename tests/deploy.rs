@@ -22,16 +22,26 @@
 //! - the Dockerfile is multi-stage, runs as a non-root user and its final stage copies the
 //!   binary and the deploy config only.
 //!
-//! Pure parsing: no process starts here.
+//! Everything is read with maintained parsers: YAML with serde-saphyr, Rust sources with
+//! proc-macro2 (string literals decoded by litrs), Python sources with CPython's `tokenize`
+//! (one `python3` process: `.venv`'s, else the PATH's). The Dockerfile is the exception (no
+//! maintained, lean parser reads HEALTHCHECK): the rule is narrowed instead, the instructions
+//! read here (FROM, USER, COPY, ENTRYPOINT, CMD, HEALTHCHECK) must each sit on one line, the
+//! commands in exec form, and a test fails otherwise. No credstore or container starts here.
 
 #[path = "common/report.rs"]
 mod report;
 use report::report;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 use credstore::config::{Config, Overrides};
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use serde_json::Value;
 
 /// The top-level sections of credstore's config; paths outside them are not config keys.
@@ -55,144 +65,144 @@ fn yaml(relative: &str) -> Value {
 // What the test suite exercises
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 enum Token {
     Str(String),
     Punct(char),
     Word(String),
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Lang {
-    Rust,
-    Python,
+/// A Rust source lexed by proc-macro2: its string literals (decoded by litrs), brackets,
+/// `:`, `,`, `!` and words. Comments are dropped, doc comments too (proc-macro2 turns them
+/// into `#[doc = "…"]`). `unit_tests` is where the first `#[cfg(test)]` attribute starts.
+struct RustTokens {
+    tokens: Vec<Token>,
+    unit_tests: Option<usize>,
 }
 
-/// The string literals, brackets, `:`, `,`, `!` and words of a Rust or Python source, with
-/// comments dropped. Good enough for test code: escapes are decoded (`\n`, `\"`, `\\`,
-/// `\t`); Rust's single quotes (chars, lifetimes) are skipped, Python's are strings.
-fn tokens(text: &str, lang: Lang) -> Vec<Token> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        match (lang, c) {
-            (Lang::Rust, '/') if next == Some('/') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            }
-            (Lang::Rust, '/') if next == Some('*') => {
-                while i + 1 < chars.len() && !(chars[i] == '*' && chars[i + 1] == '/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            (Lang::Python, '#') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            }
-            // Rust raw strings: r"…", r#"…"#, r##"…"##.
-            (Lang::Rust, 'r') if matches!(next, Some('"' | '#')) && !word_before(&chars, i) => {
-                let mut j = i + 1;
-                let mut hashes = 0;
-                while chars.get(j) == Some(&'#') {
-                    hashes += 1;
-                    j += 1;
-                }
-                if chars.get(j) != Some(&'"') {
-                    i += 1;
-                    continue;
-                }
-                let start = j + 1;
-                let mut end = start;
-                loop {
-                    if end >= chars.len() {
-                        break;
-                    }
-                    if chars[end] == '"'
-                        && (0..hashes).all(|h| chars.get(end + 1 + h) == Some(&'#'))
-                    {
-                        break;
-                    }
-                    end += 1;
-                }
-                out.push(Token::Str(
-                    chars[start..end.min(chars.len())].iter().collect(),
-                ));
-                i = end + 1 + hashes;
-            }
-            (Lang::Rust, '\'') => {
-                // A char literal ('x', '\n') or a lifetime ('a): skip it.
-                if next == Some('\\') {
-                    i += 2;
-                    while i < chars.len() && chars[i] != '\'' {
-                        i += 1;
-                    }
-                    i += 1;
-                } else if chars.get(i + 2) == Some(&'\'') {
-                    i += 3;
-                } else {
-                    i += 1;
-                }
-            }
-            (_, '"') | (Lang::Python, '\'') => {
-                let triple = lang == Lang::Python
-                    && chars.get(i + 1) == Some(&c)
-                    && chars.get(i + 2) == Some(&c);
-                let mut j = if triple { i + 3 } else { i + 1 };
-                let mut value = String::new();
-                while j < chars.len() {
-                    if chars[j] == '\\' {
-                        match chars.get(j + 1) {
-                            Some('n') => value.push('\n'),
-                            Some('t') => value.push('\t'),
-                            Some('\n') => {}
-                            Some(&other) => value.push(other),
-                            None => {}
-                        }
-                        j += 2;
-                        continue;
-                    }
-                    let closes = if triple {
-                        chars[j] == c
-                            && chars.get(j + 1) == Some(&c)
-                            && chars.get(j + 2) == Some(&c)
-                    } else {
-                        chars[j] == c
-                    };
-                    if closes {
-                        break;
-                    }
-                    value.push(chars[j]);
-                    j += 1;
-                }
-                out.push(Token::Str(value));
-                i = j + if triple { 3 } else { 1 };
-            }
-            (_, '{' | '}' | '[' | ']' | '(' | ')' | ':' | ',' | '!') => {
-                out.push(Token::Punct(c));
-                i += 1;
-            }
-            (_, c) if c.is_alphanumeric() || c == '_' => {
-                let start = i;
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                    i += 1;
-                }
-                out.push(Token::Word(chars[start..i].iter().collect()));
-            }
-            _ => i += 1,
-        }
-    }
+fn rust_tokens(text: &str, origin: &str) -> RustTokens {
+    let stream = proc_macro2::TokenStream::from_str(text)
+        .unwrap_or_else(|e| panic!("{origin} does not lex as Rust: {e}"));
+    let mut out = RustTokens {
+        tokens: Vec::new(),
+        unit_tests: None,
+    };
+    flatten(stream, &mut out);
     out
 }
 
-/// Whether `chars[at]` continues a word (`for` in `br"…"` or an identifier ending in r).
-fn word_before(chars: &[char], at: usize) -> bool {
-    at > 0 && (chars[at - 1].is_alphanumeric() || chars[at - 1] == '_')
+fn flatten(stream: TokenStream, out: &mut RustTokens) {
+    let trees: Vec<TokenTree> = stream.into_iter().collect();
+    let mut at = 0;
+    while at < trees.len() {
+        // An attribute, `#[…]` or `#![…]`: doc comments are skipped, `cfg(test)` noted.
+        if let TokenTree::Punct(hash) = &trees[at]
+            && hash.as_char() == '#'
+        {
+            let bang = matches!(trees.get(at + 1), Some(TokenTree::Punct(p)) if p.as_char() == '!');
+            if let Some(TokenTree::Group(group)) = trees.get(at + 1 + usize::from(bang))
+                && group.delimiter() == Delimiter::Bracket
+            {
+                let inner: Vec<TokenTree> = group.stream().into_iter().collect();
+                match inner.as_slice() {
+                    [TokenTree::Ident(doc), ..] if doc == "doc" => {
+                        at += 2 + usize::from(bang);
+                        continue;
+                    }
+                    [TokenTree::Ident(cfg), TokenTree::Group(test)]
+                        if cfg == "cfg" && test.stream().to_string() == "test" =>
+                    {
+                        out.unit_tests.get_or_insert(out.tokens.len());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        match &trees[at] {
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => (Some('('), Some(')')),
+                    Delimiter::Brace => (Some('{'), Some('}')),
+                    Delimiter::Bracket => (Some('['), Some(']')),
+                    Delimiter::None => (None, None),
+                };
+                out.tokens.extend(open.map(Token::Punct));
+                flatten(group.stream(), out);
+                out.tokens.extend(close.map(Token::Punct));
+            }
+            TokenTree::Ident(ident) => out.tokens.push(Token::Word(ident.to_string())),
+            TokenTree::Punct(punct) if matches!(punct.as_char(), ':' | ',' | '!') => {
+                out.tokens.push(Token::Punct(punct.as_char()));
+            }
+            TokenTree::Punct(_) => {}
+            TokenTree::Literal(literal) => {
+                if let Ok(string) = litrs::StringLit::try_from(literal) {
+                    out.tokens.push(Token::Str(string.into_value()));
+                }
+            }
+        }
+        at += 1;
+    }
+}
+
+/// Python sources lexed by CPython's `tokenize`: string literals decoded by
+/// `ast.literal_eval` (f-strings and bytes skipped), names, and the brackets, `:` and `,` of
+/// `OP` tokens. A JSON list of sources in, a list of `Token` lists out.
+const PYTHON_TOKENIZER: &str = r#"
+import ast, io, json, re, sys, tokenize
+out = []
+for source in json.load(sys.stdin):
+    tokens, fstring = [], 0
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        kind, text = tokenize.tok_name[tok.type], tok.string
+        fstring += {"FSTRING_START": 1, "FSTRING_END": -1}.get(kind, 0)
+        if fstring or kind == "FSTRING_END":
+            continue
+        if kind == "STRING" and "f" not in re.match("[a-zA-Z]*", text).group().lower():
+            value = ast.literal_eval(text)
+            if isinstance(value, str):
+                tokens.append({"Str": value})
+        elif kind == "NAME":
+            tokens.append({"Word": text})
+        elif kind == "OP" and text in "{}[]():,":
+            tokens.append({"Punct": text})
+    out.append(tokens)
+json.dump(out, sys.stdout)
+"#;
+
+/// The tokens of each Python source, from one `python` process: the project's `.venv`
+/// (scripts/setup.sh makes it) or `python3` on the PATH.
+fn python_tokens(sources: &[String]) -> Vec<Vec<Token>> {
+    let venv = root().join(".venv/bin/python");
+    let python = if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let mut child = Command::new(&python)
+        .args(["-c", PYTHON_TOKENIZER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; this test lexes tests/compat/*.py with CPython's tokenize \
+                 (run scripts/setup.sh, or install python3)",
+                python.display()
+            )
+        });
+    // The script reads all of its input before it writes: no deadlock on the pipes.
+    let input = serde_json::to_vec(sources).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} could not tokenize the Python sources: {}",
+        python.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the tokenizer prints JSON tokens")
 }
 
 /// A dotted config key (`credstore.upstream.token`) split into its path, if `text` is one.
@@ -226,7 +236,7 @@ fn leaf_paths(value: &Value, prefix: &mut Vec<String>, out: &mut BTreeSet<String
 /// The config key paths a source sets: dotted literals, nested mapping literals (JSON in
 /// `json!`, Python dicts; a mapping opened right after `.set("a.b", json!(` continues
 /// `a.b`), and YAML documents in string literals. Only paths under one of `SECTIONS`.
-fn keys_in(text: &str, lang: Lang) -> BTreeSet<String> {
+fn keys_in(tokens: &[Token]) -> BTreeSet<String> {
     enum Frame {
         Map {
             path: Vec<String>,
@@ -234,7 +244,6 @@ fn keys_in(text: &str, lang: Lang) -> BTreeSet<String> {
         },
         Other,
     }
-    let tokens = tokens(text, lang);
     let mut found = BTreeSet::new();
     let mut emit = |path: Vec<String>| {
         if path.len() >= 2 && SECTIONS.contains(&path[0].as_str()) {
@@ -328,58 +337,70 @@ fn files_under(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// (language, text) of the test suite's sources: `tests/**/*.rs` but this file,
-/// `tests/**/*.py`, and, when `with_unit_tests`, the `#[cfg(test)]` part of each `src/` file.
-fn test_sources(with_unit_tests: bool) -> Vec<(Lang, String)> {
-    let mut rust = Vec::new();
-    files_under(&root().join("tests"), "rs", &mut rust);
-    rust.retain(|p| !p.ends_with("tests/deploy.rs"));
-    let mut python = Vec::new();
-    files_under(&root().join("tests"), "py", &mut python);
-    let mut sources: Vec<(Lang, String)> = rust
-        .iter()
-        .map(|p| (Lang::Rust, std::fs::read_to_string(p).unwrap()))
-        .chain(
-            python
-                .iter()
-                .map(|p| (Lang::Python, std::fs::read_to_string(p).unwrap())),
-        )
-        .collect();
-    if with_unit_tests {
+/// The test suite's sources, lexed once: `tests/**/*.rs` but this file, `tests/**/*.py`,
+/// and the unit tests of `src/` (each file's part from its first `#[cfg(test)]` on).
+struct Suite {
+    integration: Vec<Vec<Token>>,
+    unit: Vec<Vec<Token>>,
+}
+
+fn suite() -> &'static Suite {
+    static SUITE: OnceLock<Suite> = OnceLock::new();
+    SUITE.get_or_init(|| {
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        let mut rust = Vec::new();
+        files_under(&root().join("tests"), "rs", &mut rust);
+        rust.retain(|p| !p.ends_with("tests/deploy.rs"));
+        let mut python = Vec::new();
+        files_under(&root().join("tests"), "py", &mut python);
+        let mut integration: Vec<Vec<Token>> = rust
+            .iter()
+            .map(|p| rust_tokens(&read(p), &p.display().to_string()).tokens)
+            .collect();
+        integration.extend(python_tokens(
+            &python.iter().map(|p| read(p)).collect::<Vec<_>>(),
+        ));
         let mut src = Vec::new();
         files_under(&root().join("src"), "rs", &mut src);
-        for path in src {
-            let text = std::fs::read_to_string(&path).unwrap();
-            // A module's unit tests: its `#[cfg(test)]` part, or all of a `tests.rs` file
-            // (`#[cfg(test)] mod tests;` in its parent, as config/ and coherence/ do).
-            let at = match path.ends_with("tests.rs") {
-                true => Some(0),
-                false => text.find("#[cfg(test)]"),
-            };
-            if let Some(at) = at {
-                sources.push((Lang::Rust, text[at..].to_string()));
-            }
-        }
-    }
-    sources
+        let unit = src
+            .iter()
+            .filter_map(|path| {
+                let RustTokens { tokens, unit_tests } =
+                    rust_tokens(&read(path), &path.display().to_string());
+                // All of a `tests.rs` file (`#[cfg(test)] mod tests;` in its parent, as
+                // config/ and coherence/ do).
+                let at = if path.ends_with("tests.rs") {
+                    Some(0)
+                } else {
+                    unit_tests
+                };
+                at.map(|at| tokens[at..].to_vec())
+            })
+            .collect();
+        Suite { integration, unit }
+    })
 }
 
 /// Config keys the test suite sets (integration, compat and unit tests).
 fn exercised_keys() -> BTreeSet<String> {
-    test_sources(true)
+    let suite = suite();
+    suite
+        .integration
         .iter()
-        .flat_map(|(lang, text)| keys_in(text, *lang))
+        .chain(&suite.unit)
+        .flat_map(|tokens| keys_in(tokens))
         .collect()
 }
 
 /// Every string literal of the integration and compat tests: the words they pass to real
 /// `credstore` processes (`"serve"`, `"--upstream"`) and the environment they set.
 fn test_literals() -> BTreeSet<String> {
-    test_sources(false)
+    suite()
+        .integration
         .iter()
-        .flat_map(|(lang, text)| tokens(text, *lang))
+        .flatten()
         .filter_map(|t| match t {
-            Token::Str(s) => Some(s),
+            Token::Str(s) => Some(s.clone()),
             _ => None,
         })
         .collect()
@@ -494,54 +515,11 @@ fn host_port(address: &str) -> Option<(String, u16)> {
 // The Dockerfile
 // ---------------------------------------------------------------------------------------
 
-/// One Dockerfile instruction: its keyword (upper case) and the rest of its line(s).
-#[derive(Debug)]
-struct Instruction {
-    keyword: String,
-    args: String,
-}
-
-/// The instructions of a Dockerfile, continuation lines joined, comments dropped, split into
-/// stages (each starting with its `FROM`).
-fn dockerfile_stages(text: &str) -> Vec<Vec<Instruction>> {
-    let mut logical = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
-            continue;
-        }
-        match trimmed.strip_suffix('\\') {
-            Some(part) => {
-                current.push_str(part);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(trimmed);
-                logical.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    let mut stages: Vec<Vec<Instruction>> = Vec::new();
-    for line in logical {
-        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
-        let instruction = Instruction {
-            keyword: keyword.to_uppercase(),
-            args: args.trim().to_string(),
-        };
-        if instruction.keyword == "FROM" || stages.is_empty() {
-            stages.push(Vec::new());
-        }
-        stages.last_mut().unwrap().push(instruction);
-    }
-    stages
-}
-
-/// The exec form (`["a", "b"]`) of an instruction's arguments.
-fn exec_form(args: &str, what: &str) -> Vec<String> {
-    serde_json::from_str(args)
-        .unwrap_or_else(|_| panic!("Dockerfile {what} must use the exec form [\"…\"]: {args}"))
-}
+/// The instructions these tests read. The Dockerfile is not parsed as a whole (no maintained,
+/// lean parser crate reads HEALTHCHECK): each of these must sit on one line (a trailing `\`
+/// fails the test, so nothing hides on a continuation line), and ENTRYPOINT, CMD and
+/// HEALTHCHECK's CMD are in exec form (a JSON array). Other instructions are not read.
+const READ: &[&str] = &["FROM", "USER", "COPY", "ENTRYPOINT", "CMD", "HEALTHCHECK"];
 
 struct Image {
     entrypoint: Vec<String>,
@@ -554,29 +532,55 @@ struct Image {
 }
 
 fn image() -> Image {
-    let stages = dockerfile_stages(&read("Dockerfile"));
-    let last = stages.last().expect("the Dockerfile has a stage");
-    let find = |keyword: &str| last.iter().rev().find(|i| i.keyword == keyword);
-    let healthcheck = find("HEALTHCHECK").expect("the Dockerfile has a HEALTHCHECK");
-    let (_, command) = healthcheck
-        .args
+    image_of(&read("Dockerfile")).unwrap_or_else(|e| panic!("Dockerfile: {e}"))
+}
+
+fn image_of(text: &str) -> Result<Image, String> {
+    // Per stage (from its FROM), the read instructions: (keyword, arguments).
+    let mut stages: Vec<Vec<(String, String)>> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let keyword = keyword.to_ascii_uppercase();
+        if !READ.contains(&keyword.as_str()) {
+            continue;
+        }
+        if line.ends_with('\\') {
+            return Err(format!("write {keyword} on one line: `{line}`"));
+        }
+        if keyword == "FROM" {
+            stages.push(Vec::new());
+        }
+        let stage = stages.last_mut().ok_or(format!("{keyword} before FROM"))?;
+        stage.push((keyword, args.trim().to_string()));
+    }
+    let count = stages.len();
+    let last = stages.pop().ok_or("no FROM")?;
+    let find = |keyword: &str| {
+        last.iter()
+            .rev()
+            .find(|(k, _)| k == keyword)
+            .map(|(_, args)| args.as_str())
+            .ok_or(format!("the final stage has no {keyword}"))
+    };
+    let exec_form = |args: &str, what: &str| {
+        serde_json::from_str::<Vec<String>>(args)
+            .map_err(|_| format!("{what} must use the exec form [\"…\"]: {args}"))
+    };
+    let (_, health) = find("HEALTHCHECK")?
         .split_once("CMD ")
-        .expect("HEALTHCHECK … CMD [\"…\"]");
-    Image {
-        entrypoint: exec_form(
-            &find("ENTRYPOINT").expect("an ENTRYPOINT").args,
-            "ENTRYPOINT",
-        ),
-        cmd: exec_form(&find("CMD").expect("a CMD").args, "CMD"),
-        healthcheck: exec_form(command.trim(), "HEALTHCHECK CMD"),
-        user: find("USER").map(|i| i.args.clone()).unwrap_or_default(),
-        stages: stages.len(),
+        .ok_or("HEALTHCHECK … CMD [\"…\"]")?;
+    Ok(Image {
+        entrypoint: exec_form(find("ENTRYPOINT")?, "ENTRYPOINT")?,
+        cmd: exec_form(find("CMD")?, "CMD")?,
+        healthcheck: exec_form(health.trim(), "HEALTHCHECK CMD")?,
+        user: find("USER").unwrap_or_default().to_string(),
+        stages: count,
         copies: last
             .iter()
-            .filter(|i| i.keyword == "COPY")
-            .map(|i| i.args.clone())
+            .filter(|(k, _)| k == "COPY")
+            .map(|(_, args)| args.clone())
             .collect(),
-    }
+    })
 }
 
 /// An argv that runs credstore: its program is `credstore` (or a path to it).
@@ -923,14 +927,18 @@ fn the_image_is_multi_stage_non_root_and_holds_the_binary_and_its_config() {
 
 #[test]
 fn the_scanners_read_what_tests_write() {
-    let rust = r#"
+    let rust = r##"
+        //! "etcd.inner.doc"
         TestConfig::new()
             .set("credstore.upstream.token", "root:Milvus") // "etcd.commented.out"
+            /* "etcd.block.comment" */
             .set("credstore.password.argon2", json!({"memoryKiB": 64, "x": {"y": 1}}));
+        /// "etcd.doc.comment"
         let yaml = "credstore:\n  listenHost: 127.0.0.1\n";
+        let raw = r#"etcd.raw"#; let escaped = "etcd.\x64ata\u{2e}dir";
         let c = 'c'; let f = |x: &'static str| x;
-    "#;
-    let keys = keys_in(rust, Lang::Rust);
+    "##;
+    let keys = keys_in(&rust_tokens(rust, "a snippet").tokens);
     let expected = [
         "credstore.listenHost",
         "credstore.password.argon2",
@@ -938,17 +946,60 @@ fn the_scanners_read_what_tests_write() {
         "credstore.password.argon2.x",
         "credstore.password.argon2.x.y",
         "credstore.upstream.token",
+        "etcd.data.dir",
+        "etcd.raw",
     ];
     assert_eq!(keys, expected.iter().map(|s| s.to_string()).collect());
-    let python = "return {\n  'etcd': {\"rootPath\": root, 'use': {'embed': False}},  # 'etcd.no'\n  \"common\": {\"security\": security},\n}\nx = f\"{a}\"\n";
-    let keys = keys_in(python, Lang::Python);
+    // A module's unit tests start at its first `#[cfg(test)]`, at any depth.
+    let module = r#"
+        fn f() { "etcd.before" }
+        impl X { #[cfg(test)] fn g() { "etcd.after" } }
+    "#;
+    let RustTokens { tokens, unit_tests } = rust_tokens(module, "a module");
+    let keys = keys_in(&tokens[unit_tests.expect("#[cfg(test)] found")..]);
+    assert_eq!(keys, BTreeSet::from(["etcd.after".to_string()]));
+
+    let python = r#"return {
+  'etcd': {"rootPath": root, 'use': {'embed': False}},  # 'etcd.no'
+  "common": {"security": security},
+}
+x = f"{a}etcd.fstring" + "etcd.\x64ata.dir" + b"etcd.bytes"
+y = '''etcd:
+  kvSubPath: x
+'''
+"#;
+    let keys = keys_in(&python_tokens(&[python.to_string()])[0]);
     let expected = [
         "common.security",
+        "etcd.data.dir",
+        "etcd.kvSubPath",
         "etcd.rootPath",
         "etcd.use",
         "etcd.use.embed",
     ];
     assert_eq!(keys, expected.iter().map(|s| s.to_string()).collect());
+
+    // The Dockerfile's instructions that are read, on one line each, exec form.
+    let dockerfile = "FROM rust AS builder\nRUN a \\\n && b\n# CMD [\"not\", \"read\"]\nFROM base\n\
+        COPY --from=builder /x/credstore /bin/credstore\nUSER 1:1\n\
+        HEALTHCHECK --interval=1s CMD [\"credstore\", \"health\"]\nENTRYPOINT [\"credstore\"]\n\
+        CMD [\"serve\"]\n";
+    let image = image_of(dockerfile).unwrap();
+    assert_eq!(
+        (image.stages, image.user.as_str(), image.copies.len()),
+        (2, "1:1", 1)
+    );
+    assert_eq!(image.healthcheck, ["credstore", "health"]);
+    assert_eq!(
+        [image.entrypoint, image.cmd].concat(),
+        ["credstore", "serve"]
+    );
+    let continued = dockerfile.replace("CMD [\"serve\"]", "CMD [\"serve\", \\\n  \"--x\"]");
+    assert!(image_of(&continued).err().unwrap().contains("on one line"));
+    let shell = dockerfile.replace("CMD [\"serve\"]", "CMD serve");
+    assert!(image_of(&shell).err().unwrap().contains("exec form"));
+    let copy = dockerfile.replace("COPY --from", "copy \\\n  --from");
+    assert!(image_of(&copy).err().unwrap().contains("COPY on one line"));
 
     // The whole suite: keys the harnesses set in every test, and the proxy tier's.
     let exercised = exercised_keys();

@@ -45,9 +45,21 @@ impl Verifier {
         Verifier(bytes)
     }
 
+    /// Constant time: the XOR of the four 64-bit words of each, OR-ed together, compared with
+    /// zero by `subtle` (no branch on the data; a third of the instructions of a bytewise
+    /// `ct_eq`, which hides each of 32 bytes behind its own barrier).
     fn matches(&self, other: &Verifier) -> bool {
-        bool::from(self.0.ct_eq(&other.0))
+        let difference = words(&self.0)
+            .zip(words(&other.0))
+            .fold(0u64, |acc, (a, b)| acc | (a ^ b));
+        bool::from(difference.ct_eq(&0))
     }
+}
+
+fn words(bytes: &[u8; 32]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|word| u64::from_ne_bytes(word.try_into().expect("8-byte chunks")))
 }
 
 impl Drop for Verifier {
@@ -85,8 +97,11 @@ pub struct CredentialCache {
 }
 
 struct Inner {
-    /// Synchronous: a hit is answered without awaiting anything or taking a lock of ours.
-    verified: moka::sync::Cache<Username, Verified>,
+    /// Synchronous: a hit is answered without awaiting anything or taking a lock of ours. The
+    /// entry is shared (a hit copies and wipes no verifier), and names are hashed with
+    /// foldhash, seeded per process: only verified names are ever inserted, so an attacker
+    /// cannot fill it with colliding keys, and SipHash cost more than the rest of the lookup.
+    verified: moka::sync::Cache<Username, Arc<Verified>, foldhash::fast::RandomState>,
     /// Watermarks and in-flight loads; only the slow path and invalidations take it.
     marks: Mutex<Marks>,
     /// Until when this replica may answer (see [`CredentialCache::trust_until`]).
@@ -149,7 +164,7 @@ impl CredentialCache {
         }
         CredentialCache {
             inner: Arc::new(Inner {
-                verified: builder.build(),
+                verified: builder.build_with_hasher(foldhash::fast::RandomState::default()),
                 marks: Mutex::new(Marks::default()),
                 trust: Trust::forever(),
                 hits: AtomicU64::new(0),
@@ -208,7 +223,7 @@ impl CredentialCache {
         if marks.of(user) > entry.revision {
             return false;
         }
-        self.inner.verified.insert(user.clone(), entry);
+        self.inner.verified.insert(user.clone(), Arc::new(entry));
         true
     }
 
