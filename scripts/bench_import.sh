@@ -19,43 +19,13 @@ sizes=("$@")
 for n in "${sizes[@]}"; do
     [[ "$n" =~ ^[1-9][0-9]*000$ ]] || { echo "not a positive multiple of 1000: $n" >&2; exit 2; }
 done
-command -v etcd >/dev/null || { echo "etcd is not on PATH: run scripts/setup.sh" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (Debian: apt-get install time)" >&2; exit 2; }
 binary=target/release/credstore
 [ -x "$binary" ] || { echo "$binary is missing: cargo build --release --locked" >&2; exit 2; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-data=$(mktemp -d)
-client_port=$(free_port)
-peer_port=$(free_port)
-etcd_pid=""
-cleanup() {
-    local status=$?
-    if [ -n "$etcd_pid" ]; then
-        kill "$etcd_pid" 2>/dev/null || true
-        wait "$etcd_pid" 2>/dev/null || true
-    fi
-    rm -rf "$data"
-    exit "$status"
-}
-trap cleanup EXIT
-
-etcd --name bench --data-dir "$data/etcd" \
-    --listen-client-urls "http://127.0.0.1:$client_port" \
-    --advertise-client-urls "http://127.0.0.1:$client_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "bench=http://127.0.0.1:$peer_port" \
-    --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
-    >"$data/etcd.log" 2>&1 &
-etcd_pid=$!
-for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q true && break
-    sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$client_port/health" | grep -q true \
-    || { echo "etcd did not start; its log:" >&2; cat "$data/etcd.log" >&2; exit 1; }
+# shellcheck source=scripts/bench_etcd.sh
+. scripts/bench_etcd.sh
+start_bench_etcd
 
 # Writes the source keyspace through etcd's JSON gateway: 128 puts per transaction (etcd's
 # --max-txn-ops), 8 transactions in flight.

@@ -55,6 +55,10 @@ pub enum ClientError {
     SourceWithTls,
     #[error("the server is not ready: {0}")]
     NotReady(String),
+    #[error(
+        "{uri} answered with a TLS alert: the server speaks TLS; use an https:// URI (and --ca-pem)"
+    )]
+    ServerSpeaksTls { uri: String },
 }
 
 /// The `authorization` header pymilvus sends: base64 of `user:password` (or none).
@@ -138,6 +142,53 @@ pub async fn channel_tls(uri: &str, tls: &ClientTls) -> Result<Channel, ClientEr
         return Err(ClientError::TlsWithoutHttps);
     }
     endpoint.connect().await.map_err(connect_err)
+}
+
+/// How long [`preflight`] waits for a server's first answer.
+const PREFLIGHT_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Before the admin CLI's first call: finds a refusal at the TLS layer — a plaintext client
+/// at a TLS server, a TLS client at a plaintext one, a client certificate missing or not
+/// trusted — on a connection of its own, and reports it in fixed words. Without this the
+/// CLI printed whatever its HTTP/2 stack saw first (an h2 protocol error, a transport error
+/// or a cancelled call, depending on timing). One extra connection per command; servers
+/// that cannot be reached or stay silent are left to the real connection to report.
+async fn preflight(uri: &str, tls: &ClientTls) -> Result<(), ClientError> {
+    let Ok(parsed) = uri.parse::<tonic::codegen::http::Uri>() else {
+        return Ok(()); // the channel reports a malformed URI
+    };
+    let Some(host) = parsed.host() else {
+        return Ok(());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if uri.starts_with("https://") {
+        let port = parsed.port_u16().unwrap_or(443);
+        return Ok(tls.probe(host, port, PREFLIGHT_PATIENCE).await?);
+    }
+    let port = parsed.port_u16().unwrap_or(80);
+    if speaks_tls(host, port).await {
+        return Err(ClientError::ServerSpeaksTls {
+            uri: uri.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the server at `host:port` answers the HTTP/2 preface with a TLS record (a TLS
+/// server's alert: content type 21, version 3.x) within [`PREFLIGHT_PATIENCE`].
+async fn speaks_tls(host: &str, port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
+        let mut tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        tcp.write_all(crate::tls::HTTP2_PREFACE).await.ok()?;
+        let mut first = [0u8; 2];
+        tcp.read_exact(&mut first).await.ok()?;
+        Some(first)
+    };
+    matches!(
+        tokio::time::timeout(PREFLIGHT_PATIENCE, answer).await,
+        Ok(Some([0x15, 0x03]))
+    )
 }
 
 /// A connected plaintext HTTP/2 channel to `uri` whose TCP connection leaves from the local
@@ -238,6 +289,7 @@ fn without_echo<T>(read: impl FnOnce() -> std::io::Result<T>) -> std::io::Result
 pub async fn ready(uri: &str, tls: &ClientTls) -> Result<(), ClientError> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    preflight(uri, tls).await?;
     let mut health = HealthClient::new(channel_tls(uri, tls).await?);
     let answer = health
         .check(HealthCheckRequest::default())
@@ -282,6 +334,7 @@ impl Admin {
         tls: &ClientTls,
         authorization: Authorization,
     ) -> Result<Admin, ClientError> {
+        preflight(uri, tls).await?;
         let channel = channel_tls(uri, tls).await?;
         Ok(Admin {
             client: client(channel.clone(), authorization.clone()),
@@ -526,6 +579,7 @@ impl Keys {
         tls: &ClientTls,
         authorization: Authorization,
     ) -> Result<Keys, ClientError> {
+        preflight(uri, tls).await?;
         let channel = channel_tls(uri, tls).await?;
         Ok(Keys {
             keys: ApiKeysClient::with_interceptor(channel.clone(), authorization.clone()),

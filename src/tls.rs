@@ -75,6 +75,9 @@ pub enum TlsError {
         #[source]
         source: io::Error,
     },
+    /// One side ended the handshake with `host`: [`ClientTls::probe`]'s fixed account of why.
+    #[error("handshake with {host} failed: {reason}")]
+    Refused { host: String, reason: String },
 }
 
 /// The server's TLS configuration, swappable while serving; cheap to clone.
@@ -332,6 +335,127 @@ impl ClientTls {
     }
 }
 
+/// The HTTP/2 client preface and an empty SETTINGS frame: what a gRPC client sends first.
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+impl ClientTls {
+    /// rustls's configuration from the same files as [`ClientTls::tonic_config`], HTTP/2 by ALPN.
+    fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        // tonic_config checks what both need (a CA; both halves of the identity or neither).
+        self.tonic_config()?;
+        let ca = self.ca_pem_path.as_deref().unwrap_or(Path::new(""));
+        let mut roots = RootCertStore::empty();
+        for cert in certificates("caPemPath", ca, &read("caPemPath", ca)?)? {
+            roots.add(cert)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let mut config =
+            match (&self.client_pem_path, &self.client_key_path) {
+                (Some(cert), Some(key)) => {
+                    let chain = certificates("clientPemPath", cert, &read("clientPemPath", cert)?)?;
+                    // The key's text is never part of an error.
+                    let key_der = PrivateKeyDer::from_pem_slice(&read("clientKeyPath", key)?)
+                        .map_err(|_| TlsError::Invalid {
+                            key: "clientKeyPath",
+                            path: key.clone(),
+                            reason: "holds no readable PEM private key".into(),
+                        })?;
+                    builder.with_client_auth_cert(chain, key_der)?
+                }
+                _ => builder.with_no_client_auth(),
+            };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    /// Opens one TLS connection to `host:port` as a gRPC channel with these settings would,
+    /// sends the HTTP/2 preface and waits up to `patience` for the server's first bytes.
+    /// `Err(TlsError::Refused)` when either side ended the handshake, with a fixed reason per
+    /// cause: a TLS 1.3 server refuses a client certificate only after the client finished,
+    /// as an alert on the first read, so a gRPC call alone reports whatever its HTTP/2 stack
+    /// saw first. `Ok` when the server answered, and when nothing was learnt (no TCP
+    /// connection, a silent server): the caller's own connection reports those.
+    pub async fn probe(&self, host: &str, port: u16, patience: Duration) -> Result<(), TlsError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = self.rustls_config()?;
+        let refused = |reason: String| TlsError::Refused {
+            host: format!("{host}:{port}"),
+            reason,
+        };
+        let name = self.server_name.as_deref().unwrap_or(host).to_string();
+        let name = rustls::pki_types::ServerName::try_from(name)
+            .map_err(|e| refused(format!("the server name is not valid: {e}")))?;
+        let talk = async {
+            let tcp = TcpStream::connect((host, port)).await.ok()?;
+            let _ = tcp.set_nodelay(true);
+            let mut tls = match tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+            {
+                Ok(tls) => tls,
+                Err(e) => return Some(refusal(&e, Phase::Handshake)),
+            };
+            if let Err(e) = tls.write_all(HTTP2_PREFACE).await {
+                return Some(refusal(&e, Phase::FirstRead));
+            }
+            let mut first = [0u8; 16];
+            match tls.read(&mut first).await {
+                Err(e) => Some(refusal(&e, Phase::FirstRead)),
+                Ok(_) => None,
+            }
+        };
+        match tokio::time::timeout(patience, talk).await {
+            Ok(Some(Some(reason))) => Err(refused(reason)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where [`ClientTls::probe`] was when its connection failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    FirstRead,
+}
+
+/// What an I/O error during a client handshake (or the first read after it) says about who
+/// refused and why, in fixed words; `None` when it is not a TLS refusal. A connection closed
+/// or reset in the middle of the handshake is a server that does not speak TLS (a plaintext
+/// gRPC server drops a ClientHello as a bad HTTP/2 preface); after it, nothing is learnt.
+fn refusal(error: &io::Error, phase: Phase) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let closed = matches!(
+        error.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    );
+    if closed && phase == Phase::Handshake {
+        return Some(
+            "the server closed the connection during the handshake (a plaintext server? \
+             then use an http:// URI)"
+                .into(),
+        );
+    }
+    let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => {
+            "the server requires a client certificate (--client-pem, --client-key)".into()
+        }
+        rustls::Error::AlertReceived(Alert::UnknownCA) => {
+            "the server does not trust the CA of this client's certificate".into()
+        }
+        rustls::Error::AlertReceived(alert) => format!("the server sent the alert {alert:?}"),
+        rustls::Error::InvalidCertificate(why) => {
+            format!("this client does not trust the server's certificate: {why:?}")
+        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            "the server does not speak TLS (a plaintext server? then use an http:// URI)".into()
+        }
+        other => format!("{other}"),
+    })
+}
+
 /// A TLS 1.2/1.3 connection to `host:port` (HTTP/1.1 by ALPN) whose certificate must chain
 /// to the CA in `ca_pem` (`key` names the setting in errors) and name `host`; no system roots.
 /// For fetching an OIDC issuer's keys (`credstore.oidc.jwksUri`).
@@ -412,6 +536,38 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("tls.caPemPath"), "{err}");
+    }
+
+    #[test]
+    fn a_handshake_failure_is_told_in_fixed_words_per_cause() {
+        use rustls::AlertDescription as Alert;
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let cases = [
+            (
+                tls(rustls::Error::AlertReceived(Alert::CertificateRequired)),
+                Phase::FirstRead,
+                Some("the server requires a client certificate (--client-pem, --client-key)"),
+            ),
+            (
+                tls(rustls::Error::AlertReceived(Alert::UnknownCA)),
+                Phase::FirstRead,
+                Some("the server does not trust the CA of this client's certificate"),
+            ),
+            (
+                eof,
+                Phase::Handshake,
+                Some(
+                    "the server closed the connection during the handshake (a plaintext \
+                     server? then use an http:// URI)",
+                ),
+            ),
+            (reset, Phase::FirstRead, None),
+        ];
+        for (error, phase, want) in cases {
+            assert_eq!(refusal(&error, phase).as_deref(), want, "{error}");
+        }
     }
 
     #[test]

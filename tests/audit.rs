@@ -82,11 +82,8 @@ async fn changes_failed_logins_and_reset_root_are_audited_and_sighup_reopens() {
     let yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &common::unique_root("audit"))
         .set("credstore.audit.path", path.to_str().unwrap())
         .yaml();
-    let config = dir.path().join("credstore.yaml");
-    std::fs::write(&config, &yaml).unwrap();
-    let replica = tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
-        .await
-        .unwrap();
+    let replica = common::Replica::start_blocking(yaml).await;
+    let config = replica.config_path();
     let uri = replica.uri();
 
     let mut admin = common::Admin::connect(&replica).await;

@@ -24,7 +24,6 @@ use common::upstream::{
 use credstore::catalog::{GrantTarget, RoleName};
 use credstore::client::Authorization;
 use credstore::password::{Limits, Username};
-use credstore::proxy::RawCodec;
 use credstore::proxy::methods::{CALLER_DEPENDENT, FILTERED, OWNED, STREAMING, UNANNOTATED};
 use credstore::proxy::subject::{self, Subject};
 use credstore::rbac::{Reach, method_privileges as methods};
@@ -116,13 +115,6 @@ async fn call(
     db: AsciiMetadataValue,
     id: &str,
 ) -> Result<Response<Bytes>, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(credstore.uri.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
     let mut request =
         Authorization::credentials("bob", "password1").apply(Request::new(Bytes::from(body)));
     let metadata = request.metadata_mut();
@@ -131,8 +123,7 @@ async fn call(
     metadata.insert("sourceid", "-1".parse().unwrap());
     metadata.insert("x-evil", "1".parse().unwrap());
     request.set_timeout(Duration::from_secs(3));
-    let path = format!("/{SERVICE}/{method}").parse().unwrap();
-    client.unary(request, path, RawCodec).await
+    common::upstream::unary(&credstore.uri, method, request).await
 }
 
 /// The call the upstream saw with request id `id`, if any.
@@ -166,18 +157,20 @@ async fn set_grant(credstore: &Credstore, target: &GrantTarget, privilege: &str,
     }
 }
 
+/// Binds (or unbinds) `user` to `role` and waits until the replica applied it.
+async fn set_binding(credstore: &Credstore, user: &Username, role: &RoleName, on: bool) {
+    let revision = match on {
+        true => credstore.catalog.add_user_to_role(user, role).await,
+        false => credstore.catalog.remove_user_from_role(user, role).await,
+    };
+    let revision = revision.unwrap().expect("the binding changed");
+    credstore.coherence.confirm(revision).await.unwrap();
+}
+
 /// Creates user bob (password `password1`, no role) as root, through the API.
 async fn create_bob(credstore: &Credstore) -> Username {
     let mut root = common::client(&credstore.uri, "root", "Milvus").await;
-    let created = root
-        .create_credential(credstore::proto::milvus::CreateCredentialRequest {
-            username: "bob".into(),
-            password: common::b64("password1"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let created = common::create_user(&mut root, "bob", "password1").await;
     assert_eq!(created.code, 0, "{created:?}");
     Username::parse("bob", &Limits::default()).unwrap()
 }
@@ -264,12 +257,7 @@ async fn every_forwarded_method_reaches_the_upstream_with_what_was_authorized() 
     let bob = create_bob(&credstore).await;
     let role = RoleName::parse("tbl").unwrap();
     credstore.catalog.create_role(&role).await.unwrap();
-    let bound = credstore
-        .catalog
-        .add_user_to_role(&bob, &role)
-        .await
-        .unwrap();
-    credstore.coherence.confirm(bound.unwrap()).await.unwrap();
+    set_binding(&credstore, &bob, &role, true).await;
     let admin = RoleName::parse("admin").unwrap();
 
     let pool = pool();
@@ -291,19 +279,9 @@ async fn every_forwarded_method_reaches_the_upstream_with_what_was_authorized() 
                 "allowed to root and the admin role only",
             )
             .await;
-            let r = credstore
-                .catalog
-                .add_user_to_role(&bob, &admin)
-                .await
-                .unwrap();
-            credstore.coherence.confirm(r.unwrap()).await.unwrap();
+            set_binding(&credstore, &bob, &admin, true).await;
             case.forwarded(&credstore, &upstream, &id(1)).await;
-            let r = credstore
-                .catalog
-                .remove_user_from_role(&bob, &admin)
-                .await
-                .unwrap();
-            credstore.coherence.confirm(r.unwrap()).await.unwrap();
+            set_binding(&credstore, &bob, &admin, false).await;
             continue;
         };
         let privilege = rule.privilege.metastore_name();
@@ -339,12 +317,7 @@ async fn an_unreadable_dbname_header_is_refused_not_forwarded() {
     let credstore = start_credstore(&running, "svc:tok").await;
     let bob = create_bob(&credstore).await;
     let admin = RoleName::parse("admin").unwrap();
-    let r = credstore
-        .catalog
-        .add_user_to_role(&bob, &admin)
-        .await
-        .unwrap();
-    credstore.coherence.confirm(r.unwrap()).await.unwrap();
+    set_binding(&credstore, &bob, &admin, true).await;
     let (body, _) = request(&pool(), "Query", "", X);
     // Positive control: a readable header is forwarded as the database.
     let good = call(

@@ -6,9 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use credstore::proto::milvus::{
-    CreateCredentialRequest, GetVersionRequest, ListCredUsersRequest, UpdateCredentialRequest,
-};
+use credstore::proto::milvus::{GetVersionRequest, ListCredUsersRequest, UpdateCredentialRequest};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const TOO_LONG: &str = "encrypt password failed: bcrypt: password length exceeds 72 bytes";
@@ -41,15 +39,7 @@ async fn scenario() {
     let long = "p".repeat(100);
     let prefix = "p".repeat(72);
 
-    let status = admin
-        .create_credential(CreateCredentialRequest {
-            username: "longpw".into(),
-            password: common::b64(&long),
-            ..Default::default()
-        })
-        .await
-        .expect("a status, not a gRPC error")
-        .into_inner();
+    let status = common::create_user(&mut admin, "longpw", &long).await;
     assert_eq!(status.code, 65535, "{status:?}");
     assert!(status.reason.contains(TOO_LONG), "{status:?}");
     let users = admin
@@ -66,15 +56,7 @@ async fn scenario() {
     assert!(!logs_in(&uri, "longpw", &prefix).await);
 
     // Exactly 72 bytes is bcrypt's whole input: stored, and only that password logs in.
-    let status = admin
-        .create_credential(CreateCredentialRequest {
-            username: "maxpw".into(),
-            password: common::b64(&prefix),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = common::create_user(&mut admin, "maxpw", &prefix).await;
     assert_eq!(status.code, 0, "{status:?}");
     assert!(logs_in(&uri, "maxpw", &prefix).await);
     assert!(

@@ -13,6 +13,14 @@ use tonic::Code;
 
 type Server = common::InProcess;
 
+/// The message a call answered; a gRPC error (the call never reached Milvus's answer) fails
+/// the test.
+async fn answer<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> T {
+    call.await.expect("a gRPC answer").into_inner()
+}
+
 fn ok(status: &Status) {
     assert_eq!(
         (status.code, status.error_code),
@@ -77,11 +85,7 @@ async fn credential_lifecycle_as_milvus_answers_it() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    let connect = root
-        .connect(ConnectRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let connect = answer(root.connect(ConnectRequest::default())).await;
     ok(&connect.status.unwrap());
     assert!(connect.identifier > 0);
     assert!(
@@ -92,53 +96,33 @@ async fn credential_lifecycle_as_milvus_answers_it() {
             .starts_with("credstore-")
     );
     assert!(
-        root.get_version(GetVersionRequest {})
+        answer(root.get_version(GetVersionRequest {}))
             .await
-            .unwrap()
-            .into_inner()
             .version
             .starts_with("credstore-")
     );
     assert!(
-        root.check_health(CheckHealthRequest {})
+        answer(root.check_health(CheckHealthRequest {}))
             .await
-            .unwrap()
-            .into_inner()
             .is_healthy
     );
 
-    ok(&root
-        .create_credential(create("alice", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.create_credential(create("alice", "password1"))).await);
     failed(
-        &root
-            .create_credential(create("alice", "password1"))
-            .await
-            .unwrap()
-            .into_inner(),
+        &answer(root.create_credential(create("alice", "password1"))).await,
         1100,
         29,
         "user already exists: alice: invalid parameter",
     );
     assert!(login_works(&server.uri, "alice", "password1").await);
     assert!(!login_works(&server.uri, "alice", "password2").await);
-    let users = root
-        .list_cred_users(ListCredUsersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let users = answer(root.list_cred_users(ListCredUsersRequest::default())).await;
     assert_eq!(users.usernames, ["alice", "root"]);
 
     // A user changes their own password with the old one.
     let mut alice = common::client(&server.uri, "alice", "password1").await;
     failed(
-        &alice
-            .update_credential(update("alice", "wrong-old", "password2"))
-            .await
-            .unwrap()
-            .into_inner(),
+        &answer(alice.update_credential(update("alice", "wrong-old", "password2"))).await,
         1400,
         1, // UnexpectedError, as Milvus
         "old password not correct for alice: not authenticated",
@@ -154,34 +138,18 @@ async fn credential_lifecycle_as_milvus_answers_it() {
         1, // UnexpectedError, as Milvus
         "old password not correct for alice: not authenticated",
     );
-    ok(&alice
-        .update_credential(update("alice", "password1", "password2"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(alice.update_credential(update("alice", "password1", "password2"))).await);
     assert!(
         !login_works(&server.uri, "alice", "password1").await,
         "acknowledged: the old password is gone at once"
     );
     assert!(login_works(&server.uri, "alice", "password2").await);
 
-    ok(&root
-        .delete_credential(delete("alice"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.delete_credential(delete("alice"))).await);
     assert!(!login_works(&server.uri, "alice", "password2").await);
-    ok(&root
-        .delete_credential(delete("alice"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.delete_credential(delete("alice"))).await);
     failed(
-        &root
-            .delete_credential(delete("root"))
-            .await
-            .unwrap()
-            .into_inner(),
+        &answer(root.delete_credential(delete("root"))).await,
         1401,
         1, // UnexpectedError, as Milvus
         "root user cannot be deleted: privilege not permitted",
@@ -249,16 +217,9 @@ async fn validation_errors_change_nothing() {
         status.reason.starts_with("decode password fail:"),
         "{status:?}"
     );
-    ok(&root
-        .create_credential(create(&"a".repeat(32), &"x".repeat(256)))
+    ok(&answer(root.create_credential(create(&"a".repeat(32), &"x".repeat(256)))).await);
+    let users = answer(root.list_cred_users(ListCredUsersRequest::default()))
         .await
-        .unwrap()
-        .into_inner());
-    let users = root
-        .list_cred_users(ListCredUsersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
         .usernames;
     assert_eq!(
         users,
@@ -266,11 +227,7 @@ async fn validation_errors_change_nothing() {
         "only the valid user was stored"
     );
     // The new password is validated before the old one is checked.
-    let status = root
-        .update_credential(update("root", "Milvus", "123"))
-        .await
-        .unwrap()
-        .into_inner();
+    let status = answer(root.update_credential(update("root", "Milvus", "123"))).await;
     assert_eq!(status.code, 1100);
     assert!(login_works(&server.uri, "root", "Milvus").await);
     server.shutdown().await;
@@ -313,11 +270,8 @@ async fn malformed_and_wrong_headers_are_unauthenticated() {
         assert_eq!(create.code(), Code::Unauthenticated);
     }
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    let users = root
-        .list_cred_users(ListCredUsersRequest::default())
+    let users = answer(root.list_cred_users(ListCredUsersRequest::default()))
         .await
-        .unwrap()
-        .into_inner()
         .usernames;
     assert_eq!(
         users,
@@ -338,11 +292,7 @@ async fn authorization_follows_milvus_default_roles() {
         ("carol", "password1"),
         ("foo", "password1"),
     ] {
-        ok(&root
-            .create_credential(create(user, password))
-            .await
-            .unwrap()
-            .into_inner());
+        ok(&answer(root.create_credential(create(user, password))).await);
     }
     let mut bob = common::client(&server.uri, "bob", "password1").await;
     let denied = bob
@@ -402,11 +352,7 @@ async fn authorization_follows_milvus_default_roles() {
         ..Default::default()
     };
     ok(&root.operate_user_role(grant).await.unwrap().into_inner());
-    ok(&bob
-        .create_credential(create("x1", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(bob.create_credential(create("x1", "password1"))).await);
     let roles = SelectRoleRequest {
         role: Some(RoleEntity {
             name: "admin".into(),
@@ -424,11 +370,7 @@ async fn authorization_follows_milvus_default_roles() {
             .collect::<Vec<_>>(),
         ["bob"]
     );
-    let all_roles = bob
-        .select_role(SelectRoleRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let all_roles = answer(bob.select_role(SelectRoleRequest::default())).await;
     let names: Vec<_> = all_roles
         .results
         .iter()
@@ -443,22 +385,14 @@ async fn authorization_follows_milvus_default_roles() {
         ..Default::default()
     };
     assert!(
-        bob.select_role(missing)
-            .await
-            .unwrap()
-            .into_inner()
-            .results
-            .is_empty(),
+        answer(bob.select_role(missing)).await.results.is_empty(),
         "a missing role is success with no results"
     );
 
     // A super user (foo) resets carol's password without the old one; bob (admin, not super) cannot.
     let mut foo = common::client(&server.uri, "foo", "password1").await;
     failed(
-        &bob.update_credential(update("carol", "not-it", "password7"))
-            .await
-            .unwrap()
-            .into_inner(),
+        &answer(bob.update_credential(update("carol", "not-it", "password7"))).await,
         1400,
         1, // UnexpectedError, as Milvus
         "old password not correct for carol: not authenticated",
@@ -469,16 +403,8 @@ async fn authorization_follows_milvus_default_roles() {
         r#type: 0,
         ..Default::default()
     };
-    ok(&root
-        .operate_user_role(grant_foo)
-        .await
-        .unwrap()
-        .into_inner());
-    ok(&foo
-        .update_credential(update("carol", "", "password8"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.operate_user_role(grant_foo)).await);
+    ok(&answer(foo.update_credential(update("carol", "", "password8"))).await);
     assert!(login_works(&server.uri, "carol", "password8").await);
     server.shutdown().await;
 }
@@ -489,11 +415,7 @@ async fn description_only_update_keeps_the_password() {
     let etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    ok(&root
-        .create_credential(create("dana", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.create_credential(create("dana", "password1"))).await);
     let describe = UpdateCredentialRequest {
         username: "dana".into(),
         description: Some("on call".into()),
@@ -524,18 +446,11 @@ credstore:\n  password:\n    allowWeakParameters: true\n    argon2: {{memoryKiB:
     );
     let server = Server::start(&yaml).await;
     let mut anonymous = common::client_with_header(&server.uri, None).await;
-    ok(&anonymous
-        .connect(ConnectRequest::default())
+    ok(&answer(anonymous.connect(ConnectRequest::default()))
         .await
-        .unwrap()
-        .into_inner()
         .status
         .unwrap());
-    ok(&anonymous
-        .create_credential(create("zed", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(anonymous.create_credential(create("zed", "password1"))).await);
     assert!(
         login_works(&server.uri, "zed", "wrong-password").await,
         "as in Milvus, any password logs in"
@@ -549,11 +464,7 @@ async fn etcd_down_is_unavailable_and_changes_nothing() {
     let mut etcd = common::Etcd::start();
     let server = etcd_server(&etcd, "  etcdTimeoutMs: 1000\n").await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    ok(&root
-        .create_credential(create("before", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.create_credential(create("before", "password1"))).await);
     etcd.kill();
     let err = root
         .create_credential(create("during", "password1"))
@@ -568,11 +479,8 @@ async fn etcd_down_is_unavailable_and_changes_nothing() {
             .is_ok_and(|r| r.into_inner().code == 0)
     })
     .await;
-    let users = root
-        .list_cred_users(ListCredUsersRequest::default())
+    let users = answer(root.list_cred_users(ListCredUsersRequest::default()))
         .await
-        .unwrap()
-        .into_inner()
         .usernames;
     assert_eq!(
         users,
@@ -592,16 +500,8 @@ async fn embedded_store_is_the_default_and_survives_restart() {
     );
     let server = Server::start(&yaml).await;
     let mut root = common::client(&server.uri, "root", "Milvus").await;
-    ok(&root
-        .create_credential(create("kept", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
-    ok(&root
-        .update_credential(update("root", "Milvus", "NewRoot1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(root.create_credential(create("kept", "password1"))).await);
+    ok(&answer(root.update_credential(update("root", "Milvus", "NewRoot1"))).await);
     server.shutdown().await;
     let server = Server::start(&yaml).await;
     assert!(login_works(&server.uri, "kept", "password1").await);
@@ -680,17 +580,9 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
     };
     let server = Server::start(&yaml("cs-pw-1")).await;
     let mut admin = common::client(&server.uri, "root", "Milvus").await;
-    ok(&admin
-        .create_credential(create("alice", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(admin.create_credential(create("alice", "password1"))).await);
     assert!(login_works(&server.uri, "alice", "password1").await);
-    ok(&admin
-        .update_credential(update("alice", "password1", "password2"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(admin.update_credential(update("alice", "password1", "password2"))).await);
     assert!(
         !login_works(&server.uri, "alice", "password1").await,
         "acknowledged through the watch and the session"
@@ -721,11 +613,7 @@ credstore:\n  failedAuthDelayMs: 0\n  password:\n    allowWeakParameters: true\n
     );
     let server = Server::start(&yaml).await;
     let mut admin = common::client(&server.uri, "root", "Milvus").await;
-    ok(&admin
-        .create_credential(create("tina", "password1"))
-        .await
-        .unwrap()
-        .into_inner());
+    ok(&answer(admin.create_credential(create("tina", "password1"))).await);
     assert!(login_works(&server.uri, "tina", "password1").await);
     server.shutdown().await;
     // The user really is in that etcd (read over its plain listener).
@@ -763,20 +651,12 @@ async fn descriptions_are_bounded_and_an_oversized_one_stores_nothing() {
         let mut oversized = create("fern", "password1");
         oversized.description = Some(too_long.clone());
         failed(
-            &root
-                .create_credential(oversized)
-                .await
-                .unwrap()
-                .into_inner(),
+            &answer(root.create_credential(oversized)).await,
             1100,
             5,
             &reason,
         );
-        let listed = root
-            .list_cred_users(ListCredUsersRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+        let listed = answer(root.list_cred_users(ListCredUsersRequest::default())).await;
         assert!(
             !listed.usernames.contains(&"fern".to_string()),
             "nothing stored"
@@ -810,11 +690,7 @@ async fn descriptions_are_bounded_and_an_oversized_one_stores_nothing() {
         );
         assert!(login_works(&server.uri, "fern", "password1").await);
         assert!(!login_works(&server.uri, "fern", "password2").await);
-        let found = root
-            .select_user(select_one("fern"))
-            .await
-            .unwrap()
-            .into_inner();
+        let found = answer(root.select_user(select_one("fern"))).await;
         assert_eq!(found.results[0].description, "d".repeat(limit));
     })
     .await;
@@ -827,11 +703,7 @@ async fn role_answers_match_milvus() {
     let server = etcd_server(&etcd, "").await;
     common::time_limit(Duration::from_secs(60), async {
         let mut root = common::client(&server.uri, "root", "Milvus").await;
-        ok(&root
-            .create_credential(create("gina", "password1"))
-            .await
-            .unwrap()
-            .into_inner());
+        ok(&answer(root.create_credential(create("gina", "password1"))).await);
         // Taking a user out of a role that does not exist: Milvus's OperateUserRoleFailure.
         let remove = OperateUserRoleRequest {
             username: "gina".into(),
@@ -874,11 +746,7 @@ async fn removing_a_role_not_held_answers_at_once() {
     let server = Server::start(&yaml).await;
     common::time_limit(Duration::from_secs(60), async {
         let mut root = common::client(&server.uri, "root", "Milvus").await;
-        ok(&root
-            .create_credential(create("hana", "password1"))
-            .await
-            .unwrap()
-            .into_inner());
+        ok(&answer(root.create_credential(create("hana", "password1"))).await);
         let role = CreateRoleRequest {
             entity: Some(RoleEntity {
                 name: "auditor".into(),

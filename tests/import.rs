@@ -274,11 +274,8 @@ async fn milvus_keyspaces_are_imported_into_a_running_replica() {
     let yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &target)
         .set("credstore.audit.path", audit.to_str().unwrap())
         .yaml();
-    let config = dir.path().join("credstore.yaml");
-    std::fs::write(&config, &yaml).unwrap();
-    let replica = tokio::task::spawn_blocking(move || common::Replica::start(&yaml))
-        .await
-        .unwrap();
+    let replica = common::Replica::start_blocking(yaml).await;
+    let config = replica.config_path();
     let uri = replica.uri();
     let endpoint = etcd.endpoint();
     let run = |extra: &'static [&'static str]| {

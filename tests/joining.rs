@@ -3,7 +3,7 @@
 //! next request. (The race itself — a writer whose view of the sessions lags a replica that
 //! registered just before the write — is reproduced deterministically by a fault-injection
 //! test in `src/coherence/tests.rs`; this is the same promise end to end.)
-//! Starts an etcd and several replicas: run this file with `--test-threads=1`.
+//! Starts an etcd and several replicas, one cluster test at a time (`common::cluster_test`).
 
 mod common;
 
@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use credstore::proto::common::Status;
-use credstore::proto::milvus::{CreateCredentialRequest, UpdateCredentialRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(180);
+
+/// Acknowledged changes between two joins.
+const JOIN_EVERY: usize = 5;
 
 fn succeeded(status: &Status) -> bool {
     status.code == 0 && status.error_code == 0
@@ -23,9 +25,8 @@ fn succeeded(status: &Status) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_joining_during_acknowledged_writes_never_accept_an_old_password() {
-    tokio::time::timeout(LIMIT, joining())
-        .await
-        .expect("the test finishes within its limit");
+    let _cluster = common::cluster_test(LIMIT);
+    joining().await;
 }
 
 async fn joining() {
@@ -34,20 +35,14 @@ async fn joining() {
     let yaml = common::config_yaml(&etcd.endpoint(), &root, "");
     let a = tokio::task::block_in_place(|| common::Replica::start(&yaml));
     let mut admin = common::client(&a.uri(), "root", "Milvus").await;
-    let created = admin
-        .create_credential(CreateCredentialRequest {
-            username: "jo".into(),
-            password: common::b64("jo-0000"),
-            ..Default::default()
-        })
-        .await
-        .expect("CreateCredential answers")
-        .into_inner();
+    let created = common::create_user(&mut admin, "jo", "jo-0000").await;
     assert!(succeeded(&created), "create jo: {created:?}");
 
     // Channels to the replicas that have joined so far; the writer probes each after its acks.
     let joined: Arc<Mutex<Vec<(String, Channel)>>> = Arc::default();
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    // How many changes the writer has had acknowledged so far.
+    let (rounds_tx, mut rounds_rx) = tokio::sync::watch::channel(0usize);
     let writer = {
         let joined = joined.clone();
         tokio::spawn(async move {
@@ -57,17 +52,7 @@ async fn joining() {
             while after_all_joined < 20 {
                 rounds += 1;
                 let new = format!("jo-{rounds:04}");
-
-                let reply = admin
-                    .update_credential(UpdateCredentialRequest {
-                        username: "jo".into(),
-                        old_password: common::b64(&old),
-                        new_password: common::b64(&new),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("UpdateCredential answers")
-                    .into_inner();
+                let reply = common::change_password(&mut admin, "jo", &old, &new).await;
                 assert!(succeeded(&reply), "change {rounds}: {reply:?}");
                 let probes = joined.lock().unwrap().clone();
                 for (name, channel) in &probes {
@@ -84,6 +69,7 @@ async fn joining() {
                     let _ = common::login(channel, "jo", &new).await;
                 }
                 old = new;
+                let _ = rounds_tx.send(rounds);
                 if *done_rx.borrow_and_update() {
                     after_all_joined += 1;
                 }
@@ -95,12 +81,16 @@ async fn joining() {
     let mut replicas = Vec::new();
     for n in 0..3 {
         // Let the writer run between joins, so each join races many acknowledged writes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Counted in acknowledged changes, not wall-clock time: on a loaded 2-core machine
+        // a change can take longer than a fixed pause, and `rounds >= 30` below must hold
+        // by construction (3 joins x 5 changes + 20 after the last), never by luck. The
+        // test's LIMIT bounds the wait.
+        let target = *rounds_rx.borrow() + JOIN_EVERY;
+        if rounds_rx.wait_for(|&done| done >= target).await.is_err() {
+            break; // the writer ended early: its result below says why
+        }
         // On a blocking thread: the writer keeps both runtime workers while a replica starts.
-        let config = yaml.clone();
-        let replica = tokio::task::spawn_blocking(move || common::Replica::start(&config))
-            .await
-            .expect("replica starts");
+        let replica = common::Replica::start_blocking(yaml.clone()).await;
         let channel = common::channel(&replica.uri()).await;
         joined
             .lock()
@@ -111,6 +101,8 @@ async fn joining() {
     let _ = done_tx.send(true);
     let (rounds, stale, wrong) = writer.await.expect("writer task");
     println!("joining: {rounds} acknowledged changes while 3 replicas joined");
+    // Holds by construction (see JOIN_EVERY): a check that the joins raced writes, not a
+    // timing bound.
     assert!(
         rounds >= 30,
         "only {rounds} changes: the joins raced too few writes"

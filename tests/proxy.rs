@@ -12,8 +12,7 @@ use common::upstream::{
     Running, Upstream, call, listing, start_credstore, start_credstore_with, start_upstream,
 };
 use credstore::proto::milvus::{
-    CheckHealthRequest, CheckHealthResponse, CreateCredentialRequest, ShowCollectionsRequest,
-    ShowCollectionsResponse,
+    CheckHealthRequest, CheckHealthResponse, ShowCollectionsRequest, ShowCollectionsResponse,
 };
 use prost::Message;
 use tokio::sync::oneshot;
@@ -22,15 +21,7 @@ use tonic::Code;
 /// Creates user bob (password `password1`, no role) as root.
 async fn create_bob(uri: &str) {
     let mut root = common::client(uri, "root", "Milvus").await;
-    let created = root
-        .create_credential(CreateCredentialRequest {
-            username: "bob".into(),
-            password: common::b64("password1"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let created = common::create_user(&mut root, "bob", "password1").await;
     assert_eq!(created.code, 0, "{created:?}");
 }
 

@@ -9,11 +9,11 @@ mod common;
 
 use credstore::proto::common::Status;
 use credstore::proto::milvus::{
-    BackupRbacMetaRequest, CreateCredentialRequest, CreatePrivilegeGroupRequest, CreateRoleRequest,
-    GrantEntity, GrantorEntity, ObjectEntity, OperatePrivilegeGroupRequest,
-    OperatePrivilegeGroupType, OperatePrivilegeRequest, OperatePrivilegeType,
-    OperatePrivilegeV2Request, OperateUserRoleRequest, OperateUserRoleType, PrivilegeEntity,
-    RbacMeta, RestoreRbacMetaRequest, RoleEntity, SelectRoleRequest, UserInfo,
+    BackupRbacMetaRequest, CreatePrivilegeGroupRequest, CreateRoleRequest, GrantEntity,
+    GrantorEntity, ObjectEntity, OperatePrivilegeGroupRequest, OperatePrivilegeGroupType,
+    OperatePrivilegeRequest, OperatePrivilegeType, OperatePrivilegeV2Request,
+    OperateUserRoleRequest, OperateUserRoleType, PrivilegeEntity, RbacMeta, RestoreRbacMetaRequest,
+    RoleEntity, SelectRoleRequest, UserInfo,
 };
 use tonic::Code;
 
@@ -69,15 +69,7 @@ fn refused(status: &Status, text: &str) {
 /// root sets up on `client`: alice in role `readers` (with a description), which holds
 /// Global/CreateOwnership on db `*` and the custom group `grp` (Query, Search) on db1.c1.
 async fn set_up(client: &mut common::Client) {
-    let status = client
-        .create_credential(CreateCredentialRequest {
-            username: "alice".into(),
-            password: common::b64(ALICE_PASSWORD),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = common::create_user(client, "alice", ALICE_PASSWORD).await;
     ok(&status, "create alice");
     let status = client
         .create_role(CreateRoleRequest {
@@ -319,15 +311,8 @@ async fn backup_exports_hashes_and_restore_brings_back_logins_and_grants() {
         ok(&restore(&mut target, meta.clone()).await, "restore");
         // alice logs in with her password (her hash came along) and keeps her grant.
         let mut alice = common::client(&to.uri(), "alice", ALICE_PASSWORD).await;
-        let status = alice
-            .create_credential(CreateCredentialRequest {
-                username: "made_by_alice".into(),
-                password: common::b64("another-pw-1"),
-                ..Default::default()
-            })
-            .await
-            .expect("alice may create users after the restore")
-            .into_inner();
+        // alice may create users after the restore.
+        let status = common::create_user(&mut alice, "made_by_alice", "another-pw-1").await;
         ok(&status, "alice creates a user on the restored cluster");
         assert_eq!(
             backup(&mut target).await.unwrap().roles,

@@ -367,56 +367,6 @@ async fn revoke_through_a_is_refused_by_b_from_the_moment_it_returns_and_grants_
     );
 }
 
-/// A stand-in for Milvus behind B's proxy tier: answers every call with its own body.
-#[derive(Clone)]
-struct Echo;
-
-impl tonic::server::NamedService for Echo {
-    const NAME: &'static str = "milvus.proto.milvus.MilvusService";
-}
-
-type BoxFuture<T, E> = std::pin::Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Echo {
-    type Response = tonic::codegen::http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async move {
-            Ok(tonic::server::Grpc::new(credstore::proxy::RawCodec)
-                .unary(EchoHandler, request)
-                .await)
-        })
-    }
-}
-
-struct EchoHandler;
-
-impl tower::Service<tonic::Request<prost::bytes::Bytes>> for EchoHandler {
-    type Response = tonic::Response<prost::bytes::Bytes>;
-    type Error = tonic::Status;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: tonic::Request<prost::bytes::Bytes>) -> Self::Future {
-        Box::pin(async move { Ok(tonic::Response::new(request.into_inner())) })
-    }
-}
-
 /// `Insert` into collection `c1` through `channel` as `user:password`, as raw bytes.
 async fn insert(channel: &Channel, user: &str, password: &str) -> Result<(), Code> {
     let mut client = tonic::client::Grpc::new(channel.clone());
@@ -441,15 +391,9 @@ async fn a_revoke_with_b_partitioned_returns_within_the_ttl_and_b_refuses_from_t
     let _cluster = common::cluster_test(common::CLUSTER_TEST_LIMIT);
     let etcd = tokio::task::block_in_place(common::Etcd::start);
     let proxy = Proxy::start(etcd.client_port);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let upstream = listener.local_addr().expect("bound");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(Echo)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    // A stand-in for Milvus behind B's proxy tier: answers Insert with its own body.
+    let running = common::upstream::start_upstream(common::upstream::Upstream::default()).await;
+    let upstream = running.address;
     let root_path = common::unique_root("rbac-partition");
     let a_yaml = common::TestConfig::on_etcd(&etcd.endpoint(), &root_path).yaml();
     let b_yaml = common::TestConfig::on_etcd(&proxy.endpoint(), &root_path)

@@ -35,6 +35,45 @@ pub async fn client(uri: &str, user: &str, password: &str) -> Client {
         .expect("server reachable")
 }
 
+/// CreateCredential as pymilvus sends it (the password in base64).
+pub fn create_request(user: &str, password: &str) -> CreateCredentialRequest {
+    CreateCredentialRequest {
+        username: user.into(),
+        password: b64(password),
+        ..Default::default()
+    }
+}
+
+/// Creates `user` with `password` through `client`: the `common.Status` it answered (a gRPC
+/// error instead of a status fails the test).
+pub async fn create_user(client: &mut Client, user: &str, password: &str) -> Status {
+    client
+        .create_credential(create_request(user, password))
+        .await
+        .expect("CreateCredential answers with a status")
+        .into_inner()
+}
+
+/// UpdateCredential as pymilvus sends it (both passwords in base64).
+pub fn update_request(user: &str, old: &str, new: &str) -> UpdateCredentialRequest {
+    UpdateCredentialRequest {
+        username: user.into(),
+        old_password: b64(old),
+        new_password: b64(new),
+        ..Default::default()
+    }
+}
+
+/// Changes `user`'s password from `old` to `new` through `client`: the `common.Status` it
+/// answered (a gRPC error instead of a status fails the test).
+pub async fn change_password(client: &mut Client, user: &str, old: &str, new: &str) -> Status {
+    client
+        .update_credential(update_request(user, old, new))
+        .await
+        .expect("UpdateCredential answers with a status")
+        .into_inner()
+}
+
 /// A connected channel to `uri`.
 pub async fn channel(uri: &str) -> Channel {
     credstore::client::channel(uri)
@@ -114,27 +153,16 @@ impl Admin {
     }
 
     pub async fn create(&mut self, user: &str, password: &str) -> Reply {
-        let request = CreateCredentialRequest {
-            username: user.into(),
-            password: b64(password),
-            ..Default::default()
-        };
         self.0
-            .create_credential(request)
+            .create_credential(create_request(user, password))
             .await
             .map(tonic::Response::into_inner)
     }
 
     /// root is a super user, so the old password is sent as pymilvus would but not checked.
     pub async fn change(&mut self, user: &str, old: &str, new: &str) -> Reply {
-        let request = UpdateCredentialRequest {
-            username: user.into(),
-            old_password: b64(old),
-            new_password: b64(new),
-            ..Default::default()
-        };
         self.0
-            .update_credential(request)
+            .update_credential(update_request(user, old, new))
             .await
             .map(tonic::Response::into_inner)
     }

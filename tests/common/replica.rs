@@ -37,6 +37,14 @@ impl Replica {
         Replica::spawn(command, dir)
     }
 
+    /// `start` on a blocking thread, for async tests: the runtime's workers keep running
+    /// (a writer, a watch) while the replica starts.
+    pub async fn start_blocking(yaml: String) -> Replica {
+        tokio::task::spawn_blocking(move || Replica::start(&yaml))
+            .await
+            .expect("the replica starts")
+    }
+
     /// Starts `credstore serve` with `config` and a metrics port of its own; returns the port.
     /// The port is free when chosen, but another process can bind it before the replica
     /// does: then the start is tried again on another port.
@@ -122,6 +130,13 @@ impl Replica {
         }
     }
 
+    /// The config file `start` wrote and the replica runs with, for CLI commands that must
+    /// read the same config (`admin reset-root`, `admin import`); it lives as long as the
+    /// replica. (`bench_upstream` has none.)
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("credstore.yaml")
+    }
+
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -152,10 +167,12 @@ impl Replica {
         self.signal("-HUP");
     }
 
-    /// SIGTERM and wait: a clean shutdown.
+    /// SIGTERM and wait: a clean shutdown. A hang guard of 30 s, not a timing check: it
+    /// covers the drain (`credstore.shutdown.drainMs`, up to 10 s in the tests) and the
+    /// lease revoke on a loaded machine.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 forget_child(self.child.id());

@@ -291,13 +291,6 @@ pub async fn call(
     db: &str,
     timeout: Option<Duration>,
 ) -> Result<Response<Bytes>, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(uri.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
     let (user, password) = credentials.split_once(':').expect("user:password");
     let mut request =
         Authorization::credentials(user, password).apply(Request::new(Bytes::from(body)));
@@ -308,6 +301,23 @@ pub async fn call(
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
+    unary(uri, method, request).await
+}
+
+/// Sends `request` (raw message bytes, metadata as built) as `method` of the MilvusService
+/// on a new connection to `uri`.
+pub async fn unary(
+    uri: &str,
+    method: &str,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, Status> {
+    let channel = tonic::transport::Endpoint::from_shared(uri.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
     let path = format!("/{SERVICE}/{method}").parse().unwrap();
     client.unary(request, path, RawCodec).await
 }

@@ -528,6 +528,9 @@ class Refusal:
         return f"the {self.name} refusal ({self.code.name} /{self.text}/)"
 
 
+# The gRPC code of an authenticated caller without the privilege (Milvus answers the same).
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
 WRONG_PASSWORD = Refusal(
     "wrong password", UNAUTHENTICATED,
     "auth check failure, please check username and password are correct",
@@ -967,6 +970,59 @@ def start_server(binary: Path, etcd: Etcd, tmp_path: Path) -> Iterator[Callable[
     yield start
     for s in started:
         s.stop()
+
+
+class ReplicaPair:
+    """Replicas A and B of one cluster (one etcd, one fresh root path `<prefix>-<hex>`) in
+    front of the upstream at `upstream_uri`, with the failed-login delay off; B writes an
+    audit log. `overrides` is merged into both configs (issue 19's API-key and OIDC tests)."""
+
+    def __init__(self, etcd: Etcd, workdir: Path, upstream_uri: str, prefix: str,
+                 overrides: Optional[Dict[str, Any]] = None) -> None:
+        root = f"compat-{prefix}-{uuid.uuid4().hex[:8]}"
+        self.audit = workdir / "b-audit.log"
+        self.replicas: List[Server] = []
+        for name in ("a", "b"):
+            config = base_config(root, [etcd.endpoint])
+            config["credstore"]["failedAuthDelayMs"] = 0
+            if name == "b":
+                config["credstore"]["audit"] = {"path": str(self.audit)}
+            config = deep_merge(config, overrides or {})
+            self.replicas.append(
+                Server(config, str(workdir / name), extra_args=("--upstream", upstream_uri),
+                       name=f"{prefix}-{name}")
+            )
+        self.a, self.b = self.replicas
+
+    def stop(self) -> None:
+        for r in self.replicas:
+            r.stop()
+
+    def audit_reasons(self) -> List[str]:
+        """The `reason` of every login_failed line B has written so far."""
+        if not self.audit.exists():
+            return []
+        lines = [json.loads(l) for l in self.audit.read_text().splitlines() if l.strip()]
+        return [l["reason"] for l in lines if l.get("event") == "login_failed"]
+
+    def wait_for_reasons(self, wanted: List[str], within: float = 10) -> None:
+        """Waits until B's audit log holds a login_failed line for each of `wanted`."""
+        deadline = time.monotonic() + within
+        while not set(wanted) <= set(self.audit_reasons()):
+            assert time.monotonic() < deadline, (sorted(wanted), self.audit_reasons())
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[Any]:
+    """A local OIDC issuer (tests/compat/oidc_issuer.py) with its JWKS served over HTTPS."""
+    from oidc_issuer import Issuer  # only the OIDC and audit tests need its crypto imports
+
+    i = Issuer(tmp_path / "issuer")
+    try:
+        yield i
+    finally:
+        i.stop()
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List
 
 import grpc
 import pytest
@@ -28,55 +27,22 @@ from conftest import (
     ROOT_USER,
     THROTTLED,
     T,
-    Etcd,
+    ReplicaPair,
     Server,
-    base_config,
-    deep_merge,
     pw,
     raises_rpc,
     uname,
 )
-from test_proxy import MilvusLite, assert_denied, count, new_collection, raw_call, rows
+from test_proxy import assert_denied, count, new_collection, raw_call, rows
 from test_proxy import lite  # noqa: F401  (the module-scoped Milvus Lite upstream)
 
 DENIED_TEXT = "auth check failure, please check username and password are correct"
 ROOT_TOKEN = f"{ROOT_USER}:{ROOT_PASSWORD}"
 
 
-class Pair:
-    """Replicas A and B of one cluster in front of `lite`; B writes an audit log."""
-
-    def __init__(self, etcd: Etcd, workdir: Path, lite: MilvusLite,
-                 overrides: Optional[Dict] = None) -> None:
-        root = f"compat-keys-{uuid.uuid4().hex[:8]}"
-        self.audit = workdir / "b-audit.log"
-        self.replicas: List[Server] = []
-        for name in ("a", "b"):
-            config = base_config(root, [etcd.endpoint])
-            config["credstore"]["failedAuthDelayMs"] = 0
-            if name == "b":
-                config["credstore"]["audit"] = {"path": str(self.audit)}
-            config = deep_merge(config, overrides or {})
-            self.replicas.append(
-                Server(config, str(workdir / name), extra_args=("--upstream", lite.uri),
-                       name=f"keys-{name}")
-            )
-        self.a, self.b = self.replicas
-
-    def stop(self) -> None:
-        for r in self.replicas:
-            r.stop()
-
-    def audit_reasons(self) -> List[str]:
-        if not self.audit.exists():
-            return []
-        lines = [json.loads(l) for l in self.audit.read_text().splitlines() if l.strip()]
-        return [l["reason"] for l in lines if l.get("event") == "login_failed"]
-
-
 @pytest.fixture
-def pair(etcd, tmp_path, lite) -> Iterator[Pair]:
-    p = Pair(etcd, tmp_path, lite)
+def pair(etcd, tmp_path, lite) -> Iterator[ReplicaPair]:
+    p = ReplicaPair(etcd, tmp_path, lite.uri, "keys")
     try:
         yield p
     finally:
@@ -116,13 +82,6 @@ def assert_works(server: Server, token: str) -> None:
     """The positive control: the same call through the same replica succeeds."""
     answer = raw_call(server, "ShowCollections", milvus_pb2.ShowCollectionsRequest(), token)
     assert answer.status.code == 0, answer.status
-
-
-def wait_for_reasons(pair: Pair, wanted: List[str], within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not set(wanted) <= set(pair.audit_reasons()):
-        assert time.monotonic() < deadline, (wanted, pair.audit_reasons())
-        time.sleep(0.1)
 
 
 def test_a_key_acts_as_its_owner_limited_to_its_roles(pair):
@@ -203,8 +162,8 @@ def test_expired_revoked_orphaned_and_wrong_keys_are_refused_on_the_other_replic
         time.sleep(0.2)
     assert_works(pair.b, control)
 
-    wait_for_reasons(pair, ["apikey_revoked", "apikey_owner_deleted", "apikey_wrong_secret",
-                            "apikey_expired"])
+    pair.wait_for_reasons(["apikey_revoked", "apikey_owner_deleted", "apikey_wrong_secret",
+                           "apikey_expired"])
 
 
 def test_who_may_manage_keys_and_what_is_stored(pair, etcd):

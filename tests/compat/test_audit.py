@@ -36,11 +36,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import bcrypt
 import grpc
-import pytest
 from pymilvus import MilvusClient
 from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 
@@ -68,8 +67,8 @@ from conftest import (
     raises_rpc,
     uname,
 )
-from oidc_issuer import AUDIENCE, ISSUER, Issuer, _b64
-from test_proxy import MilvusLite, assert_denied
+from oidc_issuer import AUDIENCE, ISSUER, _b64
+from test_proxy import assert_denied
 from test_proxy import lite  # noqa: F401  (the module-scoped Milvus Lite upstream)
 
 ROOT_TOKEN = f"{ROOT_USER}:{ROOT_PASSWORD}"
@@ -108,15 +107,6 @@ def login_failure_reasons() -> set:
 # --------------------------------------------------------------------------------------
 # harness
 # --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def issuer(tmp_path) -> Iterator[Issuer]:
-    i = Issuer(tmp_path / "issuer")
-    try:
-        yield i
-    finally:
-        i.stop()
 
 
 class AuditLog:

@@ -50,7 +50,10 @@ def test_health_ready_follows_readiness(start_server, binary):
     """`health --ready` (the compose and Dockerfile probe) asks grpc.health.v1: SERVING while
     the replica serves, NOT_SERVING as soon as it drains after SIGTERM, when plain `health`
     (liveness) still answers."""
-    s = start_server(overrides={"credstore": {"shutdown": {"drainMs": 4000}}})
+    # The drain must outlast the readiness loop and the liveness call below, each a new CLI
+    # process: 12 s rather than 4 s, so a starved test on a loaded 2-core machine still
+    # finds the replica alive (it costs the wait for the exit).
+    s = start_server(overrides={"credstore": {"shutdown": {"drainMs": 12000}}})
 
     def health(*extra):
         return subprocess.run([str(binary), "health", "--uri", s.uri, *extra],
@@ -58,7 +61,9 @@ def test_health_ready_follows_readiness(start_server, binary):
 
     _ok(health("--ready"))
     s.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 3
+    # NOT_SERVING comes at once with SIGTERM; 6 s is a hang guard for a loaded machine
+    # (each probe starts a process), leaving 6 s of the drain for the liveness check.
+    deadline = time.monotonic() + 6
     while (r := health("--ready")).returncode == 0:
         assert time.monotonic() < deadline, "still ready after SIGTERM"
         time.sleep(0.1)

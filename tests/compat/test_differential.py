@@ -38,6 +38,7 @@ from pymilvus.exceptions import MilvusException
 from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 
 from conftest import (
+    DENIED,
     ROOT_PASSWORD,
     ROOT_USER,
     T,
@@ -51,8 +52,6 @@ from conftest import (
 
 REPO = Path(__file__).resolve().parents[2]
 MILVUS = REPO / ".venv" / "bin" / "milvus-server"
-
-DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 # step -> (why credstore answers differently from Milvus 2.3.5, credstore's answer). Both still
 # fail (or both succeed) and the answer is pinned: only code, legacy code or text differ, as

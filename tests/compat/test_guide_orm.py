@@ -1,10 +1,10 @@
 """Every step of Milvus's "Authenticate User Access" guide, through the ORM API
 (`connections`, `utility`) exactly as the guide writes it."""
 
-import grpc
 from pymilvus import connections, utility
 
 from conftest import (
+    DENIED,
     ROOT_PASSWORD,
     ROOT_USER,
     T,
@@ -15,8 +15,6 @@ from conftest import (
     pw,
     uname,
 )
-
-DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_root_connects_with_default_password(server, orm):

@@ -1,10 +1,10 @@
 """The same user flows through MilvusClient, with token="user:password" and with
 user=/password=, plus describe_user, update_user and the built-in roles."""
 
-import grpc
 from pymilvus import utility
 
 from conftest import (
+    DENIED,
     ROOT_PASSWORD,
     ROOT_USER,
     T,
@@ -15,8 +15,6 @@ from conftest import (
     pw,
     uname,
 )
-
-DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_root_with_token_and_with_user_password(server, clients):

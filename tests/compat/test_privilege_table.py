@@ -8,11 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("privilege_table", ROOT / "scripts" / "privilege_table.py")
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_generator():
+    return load_script("privilege_table")
 
 
 def test_committed_table_matches_pymilvus_descriptors():
@@ -32,10 +37,7 @@ def test_table_names_user_management_privileges_as_milvus_does():
 
 
 def load_subject_generator():
-    spec = importlib.util.spec_from_file_location("subject_table", ROOT / "scripts" / "subject_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("subject_table")
 
 
 def test_committed_subject_table_and_descriptors_match_pymilvus():

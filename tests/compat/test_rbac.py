@@ -3,13 +3,19 @@ Milvus user manages access: grant, describe, enforce, revoke, groups, and the re
 gives (unknown privilege or object type, missing role, non-admin granting, dropping a role
 that still has grants)."""
 
-import grpc
 import pytest
 from pymilvus import Role, connections
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, pw, raises_milvus, raises_rpc, uname
+from conftest import DENIED, ROOT_PASSWORD, ROOT_USER, T, pw, raises_milvus, raises_rpc, uname
 
-DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+def member_of_new_role(server, root, clients):
+    """A new user in a new role without privileges: (role, user, password, the user's client)."""
+    role, user, password = rname(), uname(), pw()
+    root.create_user(user, password, timeout=T)
+    root.create_role(role, timeout=T)
+    root.grant_role(user, role, timeout=T)
+    return role, user, password, clients.make(server, user=user, password=password)
 
 
 def rname(prefix="r"):
@@ -98,11 +104,7 @@ def test_a_role_with_grants_is_dropped_only_with_force(root):
 
 
 def test_grants_decide_what_a_user_may_do(server, root, clients):
-    role, user, password = rname(), uname(), pw()
-    root.create_user(user, password, timeout=T)
-    root.create_role(role, timeout=T)
-    root.grant_role(user, role, timeout=T)
-    me = clients.make(server, user=user, password=password)
+    role, user, password, me = member_of_new_role(server, root, clients)
     with raises_rpc(DENIED, match="PrivilegeCreateOwnership: permission deny to " + user):
         me.create_user(uname(), pw(), timeout=T)
     root.grant_privilege(role, "Global", "CreateOwnership", "*", db_name="*", timeout=T)
@@ -126,11 +128,7 @@ def test_grants_decide_what_a_user_may_do(server, root, clients):
 
 
 def test_cluster_read_only_group_lets_a_user_list_users(server, root, clients):
-    role, user, password = rname(), uname(), pw()
-    root.create_user(user, password, timeout=T)
-    root.create_role(role, timeout=T)
-    root.grant_role(user, role, timeout=T)
-    me = clients.make(server, user=user, password=password)
+    role, user, password, me = member_of_new_role(server, root, clients)
     with raises_rpc(DENIED, rf"^PrivilegeSelectOwnership: permission deny to {user} in the `default` database$"):
         me.list_users(timeout=T)
     root.grant_privilege_v2(role, "ClusterReadOnly", "*", db_name="*", timeout=T)

@@ -252,6 +252,18 @@ class Session:
             out.append(line)
         return "\n".join(out) + "\n"
 
+    def run_block(self, argv: List[str]) -> subprocess.CompletedProcess:
+        """Runs one block's script in the session's directory and environment."""
+        return subprocess.run(
+            argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT_S,
+        )
+
     def run_sh(self, block: Block) -> subprocess.CompletedProcess:
         script = self.root / f"block-{block.line}.sh"
         state_env, state_cwd = self.state.with_suffix(".env"), self.state.with_suffix(".cwd")
@@ -262,15 +274,7 @@ class Session:
             f"pwd > {shlex.quote(str(state_cwd))}\n",
             encoding="utf-8",
         )
-        r = subprocess.run(
-            ["bash", str(script)],
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=BLOCK_TIMEOUT_S,
-        )
+        r = self.run_block(["bash", str(script)])
         if r.returncode == 0:
             env = {}
             for item in state_env.read_bytes().decode("utf-8", "replace").split("\0"):
@@ -303,15 +307,7 @@ class Session:
             source.append(line)
         script = self.root / f"block-{block.line}.py"
         script.write_text("\n".join(source) + "\n", encoding="utf-8")
-        return subprocess.run(
-            [sys.executable, str(script)],
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=BLOCK_TIMEOUT_S,
-        )
+        return self.run_block([sys.executable, str(script)])
 
     # ---- background servers ----------------------------------------------------------
 

@@ -31,11 +31,10 @@ import pytest
 from pymilvus import MilvusClient
 from pymilvus.grpc_gen import common_pb2, milvus_pb2, milvus_pb2_grpc, schema_pb2
 
-from conftest import ROOT_PASSWORD, ROOT_USER, T, Etcd, Server, base_config, free_port, pw, raises_rpc, uname
+from conftest import DENIED, ROOT_PASSWORD, ROOT_USER, T, Etcd, Server, base_config, free_port, pw, raises_rpc, uname
 from test_proxy import MilvusLite, rows, start_proxy
 
 ROOT = f"{ROOT_USER}:{ROOT_PASSWORD}"
-DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 def call(server: Server, method: str, request, credentials: str,

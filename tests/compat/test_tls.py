@@ -158,13 +158,24 @@ TLS_REFUSALS = {
     ),
 }
 
-# The admin CLI's answer when the TLS layer refused it ("cannot reach URI" when nothing did).
-# FIXME: which of these the CLI prints depends on timing (whether the server's alert arrives
-# before or after the client's HTTP/2 stack sent the request), and none names the handshake.
-CLI_TLS_REFUSED = (
-    r"credstore: server refused: (Internal: h2 protocol error: http2 error"
-    r"|Unknown: transport error|Cancelled: operation was canceled)\n"
-)
+# The admin CLI's answers when the TLS layer refused it, one fixed text per cause ("cannot
+# reach URI" when nothing answered): the CLI probes the handshake on a connection of its own
+# before its first call (src/client.rs, `preflight`), so the text no longer depends on when
+# the server's alert arrives.
+def cli_plaintext_at_tls(uri: str) -> str:
+    return (f"credstore: {uri} answered with a TLS alert: the server speaks TLS; use an "
+            "https:// URI (and --ca-pem)\n")
+
+
+def cli_handshake_failed(uri: str, reason: str) -> str:
+    host = uri.split("//")[-1]
+    return f"credstore: TLS: handshake with {host} failed: {reason}\n"
+
+
+CLI_NO_CLIENT_CERT = "the server requires a client certificate (--client-pem, --client-key)"
+CLI_FOREIGN_CLIENT_CERT = "the server does not trust the CA of this client's certificate"
+CLI_NOT_TLS = ("the server closed the connection during the handshake (a plaintext server? "
+               "then use an http:// URI)")
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ALERTS = {10: "unexpected_message", 40: "handshake_failure", 42: "bad_certificate",
@@ -245,6 +256,20 @@ def mutual(certs: Path, prefix: str = "", ca: str = "ca.pem") -> Dict:
     }
 
 
+def mutual_upstream(uri: str, certs: Path) -> Dict:
+    """`credstore.upstream` for an upstream at `uri` over mutual TLS, as root."""
+    return {
+        "uri": uri,
+        "token": TOKEN,
+        "tls": {
+            "caPemPath": str(certs / "ca.pem"),
+            "serverName": "localhost",
+            "clientPemPath": str(certs / "client.pem"),
+            "clientKeyPath": str(certs / "client.key"),
+        },
+    }
+
+
 def cli_tls(certs: Path, client_cert: bool = False) -> list:
     args = ["--ca-pem", str(certs / "ca.pem"), "--server-name", "localhost"]
     if client_cert:
@@ -295,7 +320,7 @@ def test_mode_1_serves_pymilvus_and_refuses_plaintext(etcd, certs, tmp_path):
         # reach URI").
         plain = cli(s, "health", "--uri", s.uri)
         assert plain.returncode != 0
-        assert re.fullmatch(CLI_TLS_REFUSED, plain.stderr), plain.stderr
+        assert plain.stderr == cli_plaintext_at_tls(s.uri), plain.stderr
         bench = cli(
             s, "bench", "--uri", https(s), *cli_tls(certs), "--rpc", "get-version",
             "--connections", "1", "--concurrency", "2", "--requests", "200", "--json",
@@ -324,7 +349,16 @@ def test_mode_2_requires_a_client_certificate_from_the_ca(etcd, certs, tmp_path)
         assert ok.returncode == 0 and ROOT_USER in ok.stdout.split(), ok.stderr
         bare = cli(s, "user", "list", "--uri", https(s), *cli_tls(certs))
         assert bare.returncode != 0
-        assert re.fullmatch(CLI_TLS_REFUSED, bare.stderr), bare.stderr
+        assert bare.stderr == cli_handshake_failed(https(s), CLI_NO_CLIENT_CERT), bare.stderr
+        foreign = cli(s, "user", "list", "--uri", https(s), *cli_tls(certs),
+                      "--client-pem", str(certs / "other-client.pem"),
+                      "--client-key", str(certs / "other-client.key"))
+        assert foreign.returncode != 0
+        assert foreign.stderr == cli_handshake_failed(https(s), CLI_FOREIGN_CLIENT_CERT), \
+            foreign.stderr
+        plain = cli(s, "user", "list", "--uri", s.uri)
+        assert plain.returncode != 0
+        assert plain.stderr == cli_plaintext_at_tls(s.uri), plain.stderr
     finally:
         s.stop()
 
@@ -407,16 +441,7 @@ def test_upstream_over_mutual_tls(etcd, certs, tmp_path):
             extra_args=("--upstream", lite.uri), name="inner",
         )
         config = base_config(f"compat-tls-{uuid.uuid4().hex[:8]}", [etcd.endpoint])
-        config["credstore"]["upstream"] = {
-            "uri": https(inner),
-            "token": TOKEN,
-            "tls": {
-                "caPemPath": str(certs / "ca.pem"),
-                "serverName": "localhost",
-                "clientPemPath": str(certs / "client.pem"),
-                "clientKeyPath": str(certs / "client.key"),
-            },
-        }
+        config["credstore"]["upstream"] = mutual_upstream(https(inner), certs)
         outer = Server(config, str(tmp_path / "outer"), name="outer")
         c = MilvusClient(uri=outer.uri, token=TOKEN, timeout=T, dedicated=True)
         name = f"c_{uuid.uuid4().hex[:8]}"
@@ -439,3 +464,14 @@ def test_an_upstream_tls_setting_without_https_is_refused(etcd, certs, tmp_path)
         "tls": {"caPemPath": str(certs / "ca.pem")},
     }
     assert "credstore.upstream.tls" in refused_start(config, tmp_path)
+
+
+def test_a_tls_cli_at_a_plaintext_server_is_told_so(server, certs):
+    """The other mismatch: the CLI speaks TLS to a plaintext server, beside the plaintext
+    call that works on the same server."""
+    ok = cli(server, "health", "--uri", server.uri)
+    assert ok.returncode == 0, ok.stderr
+    at = server.uri.replace("http://", "https://")
+    r = cli(server, "health", "--uri", at, *cli_tls(certs))
+    assert r.returncode != 0
+    assert r.stderr == cli_handshake_failed(at, CLI_NOT_TLS), r.stderr

@@ -34,6 +34,7 @@ from test_tls import (  # noqa: F401
     handshake,
     https,
     mutual,
+    mutual_upstream,
     one_way,
     tls_accepted,
     tls_config,
@@ -118,16 +119,7 @@ def test_pymilvus_meets_credstores_tls_as_milvuss(tls_milvus, etcd, certs, tmp_p
 
 def test_credstore_forwards_to_milvus_over_mutual_tls(tls_milvus, etcd, certs, tmp_path):  # noqa: F811
     config = base_config(f"compat-tlsup-{uuid.uuid4().hex[:8]}", [etcd.endpoint])
-    config["credstore"]["upstream"] = {
-        "uri": tls_milvus,
-        "token": TOKEN,
-        "tls": {
-            "caPemPath": str(certs / "ca.pem"),
-            "serverName": "localhost",
-            "clientPemPath": str(certs / "client.pem"),
-            "clientKeyPath": str(certs / "client.key"),
-        },
-    }
+    config["credstore"]["upstream"] = mutual_upstream(tls_milvus, certs)
     s = Server(config, str(tmp_path / "srv"))
     direct = MilvusClient(uri=tls_milvus, token=f"{ROOT_USER}:{ROOT_PASSWORD}", timeout=T,
                           **mutual(certs))
