@@ -723,7 +723,12 @@ mod tests {
     #[tokio::test]
     async fn variant_spellings_are_refused_not_trimmed() {
         let dir = tempfile::tempdir().unwrap();
-        let (auth, _) = setup(&dir).await;
+        // Unpaced: twenty failures from one (absent) address would outrun the default burst.
+        let unpaced = LockoutPolicy {
+            peer_failures_per_second: 0,
+            ..LockoutPolicy::default()
+        };
+        let (auth, _) = setup_with_policy(&dir, weak_pool(1, 8), unpaced).await;
         let ok = auth
             .authenticate(Some(header("alice:password1").as_bytes()))
             .await

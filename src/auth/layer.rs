@@ -7,11 +7,13 @@
 //! probes carry no credentials, and it reveals only whether the replica serves.
 //!
 //! A failed authentication is answered only after `failure_delay`: a waiting future costs no
-//! CPU, and it caps how fast one client can try passwords or flood the hashing queue. An
-//! address that has spent its failures (`Throttled`) waits [`THROTTLED_DELAY_FACTOR`] times as
-//! long: nothing it sends can be verified before its pace refills, and a client that waits for
-//! each answer then sends a quarter as many — a storm of them cost the replica and its other
-//! clients mostly these answers, once the pace had taken the hashing away. Each
+//! CPU, and it caps how fast one client can try passwords or flood the hashing queue. A login
+//! that could not be verified at all — its address spent its failures (`Throttled`) or its
+//! name is locked for it (`Locked`) — waits [`REFUSED_DELAY_FACTOR`] times as long: nothing
+//! it sends can be verified before the pace refills or the lock ends, and a client that waits
+//! for each answer then sends a quarter as many. Once the pace and the lockout had taken the
+//! hashing away, these answers were most of what a storm cost the replica and its other
+//! clients (BENCHMARKS.md). Each
 //! failed login (not an UNAVAILABLE: nothing was decided about the caller) is written to the
 //! audit log with the name as sent, the peer and the class the client's answer implies.
 //!
@@ -34,8 +36,8 @@ use crate::audit::{Audit, LoginFailure};
 use crate::auth::{AuthError, Authenticator};
 use crate::metrics::{AuthOutcome, Metrics};
 
-/// How many `failure_delay`s a `Throttled` answer waits (see the module doc).
-pub const THROTTLED_DELAY_FACTOR: u32 = 4;
+/// How many `failure_delay`s a `Throttled` or `Locked` answer waits (see the module doc).
+pub const REFUSED_DELAY_FACTOR: u32 = 4;
 
 /// The path prefix of `grpc.health.v1.Health`, which needs no credentials.
 pub const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -152,11 +154,14 @@ fn audit_failure(audit: &Audit, err: &AuthError, header: Option<&[u8]>, peer: Op
 }
 
 /// How long the answer to `err` waits: nothing for UNAVAILABLE (nothing was decided about the
-/// caller), [`THROTTLED_DELAY_FACTOR`] delays for an address out of failures, else one.
+/// caller), [`REFUSED_DELAY_FACTOR`] delays for a login that could not be verified (paced or
+/// locked), else one.
 fn answer_delay(err: &AuthError, failure_delay: Duration) -> Option<Duration> {
     match err {
         AuthError::Unavailable(_) => None,
-        AuthError::Throttled => Some(failure_delay * THROTTLED_DELAY_FACTOR),
+        AuthError::Throttled | AuthError::Locked { .. } => {
+            Some(failure_delay * REFUSED_DELAY_FACTOR)
+        }
         _ => Some(failure_delay),
     }
 }
@@ -249,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn a_throttled_answer_waits_longer_and_an_unavailable_one_not_at_all() {
+    fn paced_and_locked_answers_wait_longer_and_an_unavailable_one_not_at_all() {
         let delay = Duration::from_millis(250);
         assert_eq!(answer_delay(&AuthError::Denied, delay), Some(delay));
         assert_eq!(answer_delay(&AuthError::Busy, delay), Some(delay));
@@ -257,6 +262,11 @@ mod tests {
             answer_delay(&AuthError::Throttled, delay),
             Some(Duration::from_secs(1))
         );
+        let locked = AuthError::Locked {
+            account: false,
+            seconds: 900,
+        };
+        assert_eq!(answer_delay(&locked, delay), Some(Duration::from_secs(1)));
         let unavailable = AuthError::Unavailable("re-syncing".into());
         assert_eq!(answer_delay(&unavailable, delay), None);
     }

@@ -212,9 +212,12 @@ def test_every_audited_action_and_failed_login_reason_is_logged(etcd: Etcd, tmp_
     oidc = {"issuer": ISSUER, "audience": AUDIENCE, "jwksUri": issuer.jwks_uri,
             "caPemPath": str(issuer.ca_pem), "jwksRefetchSeconds": 1}
     a_log, b_log = AuditLog(tmp_path / "a-audit.log"), AuditLog(tmp_path / "b-audit.log")
+    # A: every other failed-login reason, one after another from this address; its pace is out
+    # of the way (the default, 8 at once, would answer `throttled` first: that is B's part).
     a_config = deep_merge(base_config(f"compat-audit-{uuid.uuid4().hex[:8]}", [etcd.endpoint]),
                           {"credstore": {"failedAuthDelayMs": 0, "oidc": oidc,
-                                         "audit": {"path": str(a_log.path)}}})
+                                         "audit": {"path": str(a_log.path)},
+                                         "lockout": {"peerFailuresPerSecond": 1000}}})
     # B: every login hashes with Milvus-strength argon2id, one verification per address at
     # a time, one failed verification per second (burst four): `busy` and `throttled`.
     b_config = deep_merge(base_config(f"compat-audit-b-{uuid.uuid4().hex[:8]}", [etcd.endpoint]),
