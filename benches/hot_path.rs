@@ -25,32 +25,7 @@ fn cached_verification(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let (auth, header) = rt.block_on(async {
-        let store = Store::Embedded(EmbeddedKv::open(&dir.path().join("kv.redb")).expect("store"));
-        let catalog = Catalog::new(store, "bench/meta");
-        let pool = HashPool::new(HashPoolConfig {
-            queued: 16,
-            ..HashPoolConfig::new(HashScheme::default())
-        });
-        let password =
-            Password::new(b"bench-password".to_vec(), &Limits::default()).expect("valid");
-        let hash = pool.hash(password).await.expect("hash");
-        let name =
-            credstore::password::Username::parse("alice", &Limits::default()).expect("valid");
-        catalog
-            .create_user(&name, &hash, None)
-            .await
-            .expect("created");
-        let config = AuthenticatorConfig {
-            enabled: true,
-            super_users: vec![],
-            limits: Limits::default(),
-            cache_capacity: 1000,
-            cache_ttl: None,
-            lockout: credstore::auth::LockoutPolicy::default(),
-        };
-        let auth = Authenticator::new(config, catalog, pool)
-            .await
-            .expect("authenticator");
+        let (auth, _) = authenticator(&dir, None).await;
         let header = base64::engine::general_purpose::STANDARD.encode("alice:bench-password");
         auth.authenticate(Some(header.as_bytes()))
             .await
