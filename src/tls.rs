@@ -303,6 +303,24 @@ impl ClientTls {
     /// system roots.
     pub fn tonic_config(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let (ca, identity) = self.files()?;
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("caPemPath", ca)?));
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(
+                read("clientPemPath", cert)?,
+                read("clientKeyPath", key)?,
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The CA file and the client identity's (certificate, key) files, checked: a CA is
+    /// required, and both halves of the identity or neither.
+    fn files(&self) -> Result<(&Path, Option<(&Path, &Path)>), TlsError> {
         let Some(ca) = &self.ca_pem_path else {
             return Err(TlsError::Invalid {
                 key: "caPemPath",
@@ -310,28 +328,16 @@ impl ClientTls {
                 reason: "an https:// server needs the CA that signed its certificate".into(),
             });
         };
-        let mut config =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("caPemPath", ca)?));
-        if let Some(name) = &self.server_name {
-            config = config.domain_name(name.clone());
-        }
+        let ca = ca.as_path();
         match (&self.client_pem_path, &self.client_key_path) {
-            (Some(cert), Some(key)) => {
-                config = config.identity(Identity::from_pem(
-                    read("clientPemPath", cert)?,
-                    read("clientKeyPath", key)?,
-                ));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(TlsError::Invalid {
-                    key: "clientPemPath",
-                    path: PathBuf::new(),
-                    reason: "clientPemPath and clientKeyPath go together".into(),
-                });
-            }
+            (Some(cert), Some(key)) => Ok((ca, Some((cert.as_path(), key.as_path())))),
+            (None, None) => Ok((ca, None)),
+            _ => Err(TlsError::Invalid {
+                key: "clientPemPath",
+                path: PathBuf::new(),
+                reason: "clientPemPath and clientKeyPath go together".into(),
+            }),
         }
-        Ok(config)
     }
 }
 
@@ -341,30 +347,22 @@ pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\
 impl ClientTls {
     /// rustls's configuration from the same files as [`ClientTls::tonic_config`], HTTP/2 by ALPN.
     fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        // tonic_config checks what both need (a CA; both halves of the identity or neither).
-        self.tonic_config()?;
-        let ca = self.ca_pem_path.as_deref().unwrap_or(Path::new(""));
-        let mut roots = RootCertStore::empty();
-        for cert in certificates("caPemPath", ca, &read("caPemPath", ca)?)? {
-            roots.add(cert)?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
+        let (ca, identity) = self.files()?;
+        let builder = trusting("caPemPath", ca)?;
         let mut config =
-            match (&self.client_pem_path, &self.client_key_path) {
-                (Some(cert), Some(key)) => {
+            match identity {
+                Some((cert, key)) => {
                     let chain = certificates("clientPemPath", cert, &read("clientPemPath", cert)?)?;
                     // The key's text is never part of an error.
                     let key_der = PrivateKeyDer::from_pem_slice(&read("clientKeyPath", key)?)
                         .map_err(|_| TlsError::Invalid {
                             key: "clientKeyPath",
-                            path: key.clone(),
+                            path: key.to_path_buf(),
                             reason: "holds no readable PEM private key".into(),
                         })?;
                     builder.with_client_auth_cert(chain, key_der)?
                 }
-                _ => builder.with_no_client_auth(),
+                None => builder.with_no_client_auth(),
             };
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
@@ -456,6 +454,22 @@ fn refusal(error: &io::Error, phase: Phase) -> Option<String> {
     })
 }
 
+/// A TLS 1.2/1.3 client configuration that trusts only the CA in `ca_pem` (`key` names the
+/// setting in errors; no system roots), still to be told its client identity.
+fn trusting(
+    key: &'static str,
+    ca_pem: &Path,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(key, ca_pem, &read(key, ca_pem)?)? {
+        roots.add(cert)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots))
+}
+
 /// A TLS 1.2/1.3 connection to `host:port` (HTTP/1.1 by ALPN) whose certificate must chain
 /// to the CA in `ca_pem` (`key` names the setting in errors) and name `host`; no system roots.
 /// For fetching an OIDC issuer's keys (`credstore.oidc.jwksUri`).
@@ -465,14 +479,7 @@ pub async fn connect_https(
     key: &'static str,
     ca_pem: &Path,
 ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + use<>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(key, ca_pem, &read(key, ca_pem)?)? {
-        roots.add(cert)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = trusting(key, ca_pem)?.with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let failed = |source: io::Error| TlsError::Connect {
         host: host.to_string(),

@@ -519,20 +519,12 @@ async fn methods_credstore_does_not_serve_are_unimplemented() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("etcd:\n  data:\n    dir: {}\n", dir.path().display());
     let server = Server::start(&yaml).await;
-    let channel = tonic::transport::Channel::from_shared(server.uri.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/milvus.proto.milvus.MilvusService/HasCollection",
-    );
+    // An empty message: a valid HasCollectionRequest, so only the method is unknown.
     let request = credstore::client::Authorization::credentials("root", "Milvus")
-        .apply(tonic::Request::new(GetVersionRequest {}));
-    let codec = tonic_prost::ProstCodec::<GetVersionRequest, GetVersionResponse>::default();
-    let err = grpc.unary(request, path, codec).await.unwrap_err();
+        .apply(tonic::Request::new(Default::default()));
+    let err = common::upstream::unary(&server.uri, "HasCollection", request)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     server.shutdown().await;
 }
