@@ -303,7 +303,7 @@ impl ClientTls {
     /// system roots.
     pub fn tonic_config(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        let (ca, identity) = self.files()?;
+        let ClientFiles { ca, identity } = self.files()?;
         let mut config =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("caPemPath", ca)?));
         if let Some(name) = &self.server_name {
@@ -318,9 +318,9 @@ impl ClientTls {
         Ok(config)
     }
 
-    /// The CA file and the client identity's (certificate, key) files, checked: a CA is
-    /// required, and both halves of the identity or neither.
-    fn files(&self) -> Result<(&Path, Option<(&Path, &Path)>), TlsError> {
+    /// The CA file and the client identity's files, checked: a CA is required, and both
+    /// halves of the identity or neither.
+    fn files(&self) -> Result<ClientFiles<'_>, TlsError> {
         let Some(ca) = &self.ca_pem_path else {
             return Err(TlsError::Invalid {
                 key: "caPemPath",
@@ -329,16 +329,26 @@ impl ClientTls {
             });
         };
         let ca = ca.as_path();
-        match (&self.client_pem_path, &self.client_key_path) {
-            (Some(cert), Some(key)) => Ok((ca, Some((cert.as_path(), key.as_path())))),
-            (None, None) => Ok((ca, None)),
-            _ => Err(TlsError::Invalid {
-                key: "clientPemPath",
-                path: PathBuf::new(),
-                reason: "clientPemPath and clientKeyPath go together".into(),
-            }),
-        }
+        let identity = match (&self.client_pem_path, &self.client_key_path) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(TlsError::Invalid {
+                    key: "clientPemPath",
+                    path: PathBuf::new(),
+                    reason: "clientPemPath and clientKeyPath go together".into(),
+                });
+            }
+        };
+        Ok(ClientFiles { ca, identity })
     }
+}
+
+/// A client's TLS files, checked ([`ClientTls::files`]).
+struct ClientFiles<'a> {
+    ca: &'a Path,
+    /// The client certificate chain and its key, when the client has an identity.
+    identity: Option<(&'a Path, &'a Path)>,
 }
 
 /// The HTTP/2 client preface and an empty SETTINGS frame: what a gRPC client sends first.
@@ -347,7 +357,7 @@ pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\
 impl ClientTls {
     /// rustls's configuration from the same files as [`ClientTls::tonic_config`], HTTP/2 by ALPN.
     fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let (ca, identity) = self.files()?;
+        let ClientFiles { ca, identity } = self.files()?;
         let builder = trusting("caPemPath", ca)?;
         let mut config =
             match identity {
